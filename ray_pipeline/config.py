@@ -1,0 +1,335 @@
+"""pipeline.yaml as pydantic models: the one place where defaults live; unknown keys are rejected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A pipeline.yaml that cannot be used; the message names the file, the key and what was expected."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# data section
+# ---------------------------------------------------------------------------------------------
+
+FileFormat = Literal["csv", "parquet", "json"]
+DEFAULT_NULL_VALUES = ["", "null", "NULL", "None", "NaN", "nan"]
+
+
+class SourceConfig(StrictModel):
+    """Where raw data comes from."""
+
+    path: str = Field(description="Local file or directory, glob, or pyarrow-filesystem URI.")
+    format: FileFormat | None = Field(
+        default=None, description="csv, parquet or json (JSON lines); inferred from extensions if unset."
+    )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NULL_VALUES),
+        description="Text values read as missing in CSV files.",
+    )
+    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+
+class FeatureColumn(StrictModel):
+    """One typed feature column with its allowed values."""
+
+    type: Literal["float", "int", "category"]
+    min: float | None = Field(default=None, description="Smallest allowed value (numeric only).")
+    max: float | None = Field(default=None, description="Largest allowed value (numeric only).")
+    categories: list[str] | None = Field(
+        default=None, description="Allowed values (category only); unset allows any value."
+    )
+    nullable: bool = Field(default=True, description="Missing values allowed (imputed later).")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "FeatureColumn":
+        if self.type == "category" and (self.min is not None or self.max is not None):
+            raise ValueError("min/max apply to numeric columns, not to type 'category'")
+        if self.type != "category" and self.categories is not None:
+            raise ValueError(f"categories apply to type 'category', not to type '{self.type}'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError("categories has repeated values")
+        return self
+
+
+class SchemaConfig(StrictModel):
+    """The columns a dataset must have: entity key, event timestamp, binary label, features."""
+
+    entity_key: str
+    entity_type: Literal["int", "str"] = "int"
+    event_timestamp: str
+    label: str
+    features: dict[str, FeatureColumn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "SchemaConfig":
+        special = [self.entity_key, self.event_timestamp, self.label]
+        if len(set(special)) != 3:
+            raise ValueError("entity_key, event_timestamp and label must be three different columns")
+        clash = sorted(set(special) & set(self.features))
+        if clash:
+            raise ValueError(f"features repeat a key/timestamp/label column: {clash}")
+        bad = sorted(name for name in self.features if name.startswith("_"))
+        if bad:
+            raise ValueError(f"feature names may not start with '_' (reserved): {bad}")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """Every schema column in a fixed order: key, timestamp, label, features."""
+        return [self.entity_key, self.event_timestamp, self.label, *self.features]
+
+
+class DuplicatesConfig(StrictModel):
+    """Duplicate-row detection: later copies go to quarantine."""
+
+    enabled: bool = False
+    keys: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Columns that identify a row (schema or extra columns); unset means every schema column.",
+    )
+
+
+class ValidationConfig(StrictModel):
+    """Row-level checks beyond the schema's types, ranges and categories."""
+
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
+    extra_columns: Literal["keep", "drop", "reject"] = Field(
+        default="keep", description="Columns not in the schema: pass through, drop, or stop the run."
+    )
+
+
+class OutputConfig(StrictModel):
+    """Where ingestion writes accepted rows, quarantined rows and its summary."""
+
+    root: str = Field(description="Directory or URI; accepted/, quarantine/ and summary.json go here.")
+
+    @property
+    def accepted(self) -> str:
+        """Accepted rows (Parquet), read by the feature stage."""
+        return _join(self.root, "accepted")
+
+    @property
+    def quarantine(self) -> str:
+        """Rejected rows with their original values and a reason (Parquet)."""
+        return _join(self.root, "quarantine")
+
+    @property
+    def summary(self) -> str:
+        """Counts of the last ingest run (JSON)."""
+        return _join(self.root, "summary.json")
+
+
+class DataConfig(StrictModel):
+    """The data section: source, schema, validation, output."""
+
+    source: SourceConfig
+    schema_: SchemaConfig = Field(alias="schema")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    output: OutputConfig
+
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic data
+# ---------------------------------------------------------------------------------------------
+
+
+class ShiftConfig(StrictModel):
+    """Covariate shift of one numeric feature, in units of its latent standard deviation."""
+
+    loc: float = 0.0
+    scale: float = Field(default=1.0, gt=0)
+
+
+class DriftConfig(StrictModel):
+    """Changes applied to rows whose event timestamp is at or after `start`."""
+
+    start: datetime
+    covariate_shift: dict[str, ShiftConfig] = Field(default_factory=dict)
+    new_categories: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Categorical column -> share of rows given unseen categories."
+    )
+    concept_drift: dict[str, float] = Field(
+        default_factory=dict, description="Coefficient name -> its value after `start`."
+    )
+
+
+class SyntheticConfig(StrictModel):
+    """The synthetic transactions generator (ground truth `p_true` included)."""
+
+    rows: int = Field(default=100_000, gt=0)
+    seed: int = 0
+    entities: int | None = Field(default=None, gt=0, description="Distinct customers; rows/20 if unset.")
+    start: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    days: float = Field(default=90.0, gt=0)
+    format: Literal["csv", "parquet"] = "parquet"
+    chunk_rows: int = Field(
+        default=100_000, gt=0, description="Rows per generation task; part of the seed's meaning."
+    )
+    corruption_rate: float = Field(
+        default=0.0, ge=0, le=0.5, description="Share of rows turned into bad rows of known kinds."
+    )
+    drift: DriftConfig | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# later stages: sections exist so configs can be validated end to end; each issue fills its own
+# ---------------------------------------------------------------------------------------------
+
+
+class FeaturesConfig(StrictModel):
+    """Feature processing and feature store (filled by the feature-store issue)."""
+
+
+class TrainingConfig(StrictModel):
+    """Distributed training (filled by the training issue)."""
+
+
+class RegistryConfig(StrictModel):
+    """Model registry (filled by the registry issue)."""
+
+
+class ServingConfig(StrictModel):
+    """Ray Serve application (filled by the serving issue)."""
+
+
+class MonitoringConfig(StrictModel):
+    """Monitoring and alerting (filled by the monitoring issue)."""
+
+
+class PipelineConfig(StrictModel):
+    """A whole pipeline.yaml."""
+
+    data: DataConfig
+    synthetic: SyntheticConfig | None = None
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    _source_file: str | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in the file are resolved against."""
+        return Path(self._source_file).parent if self._source_file else Path.cwd()
+
+    def resolve(self, location: str) -> str:
+        """A path from the config made absolute against the config file's directory; URIs unchanged."""
+        if "://" in location or Path(location).is_absolute():
+            return location
+        return str((self.base_dir / location).resolve())
+
+    def content_hash(self) -> str:
+        """sha256 of the validated config's canonical JSON (for lineage)."""
+        payload = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and error messages
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the key at `loc` (to list its allowed keys)."""
+    current: Any = PipelineConfig
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = next(
+                (f for n, f in current.model_fields.items() if part in (n, f.alias)), None
+            )
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Optional/Annotated so a field's model class can be found."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            arms = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = arms[0] if len(arms) == 1 else tp
+            if len(arms) != 1:
+                return tp
+        else:
+            return tp
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        allowed = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{path}: required key is missing"
+    shown = repr(error.get("input"))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"{path}: {error['msg']} (got {shown})"
+
+
+def parse_config(data: Any, source: str = "<config>") -> PipelineConfig:
+    """Validate an already-parsed mapping; errors name `source` and every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise ConfigError(f"{source}: invalid pipeline config:\n{lines}") from None
+    cfg._source_file = source if source != "<config>" else None
+    return cfg
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    return parse_config(data, str(path.resolve()))
