@@ -137,7 +137,9 @@ def _dedup_groups(src: SourceFiles) -> int:
 def _add_bucket(batch: pa.Table, keys: list[str], groups: int) -> pa.Table:
     """Group id: a hash of the duplicate keys for accepted rows, round-robin for rejected ones."""
     n = batch.num_rows
-    frame = batch.select(keys).to_pandas()
+    # Hash a text form of the keys: pandas turns an int column with nulls into floats, so the
+    # same value could hash differently in two batches if the typed columns were hashed.
+    frame = pd.DataFrame({k: pc.cast(batch[k], pa.string()).to_pandas() for k in keys})
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     valid = pc.is_null(batch[v.REASON]).to_numpy(zero_copy_only=False)
     bucket = np.where(valid, hashed % np.uint64(groups), np.arange(n) % groups).astype(np.int64)

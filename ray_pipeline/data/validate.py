@@ -81,7 +81,7 @@ def _to_number(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> tuple[np.ndarra
     # A NaN read from text ("nan") counts as missing; text that is not a number is a type error.
     bad = present & np.isnan(values) & ~stripped.str.lower().isin(["nan"]).to_numpy()
     v.flag(bad, "invalid_type", name, f"{name}: not a number: " + _quote(text))
-    present &= ~np.isnan(values)
+    present = present & ~np.isnan(values)
     return values, present
 
 
@@ -148,9 +148,8 @@ def _check_timestamp(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
     parsed = pd.to_datetime(stripped.where(present, None), errors="coerce", utc=True, format="ISO8601")
     bad = present & parsed.isna().to_numpy()
     v.flag(bad, "bad_timestamp", name, f"{name}: not an ISO 8601 timestamp: " + _quote(text))
-    ok = present & ~bad
-    micros = parsed.astype("datetime64[us, UTC]").to_numpy().astype("datetime64[us]").astype(np.int64)
-    return pa.array(np.where(ok, micros, 0), mask=~ok).cast(TIMESTAMP_TYPE)
+    # NaT (missing or unparseable) becomes null; sub-microsecond digits are truncated.
+    return pc.cast(pa.Array.from_pandas(parsed), TIMESTAMP_TYPE, safe=False)
 
 
 def _check_label(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
