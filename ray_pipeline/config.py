@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -155,6 +163,11 @@ class DataConfig(StrictModel):
 # ---------------------------------------------------------------------------------------------
 
 
+def _as_utc(value: datetime) -> datetime:
+    """Naive times are taken as UTC (never the machine's local zone)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 class ShiftConfig(StrictModel):
     """Covariate shift of one numeric feature, in units of its latent standard deviation."""
 
@@ -174,6 +187,8 @@ class DriftConfig(StrictModel):
         default_factory=dict, description="Coefficient name -> its value after `start`."
     )
 
+    _utc_start = field_validator("start")(_as_utc)
+
 
 class SyntheticConfig(StrictModel):
     """The synthetic transactions generator (ground truth `p_true` included)."""
@@ -191,6 +206,8 @@ class SyntheticConfig(StrictModel):
         default=0.0, ge=0, le=0.5, description="Share of rows turned into bad rows of known kinds."
     )
     drift: DriftConfig | None = None
+
+    _utc_start = field_validator("start")(_as_utc)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,16 +20,17 @@ import pyarrow.fs as pafs
 
 from ray_pipeline.config import DataConfig, PipelineConfig
 from ray_pipeline.data import validate as v
+from ray_pipeline.data.dedup import add_row_hashes, find_duplicates, mark_duplicates
 from ray_pipeline.data.sources import (
     IngestError,
     SourceFiles,
     check_columns,
-    csv_read_options,
+    read_piece,
+    read_pieces,
     resolve_source,
 )
 
-# Rows per duplicate-detection group: one group is held in one worker's memory at a time.
-_DEDUP_BYTES_PER_GROUP = 64 * 1024 * 1024
+_DEDUP_BYTES_PER_PART = 64 * 1024 * 1024
 
 
 @dataclass
@@ -108,68 +109,33 @@ def _parse_json_lines(batch: pa.Table, text_columns: list[str]) -> pa.Table:
 
     cols = {n: pa.array([text(r.get(n)) for r in records], type=pa.string()) for n in names}
     cols["_unparseable"] = pa.array(bad, type=pa.string())
-    cols["path"] = batch["path"]
+    for c in v.PASSTHROUGH:
+        cols[c] = batch[c]
     return pa.table(cols)
 
 
-def read_source(src: SourceFiles, data: DataConfig, with_paths: bool):
-    """The raw rows of `src` as a Ray Dataset (schema columns as text for CSV and JSON)."""
+def read_source(src: SourceFiles, data: DataConfig):
+    """The raw rows of `src` as a Ray Dataset, one read task per piece; schema columns are text
+    for CSV and JSON, and each row carries its file, row number and order (validate.PASSTHROUGH)."""
     import ray.data
 
     columns = data.schema_.columns
-    common = {"filesystem": src.filesystem, "include_paths": with_paths}
-    if src.format == "parquet":
-        return ray.data.read_parquet(src.files, **common)
-    if src.format == "csv":
-        return ray.data.read_csv(src.files, **common, **csv_read_options(data.source, columns))
-    lines = ray.data.read_text(src.files, filesystem=src.filesystem, include_paths=True)
-    return lines.map_batches(
-        _parse_json_lines, fn_kwargs={"text_columns": columns}, batch_format="pyarrow"
+    pieces = read_pieces(src)
+    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        read_piece,
+        batch_size=1,
+        fn_kwargs={"src": src, "source": data.source, "text_columns": columns},
     )
+    if src.format == "json":
+        ds = ds.map_batches(_parse_json_lines, fn_kwargs={"text_columns": columns}, batch_format="pyarrow")
+    return ds
 
 
-def _dedup_groups(src: SourceFiles) -> int:
+def _dedup_partitions(src: SourceFiles) -> int:
+    """Reduce tasks for duplicate detection: about one per 64 MB of input, at least 2."""
     infos = src.filesystem.get_file_info(src.files)
     total = sum(max(i.size or 0, 0) for i in infos)
-    return max(2, min(512, math.ceil(total / _DEDUP_BYTES_PER_GROUP)))
-
-
-def _add_bucket(batch: pa.Table, keys: list[str], groups: int) -> pa.Table:
-    """Group id: a hash of the duplicate keys for accepted rows, round-robin for rejected ones."""
-    n = batch.num_rows
-    # Hash a text form of the keys: pandas turns an int column with nulls into floats, so the
-    # same value could hash differently in two batches if the typed columns were hashed.
-    frame = pd.DataFrame({k: pc.cast(batch[k], pa.string()).to_pandas() for k in keys})
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    valid = pc.is_null(batch[v.REASON]).to_numpy(zero_copy_only=False)
-    bucket = np.where(valid, hashed % np.uint64(groups), np.arange(n) % groups).astype(np.int64)
-    return batch.append_column("_bucket", pa.array(bucket))
-
-
-def _mark_duplicates(group: pa.Table, dup_keys: list[str], dup_label: str) -> pa.Table:
-    """Within one hash group: every accepted row equal on `keys` to an earlier one is a duplicate."""
-    group = group.drop_columns(["_bucket"])
-    valid = pc.is_null(group[v.REASON]).to_numpy(zero_copy_only=False)
-    if not valid.any():
-        return group
-    keys = dup_keys
-    frame = group.select([*keys, v.SOURCE]).to_pandas()
-    frame["_valid"] = valid
-    # "Earlier" means earlier source file name, then read order: stable and reproducible.
-    order = frame.sort_values(v.SOURCE, kind="mergesort", na_position="first").index
-    dup_sorted = frame.loc[order][valid[order]].duplicated(subset=keys, keep="first")
-    dup = np.zeros(group.num_rows, dtype=bool)
-    dup[dup_sorted.index[dup_sorted.to_numpy()]] = True
-    if not dup.any():
-        return group
-    label = dup_label
-    reason = np.where(dup, "duplicate", group[v.REASON].to_numpy(zero_copy_only=False))
-    fld = np.where(dup, label, group[v.FIELD].to_numpy(zero_copy_only=False))
-    detail = np.where(dup, f"same values in {label} as an earlier row", group[v.DETAIL].to_numpy(zero_copy_only=False))
-    for name, values in ((v.REASON, reason), (v.FIELD, fld), (v.DETAIL, detail)):
-        idx = group.column_names.index(name)
-        group = group.set_column(idx, name, pa.array(values, type=pa.string()))
-    return group
+    return max(2, min(256, math.ceil(total / _DEDUP_BYTES_PER_PART)))
 
 
 def _tally(batch: pa.Table) -> pa.Table:
@@ -208,8 +174,6 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
     if policy == "reject" and extras:
         where = next(src.display(f) for f, names in columns_by_file.items() if set(names) & set(extras))
         raise IngestError(f"{where}: columns not in the schema: {extras} (validation.extra_columns: reject)")
-    # Ray Data names the file column "path"; if the data has its own "path" column, keep that.
-    with_paths = src.format == "json" or not any("path" in n for n in columns_by_file.values())
 
     dup = data.validation.duplicates
     keys = dup.keys or schema.columns
@@ -218,30 +182,29 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
             absent = [k for k in keys if k not in names and k not in schema.columns]
             if absent and src.format != "json":
                 raise IngestError(f"{src.display(path)}: validation.duplicates.keys names missing column(s) {absent}")
-    ds = read_source(src, data, with_paths)
+    ds = read_source(src, data)
     validated = ds.map_batches(
         v.validate_batch,
         fn_kwargs={
             "schema": schema,
-            "source_column": "path" if with_paths else None,
             "keep_extra": policy == "keep",
-            "keep_originals": dup.enabled,
         },
         batch_format="pyarrow",
     )
     if dup.enabled:
-        groups = _dedup_groups(src)
-        validated = (
-            validated.map_batches(_add_bucket, fn_kwargs={"keys": keys, "groups": groups}, batch_format="pyarrow")
-            .groupby("_bucket", num_partitions=groups)
-            .map_groups(_mark_duplicates, fn_kwargs={"dup_keys": keys, "dup_label": ",".join(dup.keys) if dup.keys else "*"}, batch_format="pyarrow")
-        )
+        validated = validated.map_batches(add_row_hashes, fn_kwargs={"keys": keys}, batch_format="pyarrow")
     accepted_path = cfg.resolve(data.output.accepted)
     quarantine_path = cfg.resolve(data.output.quarantine)
     try:
         # Materialize once: counts, accepted and quarantine writes all read the same blocks
         # instead of re-reading and re-validating the source three times.
         validated = validated.materialize()
+        if dup.enabled:
+            later = find_duplicates(validated, _dedup_partitions(src))
+            label = ",".join(dup.keys) if dup.keys else "*"
+            validated = validated.map_batches(
+                mark_duplicates, fn_kwargs={"later": later, "label": label}, batch_format="pyarrow"
+            )  # cheap (an isin on the order column), so re-run by each consumer, not stored twice
         tallies = validated.map_batches(_tally, batch_format="pyarrow").take_all()
         _reset_dir(accepted_path)
         _reset_dir(quarantine_path)

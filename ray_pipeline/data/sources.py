@@ -6,15 +6,23 @@ import fnmatch
 import json
 import os
 from dataclasses import dataclass
+from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_pipeline.config import SourceConfig
+from ray_pipeline.data.validate import ORDER, ROW, SOURCE
 
-SOURCE_PATH_COLUMN = "_path"  # Ray Data's include_paths column, renamed out of the user's way
+# Row numbers within a file fit in 40 bits; the file index goes above them in ORDER.
+_ROW_BITS = 40
+
+# Rows per read piece: enough to amortise a task, small enough to stream and spread over workers.
+PIECE_ROWS = 250_000
+CSV_BLOCK_BYTES = 16 << 20
 
 EXTENSIONS = {
     ".csv": "csv",
@@ -167,3 +175,97 @@ def check_columns(src: SourceFiles, source: SourceConfig, required: list[str]) -
             )
         columns_by_file[path] = names
     return columns_by_file
+
+
+def read_pieces(src: SourceFiles) -> list[dict[str, Any]]:
+    """Units of parallel reading: Parquet row-group ranges of about PIECE_ROWS, else whole files."""
+    pieces: list[dict[str, Any]] = []
+    for index, path in enumerate(src.files):
+        if src.format != "parquet":
+            pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": None})
+            continue
+        try:
+            meta = pq.read_metadata(path, filesystem=src.filesystem)
+        except (pa.ArrowException, OSError) as exc:
+            raise IngestError(f"{src.display(path)}: cannot read as parquet: {exc}") from None
+        group: list[int] = []
+        first = rows = 0
+        for i in range(meta.num_row_groups):
+            group.append(i)
+            rows += meta.row_group(i).num_rows
+            if rows - first >= PIECE_ROWS or i == meta.num_row_groups - 1:
+                pieces.append({"path": path, "file_index": index, "first_row": first, "row_groups": group})
+                group, first = [], rows
+        if meta.num_row_groups == 0:
+            pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": []})
+    return pieces
+
+
+def _tag(table: pa.Table, shown: str, file_index: int, first_row: int) -> pa.Table:
+    """Add the file name, 1-based row numbers and the global order to rows read from a file."""
+    n = table.num_rows
+    rows = np.arange(first_row + 1, first_row + n + 1, dtype=np.int64)
+    return (
+        # Dictionary-encoded: one copy of the name per block, not one per row.
+        table.append_column(SOURCE, pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [shown]))
+        .append_column(ROW, pa.array(rows))
+        .append_column(ORDER, pa.array((np.int64(file_index) << _ROW_BITS) + rows))
+    )
+
+
+def _json_lines(stream: Any, chunk_bytes: int) -> Iterator[pa.Table]:
+    """Lines of a JSON-lines stream as tables of raw text, never the whole file in memory."""
+    rest = b""
+    while True:
+        chunk = stream.read(chunk_bytes)
+        data = rest + chunk
+        if not chunk:
+            lines, rest = data.splitlines(), b""
+        else:
+            cut = data.rfind(b"\n")
+            lines, rest = (data[:cut].splitlines(), data[cut + 1 :]) if cut >= 0 else ([], data)
+        texts = [line.decode("utf-8", errors="replace") for line in lines if line.strip()]
+        if texts:
+            yield pa.table({"text": pa.array(texts, pa.string())})
+        if not chunk:
+            return
+
+
+def _file_tables(src: SourceFiles, piece: dict[str, Any], source: SourceConfig, text_columns: list[str]) -> Iterator[pa.Table]:
+    path = piece["path"]
+    if src.format == "parquet":
+        pfile = pq.ParquetFile(path, filesystem=src.filesystem)
+        groups = list(piece["row_groups"])
+        if not groups:  # a file without row groups: keep its (empty) schema
+            yield pfile.schema_arrow.empty_table()
+            return
+        for rb in pfile.iter_batches(row_groups=groups, batch_size=PIECE_ROWS):
+            yield pa.Table.from_batches([rb])
+        return
+    with src.filesystem.open_input_stream(path, compression="detect") as stream:
+        if src.format == "json":
+            yield from _json_lines(stream, CSV_BLOCK_BYTES)
+            return
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            **csv_read_options(source, text_columns),
+        )
+        for rb in reader:
+            yield pa.Table.from_batches([rb])
+
+
+def read_piece(
+    batch: dict[str, Any], src: SourceFiles, source: SourceConfig, text_columns: list[str]
+) -> Iterator[pa.Table]:
+    """Read pieces (a Ray Data UDF): yields tables tagged with file name, row number and order."""
+    for i in range(len(batch["path"])):
+        piece = {k: batch[k][i] for k in batch}
+        shown = src.display(str(piece["path"]))
+        row = int(piece["first_row"])
+        try:
+            for table in _file_tables(src, piece, source, text_columns):
+                yield _tag(table, shown, int(piece["file_index"]), row)
+                row += table.num_rows
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise IngestError(f"{shown}: cannot read as {src.format}: {exc}") from None

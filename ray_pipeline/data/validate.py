@@ -2,11 +2,13 @@
 
 `validate_batch` is a pure function on a pyarrow Table so Ray Data can run it on every block and
 tests can call it directly. It never drops a row: each output row is either accepted (typed
-values, `_reason` null) or rejected (`_reason`, `_field`, `_detail` set, original text kept in
-`_orig_<column>`).
+values, `_reason` null) or rejected (`_reason`, `_field`, `_detail` set, its input values kept as JSON text in `_original`
+for the quarantine).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,9 +17,15 @@ import pyarrow.compute as pc
 
 from ray_pipeline.config import FeatureColumn, SchemaConfig
 
-REASON, FIELD, DETAIL, SOURCE = "_reason", "_field", "_detail", "_source_file"
-ORIG_PREFIX = "_orig_"
-META_COLUMNS = [REASON, FIELD, DETAIL, SOURCE]
+REASON, FIELD, DETAIL = "_reason", "_field", "_detail"
+# Set by the reader: the file a row came from, its 1-based row number there, and a global order
+# (file index, row) that makes "the first copy" of a duplicate well defined.
+SOURCE, ROW, ORDER = "_source_file", "_row", "_order"
+# Input values of rejected rows as JSON text, so accepted rows carry nothing extra.
+ORIGINAL = "_original"
+PASSTHROUGH = [SOURCE, ROW, ORDER]
+META_COLUMNS = [REASON, FIELD, DETAIL, SOURCE, ROW]
+INTERNAL = {REASON, FIELD, DETAIL, SOURCE, ROW, ORDER, ORIGINAL}
 
 # Reason codes, in the order checks run; a row gets the first that applies to it.
 REASONS = [
@@ -38,65 +46,84 @@ TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
 
 class _Verdicts:
-    """First-reason-wins bookkeeping for one batch."""
+    """First-reason-wins bookkeeping for one batch; details are built only for flagged rows."""
 
     def __init__(self, n: int) -> None:
+        self.open = np.ones(n, dtype=bool)
         self.reason = np.full(n, None, dtype=object)
         self.field = np.full(n, None, dtype=object)
         self.detail = np.full(n, None, dtype=object)
 
-    def flag(self, mask: np.ndarray, reason: str, field: str, detail: pd.Series | str) -> None:
-        new = mask & pd.isna(self.reason)
-        if not new.any():
+    def flag(self, mask: np.ndarray, reason: str, field: str, detail: str, quote: pa.Array | None = None) -> None:
+        """Give rows in `mask` that have no verdict yet this one; `quote` appends their value."""
+        idx = np.flatnonzero(mask & self.open)
+        if not len(idx):
             return
-        self.reason[new] = reason
-        self.field[new] = field
-        if isinstance(detail, str):
-            self.detail[new] = detail
+        self.open[idx] = False
+        self.reason[idx] = reason
+        self.field[idx] = field
+        if quote is None:
+            self.detail[idx] = detail
         else:
-            self.detail[new] = np.asarray(detail, dtype=object)[new]
+            values = _text(quote.take(pa.array(idx))).to_pylist()
+            self.detail[idx] = [f"{detail}: {'null' if x is None else repr(x)}" for x in values]
 
 
-def _as_text(arr: pa.ChunkedArray | pa.Array) -> pd.Series:
-    """Original values as text (what the quarantine keeps and what error details quote)."""
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        return pd.Series(arr.to_pylist(), dtype=object)
-    return pd.Series(pc.cast(arr, pa.string()).to_pylist(), dtype=object)
+def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False))
 
 
-def _quote(text: pd.Series) -> pd.Series:
-    return text.map(lambda v: repr(v) if v is not None else "null")
+def _text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Values as text: what the quarantine keeps and what error details quote."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_string(arr.type):
+        return arr
+    return pc.cast(arr, pa.string())
+
+
+def _trimmed(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Whitespace-trimmed text with empty strings as null, and the mask of present values."""
+    trimmed = pc.utf8_trim_whitespace(_text(arr))
+    trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+    return trimmed, _np(pc.is_valid(trimmed))
+
+
+def _is_numeric(arr: pa.Array | pa.ChunkedArray) -> bool:
+    t = arr.type
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
 def _to_number(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> tuple[np.ndarray, np.ndarray]:
     """Values as float64 (NaN where missing) and a mask of values present in the input."""
-    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
-        values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
-        present = ~np.asarray(pc.is_null(arr, nan_is_null=True).to_numpy(zero_copy_only=False))
+    if _is_numeric(arr):
+        values = _np(pc.cast(arr, pa.float64())).astype(np.float64)
+        present = ~_np(pc.is_null(arr, nan_is_null=True))
         return np.where(present, values, np.nan), present
-    text = _as_text(arr)
-    stripped = text.str.strip()
-    present = (stripped.notna() & (stripped != "")).to_numpy()
-    values = pd.to_numeric(stripped.where(present, None), errors="coerce").to_numpy(np.float64)
-    # A NaN read from text ("nan") counts as missing; text that is not a number is a type error.
-    bad = present & np.isnan(values) & ~stripped.str.lower().isin(["nan"]).to_numpy()
-    v.flag(bad, "invalid_type", name, f"{name}: not a number: " + _quote(text))
-    present = present & ~np.isnan(values)
-    return values, present
+    text, present = _trimmed(arr)
+    try:
+        values = _np(pc.cast(text, pa.float64())).astype(np.float64)
+    except pa.ArrowInvalid:  # some value is not a number: parse leniently, flag those rows
+        values = pd.to_numeric(pd.Series(text.to_pylist(), dtype=object), errors="coerce").to_numpy(np.float64)
+        is_nan_text = _np(pc.fill_null(pc.equal(pc.utf8_lower(text), "nan"), False))
+        v.flag(present & np.isnan(values) & ~is_nan_text, "invalid_type", name, f"{name}: not a number", text)
+    # A NaN read from text ("nan") counts as missing, like a NaN in a Parquet float column.
+    return values, present & ~np.isnan(values)
 
 
 def _check_numeric(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verdicts) -> pa.Array:
     values, present = _to_number(arr, name, v)
-    text = _quote(_as_text(arr))
+    text = arr  # quoted in details only for flagged rows (casting whole columns to text is slow)
     finite = np.isfinite(values)
-    v.flag(present & ~finite, "out_of_range", name, f"{name}: not a finite number: " + text)
+    v.flag(present & ~finite, "out_of_range", name, f"{name}: not a finite number", text)
     if col.type == "int":
         fractional = present & finite & (values != np.round(values))
-        v.flag(fractional, "invalid_type", name, f"{name}: not an integer: " + text)
-    if col.min is not None:
-        v.flag(present & (values < col.min), "out_of_range", name, f"{name}: below min {col.min}: " + text)
-    if col.max is not None:
-        v.flag(present & (values > col.max), "out_of_range", name, f"{name}: above max {col.max}: " + text)
+        v.flag(fractional, "invalid_type", name, f"{name}: not an integer", text)
+    with np.errstate(invalid="ignore"):
+        if col.min is not None:
+            v.flag(present & (values < col.min), "out_of_range", name, f"{name}: below min {col.min}", text)
+        if col.max is not None:
+            v.flag(present & (values > col.max), "out_of_range", name, f"{name}: above max {col.max}", text)
     if not col.nullable:
         v.flag(~present, "null_value", name, f"{name}: missing and the column is not nullable")
     ok = present & finite
@@ -106,74 +133,64 @@ def _check_numeric(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verd
 
 
 def _check_category(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verdicts) -> pa.Array:
-    text = _as_text(arr)
-    present = text.notna().to_numpy()
+    text = _text(arr)
+    present = _np(pc.is_valid(text))
     if col.categories is not None:
-        unknown = present & ~text.isin(col.categories).to_numpy()
-        v.flag(unknown, "unknown_category", name, f"{name}: not an allowed category: " + _quote(text))
+        allowed = _np(pc.is_in(text, value_set=pa.array(col.categories, pa.string())))
+        v.flag(present & ~allowed, "unknown_category", name, f"{name}: not an allowed category", text)
     if not col.nullable:
         v.flag(~present, "null_value", name, f"{name}: missing and the column is not nullable")
-    return pa.array(text.where(present, None).tolist(), type=pa.string())
+    return text
 
 
 def _check_entity(arr: pa.ChunkedArray, schema: SchemaConfig, v: _Verdicts) -> pa.Array:
     name = schema.entity_key
-    text = _as_text(arr)
-    present = (text.notna() & (text.str.strip() != "")).to_numpy()
+    text, present = _trimmed(arr)
     v.flag(~present, "missing_entity", name, f"{name}: entity key is missing")
     if schema.entity_type == "str":
-        return pa.array(text.str.strip().where(present, None).tolist(), type=pa.string())
+        return text
     if pa.types.is_integer(arr.type):
-        return pc.cast(arr, pa.int64())
+        return pc.cast(arr, pa.int64()).combine_chunks() if isinstance(arr, pa.ChunkedArray) else pc.cast(arr, pa.int64())
     values, present = _to_number(arr, name, v)
     integral = present & np.isfinite(values) & (values == np.round(values))
-    v.flag(present & ~integral, "invalid_type", name, f"{name}: not an integer id: " + _quote(text))
+    v.flag(present & ~integral, "invalid_type", name, f"{name}: not an integer id", arr)
     return pa.array(np.where(integral, values, 0).astype(np.int64), mask=~integral)
 
 
 def _check_timestamp(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_date(arr.type):
+        arr = pc.cast(arr, pa.timestamp("us"))
     if pa.types.is_timestamp(arr.type):
         # Naive timestamps are taken as UTC; aware ones are converted to it.
-        ts = arr if arr.type.tz else pc.assume_timezone(arr, "UTC")
-        ts = pc.cast(ts, TIMESTAMP_TYPE)
-        v.flag(np.asarray(pc.is_null(ts).to_numpy(zero_copy_only=False)), "missing_timestamp", name,
-               f"{name}: event timestamp is missing")
-        return ts.combine_chunks() if isinstance(ts, pa.ChunkedArray) else ts
-    if pa.types.is_date(arr.type):
-        arr = pc.cast(pc.cast(arr, pa.timestamp("us")), pa.string())
-    text = _as_text(arr)
-    stripped = text.str.strip()
-    present = (stripped.notna() & (stripped != "")).to_numpy()
+        ts = pc.cast(arr if arr.type.tz else pc.assume_timezone(arr, "UTC"), TIMESTAMP_TYPE)
+        v.flag(_np(pc.is_null(ts)), "missing_timestamp", name, f"{name}: event timestamp is missing")
+        return ts
+    text, present = _trimmed(arr)
     v.flag(~present, "missing_timestamp", name, f"{name}: event timestamp is missing")
-    parsed = pd.to_datetime(stripped.where(present, None), errors="coerce", utc=True, format="ISO8601")
+    try:  # fast path: every value is ISO 8601 with a zone
+        return pc.cast(text, TIMESTAMP_TYPE)
+    except pa.ArrowInvalid:
+        pass
+    parsed = pd.to_datetime(pd.Series(text.to_pylist(), dtype=object), errors="coerce", utc=True, format="ISO8601")
     bad = present & parsed.isna().to_numpy()
-    v.flag(bad, "bad_timestamp", name, f"{name}: not an ISO 8601 timestamp: " + _quote(text))
+    v.flag(bad, "bad_timestamp", name, f"{name}: not an ISO 8601 timestamp", text)
     # NaT (missing or unparseable) becomes null; sub-microsecond digits are truncated.
     return pc.cast(pa.Array.from_pandas(parsed), TIMESTAMP_TYPE, safe=False)
 
 
 def _check_label(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
-    text = _as_text(arr)
-    present_in = (text.notna() & (text.str.strip() != "")).to_numpy()
+    _, present_in = _trimmed(arr)
     v.flag(~present_in, "missing_label", name, f"{name}: label is missing")
     values, present = _to_number(arr, name, v)
-    binary = present & np.isin(values, [0.0, 1.0])
-    v.flag(present_in & ~binary, "invalid_label", name, f"{name}: label is not 0 or 1: " + _quote(text))
+    binary = present & ((values == 0.0) | (values == 1.0))
+    v.flag(present_in & ~binary, "invalid_label", name, f"{name}: label is not 0 or 1", arr)
     return pa.array(np.where(binary, values, 0).astype(np.int8), mask=~binary)
 
 
-def validate_batch(
-    batch: pa.Table,
-    schema: SchemaConfig,
-    source_column: str | None = None,
-    keep_extra: bool = True,
-    keep_originals: bool = False,
-) -> pa.Table:
-    """Typed schema columns (+ extras) and verdict columns for every input row, in input order.
-
-    `keep_originals` keeps `_orig_*` text for accepted rows too (needed when a later step, such
-    as duplicate detection, may still reject them).
-    """
+def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = True) -> pa.Table:
+    """Typed schema columns (+ extras) and verdict columns for every input row, in input order."""
     n = batch.num_rows
     v = _Verdicts(n)
     missing = [c for c in schema.columns if c not in batch.column_names]
@@ -184,8 +201,9 @@ def validate_batch(
             batch = batch.append_column(c, pa.nulls(n, pa.string()))
 
     if "_unparseable" in batch.column_names:
-        bad = np.asarray(batch["_unparseable"].to_numpy(zero_copy_only=False), dtype=object)
-        v.flag(pd.notna(bad), "unparseable_row", "*", bad)
+        why = _text(batch["_unparseable"])
+        v.flag(_np(pc.is_valid(why)), "unparseable_row", "*", "")
+        v.detail[~v.open] = np.asarray(why.to_pylist(), dtype=object)[~v.open]
         batch = batch.drop_columns(["_unparseable"])
 
     typed: dict[str, pa.Array] = {}
@@ -196,38 +214,51 @@ def validate_batch(
         check = _check_category if col.type == "category" else _check_numeric
         typed[name] = check(batch[name], name, col, v)
 
-    special = set(schema.columns) | {source_column}
+    special = set(schema.columns) | INTERNAL
     extras = [c for c in batch.column_names if c not in special]
     out = {c: typed[c] for c in schema.columns}
     if keep_extra:
         out.update({c: batch[c] for c in extras})
 
-    rejected = pd.notna(v.reason)
-    for c in [*schema.columns, *(extras if keep_extra else [])]:
-        text = _as_text(batch[c])
-        keep = np.ones(n, dtype=bool) if keep_originals else rejected
-        out[ORIG_PREFIX + c] = pa.array(text.where(keep, None).tolist(), type=pa.string())
+    rejected = np.flatnonzero(~v.open)
+    original = np.full(n, None, dtype=object)
+    if len(rejected):
+        take = pa.array(rejected)
+        texts = {c: _text(batch[c].take(take)).to_pylist() for c in [*schema.columns, *extras]}
+        original[rejected] = [json.dumps({c: texts[c][i] for c in texts}) for i in range(len(rejected))]
+    out[ORIGINAL] = pa.array(original, type=pa.string())
     out[REASON] = pa.array(v.reason, type=pa.string())
     out[FIELD] = pa.array(v.field, type=pa.string())
     out[DETAIL] = pa.array(v.detail, type=pa.string())
-    if source_column and source_column in batch.column_names:
-        out[SOURCE] = pc.cast(batch[source_column], pa.string())
-    else:
-        out[SOURCE] = pa.nulls(n, pa.string())
+    for c in PASSTHROUGH:
+        if c in batch.column_names:
+            out[c] = batch[c]
     return pa.table(out)
 
 
 def accepted_part(validated: pa.Table) -> pa.Table:
     """Rows that passed, without verdict or original-text columns."""
     keep = pc.is_null(validated[REASON])
-    cols = [c for c in validated.column_names if not c.startswith("_")]
+    cols = [c for c in validated.column_names if c not in INTERNAL]
     return validated.filter(keep).select(cols)
 
 
 def quarantine_part(validated: pa.Table) -> pa.Table:
-    """Rows that failed, with their original text under the original column names and the reason."""
+    """Rows that failed, as text under their column names (input values as read), plus the reason.
+
+    Rows rejected after validation (duplicates) have no stored input: their values were valid,
+    so their typed values written as text stand for them.
+    """
     bad = validated.filter(pc.is_valid(validated[REASON]))
-    originals = [c for c in bad.column_names if c.startswith(ORIG_PREFIX)]
-    out = {c[len(ORIG_PREFIX):]: bad[c] for c in originals}
-    out.update({c: bad[c] for c in META_COLUMNS})
+    names = [c for c in bad.column_names if c not in INTERNAL]
+    stored = [json.loads(x) if x is not None else None for x in bad[ORIGINAL].to_pylist()]
+    out: dict[str, pa.Array] = {}
+    for c in names:
+        typed = _text(bad[c]).to_pylist()
+        out[c] = pa.array(
+            [row.get(c) if row is not None else t for row, t in zip(stored, typed)], type=pa.string()
+        )
+    for c in META_COLUMNS:
+        if c in bad.column_names:
+            out[c] = pc.cast(bad[c], pa.string()) if c == SOURCE else bad[c]
     return pa.table(out)
