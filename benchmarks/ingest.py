@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,6 +98,10 @@ def main() -> None:
     gen = generate(spec, str(work / "raw"))
     print(f"ray.init {init_s:.1f} s; generated {gen.rows:,} rows in {gen.seconds:.1f} s -> {work / 'raw'}")
 
+    # First run pays for starting and warming Ray's worker processes; the second is steady state.
+    t0 = time.perf_counter()
+    result = ingest(cfg)
+    ray_cold_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = ingest(cfg)
     ray_s = time.perf_counter() - t0
@@ -114,18 +117,20 @@ def main() -> None:
         raise SystemExit(f"count mismatch:\n ray-pipeline {ray_counts}\n pandas       {base_counts}")
 
     rows = args.rows
-    ratio = (rows / ray_s) / (rows / pandas_s)
+    ratio = pandas_s / ray_s
+    ratio_cold = pandas_s / ray_cold_s
     print()
     print(
         table(
             [
-                ["ray-pipeline (Ray Data)", rows, result.quarantined, ray_s, rows / ray_s],
+                ["ray-pipeline, first run", rows, result.quarantined, ray_cold_s, rows / ray_cold_s],
+                ["ray-pipeline, warm workers", rows, result.quarantined, ray_s, rows / ray_s],
                 ["pandas, single process", rows, sum(base_counts.values()), pandas_s, rows / pandas_s],
             ],
             ["implementation", "rows", "quarantined", "seconds", "rows/s"],
         )
     )
-    print(f"\nthroughput ratio ray-pipeline / pandas: {ratio:.2f} (higher is better)")
+    print(f"\nthroughput ratio ray-pipeline / pandas: {ratio:.2f} warm, {ratio_cold:.2f} first run (higher is better)")
     print(f"driver peak RSS: {rss_before:,.0f} MB before the pandas run, {pandas_rss:,.0f} MB after it")
     print("quarantined by reason (both agree):", ray_counts)
     path = write_results(
@@ -133,7 +138,8 @@ def main() -> None:
         {
             "rows": rows,
             "ray_init_seconds": round(init_s, 2),
-            "ray_pipeline": {"seconds": round(ray_s, 3), "rows_per_s": round(rows / ray_s)},
+            "ray_pipeline_first_run": {"seconds": round(ray_cold_s, 3), "rows_per_s": round(rows / ray_cold_s)},
+            "ray_pipeline_warm": {"seconds": round(ray_s, 3), "rows_per_s": round(rows / ray_s)},
             "pandas_single_process": {
                 "seconds": round(pandas_s, 3),
                 "rows_per_s": round(rows / pandas_s),
@@ -141,7 +147,10 @@ def main() -> None:
             },
             "quarantined_by_reason": ray_counts,
         },
-        {"ingest_rows_per_s_ray_pipeline_over_pandas (higher is better)": round(ratio, 3)},
+        {
+            "ingest_rows_per_s_ray_pipeline_warm_over_pandas (higher is better)": round(ratio, 3),
+            "ingest_rows_per_s_ray_pipeline_first_run_over_pandas (higher is better)": round(ratio_cold, 3),
+        },
     )
     print(f"results -> {path}")
 

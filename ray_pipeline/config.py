@@ -157,7 +157,6 @@ class DataConfig(StrictModel):
     output: OutputConfig
 
 
-
 # ---------------------------------------------------------------------------------------------
 # synthetic data
 # ---------------------------------------------------------------------------------------------
@@ -199,9 +198,7 @@ class SyntheticConfig(StrictModel):
     start: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc)
     days: float = Field(default=90.0, gt=0)
     format: Literal["csv", "parquet"] = "parquet"
-    chunk_rows: int = Field(
-        default=100_000, gt=0, description="Rows per generation task; part of the seed's meaning."
-    )
+    chunk_rows: int = Field(default=100_000, gt=0, description="Rows per generation task; part of the seed's meaning.")
     corruption_rate: float = Field(
         default=0.0, ge=0, le=0.5, description="Share of rows turned into bad rows of known kinds."
     )
@@ -280,9 +277,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     for part in loc:
         current = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
-            field = next(
-                (f for n, f in current.model_fields.items() if part in (n, f.alias)), None
-            )
+            field = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
             if field is None:
                 return None
             current = field.annotation

@@ -115,5 +115,5 @@ def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = yaml.safe_load(proc.stdout[proc.stdout.index("{"):])
+    summary = yaml.safe_load(proc.stdout[proc.stdout.index("{") :])
     assert summary["read"] == 2000 and summary["accepted"] == 2000

@@ -189,7 +189,8 @@ def test_duplicates_off_accepts_repeated_rows(ray_session, tmp_path):
 
 def test_duplicate_keys_subset(ray_session, tmp_path):
     source = tmp_path / "raw.csv"
-    source.write_text(HEADER + "\n1,5,2024-01-01,0,1,1,red,A\n2,5,2024-01-01,1,2,2,blue,B\n3,6,2024-01-01,0,1,1,red,A\n")
+    rows = ["1,5,2024-01-01,0,1,1,red,A", "2,5,2024-01-01,1,2,2,blue,B", "3,6,2024-01-01,0,1,1,red,A"]
+    source.write_text("\n".join([HEADER, *rows]) + "\n")
     result = ingest(_config(str(source), tmp_path / "out", duplicates={"enabled": True, "keys": ["user_id", "ts"]}))
     assert result.by_field == {"duplicate:user_id,ts": 1}
     q = pd.read_parquet(tmp_path / "out" / "quarantine")

@@ -58,9 +58,7 @@ def _partition(table: pa.Table, parts: int) -> list[np.ndarray]:
     """Accepted rows' (h1, h2, order) split by hash into `parts` arrays of shape (k, 3)."""
     valid = pc.is_null(table[v.REASON])
     rows = table.filter(valid).select([H1, H2, ORDER])
-    triples = np.column_stack(
-        [rows[H1].to_numpy(), rows[H2].to_numpy(), rows[ORDER].to_numpy().view(np.uint64)]
-    )
+    triples = np.column_stack([rows[H1].to_numpy(), rows[H2].to_numpy(), rows[ORDER].to_numpy().view(np.uint64)])
     bucket = triples[:, 0] % np.uint64(parts)
     return [triples[bucket == p] for p in range(parts)]
 

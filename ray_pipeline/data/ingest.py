@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from ray_pipeline.config import DataConfig, PipelineConfig
 from ray_pipeline.data import validate as v
@@ -28,6 +27,7 @@ from ray_pipeline.data.sources import (
     read_piece,
     read_pieces,
     resolve_source,
+    src_rows,
 )
 
 _DEDUP_BYTES_PER_PART = 64 * 1024 * 1024
@@ -74,16 +74,14 @@ class IngestResult:
         return "\n".join(lines)
 
 
-def _root_message(exc: BaseException) -> str:
-    """The innermost cause of a (possibly Ray-wrapped) exception, on one line."""
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause of a (possibly Ray-wrapped) exception."""
     seen = exc
     while True:
         nxt = getattr(seen, "cause", None) or seen.__cause__
         if nxt is None or nxt is seen:
-            break
+            return seen
         seen = nxt
-    text = str(seen).strip().splitlines()
-    return f"{type(seen).__name__}: {text[0] if text else ''}"
 
 
 def _parse_json_lines(batch: pa.Table, text_columns: list[str]) -> pa.Table:
@@ -138,17 +136,36 @@ def _dedup_partitions(src: SourceFiles) -> int:
     return max(2, min(256, math.ceil(total / _DEDUP_BYTES_PER_PART)))
 
 
-def _tally(batch: pa.Table) -> pa.Table:
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def _write_split(batch: pa.Table, accepted_dir: str, quarantine_dir: str) -> pa.Table:
+    """Write one block's accepted and quarantined rows; return its counts (a Ray Data UDF).
+
+    File names come from the block's first order number, so a retried task overwrites its own
+    files instead of adding copies.
+    """
+    if batch.num_rows == 0:
+        return pa.table({"key": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
+    name = f"part-{pc.min(batch[v.ORDER]).as_py():020d}.parquet"
+    accepted = v.accepted_part(batch)
+    quarantine = v.quarantine_part(batch)
+    for part, folder in ((accepted, accepted_dir), (quarantine, quarantine_dir)):
+        if part.num_rows:
+            fs, path = _filesystem(folder)
+            pq.write_table(part, f"{path}/{name}", filesystem=fs)
     reasons = batch[v.REASON].to_pandas()
-    fields = batch[v.FIELD].to_pandas()
-    key = (reasons.fillna("") + ":" + fields.fillna("")).where(reasons.notna(), "")
+    key = (reasons.fillna("") + ":" + batch[v.FIELD].to_pandas().fillna("")).where(reasons.notna(), "")
     counts = key.value_counts()
-    return pa.table({"key": counts.index.astype(str).tolist(), "n": counts.to_numpy().astype(np.int64)})
+    keys = [*counts.index.astype(str), "#read", "#accepted", "#quarantined"]
+    values = [*counts.to_numpy(), batch.num_rows, accepted.num_rows, quarantine.num_rows]
+    return pa.table({"key": keys, "n": pa.array(values, pa.int64())})
 
 
 def _reset_dir(path: str) -> None:
     """Empty (or create) an output directory so a run never mixes with an earlier one."""
-    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    fs, p = _filesystem(path)
     if fs.get_file_info(p).type == pafs.FileType.Directory:
         fs.delete_dir_contents(p)
     else:
@@ -156,7 +173,7 @@ def _reset_dir(path: str) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    fs, p = _filesystem(path)
     with fs.open_output_stream(p) as out:
         out.write(text.encode())
 
@@ -185,50 +202,54 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
     ds = read_source(src, data)
     validated = ds.map_batches(
         v.validate_batch,
-        fn_kwargs={
-            "schema": schema,
-            "keep_extra": policy == "keep",
-        },
+        fn_kwargs={"schema": schema, "keep_extra": policy == "keep"},
         batch_format="pyarrow",
     )
-    if dup.enabled:
-        validated = validated.map_batches(add_row_hashes, fn_kwargs={"keys": keys}, batch_format="pyarrow")
     accepted_path = cfg.resolve(data.output.accepted)
     quarantine_path = cfg.resolve(data.output.quarantine)
+    _reset_dir(accepted_path)
+    _reset_dir(quarantine_path)
     try:
-        # Materialize once: counts, accepted and quarantine writes all read the same blocks
-        # instead of re-reading and re-validating the source three times.
-        validated = validated.materialize()
         if dup.enabled:
+            # Duplicates need a look at the whole dataset before any row is written: hash and
+            # keep the validated blocks, find later copies, then mark them on the way out.
+            validated = validated.map_batches(
+                add_row_hashes, fn_kwargs={"keys": keys}, batch_format="pyarrow"
+            ).materialize()
             later = find_duplicates(validated, _dedup_partitions(src))
             label = ",".join(dup.keys) if dup.keys else "*"
             validated = validated.map_batches(
                 mark_duplicates, fn_kwargs={"later": later, "label": label}, batch_format="pyarrow"
-            )  # cheap (an isin on the order column), so re-run by each consumer, not stored twice
-        tallies = validated.map_batches(_tally, batch_format="pyarrow").take_all()
-        _reset_dir(accepted_path)
-        _reset_dir(quarantine_path)
-        counts: dict[str, int] = {}
-        for row in tallies:
-            counts[row["key"]] = counts.get(row["key"], 0) + int(row["n"])
-        n_accepted = counts.pop("", 0)
-        if n_accepted:
-            validated.map_batches(v.accepted_part, batch_format="pyarrow").write_parquet(accepted_path)
-        if counts:
-            validated.map_batches(v.quarantine_part, batch_format="pyarrow").write_parquet(quarantine_path)
-    except IngestError:
-        raise
-    except Exception as exc:  # Ray wraps worker errors; surface the cause and the source.
-        raise IngestError(f"{src.location}: reading as {src.format} failed: {_root_message(exc)}") from exc
+            )
+        # One streaming pass writes both outputs and counts them.
+        tallies = validated.map_batches(
+            _write_split,
+            fn_kwargs={"accepted_dir": accepted_path, "quarantine_dir": quarantine_path},
+            batch_format="pyarrow",
+        ).take_all()
+    except Exception as exc:  # Ray wraps worker errors; surface the cause and name the source.
+        root = _root_cause(exc)
+        first_line = (str(root).strip().splitlines() or [""])[0]
+        if isinstance(root, IngestError):
+            raise IngestError(first_line) from exc
+        raise IngestError(f"{src.location}: ingest failed: {type(root).__name__}: {first_line}") from exc
 
+    counts: dict[str, int] = {}
+    for row in tallies:
+        counts[row["key"]] = counts.get(row["key"], 0) + int(row["n"])
+    n_read, n_written_ok, n_written_bad = (counts.pop(k, 0) for k in ("#read", "#accepted", "#quarantined"))
+    n_accepted = counts.pop("", 0)
     by_reason: dict[str, int] = {}
     for key, n in counts.items():
         reason = key.split(":", 1)[0]
         by_reason[reason] = by_reason.get(reason, 0) + n
     n_quarantined = sum(by_reason.values())
-    n_read = validated.count()
-    if n_read != n_accepted + n_quarantined:
-        raise AssertionError(f"row accounting broken: read {n_read} != {n_accepted} + {n_quarantined}")
+    expected = src_rows(src) if src.format == "parquet" else n_read
+    if not (n_read == expected == n_accepted + n_quarantined == n_written_ok + n_written_bad):
+        raise AssertionError(
+            f"row accounting broken: source {expected}, read {n_read}, accepted {n_accepted} "
+            f"+ quarantined {n_quarantined}, written {n_written_ok} + {n_written_bad}"
+        )
 
     result = IngestResult(
         source=src.location,

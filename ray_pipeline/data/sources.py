@@ -88,9 +88,7 @@ def resolve_source(source: SourceConfig, location: str) -> SourceFiles:
         while any(ch in base for ch in "*?["):
             base = os.path.dirname(base)
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        files = sorted(
-            i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)
-        )
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
         if not files:
             raise IngestError(f"{location}: no files match this pattern")
     else:
@@ -99,9 +97,7 @@ def resolve_source(source: SourceConfig, location: str) -> SourceFiles:
             raise IngestError(f"{location}: source not found (no such file or directory)")
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            files = sorted(
-                i.path for i in infos if i.type == pafs.FileType.File and not _is_hidden(i.path)
-            )
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not _is_hidden(i.path))
             if not files:
                 raise IngestError(f"{location}: directory holds no data files")
         else:
@@ -170,9 +166,7 @@ def check_columns(src: SourceFiles, source: SourceConfig, required: list[str]) -
             continue
         missing = [c for c in required if c not in names]
         if missing:
-            raise IngestError(
-                f"{src.display(path)}: missing required column(s) {missing}; found {names}"
-            )
+            raise IngestError(f"{src.display(path)}: missing required column(s) {missing}; found {names}")
         columns_by_file[path] = names
     return columns_by_file
 
@@ -199,6 +193,11 @@ def read_pieces(src: SourceFiles) -> list[dict[str, Any]]:
         if meta.num_row_groups == 0:
             pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": []})
     return pieces
+
+
+def src_rows(src: SourceFiles) -> int:
+    """Rows in a Parquet source by its footers: an independent count to check ingest against."""
+    return sum(pq.read_metadata(p, filesystem=src.filesystem).num_rows for p in src.files)
 
 
 def _tag(table: pa.Table, shown: str, file_index: int, first_row: int) -> pa.Table:
@@ -231,7 +230,9 @@ def _json_lines(stream: Any, chunk_bytes: int) -> Iterator[pa.Table]:
             return
 
 
-def _file_tables(src: SourceFiles, piece: dict[str, Any], source: SourceConfig, text_columns: list[str]) -> Iterator[pa.Table]:
+def _file_tables(
+    src: SourceFiles, piece: dict[str, Any], source: SourceConfig, text_columns: list[str]
+) -> Iterator[pa.Table]:
     path = piece["path"]
     if src.format == "parquet":
         pfile = pq.ParquetFile(path, filesystem=src.filesystem)

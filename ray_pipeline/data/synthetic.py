@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -98,15 +99,15 @@ def _check_spec(spec: SyntheticConfig) -> None:
     drift = spec.drift
     if drift is None:
         return
-    bad = sorted(set(drift.covariate_shift) - set(LATENT_FEATURES))
-    if bad:
-        raise ValueError(f"synthetic.drift.covariate_shift: unknown features {bad}; expected any of {LATENT_FEATURES}")
-    bad = sorted(set(drift.new_categories) - set(CATEGORICAL_FEATURES))
-    if bad:
-        raise ValueError(f"synthetic.drift.new_categories: unknown columns {bad}; expected any of {CATEGORICAL_FEATURES}")
-    bad = sorted(set(drift.concept_drift) - set(COEFFICIENTS))
-    if bad:
-        raise ValueError(f"synthetic.drift.concept_drift: unknown coefficients {bad}; expected any of {sorted(COEFFICIENTS)}")
+    targets = [
+        ("covariate_shift", drift.covariate_shift, "features", LATENT_FEATURES),
+        ("new_categories", drift.new_categories, "columns", CATEGORICAL_FEATURES),
+        ("concept_drift", drift.concept_drift, "coefficients", sorted(COEFFICIENTS)),
+    ]
+    for key, given, what, known in targets:
+        bad = sorted(set(given) - set(known))
+        if bad:
+            raise ValueError(f"synthetic.drift.{key}: unknown {what} {bad}; expected any of {known}")
 
 
 def num_chunks(spec: SyntheticConfig) -> int:
@@ -185,9 +186,7 @@ def generate_chunk(spec: SyntheticConfig, chunk: int) -> pa.Table:
     start_us = int(spec.start.timestamp() * 1e6)
     ts_us = start_us + (offsets * 1e6).astype(np.int64)
     drift = spec.drift
-    drifted = (
-        ts_us >= int(drift.start.timestamp() * 1e6) if drift is not None else np.zeros(n, dtype=bool)
-    )
+    drifted = ts_us >= int(drift.start.timestamp() * 1e6) if drift is not None else np.zeros(n, dtype=bool)
 
     z = {name: latent[i] for i, name in enumerate(LATENT_FEATURES)}
     if drift is not None:
@@ -321,9 +320,7 @@ def generate(spec: SyntheticConfig, out: str) -> GenerateResult:
     def make(batch: dict[str, np.ndarray]) -> pa.Table:
         return pa.concat_tables([generate_chunk(spec, int(i)) for i in batch["id"]])
 
-    ds = ray.data.range(chunks, override_num_blocks=chunks).map_batches(
-        make, batch_size=1, batch_format="numpy"
-    )
+    ds = ray.data.range(chunks, override_num_blocks=chunks).map_batches(make, batch_size=1, batch_format="numpy")
     if spec.format == "parquet":
         ds.write_parquet(out, mode=SaveMode.OVERWRITE)
     else:

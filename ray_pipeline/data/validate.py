@@ -2,8 +2,8 @@
 
 `validate_batch` is a pure function on a pyarrow Table so Ray Data can run it on every block and
 tests can call it directly. It never drops a row: each output row is either accepted (typed
-values, `_reason` null) or rejected (`_reason`, `_field`, `_detail` set, its input values kept as JSON text in `_original`
-for the quarantine).
+values, `_reason` null) or rejected (`_reason`, `_field`, `_detail` set, its input values kept
+as JSON text in `_original` for the quarantine).
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def _check_entity(arr: pa.ChunkedArray, schema: SchemaConfig, v: _Verdicts) -> p
     if schema.entity_type == "str":
         return text
     if pa.types.is_integer(arr.type):
-        return pc.cast(arr, pa.int64()).combine_chunks() if isinstance(arr, pa.ChunkedArray) else pc.cast(arr, pa.int64())
+        ids = pc.cast(arr, pa.int64())
+        return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     values, present = _to_number(arr, name, v)
     integral = present & np.isfinite(values) & (values == np.round(values))
     v.flag(present & ~integral, "invalid_type", name, f"{name}: not an integer id", arr)
@@ -255,9 +256,7 @@ def quarantine_part(validated: pa.Table) -> pa.Table:
     out: dict[str, pa.Array] = {}
     for c in names:
         typed = _text(bad[c]).to_pylist()
-        out[c] = pa.array(
-            [row.get(c) if row is not None else t for row, t in zip(stored, typed)], type=pa.string()
-        )
+        out[c] = pa.array([row.get(c) if row is not None else t for row, t in zip(stored, typed)], type=pa.string())
     for c in META_COLUMNS:
         if c in bad.column_names:
             out[c] = pc.cast(bad[c], pa.string()) if c == SOURCE else bad[c]
