@@ -1,0 +1,106 @@
+"""FeatureSpec: every statistic a transform needs, as versioned, content-hashed, readable JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEC_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumericSpec(_Frozen):
+    """Fitted state of one numeric column. Transform: log1p -> clip -> impute -> standardize."""
+
+    name: str
+    log1p: bool
+    clip: tuple[float, float] | None = Field(description="Clip bounds (after log1p), or none.")
+    fill: float = Field(description="Value given to missing inputs (after log1p and clip).")
+    missing_indicator: bool
+    mean: float = Field(description="Training mean after log1p, used to standardize.")
+    std: float = Field(description="Training std after log1p (1.0 when not standardizing or constant).")
+    count: int = Field(description="Present training values.")
+    missing: int = Field(description="Missing training values.")
+
+
+class CategoricalSpec(_Frozen):
+    """Fitted state of one categorical column."""
+
+    name: str
+    encoding: Literal["frequency", "onehot"]
+    frequencies: dict[str, float] = Field(description="Kept categories -> training frequency (count / rows).")
+    missing_value: float = Field(description="Encoded value for null or empty input.")
+    unseen_value: float = Field(description="Encoded value for categories not kept (unseen or rare).")
+    rare_frequency: float = Field(description="Share of training rows in categories below min_count.")
+    onehot: list[str] = Field(default_factory=list, description="One-hot categories, in output order.")
+
+
+class FeatureSpec(_Frozen):
+    """Everything `transform` needs; stored with every model version."""
+
+    version: int = SPEC_VERSION
+    rows: int = Field(description="Training rows the statistics come from.")
+    numeric: list[NumericSpec]
+    categorical: list[CategoricalSpec]
+    passthrough: list[str] = Field(default_factory=list, description="Columns copied unchanged (key, time, label).")
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Raw columns transform reads."""
+        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the output vector's entries, in order."""
+        names: list[str] = []
+        for col in self.numeric:
+            names.append(col.name)
+            if col.missing_indicator:
+                names.append(f"{col.name}__missing")
+        for cat in self.categorical:
+            if cat.encoding == "frequency":
+                names.append(f"{cat.name}__freq")
+            else:
+                names.extend(f"{cat.name}={value}" for value in cat.onehot)
+        return names
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON: equal hashes mean identical transforms."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        """Readable JSON with the content hash alongside (not part of what it hashes)."""
+        body = self.model_dump(mode="json")
+        return json.dumps({"content_hash": self.content_hash(), **body}, indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        """Parse, and refuse a spec whose stated hash does not match its content."""
+        data = json.loads(text)
+        stated = data.pop("content_hash", None)
+        if data.get("version") != SPEC_VERSION:
+            raise ValueError(f"FeatureSpec version {data.get('version')} is not supported (expected {SPEC_VERSION})")
+        spec = cls.model_validate(data)
+        if stated is not None and stated != spec.content_hash():
+            raise ValueError("FeatureSpec content does not match its content_hash: the file was changed")
+        return spec
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSpec":
+        """Read a spec written by `save`."""
+        return cls.from_json(Path(path).read_text())

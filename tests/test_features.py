@@ -1,0 +1,244 @@
+"""Feature fit/transform: statistics match pandas, and offline == online == a pandas reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_pipeline.config import (
+    CategoricalFeatureConfig,
+    FeaturesConfig,
+    NumericFeatureConfig,
+    SchemaConfig,
+)
+from ray_pipeline.features import FeatureSpec, fit, transform, transform_records, transform_table
+from ray_pipeline.features.fit import merge_partials, partial_stats
+
+SCHEMA = SchemaConfig(
+    entity_key="id",
+    event_timestamp="ts",
+    label="y",
+    features={
+        "x": {"type": "float"},
+        "k": {"type": "int"},
+        "c": {"type": "category"},
+        "d": {"type": "category"},
+    },
+)
+
+
+def _fit_local(frame: pd.DataFrame, features: FeaturesConfig, blocks: int = 3) -> FeatureSpec:
+    """Fit without Ray: the same partial statistics per block, merged (as `fit` does)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    size = max(1, -(-len(frame) // blocks))
+    partials = [
+        json.loads(partial_stats(table.slice(i, size), {"x": features.numeric.get("x", NumericFeatureConfig()).log1p,
+                                                         "k": features.numeric.get("k", NumericFeatureConfig()).log1p},
+                                 ["c", "d"])["stats"][0].as_py())
+        for i in range(0, max(len(frame), 1), size)
+    ]  # fmt: skip
+    return merge_partials(partials, ["x", "k"], ["c", "d"], features, [])
+
+
+def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """The transform written plainly with pandas, from the spec's documented math."""
+    cols = []
+    for col in spec.numeric:
+        x = pd.to_numeric(frame[col.name], errors="coerce").astype("float64")
+        x = x.where(np.isfinite(x))
+        if col.log1p:
+            x = np.log1p(x.clip(lower=0.0))
+        if col.clip is not None:
+            x = x.clip(col.clip[0], col.clip[1])
+        miss = x.isna()
+        x = (x.fillna(col.fill) - col.mean) / col.std
+        cols.append(x.to_numpy())
+        if col.missing_indicator:
+            cols.append(miss.astype("float64").to_numpy())
+    for cat in spec.categorical:
+        s = frame[cat.name].astype(object)
+        missing = s.isna() | (s == "")
+        if cat.encoding == "onehot":
+            for value in cat.onehot:
+                cols.append(((s == value) & ~missing).astype("float64").to_numpy())
+            continue
+        enc = s.map(lambda v: cat.frequencies.get(v, cat.unseen_value) if v is not None else 0.0).astype("float64")
+        cols.append(enc.where(~missing, cat.missing_value).to_numpy())
+    return np.column_stack(cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# property tests: offline == online exactly, == pandas reference within 1e-9
+# ---------------------------------------------------------------------------------------------
+
+CATS = st.sampled_from(["a", "b", "c", "é", "", "long category name", "zz"]) | st.none() | st.text(max_size=3)
+TRAIN_FLOATS = st.floats(min_value=-1e6, max_value=1e6) | st.none()
+ANY_FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.sampled_from([1e300, -1e300, 0.0])
+INTS = st.integers(min_value=-(2**40), max_value=2**40) | st.none()
+
+
+def _frames(x, k) -> st.SearchStrategy[pd.DataFrame]:
+    row = st.fixed_dictionaries({"x": x, "k": k, "c": CATS, "d": CATS})
+    return st.lists(row, min_size=1, max_size=40).map(
+        lambda rows: pd.DataFrame(
+            {
+                "x": pd.array([r["x"] for r in rows], dtype="Float64").astype("float64"),
+                "k": pd.array([r["k"] for r in rows], dtype="Int64"),
+                "c": pd.Series([r["c"] for r in rows], dtype=object),
+                "d": pd.Series([r["d"] for r in rows], dtype=object),
+            }
+        )
+    )
+
+
+FEATURE_CONFIGS = st.builds(
+    lambda log1p, impute, ind, std, clip, unseen, missing, min_count, enc: FeaturesConfig(
+        numeric={
+            "x": NumericFeatureConfig(
+                log1p=log1p, impute=impute, missing_indicator=ind, standardize=std, clip_quantiles=clip
+            )
+        },
+        categorical={
+            "c": CategoricalFeatureConfig(unseen=unseen, missing=missing, min_count=min_count),
+            "d": CategoricalFeatureConfig(encoding=enc, max_onehot=3),
+        },
+    ),  # fmt: skip
+    st.booleans(),
+    st.sampled_from(["mean", "median"]),
+    st.booleans(),
+    st.booleans(),
+    st.none() | st.just((0.05, 0.95)),
+    st.sampled_from(["zero", "rare", "missing"]),
+    st.sampled_from(["own", "zero"]),
+    st.integers(1, 3),
+    st.sampled_from(["frequency", "onehot"]),
+)
+
+
+def _table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(train=_frames(TRAIN_FLOATS, INTS), test=_frames(ANY_FLOATS, INTS), features=FEATURE_CONFIGS)
+def test_transform_equals_records_and_pandas_reference(train, test, features):
+    spec = _fit_local(train, features)
+    batch = transform_table(_table(test), spec)
+    assert batch.dtype == np.float32 and batch.shape == (len(test), len(spec.feature_names))
+    assert np.isfinite(batch).all()
+    # Online path, one request per row, gives the same bits as the batch path.
+    records = test.astype(object).where(test.notna(), None).to_dict("records")
+    for i, record in enumerate(records):
+        single, names = transform_records([record], spec)
+        assert names == spec.feature_names
+        np.testing.assert_array_equal(single[0], batch[i])
+    wide = transform_table(_table(test), spec, dtype=np.float64)
+    np.testing.assert_allclose(wide, reference(test, spec), rtol=1e-12, atol=1e-9)
+    assert np.isfinite(wide).all()
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(train=_frames(TRAIN_FLOATS, INTS), test=_frames(ANY_FLOATS, INTS), features=FEATURE_CONFIGS)
+def test_ray_data_transform_equals_records(ray_session, train, test, features):
+    import ray.data
+
+    spec = _fit_local(train, features).model_copy(update={"passthrough": ["row"]})
+    frame = test.assign(row=np.arange(len(test)))
+    out = transform(ray.data.from_arrow(_table(frame)).repartition(2), spec).to_pandas()
+    out = out.sort_values("row").reset_index(drop=True)
+    offline = out[spec.feature_names].to_numpy()
+    online, _ = transform_records(frame.astype(object).where(frame.notna(), None).to_dict("records"), spec)
+    np.testing.assert_array_equal(offline, online)
+
+
+# ---------------------------------------------------------------------------------------------
+# fit on Ray Data: statistics equal pandas' over the whole dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def _demo_frame(rows: int = 30_000) -> pd.DataFrame:
+    from ray_pipeline.config import SyntheticConfig
+    from ray_pipeline.data.synthetic import generate_chunk
+
+    spec = SyntheticConfig(rows=rows, chunk_rows=rows, seed=9)
+    return generate_chunk(spec, 0).to_pandas()
+
+
+def test_fit_on_ray_matches_pandas(ray_session, demo_config_dict):
+    import ray.data
+
+    from ray_pipeline.config import parse_config
+
+    demo_config_dict["features"] = {
+        "numeric": {"amount": {"log1p": True, "clip_quantiles": [0.01, 0.99]}, "credit_score": {"impute": "median"}},
+        "categorical": {"channel": {"encoding": "onehot"}, "merchant_id": {"min_count": 5, "unseen": "rare"}},
+    }
+    cfg = parse_config(demo_config_dict)
+    frame = _demo_frame()
+    ds = ray.data.from_pandas(frame).repartition(7)
+    spec = fit(ds, cfg.data.schema_, cfg.features)
+    assert spec.rows == len(frame)
+
+    by_name = {c.name: c for c in spec.numeric}
+    for name, col in by_name.items():
+        values = frame[name].astype(float)
+        if col.log1p:
+            values = np.log1p(values.clip(lower=0))
+        assert col.count == values.notna().sum() and col.missing == values.isna().sum()
+        assert col.mean == pytest.approx(values.mean(), rel=1e-9)
+        assert col.std == pytest.approx(values.std(ddof=0), rel=1e-9)
+    lo, hi = by_name["amount"].clip
+    logged = np.log1p(frame["amount"])
+    assert (logged < lo).mean() == pytest.approx(0.01, abs=0.002)
+    assert (logged > hi).mean() == pytest.approx(0.01, abs=0.002)
+    median = frame["credit_score"].median()
+    assert abs(by_name["credit_score"].fill - median) <= 1.0
+
+    cats = {c.name: c for c in spec.categorical}
+    counts = frame["merchant_category"].value_counts()
+    for key, freq in cats["merchant_category"].frequencies.items():
+        assert freq == pytest.approx(counts[key] / len(frame), rel=1e-12)
+    merchants = frame["merchant_id"].value_counts()
+    assert set(cats["merchant_id"].frequencies) == set(merchants[merchants >= 5].index)
+    assert cats["merchant_id"].unseen_value == pytest.approx(merchants[merchants < 5].sum() / len(frame))
+    assert cats["channel"].onehot == list(frame["channel"].value_counts().index)
+    assert "channel=pos" in spec.feature_names
+
+
+def test_spec_json_roundtrip_hash_and_tamper(tmp_path):
+    spec = _fit_local(pd.DataFrame({"x": [1.0, 2.0, None], "k": [1, 2, 3], "c": ["a", "b", "a"], "d": ["q", None, "q"]}),
+                      FeaturesConfig())  # fmt: skip
+    path = spec.save(tmp_path / "spec.json")
+    loaded = FeatureSpec.load(path)
+    assert loaded == spec and loaded.content_hash() == spec.content_hash()
+    text = path.read_text()
+    assert json.loads(text)["numeric"][0]["mean"] == 1.5  # readable by a person
+    path.write_text(text.replace('"mean": 1.5', '"mean": 1.6'))
+    with pytest.raises(ValueError, match="does not match its content_hash"):
+        FeatureSpec.load(path)
+
+
+def test_unseen_missing_and_rare_policies():
+    train = pd.DataFrame({"x": [1.0] * 6, "k": [1] * 6, "c": ["a", "a", "a", "b", None, "r"], "d": ["q"] * 6})
+    for unseen, expected in (("zero", 0.0), ("rare", 2 / 6), ("missing", 1 / 6)):
+        features = FeaturesConfig(categorical={"c": CategoricalFeatureConfig(unseen=unseen, min_count=2)})
+        spec = _fit_local(train, features)
+        c = next(cat for cat in spec.categorical if cat.name == "c")
+        assert c.frequencies == {"a": 3 / 6}  # b and r are rare (below min_count 2)
+        out, names = transform_records([{"c": "new"}, {"c": None}, {"c": ""}, {"c": "a"}, {"c": "b"}], spec)
+        col = out[:, names.index("c__freq")]
+        np.testing.assert_allclose(col, np.float32([expected, 1 / 6, 1 / 6, 0.5, expected]))
+
+
+def test_records_with_wrong_types_are_rejected_by_name():
+    spec = _fit_local(pd.DataFrame({"x": [1.0], "k": [1], "c": ["a"], "d": ["q"]}), FeaturesConfig())
+    with pytest.raises(TypeError, match="feature 'x': expected a number, got 'abc'"):
+        transform_records([{"x": "abc"}], spec)
