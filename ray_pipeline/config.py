@@ -244,9 +244,7 @@ class CategoricalFeatureConfig(StrictModel):
     missing: Literal["own", "zero"] = Field(
         default="own", description="Value for nulls and empty strings: their own training frequency, or 0."
     )
-    min_count: int = Field(
-        default=1, ge=1, description="Categories seen fewer times share one rare bucket."
-    )
+    min_count: int = Field(default=1, ge=1, description="Categories seen fewer times share one rare bucket.")
     max_onehot: int = Field(default=20, ge=1, description="One-hot keeps at most this many categories (most frequent).")
 
 
@@ -258,13 +256,38 @@ class OnlineStoreConfig(StrictModel):
     url: str = Field(default="redis://localhost:6379/0", description="Redis URL (backend: redis).")
 
 
+AggregateName = Literal["count", "mean", "sum", "min", "max"]
+
+
 class FeatureViewConfig(StrictModel):
-    """Feast-style feature view: entity-keyed, timestamped feature values with a time-to-live."""
+    """Feast-style feature view: entity-keyed, timestamped feature values with a time-to-live.
+
+    Either `daily_aggregates` computes the view from the accepted events (per entity and UTC
+    day, known at the end of that day), or `source` names Parquet rows that already hold
+    `entity`, `timestamp` and `features`.
+    """
 
     entity: str
     timestamp: str = Field(default="feature_ts", description="Column with the time a value became known.")
-    features: list[str] = Field(min_length=1)
+    source: str = Field(default="accepted", description="'accepted' (ingest output) or a Parquet path/URI.")
+    daily_aggregates: dict[str, list[AggregateName]] | None = Field(
+        default=None, description="Column -> aggregates per entity and day, e.g. {amount: [mean, max]}."
+    )
+    features: list[str] | None = Field(default=None, description="Feature columns of a ready-made source.")
     ttl_seconds: float | None = Field(default=None, gt=0, description="Values older than this are not used.")
+
+    @model_validator(mode="after")
+    def _one_definition(self) -> "FeatureViewConfig":
+        if (self.daily_aggregates is None) == (self.features is None):
+            raise ValueError("give exactly one of daily_aggregates or features")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The view's feature columns, in a fixed order."""
+        if self.daily_aggregates is not None:
+            return [f"{col}_{fn}_1d" for col, fns in self.daily_aggregates.items() for fn in fns]
+        return list(self.features or [])
 
 
 class FeaturesConfig(StrictModel):

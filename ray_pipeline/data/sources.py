@@ -231,16 +231,21 @@ def _json_lines(stream: Any, chunk_bytes: int) -> Iterator[pa.Table]:
 
 
 def _file_tables(
-    src: SourceFiles, piece: dict[str, Any], source: SourceConfig, text_columns: list[str]
+    src: SourceFiles,
+    piece: dict[str, Any],
+    source: SourceConfig,
+    text_columns: list[str],
+    columns: list[str] | None = None,
 ) -> Iterator[pa.Table]:
     path = piece["path"]
     if src.format == "parquet":
         pfile = pq.ParquetFile(path, filesystem=src.filesystem)
         groups = list(piece["row_groups"])
         if not groups:  # a file without row groups: keep its (empty) schema
-            yield pfile.schema_arrow.empty_table()
+            schema = pfile.schema_arrow
+            yield schema.empty_table().select(columns) if columns else schema.empty_table()
             return
-        for rb in pfile.iter_batches(row_groups=groups, batch_size=PIECE_ROWS):
+        for rb in pfile.iter_batches(row_groups=groups, batch_size=PIECE_ROWS, columns=columns):
             yield pa.Table.from_batches([rb])
         return
     with src.filesystem.open_input_stream(path, compression="detect") as stream:
@@ -270,3 +275,24 @@ def read_piece(
                 row += table.num_rows
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise IngestError(f"{shown}: cannot read as {src.format}: {exc}") from None
+
+
+def _read_parquet_piece(batch: dict[str, Any], src: SourceFiles, columns: list[str] | None) -> Iterator[pa.Table]:
+    for i in range(len(batch["path"])):
+        piece = {k: batch[k][i] for k in batch}
+        yield from _file_tables(src, piece, SourceConfig(path=src.location), [], columns)
+
+
+def read_parquet(location: str, columns: list[str] | None = None):
+    """A Parquet file, directory, glob or URI as a Ray Dataset, one read task per ~PIECE_ROWS rows.
+
+    Used for the platform's own Parquet outputs instead of `ray.data.read_parquet`, whose file
+    listing step costs several seconds per read on a 2-core machine (measured with ray 2.60).
+    """
+    import ray.data
+
+    src = resolve_source(SourceConfig(path=location, format="parquet"), location)
+    pieces = read_pieces(src)
+    return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        _read_parquet_piece, batch_size=1, fn_kwargs={"src": src, "columns": columns}
+    )

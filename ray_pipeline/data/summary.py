@@ -36,9 +36,9 @@ def _partial(batch: pa.Table, label: str) -> pa.Table:
 
 def ground_truth_summary(accepted_path: str, label: str) -> GroundTruth:
     """Label rate, mean p_true and Bayes log-loss of the Parquet rows at `accepted_path`."""
-    import ray.data
+    from ray_pipeline.data.sources import read_parquet
 
-    ds = ray.data.read_parquet(accepted_path, columns=[label, "p_true"])
+    ds = read_parquet(accepted_path, columns=[label, "p_true"])
     parts = ds.map_batches(_partial, fn_kwargs={"label": label}, batch_format="pyarrow").take_all()
     n = sum(int(r["n"]) for r in parts)
     if n == 0:

@@ -1,0 +1,49 @@
+"""Hash partitioning of Ray Dataset blocks by a key with plain Ray tasks.
+
+Ray Data's groupby sorts every row through a shuffle, which on a small cluster costs far more
+than the work per group. Feature joins and per-entity aggregates only need rows of one entity
+to meet in one task: each block is split by a hash of the key, and partition p is the list of
+the p-th pieces of every block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ray_pipeline.data.dedup import _column_hashes
+
+BLOCK, POS = "_part_block", "_part_pos"
+
+
+def bucket_of(table: pa.Table, key: str, parts: int) -> np.ndarray:
+    """Partition number of each row (equal keys, whatever their integer width, share a partition)."""
+    return (_column_hashes(table[key])[0] % np.uint64(parts)).astype(np.int64)
+
+
+def split_block(table: pa.Table, key: str, parts: int, block: int | None = None) -> list[pa.Table]:
+    """Pieces of one block, one per partition; with `block`, rows remember where they came from."""
+    if block is not None:
+        n = table.num_rows
+        table = table.append_column(BLOCK, pa.array(np.full(n, block, np.int64))).append_column(
+            POS, pa.array(np.arange(n, dtype=np.int64))
+        )
+    bucket = bucket_of(table, key, parts)
+    return [table.filter(pa.array(bucket == p)) for p in range(parts)]
+
+
+def partition(block_refs: list, key: str, parts: int, tag_blocks: bool = False) -> list[list]:
+    """For each partition, the object refs of its piece of every block."""
+    import ray
+
+    split = ray.remote(split_block).options(num_returns=parts)
+    pieces = []
+    for i, ref in enumerate(block_refs):
+        out = split.remote(ref, key, parts, i if tag_blocks else None)
+        pieces.append(out if isinstance(out, list) else [out])
+    return [[p[i] for p in pieces] for i in range(parts)]
+
+
+def default_parts(n_blocks: int) -> int:
+    """Partitions for `n_blocks` input blocks: enough to spread work, few enough to stay cheap."""
+    return max(2, min(64, n_blocks))
