@@ -23,6 +23,9 @@ def bucket_of(table: pa.Table, key: str, parts: int) -> np.ndarray:
 
 def split_block(table: pa.Table, key: str, parts: int, block: int | None = None) -> list[pa.Table]:
     """Pieces of one block, one per partition; with `block`, rows remember where they came from."""
+    if table.num_rows == 0:
+        # Ray Data may hand over empty blocks without columns; they add nothing anywhere.
+        return [table] * parts
     if block is not None:
         n = table.num_rows
         table = table.append_column(BLOCK, pa.array(np.full(n, block, np.int64))).append_column(

@@ -28,16 +28,21 @@ def asof_match(
     """For each event row, the row of `feats` with the same entity and the latest timestamp at or
     before the event's (and within `ttl`), or -1."""
     match = np.full(len(events), -1, dtype=np.int64)
-    left = pd.DataFrame(
-        {"_e": events[entity].to_numpy(), "_t": events[event_ts].to_numpy(), "_row": np.arange(len(events))}
-    )
-    right = pd.DataFrame(
-        {"_e": feats[feature_entity].to_numpy(), "_t": feats[feature_ts].to_numpy(), "_idx": np.arange(len(feats))}
-    )
-    left = left.dropna(subset=["_e", "_t"])
-    right = right.dropna(subset=["_e", "_t"])
+
+    def frame(keys: pd.Series, times: pd.Series, index: str) -> pd.DataFrame:
+        out = pd.DataFrame({"_e": keys.array, "_t": times.array, index: np.arange(len(keys))})
+        out = out.dropna(subset=["_e", "_t"])
+        # One time type on both sides (merge_asof compares them), whatever the input's unit.
+        out["_t"] = pd.to_datetime(out["_t"], utc=True).astype("datetime64[us, UTC]")
+        return out
+
+    left = frame(events[entity], events[event_ts], "_row")
+    right = frame(feats[feature_entity], feats[feature_ts], "_idx")
     if len(left) == 0 or len(right) == 0:
         return match
+    for side in (left, right):
+        if pd.api.types.is_integer_dtype(side["_e"].dtype):
+            side["_e"] = side["_e"].astype("int64")
     if left["_e"].dtype != right["_e"].dtype:
         left["_e"] = left["_e"].astype(str)
         right["_e"] = right["_e"].astype(str)
@@ -58,7 +63,11 @@ def asof_match(
 
 def _join_partition(n_events: int, n_blocks: int, spec: dict, *tables: pa.Table) -> list[pa.Table]:
     """One hash partition: join, then split the rows by the input block they came from."""
-    events = pa.concat_tables(tables[:n_events], promote_options="default")
+    event_tables = [t for t in tables[:n_events] if t.num_rows]
+    if not event_tables:
+        empty = pa.table({})
+        return empty if n_blocks == 1 else [empty] * n_blocks
+    events = pa.concat_tables(event_tables, promote_options="default")
     feature_tables = [t for t in tables[n_events:] if t.num_rows]
     features = spec["features"]
     if feature_tables and events.num_rows:
@@ -86,9 +95,26 @@ def _join_partition(n_events: int, n_blocks: int, spec: dict, *tables: pa.Table)
 
 
 def _reassemble(*parts: pa.Table) -> pa.Table:
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return pa.table({})
     table = pa.concat_tables(parts, promote_options="default")
     order = pc.sort_indices(table, sort_keys=[(POS, "ascending")])
     return table.take(order).drop_columns([BLOCK, POS])
+
+
+def _schema_of(table: pa.Table) -> pa.Schema:
+    return table.schema
+
+
+def _feature_types(refs: list, features: list[str]) -> dict[str, pa.DataType]:
+    """Arrow types of the view's features, from the first block that has them (float64 if none)."""
+    import ray
+
+    for schema in ray.get([ray.remote(_schema_of).remote(r) for r in refs]):
+        if all(f in schema.names for f in features):
+            return {f: schema.field(f).type for f in features}
+    return {f: pa.float64() for f in features}
 
 
 def point_in_time_join(
@@ -107,14 +133,13 @@ def point_in_time_join(
     import ray.data
 
     feature_entity = feature_entity or entity
+    events = events.materialize()
     clash = sorted(set(features) & set(events.schema().names))
     if clash:
         raise ValueError(f"feature names {clash} already exist in the events; rename them in the view")
-    view_schema = view.schema()
-    types = {f: view_schema.base_schema.field(f).type for f in features}
-    events = events.materialize()
     event_refs = events.to_arrow_refs()
     view_refs = view.materialize().to_arrow_refs()
+    types = _feature_types(view_refs, features)
     n_blocks = len(event_refs)
     parts = parts or default_parts(n_blocks)
     spec = {

@@ -90,7 +90,10 @@ def _aggregate_partition(
     entity: str, event_ts: str, aggregates: dict[str, list[str]], out_ts: str, *pieces: pa.Table
 ) -> pa.Table:
     """Aggregates per (entity, UTC day) of one hash partition, stamped with the end of the day."""
-    frame = pa.concat_tables(pieces, promote_options="default").to_pandas()
+    tables = [p for p in pieces if p.num_rows]
+    if not tables:
+        return pa.table({})
+    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
     frame = frame.dropna(subset=[entity, event_ts])
     # Aggregates of day D are known once D has ended: stamp them with D + 1 day.
     frame[out_ts] = frame[event_ts].dt.floor("D") + pd.Timedelta(days=1)
