@@ -214,8 +214,8 @@ def test_fit_on_ray_matches_pandas(ray_session, demo_config_dict):
 
 
 def test_spec_json_roundtrip_hash_and_tamper(tmp_path):
-    spec = _fit_local(pd.DataFrame({"x": [1.0, 2.0, None], "k": [1, 2, 3], "c": ["a", "b", "a"], "d": ["q", None, "q"]}),
-                      FeaturesConfig())  # fmt: skip
+    frame = pd.DataFrame({"x": [1.0, 2.0, None], "k": [1, 2, 3], "c": ["a", "b", "a"], "d": ["q", None, "q"]})
+    spec = _fit_local(frame, FeaturesConfig())
     path = spec.save(tmp_path / "spec.json")
     loaded = FeatureSpec.load(path)
     assert loaded == spec and loaded.content_hash() == spec.content_hash()
