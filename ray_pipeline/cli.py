@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Callable, TypeVar
 
@@ -152,6 +152,74 @@ def ingest(
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
 
 
+features_app = typer.Typer(help="Feature views, training set, FeatureSpec and the online store.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("fit")
+@_friendly_errors
+def features_fit(config: ConfigOpt, address: AddressOpt = None) -> None:
+    """Build the feature views, join the training set point-in-time and fit the FeatureSpec."""
+    from ray_pipeline.features.pipeline import build_features
+    from ray_pipeline.runtime import init_ray
+
+    cfg = load_config(config)
+    init_ray(address)
+    typer.echo(build_features(cfg).render())
+
+
+@features_app.command("materialize")
+@_friendly_errors
+def features_materialize(
+    config: ConfigOpt,
+    start: Annotated[datetime | None, typer.Option(help="Only values from this time on (UTC).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Only values before this time (UTC).")] = None,
+    view: Annotated[list[str], typer.Option(help="Views to materialize (default: all); repeatable.")] = [],
+    address: AddressOpt = None,
+) -> None:
+    """Load the latest value per entity of each feature view into the online store."""
+    from ray_pipeline.features.pipeline import materialize_online
+    from ray_pipeline.runtime import init_ray
+
+    cfg = load_config(config)
+    init_ray(address)
+    for name, counts in materialize_online(cfg, start, end, view or None).items():
+        typer.echo(f"{name}: {counts['candidates']:,} entity values considered, {counts['written']:,} written")
+
+
+@features_app.command("get")
+@_friendly_errors
+def features_get(
+    config: ConfigOpt,
+    entity: Annotated[list[str], typer.Option("--entity", "-e", help="Entity id; repeatable.")],
+    view: Annotated[str | None, typer.Option(help="Feature view (default: the only one configured).")] = None,
+    now: Annotated[datetime | None, typer.Option(help="Evaluate the TTL at this time (UTC); default now.")] = None,
+) -> None:
+    """Read feature values for entities from the online store, with their status."""
+    from datetime import timezone
+
+    from ray_pipeline.features.pipeline import online_store
+
+    cfg = load_config(config)
+    views = cfg.features.views
+    if view is None:
+        if len(views) != 1:
+            raise ValueError(f"--view is required: configured views are {sorted(views)}")
+        view = next(iter(views))
+    if view not in views:
+        raise ValueError(f"--view {view!r}: not a configured view; expected one of {sorted(views)}")
+    when = now.replace(tzinfo=timezone.utc) if now is not None and now.tzinfo is None else now
+    store = online_store(cfg)
+    try:
+        rows = store.get(view, entity, views[view].feature_names, views[view].ttl_seconds, when)
+    finally:
+        store.close()
+    for row in rows:
+        stamp = row.feature_ts.isoformat() if row.feature_ts else "-"
+        values = json.dumps(row.values) if row.status == "present" else ""
+        typer.echo(f"{row.entity}\t{row.status}\t{stamp}\t{values}")
+
+
 @app.command()
 @_friendly_errors
 def demo(
@@ -159,10 +227,11 @@ def demo(
     rows: Annotated[int | None, typer.Option(help="Override the number of synthetic rows.")] = None,
     address: AddressOpt = None,
 ) -> None:
-    """Run the end-to-end job: generate synthetic data, ingest and validate it, print a summary."""
+    """Run the end-to-end job: generate data, ingest it, build features, fill the online store."""
     from ray_pipeline.data.ingest import ingest as run_ingest
     from ray_pipeline.data.summary import ground_truth_summary
     from ray_pipeline.data.synthetic import generate as run_generate
+    from ray_pipeline.features.pipeline import build_features, materialize_online, online_store
     from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
@@ -171,17 +240,34 @@ def demo(
     spec = _synthetic_spec(cfg, {"rows": rows}, {})
     runtime = init_ray(address)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
-    typer.secho(f"[1/3] {where}, {runtime.num_cpus:g} CPUs", bold=True)
+    typer.secho(f"[1/5] {where}, {runtime.num_cpus:g} CPUs", bold=True)
 
     raw = cfg.resolve(cfg.data.source.path)
     result = run_generate(spec, raw)
-    typer.secho(f"[2/3] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
+    typer.secho(f"[2/5] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
 
     ingested = run_ingest(cfg)
-    typer.secho("[3/3] ingest and validation", bold=True)
+    typer.secho("[3/5] ingest and validation", bold=True)
     typer.echo(ingested.render())
     truth = ground_truth_summary(ingested.accepted_path, cfg.data.schema_.label)
     typer.echo(truth.render())
+
+    typer.secho("[4/5] feature views, point-in-time training set, FeatureSpec", bold=True)
+    built = build_features(cfg)
+    typer.echo(built.render())
+
+    typer.secho("[5/5] online store", bold=True)
+    for name, counts in materialize_online(cfg).items():
+        typer.echo(f"{name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
+        store = online_store(cfg)
+        try:
+            view = cfg.features.views[name]
+            # Evaluate the TTL at the end of the data, as a replay of that day would.
+            end = spec.start + timedelta(days=spec.days)
+            for row in store.get(name, [1, 2, 10**9], view.feature_names, view.ttl_seconds, end):
+                typer.echo(f"  {cfg.data.schema_.entity_key}={row.entity}: {row.status} {json.dumps(row.values)}")
+        finally:
+            store.close()
 
 
 def main() -> None:

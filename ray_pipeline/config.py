@@ -332,6 +332,26 @@ class PipelineConfig(StrictModel):
 
     _source_file: str | None = PrivateAttr(default=None)
 
+    @model_validator(mode="after")
+    def _check_feature_names(self) -> "PipelineConfig":
+        schema = self.data.schema_
+        view_features = [f for view in self.features.views.values() for f in view.feature_names]
+        numeric = {n for n, c in schema.features.items() if c.type != "category"} | set(view_features)
+        categorical = {n for n, c in schema.features.items() if c.type == "category"}
+        problems = [
+            ("features.numeric", sorted(set(self.features.numeric) - numeric), sorted(numeric)),
+            ("features.categorical", sorted(set(self.features.categorical) - categorical), sorted(categorical)),
+            ("features.exclude", sorted(set(self.features.exclude) - numeric - categorical), None),
+        ]
+        for key, unknown, known in problems:
+            if unknown:
+                hint = f"; expected any of {known}" if known else ""
+                raise ValueError(f"{key} names columns that are not such features: {unknown}{hint}")
+        clash = sorted(set(view_features) & set(schema.columns))
+        if clash:
+            raise ValueError(f"features.views produce columns that already exist in the data: {clash}")
+        return self
+
     @property
     def base_dir(self) -> Path:
         """Directory that relative paths in the file are resolved against."""

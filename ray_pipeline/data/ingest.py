@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_pipeline.config import DataConfig, PipelineConfig
@@ -29,6 +28,7 @@ from ray_pipeline.data.sources import (
     resolve_source,
     src_rows,
 )
+from ray_pipeline.storage import filesystem, reset_dir, write_text
 
 _DEDUP_BYTES_PER_PART = 64 * 1024 * 1024
 
@@ -136,10 +136,6 @@ def _dedup_partitions(src: SourceFiles) -> int:
     return max(2, min(256, math.ceil(total / _DEDUP_BYTES_PER_PART)))
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
 def _write_split(batch: pa.Table, accepted_dir: str, quarantine_dir: str) -> pa.Table:
     """Write one block's accepted and quarantined rows; return its counts (a Ray Data UDF).
 
@@ -153,7 +149,7 @@ def _write_split(batch: pa.Table, accepted_dir: str, quarantine_dir: str) -> pa.
     quarantine = v.quarantine_part(batch)
     for part, folder in ((accepted, accepted_dir), (quarantine, quarantine_dir)):
         if part.num_rows:
-            fs, path = _filesystem(folder)
+            fs, path = filesystem(folder)
             pq.write_table(part, f"{path}/{name}", filesystem=fs)
     reasons = batch[v.REASON].to_pandas()
     key = (reasons.fillna("") + ":" + batch[v.FIELD].to_pandas().fillna("")).where(reasons.notna(), "")
@@ -161,21 +157,6 @@ def _write_split(batch: pa.Table, accepted_dir: str, quarantine_dir: str) -> pa.
     keys = [*counts.index.astype(str), "#read", "#accepted", "#quarantined"]
     values = [*counts.to_numpy(), batch.num_rows, accepted.num_rows, quarantine.num_rows]
     return pa.table({"key": keys, "n": pa.array(values, pa.int64())})
-
-
-def _reset_dir(path: str) -> None:
-    """Empty (or create) an output directory so a run never mixes with an earlier one."""
-    fs, p = _filesystem(path)
-    if fs.get_file_info(p).type == pafs.FileType.Directory:
-        fs.delete_dir_contents(p)
-    else:
-        fs.create_dir(p, recursive=True)
-
-
-def _write_text(path: str, text: str) -> None:
-    fs, p = _filesystem(path)
-    with fs.open_output_stream(p) as out:
-        out.write(text.encode())
 
 
 def ingest(cfg: PipelineConfig) -> IngestResult:
@@ -207,8 +188,8 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
     )
     accepted_path = cfg.resolve(data.output.accepted)
     quarantine_path = cfg.resolve(data.output.quarantine)
-    _reset_dir(accepted_path)
-    _reset_dir(quarantine_path)
+    reset_dir(accepted_path)
+    reset_dir(quarantine_path)
     try:
         if dup.enabled:
             # Duplicates need a look at the whole dataset before any row is written: hash and
@@ -267,5 +248,5 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
         finished_at=datetime.now(timezone.utc).isoformat(),
         config_hash=cfg.content_hash(),
     )
-    _write_text(result.summary_path, json.dumps(result.to_dict(), indent=2))
+    write_text(result.summary_path, json.dumps(result.to_dict(), indent=2))
     return result

@@ -148,9 +148,11 @@ def _categorical_spec(
 
 
 def feature_columns(schema: SchemaConfig, features: FeaturesConfig) -> tuple[list[str], list[str]]:
-    """Numeric and categorical schema features that go to models, in schema order."""
-    used = [n for n in schema.features if n not in set(features.exclude)]
+    """Numeric and categorical features that go to models: schema order, then feature views'."""
+    excluded = set(features.exclude)
+    used = [n for n in schema.features if n not in excluded]
     numeric = [n for n in used if schema.features[n].type != "category"]
+    numeric += [f for view in features.views.values() for f in view.feature_names if f not in excluded]
     categorical = [n for n in used if schema.features[n].type == "category"]
     return numeric, categorical
 

@@ -12,33 +12,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from ray_pipeline.config import FeatureViewConfig
 from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.features.online import OnlineStore
 from ray_pipeline.features.partition import default_parts, partition
+from ray_pipeline.storage import read_text, write_text
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
-def _read_text(path: str) -> str | None:
-    fs, p = _fs(path)
-    if fs.get_file_info(p).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(p) as f:
-        return f.read().decode()
-
-
-def _write_text(path: str, text: str) -> None:
-    fs, p = _fs(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode())
 
 
 def view_dir(root: str, name: str) -> str:
@@ -51,7 +32,7 @@ def register_definition(root: str, name: str, view: FeatureViewConfig) -> int:
     base = view_dir(root, name)
     body = view.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    current = _read_text(f"{base}/definition.json")
+    current = read_text(f"{base}/definition.json")
     if current is not None:
         known = json.loads(current)
         if known["hash"] == digest:
@@ -67,8 +48,8 @@ def register_definition(root: str, name: str, view: FeatureViewConfig) -> int:
         "definition": body,
     }
     text = json.dumps(record, indent=2)
-    _write_text(f"{base}/definitions/v{version}.json", text)
-    _write_text(f"{base}/definition.json", text)
+    write_text(f"{base}/definitions/v{version}.json", text)
+    write_text(f"{base}/definition.json", text)
     return version
 
 

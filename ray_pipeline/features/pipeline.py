@@ -1,0 +1,137 @@
+"""The feature stage end to end: build views, join a training set point-in-time, fit the spec,
+and materialize the online store. The CLI, the demo and tests call these functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.data.sources import read_parquet
+from ray_pipeline.features.fit import fit
+from ray_pipeline.features.online import OnlineStore, open_store
+from ray_pipeline.features.pit import point_in_time_join
+from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.features.store import daily_aggregates, materialize, read_view, write_view
+from ray_pipeline.storage import read_text, write_text
+
+
+@dataclass
+class FeatureBuild:
+    """What `build_features` wrote."""
+
+    store_root: str
+    training_set: str
+    spec_path: str
+    rows: int
+    spec: FeatureSpec
+    views: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """Plain-text summary for people."""
+        lines = [f"training set {self.rows:,} rows -> {self.training_set}"]
+        for name, info in self.views.items():
+            lines.append(
+                f"  view {name} v{int(info['version'])}: {int(info['rows']):,} rows; "
+                f"{info['matched']:.1%} of events found a value point-in-time"
+            )
+        lines.append(
+            f"FeatureSpec {self.spec.content_hash()[:12]}: {len(self.spec.feature_names)} features "
+            f"from {self.spec.rows:,} rows -> {self.spec_path}"
+        )
+        return "\n".join(lines)
+
+
+def store_root(cfg: PipelineConfig) -> str:
+    """The offline store's root, resolved against the config file."""
+    return cfg.resolve(cfg.features.store_root)
+
+
+def spec_path(cfg: PipelineConfig) -> str:
+    """Where the fitted FeatureSpec is written."""
+    return f"{store_root(cfg)}/feature_spec.json"
+
+
+def training_set_path(cfg: PipelineConfig) -> str:
+    """Where the point-in-time training set is written."""
+    return f"{store_root(cfg)}/training_set"
+
+
+def online_store(cfg: PipelineConfig) -> OnlineStore:
+    """The configured online store."""
+    online = cfg.features.online
+    return open_store(online.backend, path=cfg.resolve(online.path), url=online.url)
+
+
+def build_features(cfg: PipelineConfig) -> FeatureBuild:
+    """Views from accepted data, training set by point-in-time join, FeatureSpec fitted on it."""
+    from ray.data import SaveMode
+
+    schema = cfg.data.schema_
+    root = store_root(cfg)
+    accepted = read_parquet(cfg.resolve(cfg.data.output.accepted)).materialize()
+    events = accepted
+    views: dict[str, dict[str, float]] = {}
+    for name, view in cfg.features.views.items():
+        if view.daily_aggregates is not None:
+            rows = daily_aggregates(accepted, view.entity, schema.event_timestamp, view)
+        else:
+            rows = read_parquet(cfg.resolve(view.source))
+        version = write_view(rows, root, name, view)
+        stored = read_view(root, name).materialize()
+        events = point_in_time_join(
+            events,
+            stored,
+            schema.entity_key,
+            schema.event_timestamp,
+            view.feature_names,
+            feature_entity=view.entity,
+            feature_ts=view.timestamp,
+            ttl_seconds=view.ttl_seconds,
+        ).materialize()
+        views[name] = {
+            "version": version,
+            "rows": stored.count(),
+            "matched": _present_share(events, view.feature_names[0]),
+        }
+    events.write_parquet(training_set_path(cfg), mode=SaveMode.OVERWRITE)
+    spec = fit(events, schema, cfg.features)
+    write_text(spec_path(cfg), spec.to_json() + "\n")
+    return FeatureBuild(root, training_set_path(cfg), spec_path(cfg), events.count(), spec, views)
+
+
+def _count_present(batch: pa.Table, column: str) -> pa.Table:
+    return pa.table({"rows": [batch.num_rows], "present": [batch.num_rows - batch[column].null_count]})
+
+
+def _present_share(ds, column: str) -> float:
+    """Share of rows where `column` is not null."""
+    parts = ds.map_batches(_count_present, fn_kwargs={"column": column}, batch_format="pyarrow").take_all()
+    rows = sum(p["rows"] for p in parts)
+    return sum(p["present"] for p in parts) / rows if rows else 0.0
+
+
+def load_spec(cfg: PipelineConfig) -> FeatureSpec:
+    """The FeatureSpec written by the last `build_features`."""
+    text = read_text(spec_path(cfg))
+    if text is None:
+        raise FileNotFoundError(f"{spec_path(cfg)}: no FeatureSpec yet; run `ray-pipeline features fit` first")
+    return FeatureSpec.from_json(text)
+
+
+def materialize_online(
+    cfg: PipelineConfig, start: datetime | None = None, end: datetime | None = None, views: list[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Load each view's latest values in [start, end) into the online store."""
+    store = online_store(cfg)
+    out = {}
+    try:
+        for name, view in cfg.features.views.items():
+            if views and name not in views:
+                continue
+            out[name] = materialize(read_view(store_root(cfg), name), store, name, view, start, end)
+    finally:
+        store.close()
+    return out

@@ -1,0 +1,36 @@
+"""Small file operations on local paths and pyarrow-filesystem URIs (s3://, gs://, file://)."""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding `path` and the path within it."""
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def read_text(path: str) -> str | None:
+    """A small text file's content, or None if it does not exist."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small text file, creating its directory."""
+    fs, p = filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def reset_dir(path: str) -> None:
+    """Empty (or create) a directory so a run never mixes its output with an earlier one's."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(p)
+    else:
+        fs.create_dir(p, recursive=True)
