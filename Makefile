@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean redis-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
 
-bench: $(STAMP)
+# Tests start their own redis-server on a free port; install the Debian package when we can.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server not found: Redis tests will be skipped (apt-get install -y redis-server)"; \
+	  fi; }
+
+bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/features.py
 
 clean:
 	rm -rf data/demo .pytest_cache

@@ -55,7 +55,13 @@ def write_results(name: str, figures: dict[str, Any], ratios: dict[str, Any]) ->
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
     """A plain fixed-width table."""
-    cells = [header, *[[f"{c:,.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+
+    def fmt(c: Any) -> str:
+        if isinstance(c, float):
+            return f"{c:.3f}" if abs(c) < 10 else f"{c:,.1f}"
+        return f"{c:,}" if isinstance(c, int) else str(c)
+
+    cells = [header, *[[fmt(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,10 @@ BIN = Path(sys.executable).parent / "ray-pipeline"
 
 def test_help_lists_every_command():
     out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("generate", "ingest", "demo"):
+    for command in ("generate", "ingest", "demo", "features"):
         assert command in out
-    for command in ("generate", "ingest", "demo"):
-        sub = runner.invoke(app, [command, "--help"])
+    for command in (["generate"], ["ingest"], ["demo"], ["features", "fit"], ["features", "materialize"]):
+        sub = runner.invoke(app, [*command, "--help"])
         assert sub.exit_code == 0
         assert "--address" in sub.output
 
@@ -99,6 +100,9 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     assert "read               30,000" in out
     assert "Bayes-optimal log-loss" in out
     assert (project_copy / "data" / "demo" / "ingested" / "summary.json").exists()
+    assert "FeatureSpec" in out and "point-in-time" in out
+    assert "customer_id=1: present" in out
+    assert (project_copy / "data" / "demo" / "features" / "online.db").exists()
 
 
 def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path, demo_config_dict):
@@ -117,3 +121,52 @@ def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = yaml.safe_load(proc.stdout[proc.stdout.index("{") :])
     assert summary["read"] == 2000 and summary["accepted"] == 2000
+
+
+def test_features_fit_materialize_get(ray_session, project_copy):
+    config = project_copy / "configs" / "demo.yaml"
+    assert runner.invoke(app, ["generate", "--config", str(config), "--rows", "8000"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "--config", str(config)]).exit_code == 0
+
+    result = runner.invoke(app, ["features", "fit", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "training set 7,9" in result.output and "view customer_daily v1" in result.output
+    store = project_copy / "data" / "demo" / "features"
+    spec = json.loads((store / "feature_spec.json").read_text())
+    assert "amount_mean_1d" in [c["name"] for c in spec["numeric"]]
+    training = pd.read_parquet(store / "training_set")
+    accepted = pd.read_parquet(project_copy / "data" / "demo" / "ingested" / "accepted")
+    assert len(training) == len(accepted)
+    # The distributed join agrees with a single-process merge_asof over the stored view.
+    view = pd.read_parquet(store / "views" / "customer_daily" / "data").sort_values("feature_ts")
+    expected = pd.merge_asof(
+        training[["event_id", "customer_id", "event_ts"]].sort_values("event_ts"),
+        view[["customer_id", "feature_ts", "amount_mean_1d"]],
+        left_on="event_ts",
+        right_on="feature_ts",
+        by="customer_id",
+        tolerance=pd.Timedelta(days=7),
+    ).set_index("event_id")
+    got = training.set_index("event_id")["amount_mean_1d"]
+    pd.testing.assert_series_equal(got.sort_index(), expected["amount_mean_1d"].sort_index(), check_dtype=False)
+    assert (expected["feature_ts"].dropna() <= expected.loc[expected["feature_ts"].notna(), "event_ts"]).all()
+
+    result = runner.invoke(app, ["features", "materialize", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "customer_daily:" in result.output and "written" in result.output
+
+    result = runner.invoke(
+        app, ["features", "get", "--config", str(config), "-e", "1", "-e", "999999999", "--now", "2024-03-31T12:00:00"]
+    )
+    assert result.exit_code == 0, result.output
+    first, second = result.output.strip().splitlines()
+    assert first.startswith("1\tpresent\t2024-03-31") and '"amount_count_1d"' in first
+    assert second.startswith("999999999\tmissing")
+    much_later = runner.invoke(app, ["features", "get", "--config", str(config), "-e", "1", "--now", "2025-01-01"])
+    assert "\texpired\t" in much_later.output
+
+
+def test_features_get_unknown_view(project_copy):
+    config = project_copy / "configs" / "demo.yaml"
+    result = runner.invoke(app, ["features", "get", "--config", str(config), "-e", "1", "--view", "nope"])
+    assert result.exit_code == 2 and "not a configured view" in result.output
