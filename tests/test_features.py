@@ -70,7 +70,8 @@ def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
             continue
         enc = s.map(lambda v: cat.frequencies.get(v, cat.unseen_value) if v is not None else 0.0).astype("float64")
         cols.append(enc.where(~missing, cat.missing_value).to_numpy())
-    return np.column_stack(cols)
+    limit = np.finfo(np.float64).max
+    return np.clip(np.column_stack(cols), -limit, limit)  # outputs saturate, as documented
 
 
 # ---------------------------------------------------------------------------------------------

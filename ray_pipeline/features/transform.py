@@ -35,7 +35,8 @@ def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[n
     if col.clip is not None:
         x = np.clip(x, col.clip[0], col.clip[1])
     missing = np.isnan(x)
-    x = (np.where(missing, col.fill, x) - col.mean) / col.std
+    with np.errstate(over="ignore"):  # overflow saturates in transform_table
+        x = (np.where(missing, col.fill, x) - col.mean) / col.std
     return [x, missing.astype(np.float64)] if col.missing_indicator else [x]
 
 
@@ -73,12 +74,10 @@ def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32
         parts.extend(categorical_columns(table[cat.name], cat))
     if not parts:
         return np.empty((table.num_rows, 0), dtype=dtype)
-    matrix = np.column_stack(parts)
-    if np.dtype(dtype).itemsize < 8:
-        # Saturate instead of overflowing to inf: a model never sees a non-finite input.
-        limit = np.finfo(dtype).max
-        matrix = np.clip(matrix, -limit, limit)
-    return matrix.astype(dtype, copy=False)
+    # Saturate at the output type's range instead of overflowing to inf (an extreme input over a
+    # tiny training std can overflow even float64): a model never sees a non-finite input.
+    limit = np.finfo(dtype).max
+    return np.clip(np.column_stack(parts), -limit, limit).astype(dtype, copy=False)
 
 
 def transform_batch(batch: pa.Table, spec: FeatureSpec) -> pa.Table:
