@@ -222,6 +222,23 @@ def features_get(
 
 @app.command()
 @_friendly_errors
+def train(
+    config: ConfigOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="logreg or xgboost.")] = "logreg",
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers (default: training.workers).")] = None,
+    address: AddressOpt = None,
+) -> None:
+    """Train a model on the feature store's training set with Ray Train; print the evaluation."""
+    from ray_pipeline.runtime import init_ray
+    from ray_pipeline.train.runner import summary, train_model
+
+    cfg = load_config(config)
+    init_ray(address)
+    typer.echo(summary(train_model(cfg, model, workers)))
+
+
+@app.command()
+@_friendly_errors
 def demo(
     config: ConfigOpt = Path("configs/demo.yaml"),
     rows: Annotated[int | None, typer.Option(help="Override the number of synthetic rows.")] = None,
@@ -229,10 +246,13 @@ def demo(
 ) -> None:
     """Run the end-to-end job: generate data, ingest it, build features, fill the online store."""
     from ray_pipeline.data.ingest import ingest as run_ingest
+    from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.data.summary import ground_truth_summary
     from ray_pipeline.data.synthetic import generate as run_generate
-    from ray_pipeline.features.pipeline import build_features, materialize_online, online_store
+    from ray_pipeline.features.pipeline import build_features, materialize_online, online_store, training_set_path
     from ray_pipeline.runtime import init_ray
+    from ray_pipeline.train.data import prepare
+    from ray_pipeline.train.runner import summary, train_model
 
     cfg = load_config(config)
     if cfg.synthetic is None:
@@ -240,23 +260,23 @@ def demo(
     spec = _synthetic_spec(cfg, {"rows": rows}, {})
     runtime = init_ray(address)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
-    typer.secho(f"[1/5] {where}, {runtime.num_cpus:g} CPUs", bold=True)
+    typer.secho(f"[1/6] {where}, {runtime.num_cpus:g} CPUs", bold=True)
 
     raw = cfg.resolve(cfg.data.source.path)
     result = run_generate(spec, raw)
-    typer.secho(f"[2/5] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
+    typer.secho(f"[2/6] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
 
     ingested = run_ingest(cfg)
-    typer.secho("[3/5] ingest and validation", bold=True)
+    typer.secho("[3/6] ingest and validation", bold=True)
     typer.echo(ingested.render())
     truth = ground_truth_summary(ingested.accepted_path, cfg.data.schema_.label)
     typer.echo(truth.render())
 
-    typer.secho("[4/5] feature views, point-in-time training set, FeatureSpec", bold=True)
+    typer.secho("[4/6] feature views, point-in-time training set, FeatureSpec", bold=True)
     built = build_features(cfg)
     typer.echo(built.render())
 
-    typer.secho("[5/5] online store", bold=True)
+    typer.secho("[5/6] online store", bold=True)
     for name, counts in materialize_online(cfg).items():
         typer.echo(f"{name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
         store = online_store(cfg)
@@ -268,6 +288,12 @@ def demo(
                 typer.echo(f"  {cfg.data.schema_.entity_key}={row.entity}: {row.status} {json.dumps(row.values)}")
         finally:
             store.close()
+
+    typer.secho(f"[6/6] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
+    prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
+    typer.echo(f"split by time at {prepared.cutoffs[0]} / {prepared.cutoffs[1]}: {prepared.rows}")
+    for kind in ("logreg", "xgboost"):
+        typer.echo(summary(train_model(cfg, kind, prepared=prepared)))
 
 
 def main() -> None:

@@ -303,8 +303,54 @@ class FeaturesConfig(StrictModel):
     online: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
 
 
+class SplitConfig(StrictModel):
+    """Train / validation / test by event time: the test rows are the latest."""
+
+    valid_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+
+
+class LogRegConfig(StrictModel):
+    """Logistic regression by data-parallel gradient descent (binary cross-entropy)."""
+
+    optimizer: Literal["gd", "sgd", "adam"] = Field(default="gd", description="Full-batch GD, SGD+momentum, or Adam.")
+    learning_rate: float = Field(default=1.0, gt=0)
+    lr_schedule: Literal["constant", "inverse_time", "cosine"] = "constant"
+    epochs: int = Field(default=300, ge=1)
+    batch_size: int = Field(default=8192, ge=1, description="Global mini-batch size (sgd, adam).")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    l2: float = Field(default=1e-4, ge=0, description="Penalty l2/2 * ||w||^2 on the mean loss (bias not penalised).")
+    class_weight: Literal["balanced"] | dict[int, float] | None = None
+    early_stopping_patience: int = Field(default=20, ge=1, description="Epochs without validation improvement.")
+    tol: float = Field(default=1e-7, ge=0, description="Smallest validation-loss decrease that counts.")
+    seed: int = 0
+
+
+class XGBoostTrainConfig(StrictModel):
+    """Distributed XGBoost (binary:logistic, hist)."""
+
+    num_boost_round: int = Field(default=300, ge=1)
+    early_stopping_rounds: int = Field(default=20, ge=1)
+    params: dict[str, float | int | str] = Field(
+        default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1.0}
+    )
+
+
 class TrainingConfig(StrictModel):
-    """Distributed training (filled by the training issue)."""
+    """Distributed training on Ray Train."""
+
+    run_root: str = Field(default="runs", description="Directory or URI for runs and checkpoints.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    workers: int = Field(default=2, ge=0, description="Ray Train workers (0 runs the loop in-process).")
+    cpus_per_worker: float = Field(default=0.5, gt=0, description="Fractional CPUs leave room for Ray Data.")
+    checkpoint_every: int = Field(
+        default=25,
+        ge=1,
+        description="Epochs or rounds between checkpoints (each costs a Ray Train report, ~1.6 s measured).",
+    )
+    max_failures: int = Field(default=1, ge=0, description="Worker-group restarts allowed before the run fails.")
+    logreg: LogRegConfig = Field(default_factory=LogRegConfig)
+    xgboost: XGBoostTrainConfig = Field(default_factory=XGBoostTrainConfig)
 
 
 class RegistryConfig(StrictModel):

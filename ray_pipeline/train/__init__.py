@@ -1,0 +1,1 @@
+"""Distributed training on Ray Train: logistic regression by gradient descent, and XGBoost."""

@@ -1,0 +1,212 @@
+"""Run a training job end to end: prepare splits, fit on Ray Train, evaluate, write the run directory."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.train import evaluate
+from ray_pipeline.train.data import Prepared, prepare
+from ray_pipeline.train.models import LogisticModel, XGBoostModel
+
+
+@dataclass
+class TrainRun:
+    """A finished training run and where its artifacts are."""
+
+    name: str
+    kind: str
+    run_dir: Path
+    model: Any
+    spec: FeatureSpec
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    params: dict[str, Any]
+    timings: dict[str, float]
+    worker_nodes: list[str] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def node_ids() -> list[str]:
+    """Node id of every worker, gathered with the allreduce (rank r fills row r)."""
+    import ray
+    import ray.train
+
+    from ray_pipeline.train.logreg import allreduce
+
+    ctx = ray.train.get_context()
+    rows = np.zeros((ctx.get_world_size(), 64))
+    raw = ray.get_runtime_context().get_node_id().encode()[:64]
+    rows[ctx.get_world_rank(), : len(raw)] = list(raw)
+    gathered = allreduce(rows.ravel()).reshape(rows.shape)
+    return [bytes(int(b) for b in row if b).decode() for row in gathered]
+
+
+def _logreg_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    from ray_pipeline.train.logreg import train_loop
+
+    nodes = node_ids()
+    out = train_loop(config)
+    return None if out is None else {**out, "worker_nodes": nodes}
+
+
+def _xgb_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    from ray_pipeline.train.xgb import train_loop
+
+    nodes = node_ids()
+    out = train_loop(config)
+    return None if out is None else {**out, "worker_nodes": nodes}
+
+
+def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
+             workers: int, strategy: str):  # fmt: skip
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.config import LoggingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from ray.train.xgboost import XGBoostConfig, XGBoostTrainer
+
+    training = cfg.training
+    scaling = ScalingConfig(
+        num_workers=workers,
+        resources_per_worker={"CPU": training.cpus_per_worker},
+        placement_strategy=strategy,
+    )
+    run = RunConfig(
+        name=name,  # unique per run: a reused name would silently resume an old run (DESIGN.md)
+        storage_path=cfg.resolve(training.run_root),
+        failure_config=FailureConfig(max_failures=training.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        # Ray Train logs every report at INFO; our loops print their own progress.
+        logging_config=LoggingConfig(log_level="WARNING"),
+    )
+    datasets = {"train": prepared.train, "valid": prepared.valid}
+    if kind == "xgboost":
+        return XGBoostTrainer(
+            _xgb_loop, train_loop_config=loop_config, xgboost_config=XGBoostConfig(),
+            scaling_config=scaling, run_config=run, datasets=datasets,
+        )  # fmt: skip
+    return DataParallelTrainer(
+        _logreg_loop, train_loop_config=loop_config, backend_config=XGBoostConfig(),
+        scaling_config=scaling, run_config=run, datasets=datasets,
+    )  # fmt: skip
+
+
+def loop_config(kind: str, cfg: PipelineConfig, n_features: int, fault: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything the worker loop needs, as plain data."""
+    training = cfg.training
+    common = {"n_features": n_features, "checkpoint_every": training.checkpoint_every, "log_every": 10, **(fault or {})}
+    if kind == "xgboost":
+        x = training.xgboost
+        return {
+            **common,
+            "num_boost_round": x.num_boost_round,
+            "early_stopping_rounds": x.early_stopping_rounds,
+            "params": dict(x.params),
+            "nthread": max(1, int(round(training.cpus_per_worker))),
+            "seed": 0,
+        }
+    lr = training.logreg
+    return {
+        **common,
+        "optimizer": lr.optimizer,
+        "learning_rate": lr.learning_rate,
+        "lr_schedule": lr.lr_schedule,
+        "epochs": lr.epochs,
+        "batch_size": lr.batch_size,
+        "momentum": lr.momentum,
+        "l2": lr.l2,
+        "class_weight": lr.class_weight,
+        "patience": lr.early_stopping_patience,
+        "tol": lr.tol,
+        "seed": lr.seed,
+    }
+
+
+def train_model(
+    cfg: PipelineConfig,
+    kind: str,
+    workers: int | None = None,
+    prepared: Prepared | None = None,
+    fault: dict[str, Any] | None = None,
+    placement_strategy: str = "PACK",
+) -> TrainRun:
+    """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it."""
+    from ray.train.xgboost import RayTrainReportCallback
+
+    from ray_pipeline.data.sources import read_parquet
+    from ray_pipeline.features.pipeline import training_set_path
+
+    if kind not in ("logreg", "xgboost"):
+        raise ValueError(f"--model {kind!r}: expected logreg or xgboost")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if prepared is None:
+        prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    workers = cfg.training.workers if workers is None else workers
+    name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    names = prepared.spec.feature_names
+    config = loop_config(kind, cfg, len(names), fault)
+    t0 = time.perf_counter()
+    result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
+    timings["fit_s"] = time.perf_counter() - t0
+    if result.error is not None:
+        raise result.error
+    out = result.return_value or {}
+    if kind == "xgboost":
+        model: Any = XGBoostModel(RayTrainReportCallback.get_model(result.checkpoint), names)
+    else:
+        model = LogisticModel(np.asarray(out["theta"]), float(out["bias"]), names)
+
+    t0 = time.perf_counter()
+    y, p, p_true = evaluate.predict_split(model, prepared.test)
+    test_metrics = evaluate.metrics(y, p, p_true)
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    run_dir = Path(cfg.resolve(cfg.training.run_root)) / name
+    history = out.get("history", [])
+    model.save(run_dir / "model")
+    prepared.spec.save(run_dir / "feature_spec.json")
+    evaluate.save_plots(run_dir / "plots", history, y, p, kind)
+    params = {k: v for k, v in config.items() if k not in ("fail_marker",)}
+    evaluate.write_json(run_dir / "metrics.json", {"test": test_metrics, "rows": prepared.rows})
+    evaluate.write_json(run_dir / "params.json", {"model": kind, "workers": workers, **params})
+    evaluate.write_json(run_dir / "history.json", history)
+    evaluate.write_json(
+        run_dir / "lineage.json",
+        {
+            "training_set": training_set_path(cfg),
+            "split_cutoffs": prepared.cutoffs,
+            "feature_spec_hash": prepared.spec.content_hash(),
+            "config_hash": cfg.content_hash(),
+            "ray_train_run": str(result.path),
+            "worker_nodes": out.get("worker_nodes", []),
+        },
+    )
+    return TrainRun(
+        name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
+        out.get("worker_nodes", []), out.get("resumed_from"),
+    )  # fmt: skip
+
+
+def summary(run: TrainRun) -> str:
+    """Plain-text report of a run."""
+    t = run.timings
+    nodes = len(set(run.worker_nodes))
+    return "\n".join(
+        [
+            evaluate.render(run.kind, run.metrics),
+            f"         {len(run.history)} {'epochs' if run.kind == 'logreg' else 'rounds'}, "
+            f"{len(run.worker_nodes)} worker(s) on {nodes} node(s); prepare {t['prepare_s']:.1f} s, "
+            f"fit {t['fit_s']:.1f} s, evaluate {t['evaluate_s']:.1f} s -> {run.run_dir}",
+        ]
+    )

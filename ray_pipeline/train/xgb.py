@@ -1,0 +1,72 @@
+"""XGBoost on Ray Train (V2 XGBoostTrainer): each worker builds a DMatrix from its shard and
+xgboost.train runs distributed hist inside the collective Ray Train sets up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _callback(frequency: int):
+    """Ray Train's XGBoost callback, reporting only with checkpoints: each ray.train.report is a
+    synchronisation that cost about 1.6 s on a 2-core machine (measured, ray 2.60), so metrics
+    every round made training about 2 s per round slower."""
+    from ray.train.xgboost import RayTrainReportCallback
+
+    class CheckpointEveryN(RayTrainReportCallback):
+        def _report_metrics(self, report_dict: dict) -> None:
+            return None
+
+    return CheckpointEveryN(frequency=frequency, checkpoint_at_end=True)
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train worker loop: checkpoints every `checkpoint_every` rounds, resumes from the last."""
+    import ray.train
+    import xgboost
+    from ray.train.xgboost import RayTrainReportCallback
+
+    from ray_pipeline.train.data import shard_arrays
+
+    d = config["n_features"]
+    X, y = shard_arrays(ray.train.get_dataset_shard("train"))
+    Xv, yv = shard_arrays(ray.train.get_dataset_shard("valid"))
+    X, Xv = (a if a.size else np.empty((0, d)) for a in (X, Xv))
+    dtrain = xgboost.DMatrix(X.astype(np.float32), label=y)
+    dvalid = xgboost.DMatrix(Xv.astype(np.float32), label=yv)
+
+    booster = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        booster = RayTrainReportCallback.get_model(checkpoint)
+    done = booster.num_boosted_rounds() if booster is not None else 0
+    if ray.train.get_context().get_world_rank() == 0 and done:
+        print(f"resuming from round {done}")
+    params = {
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "tree_method": "hist",
+        "nthread": config["nthread"],
+        "seed": config["seed"],
+        **config["params"],
+    }
+    history: dict[str, dict[str, list[float]]] = {}
+    final = xgboost.train(
+        params,
+        dtrain,
+        num_boost_round=max(config["num_boost_round"] - done, 0),
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        early_stopping_rounds=config["early_stopping_rounds"],
+        verbose_eval=config["log_every"],
+        xgb_model=booster,
+        evals_result=history,
+        callbacks=[_callback(config["checkpoint_every"])],
+    )
+    if ray.train.get_context().get_world_rank() != 0:
+        return None
+    rounds = [
+        {"round": done + i + 1, "train_loss": t, "valid_loss": v}
+        for i, (t, v) in enumerate(zip(history["train"]["logloss"], history["valid"]["logloss"]))
+    ]
+    return {"history": rounds, "best_iteration": final.best_iteration, "resumed_from": done or None}
