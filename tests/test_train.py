@@ -1,0 +1,221 @@
+"""Training: gradients, determinism across worker counts, correctness against known truth and
+scikit-learn, resume after a killed worker, XGBoost, evaluation outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_pipeline.config import PipelineConfig, parse_config
+from ray_pipeline.features.spec import FeatureSpec, NumericSpec
+from ray_pipeline.train import evaluate
+from ray_pipeline.train.data import Prepared
+from ray_pipeline.train.logreg import loss_and_grad
+from ray_pipeline.train.runner import train_model
+
+TRUE_COEF = np.array([1.5, -2.0, 0.5, 0.0, 1.0])
+TRUE_BIAS = -0.7
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    X, theta = rng.normal(size=(200, 4)), rng.normal(size=4)
+    y = (rng.random(200) < 0.4).astype(float)
+    w = rng.uniform(0.5, 2.0, 200)
+    gw, gb, loss, _ = loss_and_grad(X, y, w, theta, 0.3)
+    eps = 1e-6
+    for j in range(4):
+        step = np.zeros(4)
+        step[j] = eps
+        plus = loss_and_grad(X, y, w, theta + step, 0.3)[2]
+        minus = loss_and_grad(X, y, w, theta - step, 0.3)[2]
+        assert gw[j] == pytest.approx((plus - minus) / (2 * eps), rel=1e-5)
+    assert gb == pytest.approx((loss_and_grad(X, y, w, theta, 0.3 + eps)[2] - loss) / eps, rel=1e-4)
+    # Extreme logits stay finite.
+    assert np.isfinite(loss_and_grad(X * 1e4, y, w, theta, 0.0)[2])
+
+
+def _linear_prepared(rows: int = 20_000, seed: int = 0) -> Prepared:
+    """A dataset whose labels come from a known logistic model (no FeatureSpec transform needed)."""
+    import ray.data
+
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> object:
+        X = rng.normal(size=(n, len(TRUE_COEF))).astype(np.float32)
+        p = 1 / (1 + np.exp(-(X @ TRUE_COEF + TRUE_BIAS)))
+        y = (rng.random(n) < p).astype(np.float32)
+        return (
+            ray.data.from_numpy(X)
+            .zip(ray.data.from_numpy(y))
+            .map_batches(lambda b: {"x": b["data"], "y": b["data_1"]})
+            .materialize()
+        )
+
+    spec = FeatureSpec(
+        rows=rows,
+        numeric=[NumericSpec(name=f"x{i}", log1p=False, clip=None, fill=0.0, missing_indicator=False,
+                             mean=0.0, std=1.0, count=rows, missing=0) for i in range(len(TRUE_COEF))],
+        categorical=[],
+    )  # fmt: skip
+    return Prepared(spec, split(rows), split(rows // 4), split(rows // 4), ("", ""), {})
+
+
+def _cfg(tmp_path, **logreg) -> PipelineConfig:
+    return parse_config(
+        {
+            "data": {
+                "source": {"path": "unused"},
+                "schema": {
+                    "entity_key": "e",
+                    "event_timestamp": "t",
+                    "label": "y",
+                    "features": {"a": {"type": "float"}},
+                },
+                "output": {"root": str(tmp_path / "out")},
+            },
+            "training": {
+                "run_root": str(tmp_path / "runs"),
+                "checkpoint_every": 3,
+                "logreg": {"optimizer": "gd", "learning_rate": 1.0, "epochs": 12, "l2": 0.0, **logreg},
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def linear(ray_session):
+    return _linear_prepared()
+
+
+def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
+    cfg = _cfg(tmp_path, epochs=400, learning_rate=2.0, early_stopping_patience=400)
+    run = train_model(cfg, "logreg", workers=0, prepared=linear)
+    np.testing.assert_allclose(run.model.weights, TRUE_COEF, atol=0.12)
+    assert run.model.bias == pytest.approx(TRUE_BIAS, abs=0.1)
+    assert run.metrics["log_loss"] < 0.5
+    for name in ("loss.png", "roc.png", "calibration.png"):
+        assert (run.run_dir / "plots" / name).stat().st_size > 1000
+    assert (run.run_dir / "model" / "model.json").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_minibatch_optimizers_converge(linear, tmp_path, optimizer):
+    cfg = _cfg(tmp_path, optimizer=optimizer, learning_rate=0.05, epochs=15, batch_size=512, lr_schedule="cosine")
+    run = train_model(cfg, "logreg", workers=0, prepared=linear)
+    np.testing.assert_allclose(run.model.weights, TRUE_COEF, atol=0.2)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(linear, tmp_path_factory):
+    return train_model(_cfg(tmp_path_factory.mktemp("w2")), "logreg", workers=2, prepared=linear)
+
+
+def test_full_batch_is_deterministic_across_worker_counts(linear, two_worker_run, tmp_path):
+    one = train_model(_cfg(tmp_path / "w1"), "logreg", workers=1, prepared=linear)
+    four = train_model(_cfg(tmp_path / "w4"), "logreg", workers=4, prepared=linear)
+    assert len(two_worker_run.worker_nodes) == 2 and len(four.worker_nodes) == 4
+    for other in (one, four):
+        np.testing.assert_allclose(other.model.weights, two_worker_run.model.weights, atol=1e-6, rtol=0)
+        assert other.model.bias == pytest.approx(two_worker_run.model.bias, abs=1e-6)
+
+
+def test_resumes_after_a_worker_is_killed(linear, two_worker_run, tmp_path):
+    marker = tmp_path / "killed"
+    fault = {"fail_at_epoch": 7, "fail_marker": str(marker)}
+    run = train_model(_cfg(tmp_path), "logreg", workers=2, prepared=linear, fault=fault)
+    assert marker.exists(), "the fault hook did not fire"
+    # Resumed from a checkpoint taken before the kill (every 3 epochs): the controller registers
+    # checkpoints asynchronously, so the newest one it knew of may be epoch 3 or epoch 6.
+    assert run.resumed_from in (3, 6)
+    assert [h["epoch"] for h in run.history] == list(range(1, 13))  # the counter continued
+    np.testing.assert_allclose(run.model.weights, two_worker_run.model.weights, atol=1e-9, rtol=0)
+    assert run.metrics["log_loss"] == pytest.approx(two_worker_run.metrics["log_loss"], abs=1e-9)
+
+
+def test_close_to_sklearn_on_demo_features(ray_session, tmp_path, demo_config_dict):
+    """Same features, same L2 (C = 1 / (l2 * n)), same split: test log-loss within 0.5%."""
+    import ray.data
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from ray_pipeline.config import SyntheticConfig
+    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.train.data import prepare
+
+    frame = generate_chunk(SyntheticConfig(rows=30_000, chunk_rows=30_000, seed=4), 0).to_pandas()
+    demo_config_dict["training"]["run_root"] = str(tmp_path / "runs")
+    demo_config_dict["features"]["views"] = {}
+    demo_config_dict["features"]["numeric"] = {
+        k: v
+        for k, v in demo_config_dict["features"]["numeric"].items()
+        if k in demo_config_dict["data"]["schema"]["features"]
+    }
+    cfg = parse_config(demo_config_dict)
+    prepared = prepare(ray.data.from_pandas(frame).repartition(4), cfg)
+    run = train_model(cfg, "logreg", workers=0, prepared=prepared)
+
+    def arrays(ds):
+        batch = ds.take_batch(10**7, batch_format="numpy")
+        return np.asarray(batch["x"], dtype=np.float64), np.asarray(batch["y"])
+
+    X, y = arrays(prepared.train)
+    Xt, yt = arrays(prepared.test)
+    sk = LogisticRegression(C=1 / (cfg.training.logreg.l2 * len(y)), max_iter=5000, tol=1e-10).fit(X, y)
+    reference = log_loss(yt, sk.predict_proba(Xt)[:, 1])
+    assert run.metrics["log_loss"] == pytest.approx(reference, rel=0.005)
+    assert run.metrics["bayes_log_loss"] < run.metrics["log_loss"]
+
+
+def test_xgboost_on_two_workers_beats_linear_on_interactions(ray_session, tmp_path, demo_config_dict):
+    import ray.data
+    import xgboost
+    from sklearn.metrics import roc_auc_score
+
+    from ray_pipeline.config import SyntheticConfig
+    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.train.data import prepare
+
+    frame = generate_chunk(SyntheticConfig(rows=40_000, chunk_rows=40_000, seed=6), 0).to_pandas()
+    demo_config_dict["training"]["run_root"] = str(tmp_path / "runs")
+    demo_config_dict["training"]["xgboost"] = {"num_boost_round": 60, "early_stopping_rounds": 10,
+                                               "params": {"max_depth": 4, "eta": 0.2}}  # fmt: skip
+    demo_config_dict["features"]["views"] = {}
+    demo_config_dict["features"]["numeric"] = {}
+    cfg = parse_config(demo_config_dict)
+    prepared = prepare(ray.data.from_pandas(frame).repartition(4), cfg)
+    xgb = train_model(cfg, "xgboost", workers=2, prepared=prepared)
+    linear = train_model(cfg, "logreg", workers=0, prepared=prepared)
+    assert xgb.metrics["log_loss"] < linear.metrics["log_loss"]
+    assert (xgb.run_dir / "model" / "model.ubj").exists() and len(xgb.history) > 5
+
+    # Same parameters in one process on the same rows: the distributed model is as good.
+    train = prepared.train.take_batch(10**7, batch_format="numpy")
+    valid = prepared.valid.take_batch(10**7, batch_format="numpy")
+    test = prepared.test.take_batch(10**7, batch_format="numpy")
+    params = {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "eval_metric": "logloss",
+        "max_depth": 4,
+        "eta": 0.2,
+    }
+    single = xgboost.train(
+        params, xgboost.DMatrix(train["x"], label=train["y"]), 60,
+        evals=[(xgboost.DMatrix(valid["x"], label=valid["y"]), "valid")], early_stopping_rounds=10, verbose_eval=False,
+    )  # fmt: skip
+    auc_single = roc_auc_score(
+        test["y"], single.predict(xgboost.DMatrix(test["x"]), iteration_range=(0, single.best_iteration + 1))
+    )
+    assert xgb.metrics["roc_auc"] == pytest.approx(auc_single, abs=0.01)
+
+
+def test_metrics_on_known_inputs():
+    y = np.array([0, 0, 1, 1], dtype=float)
+    p = np.array([0.1, 0.4, 0.35, 0.8])
+    m = evaluate.metrics(y, p, p_true=np.array([0.2, 0.2, 0.8, 0.8]))
+    assert m["roc_auc"] == pytest.approx(0.75)
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m["bayes_log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.8, 0.8, 0.8])))
+    assert evaluate.calibration_error(np.array([1.0, 0.0]), np.array([0.5, 0.5])) == pytest.approx(0.0)
+    assert evaluate.calibration_error(np.array([1.0, 1.0]), np.array([0.25, 0.25])) == pytest.approx(0.75)
