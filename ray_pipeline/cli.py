@@ -36,12 +36,13 @@ F = TypeVar("F", bound=Callable[..., object])
 def _friendly_errors(fn: F) -> F:
     """Turn the errors users cause (bad config, missing file, bad data) into one clear line."""
     from ray_pipeline.data.sources import IngestError
+    from ray_pipeline.registry.store import RegistryError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, IngestError, ValueError) as exc:
+        except (ConfigError, IngestError, RegistryError, FileNotFoundError, ValueError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
 
@@ -237,6 +238,92 @@ def train(
     typer.echo(summary(train_model(cfg, model, workers)))
 
 
+models_app = typer.Typer(help="Model registry: versions, aliases, promotion, rollback.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Registered model (default: registry.model_name).")]
+
+
+@models_app.command("list")
+@_friendly_errors
+def models_list(config: ConfigOpt, name: NameOpt = None) -> None:
+    """List versions with their key metrics and aliases."""
+    from ray_pipeline.registry.models import open_registry
+
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    name = name or cfg.registry.model_name
+    by_version: dict[int, list[str]] = {}
+    for alias, version in registry.aliases(name).items():
+        by_version.setdefault(version, []).append("@" + alias)
+    for v in registry.versions(name):
+        m = v.metrics
+        typer.echo(
+            f"{v.uri:<22} {v.kind:<8} {v.created_at}  log_loss {m.get('log_loss', float('nan')):.4f}  "
+            f"roc_auc {m.get('roc_auc', float('nan')):.4f}  {' '.join(by_version.get(v.version, []))}"
+        )
+
+
+@models_app.command("show")
+@_friendly_errors
+def models_show(
+    config: ConfigOpt, uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS")]
+) -> None:
+    """Show one version: metrics, params, signature, lineage, files."""
+    from dataclasses import asdict
+
+    from ray_pipeline.registry.models import open_registry
+
+    typer.echo(json.dumps(asdict(open_registry(load_config(config)).resolve(uri)), indent=2))
+
+
+@models_app.command("promote")
+@_friendly_errors
+def models_promote(
+    config: ConfigOpt,
+    version: Annotated[int, typer.Option(help="Version to promote.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    name: NameOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if a gate fails (recorded).")] = False,
+) -> None:
+    """Move an alias to a version if it passes the configured gates against the current holder."""
+    from ray_pipeline.registry.models import open_registry, promote
+
+    cfg = load_config(config)
+    change, report = promote(
+        open_registry(cfg), name or cfg.registry.model_name, version, alias, cfg.registry.gates, force
+    )
+    typer.echo(report)
+    typer.echo(f"@{alias}: {change.from_version} -> {change.to_version} ({change.reason})")
+
+
+@models_app.command("rollback")
+@_friendly_errors
+def models_rollback(
+    config: ConfigOpt,
+    alias: Annotated[str, typer.Option(help="Alias to roll back.")] = "champion",
+    name: NameOpt = None,
+) -> None:
+    """Move an alias back to the version it held before its last change."""
+    from ray_pipeline.registry.models import open_registry
+
+    cfg = load_config(config)
+    change = open_registry(cfg).rollback(name or cfg.registry.model_name, alias)
+    typer.echo(f"@{alias}: {change.from_version} -> {change.to_version} ({change.reason})")
+
+
+@models_app.command("history")
+@_friendly_errors
+def models_history(
+    config: ConfigOpt, alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None, name: NameOpt = None
+) -> None:
+    """Every alias change: time, alias, from -> to, reason, actor."""
+    from ray_pipeline.registry.models import open_registry
+
+    cfg = load_config(config)
+    for c in open_registry(cfg).history(name or cfg.registry.model_name, alias):
+        typer.echo(f"{c.at}  @{c.alias:<10} {c.from_version!s:>4} -> {c.to_version!s:<4}  {c.actor:<8} {c.reason}")
+
+
 @app.command()
 @_friendly_errors
 def demo(
@@ -244,12 +331,13 @@ def demo(
     rows: Annotated[int | None, typer.Option(help="Override the number of synthetic rows.")] = None,
     address: AddressOpt = None,
 ) -> None:
-    """Run the end-to-end job: generate data, ingest it, build features, fill the online store."""
+    """Run the end-to-end job: data, ingest, features, online store, training, registry."""
     from ray_pipeline.data.ingest import ingest as run_ingest
     from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.data.summary import ground_truth_summary
     from ray_pipeline.data.synthetic import generate as run_generate
     from ray_pipeline.features.pipeline import build_features, materialize_online, online_store, training_set_path
+    from ray_pipeline.registry.models import PromotionRefused, load, open_registry, promote, register_run
     from ray_pipeline.runtime import init_ray
     from ray_pipeline.train.data import prepare
     from ray_pipeline.train.runner import summary, train_model
@@ -260,23 +348,23 @@ def demo(
     spec = _synthetic_spec(cfg, {"rows": rows}, {})
     runtime = init_ray(address)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
-    typer.secho(f"[1/6] {where}, {runtime.num_cpus:g} CPUs", bold=True)
+    typer.secho(f"[1/7] {where}, {runtime.num_cpus:g} CPUs", bold=True)
 
     raw = cfg.resolve(cfg.data.source.path)
     result = run_generate(spec, raw)
-    typer.secho(f"[2/6] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
+    typer.secho(f"[2/7] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
 
     ingested = run_ingest(cfg)
-    typer.secho("[3/6] ingest and validation", bold=True)
+    typer.secho("[3/7] ingest and validation", bold=True)
     typer.echo(ingested.render())
     truth = ground_truth_summary(ingested.accepted_path, cfg.data.schema_.label)
     typer.echo(truth.render())
 
-    typer.secho("[4/6] feature views, point-in-time training set, FeatureSpec", bold=True)
+    typer.secho("[4/7] feature views, point-in-time training set, FeatureSpec", bold=True)
     built = build_features(cfg)
     typer.echo(built.render())
 
-    typer.secho("[5/6] online store", bold=True)
+    typer.secho("[5/7] online store", bold=True)
     for name, counts in materialize_online(cfg).items():
         typer.echo(f"{name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
         store = online_store(cfg)
@@ -289,11 +377,33 @@ def demo(
         finally:
             store.close()
 
-    typer.secho(f"[6/6] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
+    typer.secho(f"[6/7] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
     prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
     typer.echo(f"split by time at {prepared.cutoffs[0]} / {prepared.cutoffs[1]}: {prepared.rows}")
-    for kind in ("logreg", "xgboost"):
-        typer.echo(summary(train_model(cfg, kind, prepared=prepared)))
+    runs = [train_model(cfg, kind, prepared=prepared) for kind in ("logreg", "xgboost")]
+    for run in runs:
+        typer.echo(summary(run))
+
+    typer.secho("[7/7] model registry", bold=True)
+    registry = open_registry(cfg)
+    name = cfg.registry.model_name
+    versions = [register_run(registry, name, run.run_dir) for run in runs]
+    for v in versions:
+        typer.echo(f"registered {v.uri} ({v.kind})")
+    # The first version becomes champion; the second must pass the gates to replace it.
+    for v in versions:
+        try:
+            change, report = promote(registry, name, v.version, "champion", cfg.registry.gates)
+            typer.echo(f"{report}\n@champion: {change.from_version} -> {change.to_version}")
+        except PromotionRefused as refused:
+            typer.echo(str(refused))
+    champion = load(registry, f"models:/{name}@champion")
+    sample = read_parquet(training_set_path(cfg)).take(3)
+    probs = champion.predict_proba(sample)
+    typer.echo(f"models:/{name}@champion = {champion.version.uri} ({champion.version.kind}); sample predictions:")
+    key, label = cfg.data.schema_.entity_key, cfg.data.schema_.label
+    for row, p in zip(sample, probs):
+        typer.echo(f"  {key}={row[key]}  p={p:.4f}  label={row[label]}")
 
 
 def main() -> None:

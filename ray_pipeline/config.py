@@ -353,8 +353,23 @@ class TrainingConfig(StrictModel):
     xgboost: XGBoostTrainConfig = Field(default_factory=XGBoostTrainConfig)
 
 
+class GateRule(StrictModel):
+    """One metric's promotion rule, relative to the current alias holder (fractions, e.g. 0.01 = 1%)."""
+
+    min_improvement: float = Field(default=0.0, ge=0, description="Required relative improvement.")
+    max_regression: float | None = Field(default=None, ge=0, description="Allowed relative regression.")
+
+
 class RegistryConfig(StrictModel):
-    """Model registry (filled by the registry issue)."""
+    """Model registry: SQLite metadata plus an artifact directory."""
+
+    db_path: str = Field(default="registry.db", description="SQLite file with versions, aliases and history.")
+    artifact_root: str = Field(default="artifacts", description="Directory holding one folder per version.")
+    model_name: str = Field(default="model", pattern=r"^[A-Za-z0-9_.-]+$")
+    gates: dict[str, GateRule] = Field(
+        default_factory=lambda: {"log_loss": GateRule(min_improvement=0.0), "roc_auc": GateRule(max_regression=0.01)},
+        description="Metric -> rule; lower is better for log_loss, brier, calibration_error.",
+    )
 
 
 class ServingConfig(StrictModel):

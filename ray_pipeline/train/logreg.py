@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     local_batch = max(1, config["batch_size"] // ctx.get_world_size())
     steps = int(allreduce(np.array([math.ceil(len(y) / local_batch)]), op="max")[0])
     stop = False
+    loop_started = time.perf_counter()
     for epoch in range(state.epoch, epochs):
         fail = config.get("fail_at_epoch")
         if fail is not None and epoch == fail and rank == ctx.get_world_size() - 1:
@@ -221,4 +223,5 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "epochs_run": state.epoch,
         "history": state.history,
         "resumed_from": state.resumed_from,
+        "loop_s": time.perf_counter() - loop_started,
     }

@@ -159,6 +159,7 @@ def train_model(
     t0 = time.perf_counter()
     result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
     timings["fit_s"] = time.perf_counter() - t0
+    timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:
         raise result.error
     out = result.return_value or {}

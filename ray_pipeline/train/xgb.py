@@ -3,6 +3,7 @@ xgboost.train runs distributed hist inside the collective Ray Train sets up."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         **config["params"],
     }
     history: dict[str, dict[str, list[float]]] = {}
+    started = time.perf_counter()
     final = xgboost.train(
         params,
         dtrain,
@@ -69,4 +71,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         {"round": done + i + 1, "train_loss": t, "valid_loss": v}
         for i, (t, v) in enumerate(zip(history["train"]["logloss"], history["valid"]["logloss"]))
     ]
-    return {"history": rounds, "best_iteration": final.best_iteration, "resumed_from": done or None}
+    return {
+        "history": rounds,
+        "best_iteration": final.best_iteration,
+        "resumed_from": done or None,
+        "loop_s": time.perf_counter() - started,
+    }

@@ -1,0 +1,132 @@
+"""Register training runs, load registered models by URI, and promote through metric gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ray_pipeline.config import GateRule, PipelineConfig
+from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.features.transform import transform_records
+from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError, verify_manifest
+from ray_pipeline.train.models import load_model
+
+# Metrics where a smaller value is better; every other metric is better when larger.
+LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss"}
+
+
+def open_registry(cfg: PipelineConfig) -> Registry:
+    """The configured registry."""
+    return Registry(cfg.resolve(cfg.registry.db_path), cfg.resolve(cfg.registry.artifact_root))
+
+
+def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None) -> ModelVersion:
+    """Register a training run directory (model/, feature_spec.json, metrics, params, lineage)."""
+    import json
+
+    run_dir = Path(run_dir)
+    params = json.loads((run_dir / "params.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    spec = FeatureSpec.load(run_dir / "feature_spec.json")
+    signature = {
+        "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical},
+        "features": spec.feature_names,
+        "output": "probability of label 1",
+    }
+    lineage = {**lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version()}
+    return registry.register(name, run_dir, params["model"], metrics, params, signature, lineage)
+
+
+def _code_version() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)  # fmt: skip
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class LoadedModel:
+    """A registered model ready to predict from raw records: it applies its own FeatureSpec."""
+
+    version: ModelVersion
+    spec: FeatureSpec
+    model: Any
+
+    def predict_proba(self, records: list[dict[str, Any]] | pd.DataFrame) -> np.ndarray:
+        """Probability of label 1 per record."""
+        if isinstance(records, pd.DataFrame):
+            records = records.astype(object).where(records.notna(), None).to_dict("records")
+        X, _ = transform_records(records, self.spec)
+        return self.model.predict_proba(X)
+
+
+def load(registry: Registry, uri: str) -> LoadedModel:
+    """Load models:/NAME/VERSION or models:/NAME@ALIAS, verifying every file's checksum first."""
+    version = registry.resolve(uri)
+    directory = Path(version.path)
+    verify_manifest(directory, version.manifest_sha256)
+    spec = FeatureSpec.load(directory / "feature_spec.json")
+    return LoadedModel(version, spec, load_model(directory / "model"))
+
+
+class PromotionRefused(RegistryError):
+    """A gate failed; the message is the readable gate report."""
+
+
+def gate_report(candidate: ModelVersion, current: ModelVersion | None, gates: dict[str, GateRule]) -> tuple[bool, str]:
+    """Check each gate; returns (passed, report text)."""
+    if current is None:
+        return True, f"{candidate.uri}: no current holder, gates do not apply"
+    lines, ok = [f"{candidate.uri} vs {current.uri}:"], True
+    for metric, rule in gates.items():
+        new, old = candidate.metrics.get(metric), current.metrics.get(metric)
+        if new is None or old is None:
+            lines.append(f"  FAIL {metric}: missing on {'candidate' if new is None else 'current'}")
+            ok = False
+            continue
+        lower = metric in LOWER_IS_BETTER
+        # Relative improvement, positive when the candidate is better.
+        gain = (old - new) / abs(old) if lower else (new - old) / abs(old)
+        if gain >= 0:
+            passed = gain >= rule.min_improvement
+            need = f"needs >= {rule.min_improvement:.2%} improvement"
+        else:
+            allowed = rule.max_regression if rule.max_regression is not None else 0.0
+            passed = -gain <= allowed and rule.min_improvement == 0.0
+            need = f"allows {allowed:.2%} regression" + (", requires improvement" if rule.min_improvement else "")
+        ok &= passed
+        direction = "lower" if lower else "higher"
+        lines.append(
+            f"  {'PASS' if passed else 'FAIL'} {metric} ({direction} is better): {new:.6g} vs {old:.6g} "
+            f"({gain:+.2%}; {need})"
+        )
+    return ok, "\n".join(lines)
+
+
+def promote(
+    registry: Registry,
+    name: str,
+    version: int,
+    alias: str,
+    gates: dict[str, GateRule],
+    force: bool = False,
+    actor: str = "",
+) -> tuple[AliasChange, str]:
+    """Point `alias` at `version` if it passes the gates against the current holder (or `force`)."""
+    candidate = registry.get(name, version)
+    holder = registry.aliases(name).get(alias)
+    current = registry.get(name, holder) if holder is not None else None
+    passed, report = gate_report(candidate, current, gates)
+    if not passed and not force:
+        raise PromotionRefused(f"promotion of {candidate.uri} to @{alias} refused:\n{report}")
+    reason = "promoted: gates passed" if passed else "FORCED past failing gates"
+    return registry.set_alias(name, alias, version, reason, actor), report
