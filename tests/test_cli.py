@@ -103,6 +103,11 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     assert "FeatureSpec" in out and "point-in-time" in out
     assert "customer_id=1: present" in out
     assert (project_copy / "data" / "demo" / "features" / "online.db").exists()
+    # Training: both models evaluated against the Bayes-optimal floor on the latest events.
+    assert "logreg   log_loss" in out and "xgboost  log_loss" in out and "Bayes-optimal" in out
+    # Registry: both registered, a champion chosen through the gates, loaded and used.
+    assert "registered models:/fraud/1 (logreg)" in out and "registered models:/fraud/2 (xgboost)" in out
+    assert "models:/fraud@champion = models:/fraud/" in out and "sample predictions" in out
 
 
 def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path, demo_config_dict):
