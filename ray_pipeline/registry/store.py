@@ -15,6 +15,8 @@ import re
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,6 +133,21 @@ class Registry:
         db.execute("PRAGMA busy_timeout=60000")
         return db
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds SQLite's write lock from its first statement."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
     # ----------------------------------------------------------------------------------- write
 
     def register(
@@ -149,76 +166,52 @@ class Registry:
         staging = self.root / name / f".staging-{uuid.uuid4().hex}"
         shutil.copytree(source_dir, staging)
         manifest_sha = write_manifest(staging)
-        db = self._connect()
         try:
-            db.execute("BEGIN IMMEDIATE")  # one registrar at a time: numbers are distinct, no gaps
-            row = db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name = ?", (name,)).fetchone()
-            version = row[0] + 1
-            final = self.root / name / str(version)
-            if final.exists():  # debris of a crash between rename and commit: never registered
-                shutil.rmtree(final)
-            os.replace(staging, final)
-            record = ModelVersion(
-                name, version, _now(), kind, str(final), manifest_sha, metrics, params, signature, lineage
-            )
-            db.execute(
-                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, version, record.created_at, kind, str(final), manifest_sha, json.dumps(metrics),
-                 json.dumps(params), json.dumps(signature), json.dumps(lineage, default=str)),
-            )  # fmt: skip
-            self._before_commit(version)
-            db.execute("COMMIT")
+            # One registrar at a time (IMMEDIATE lock): numbers are distinct and gap-free.
+            with self._transaction() as db:
+                row = db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name = ?", (name,)).fetchone()
+                version = row[0] + 1
+                final = self.root / name / str(version)
+                if final.exists():  # debris of a crash between rename and commit: never registered
+                    shutil.rmtree(final)
+                os.replace(staging, final)
+                record = ModelVersion(
+                    name, version, _now(), kind, str(final), manifest_sha, metrics, params, signature, lineage
+                )
+                db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, version, record.created_at, kind, str(final), manifest_sha, json.dumps(metrics),
+                     json.dumps(params), json.dumps(signature), json.dumps(lineage, default=str)),
+                )  # fmt: skip
+                self._before_commit(version)
             return record
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         finally:
-            db.close()
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _before_commit(self, version: int) -> None:
         """Hook for crash tests; does nothing."""
 
     def set_alias(self, name: str, alias: str, version: int, reason: str = "", actor: str = "") -> AliasChange:
         """Point `alias` at `version` (atomically, with a history entry)."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             if db.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
                 raise RegistryError(f"models:/{name}/{version} does not exist")
             current = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
             db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (name, alias, version))
             change = AliasChange(name, alias, _now(), current[0] if current else None, version, reason, _actor(actor))
             self._log(db, change)
-            db.execute("COMMIT")
-            return change
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+        return change
 
     def delete_alias(self, name: str, alias: str, reason: str = "", actor: str = "") -> AliasChange:
         """Remove `alias` (recorded in its history)."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             current = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
             if current is None:
                 raise RegistryError(f"models:/{name}@{alias} is not set")
             db.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
             change = AliasChange(name, alias, _now(), current[0], None, reason or "deleted", _actor(actor))
             self._log(db, change)
-            db.execute("COMMIT")
-            return change
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+        return change
 
     def rollback(self, name: str, alias: str, actor: str = "") -> AliasChange:
         """Move `alias` back to the version it held before its latest change."""

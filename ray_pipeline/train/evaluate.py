@@ -63,28 +63,27 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
 
     directory.mkdir(parents=True, exist_ok=True)
     files = []
+
+    def save(fig, ax, name: str, xlabel: str, ylabel: str, what: str) -> None:
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title}: {what}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(directory / name, dpi=100)
+        plt.close(fig)
+        files.append(name)
+
     step = "epoch" if history and "epoch" in history[0] else "round"
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([h[step] for h in history], [h["train_loss"] for h in history], label="train")
     ax.plot([h[step] for h in history], [h["valid_loss"] for h in history], label="valid")
-    ax.set(xlabel=step, ylabel="log-loss", title=f"{title}: loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(directory / "loss.png", dpi=100)
-    files.append("loss.png")
-    plt.close(fig)
+    save(fig, ax, "loss.png", step, "log-loss", "loss")
 
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.4f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(directory / "roc.png", dpi=100)
-        files.append("roc.png")
-        plt.close(fig)
+        save(fig, ax, "roc.png", "false positive rate", "true positive rate", "ROC")
 
     edges = np.linspace(0, 1, 11)
     idx = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
@@ -93,12 +92,7 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(mean_p, rate, marker="o", label="model")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title=f"{title}: calibration")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(directory / "calibration.png", dpi=100)
-    files.append("calibration.png")
-    plt.close(fig)
+    save(fig, ax, "calibration.png", "mean predicted probability", "observed positive rate", "calibration")
     return files
 
 
