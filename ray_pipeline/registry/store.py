@@ -8,6 +8,7 @@ half-registered version visible, and concurrent registrations get distinct, gap-
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -289,4 +290,9 @@ def _version(row: tuple) -> ModelVersion:
 
 
 def _actor(actor: str) -> str:
-    return actor or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()  # USER/LOGNAME, else the account name of this process
+    except (KeyError, OSError):
+        return "unknown"
