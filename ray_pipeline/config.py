@@ -372,8 +372,37 @@ class RegistryConfig(StrictModel):
     )
 
 
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling of the model deployment."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=2.0, ge=0)
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+
+
 class ServingConfig(StrictModel):
-    """Ray Serve application (filled by the serving issue)."""
+    """Ray Serve application: HTTP API, batching, autoscaling, reload, prediction log."""
+
+    alias: str = Field(default="champion", description="Registry alias the model deployment serves.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    app_name: str = "ray-pipeline"
+    max_batch_size: int = Field(default=32, ge=1, description="Dynamic batching: most requests per batch.")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="Dynamic batching: longest wait.")
+    max_records_per_request: int = Field(default=1000, ge=1, description="Larger requests get 413.")
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, requests get 503 at once.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    reload_poll_s: float = Field(default=1.0, gt=0, description="How often replicas check the alias.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the API key; unset means no auth."
+    )
+    prediction_log: str = Field(default="predictions", description="Directory of the prediction log (Parquet).")
+    log_flush_rows: int = Field(default=1000, ge=1)
+    log_flush_s: float = Field(default=5.0, gt=0)
 
 
 class MonitoringConfig(StrictModel):

@@ -48,7 +48,9 @@ def local_cpus() -> int:
     return max(4, os.cpu_count() or 1)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> RayRuntime:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, metrics_export_port: int | None = None
+) -> RayRuntime:
     """Connect to `address` (or RAY_ADDRESS), else start a local Ray sized for this machine; idempotent."""
     _quiet_defaults()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -61,11 +63,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> RayRunt
             # Unix socket paths are limited to 107 bytes; Ray's default /tmp/ray/session_* is
             # shared by every instance on the box, so give each embedded instance its own.
             tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
+            extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
             ray.init(
                 num_cpus=cpus,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 _temp_dir=tmp,
+                **extra,
             )
     _configure_data_context()
     ctx = ray.get_runtime_context()

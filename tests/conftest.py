@@ -15,6 +15,8 @@ os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
 os.environ.pop("RAY_ADDRESS", None)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Node metrics (Ray Serve's and ours) for the scrape test; outside Ray's 10002-19999 worker ports.
+METRICS_PORT = 20_000 + os.getpid() % 5_000
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
@@ -23,7 +25,7 @@ def ray_session():
     """The one Ray instance of this test run (started on first use, stopped at the end)."""
     from ray_pipeline.runtime import init_ray, shutdown_ray
 
-    runtime = init_ray(num_cpus=4)
+    runtime = init_ray(num_cpus=4, metrics_export_port=METRICS_PORT)
     yield runtime
     shutdown_ray()
 

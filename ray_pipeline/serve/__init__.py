@@ -1,0 +1,1 @@
+"""Online serving on Ray Serve: validated HTTP API, batching, autoscaling, hot reload, prediction log."""

@@ -1,0 +1,92 @@
+"""Prediction log: append-only Parquet, partitioned by date and hour, written in batches off the
+request path and flushed on shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("entity", pa.string()),
+        ("features", pa.string()),  # the raw record as JSON
+        ("score", pa.float64()),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+    ]
+)
+
+
+class PredictionLog:
+    """Buffers rows; a background thread flushes them every `flush_s` or at `flush_rows`."""
+
+    def __init__(self, directory: str, flush_rows: int = 1000, flush_s: float = 5.0) -> None:
+        self.directory = Path(directory)
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Queue rows (request_id, entity, features, score, model_name, model_version); never blocks on I/O."""
+        now = datetime.now(timezone.utc)
+        with self._lock:
+            for row in rows:
+                self._rows.append({**row, "ts": now, "features": json.dumps(row["features"], default=str)})
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            threading.Thread(target=self.flush, daemon=True).start()
+
+    def flush(self) -> int:
+        """Write buffered rows to date=/hour= partitions; returns rows written."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+            self._seq += 1
+            seq = self._seq
+        if not rows:
+            return 0
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        stamp = rows[0]["ts"]
+        folder = self.directory / f"date={stamp:%Y-%m-%d}" / f"hour={stamp:%H}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".part-{self.writer_id}-{seq:06d}.parquet.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / f"part-{self.writer_id}-{seq:06d}.parquet")  # readers never see half a file
+        return len(rows)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+    def close(self) -> int:
+        """Stop the flusher and write what is left."""
+        self._stop.set()
+        return self.flush()
+
+
+def read_log(directory: str) -> pa.Table:
+    """Every logged prediction (for monitoring and tests)."""
+    files = sorted(Path(directory).rglob("part-*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+
+
+def new_request_id() -> str:
+    """A unique id per HTTP request."""
+    return uuid.uuid4().hex

@@ -1,0 +1,217 @@
+"""The Ray Serve application on the session's local Ray: API contract, online features, auth,
+hot reload without failed requests, metrics and the prediction log."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ray_pipeline.config import parse_config
+from ray_pipeline.features.online import SQLiteOnlineStore
+from ray_pipeline.registry.models import load, promote, register_run
+from ray_pipeline.registry.store import Registry
+from ray_pipeline.serve.predlog import read_log
+
+from .conftest import METRICS_PORT
+from .test_registry import make_run
+
+KEY = "s3cret-key"
+SENT = {"count": 0}  # records scored, to check the prediction log against
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory, monkeypatch_module):
+    from ray import serve
+
+    from ray_pipeline.serve.app import deploy
+
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = parse_config(
+        {
+            "data": {
+                "source": {"path": "unused"},
+                "schema": {"entity_key": "customer_id", "event_timestamp": "ts", "label": "y",
+                           "features": {"other": {"type": "float"}}},
+                "output": {"root": str(tmp / "out")},
+            },
+            "features": {"views": {"profile": {"entity": "customer_id", "features": ["amount", "channel"],
+                                               "ttl_seconds": 3600}},
+                         "online": {"backend": "sqlite", "path": str(tmp / "online.db")}},
+            "registry": {"db_path": str(tmp / "reg.db"), "artifact_root": str(tmp / "art"), "model_name": "fraud"},
+            "serving": {"port": _port(), "prediction_log": str(tmp / "predlog"), "log_flush_s": 0.5,
+                        "reload_poll_s": 0.2, "max_records_per_request": 50, "api_key_env": "RP_TEST_KEY",
+                        "app_name": "test-app"},
+        }
+    )  # fmt: skip
+    registry = Registry(tmp / "reg.db", tmp / "art")
+    register_run(registry, "fraud", make_run(tmp, 0.40, 0.80, seed=1))
+    register_run(registry, "fraud", make_run(tmp, 0.30, 0.90, seed=2))
+    registry.set_alias("fraud", "champion", 1, "test setup")
+    now = int(datetime.now(timezone.utc).timestamp() * 1e6)
+    SQLiteOnlineStore(tmp / "online.db").write("profile", [("7", now, {"amount": 20.0, "channel": "pos"})])
+    monkeypatch_module.setenv("RP_TEST_KEY", KEY)
+    url = deploy(cfg)
+    yield {"url": url, "cfg": cfg, "registry": registry, "tmp": tmp}
+    serve.delete(cfg.serving.app_name)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def call(url: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["X-API-Key"] = key
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def predict(url: str, records: list[dict]) -> dict:
+    status, body = call(url, "/predict", {"records": records})
+    assert status == 200, body
+    SENT["count"] += len(records)
+    return body
+
+
+def test_records_are_scored_like_the_registered_model(served):
+    records = [{"amount": 12.5, "channel": "pos"}, {"amount": None, "channel": "unseen"}, {}]
+    body = predict(served["url"], records)
+    expected = load(served["registry"], "models:/fraud/1").predict_proba(records)
+    np.testing.assert_allclose([p["probability"] for p in body["predictions"]], expected, rtol=1e-12)
+    assert body["model"] == "fraud" and body["version"] == 1 and len(body["request_id"]) == 32
+    assert predict(served["url"], records[:1])["request_id"] != body["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"records": [{"amount": "12.5"}]}, 422, "amount"),
+        ({"records": [{"channel": 5}]}, 422, "channel"),
+        ({"records": [{"amt": 1.0}]}, 422, "amt"),
+        ({"records": [{"amount": 1.0}], "entity_ids": [1]}, 422, "exactly one of records or entity_ids"),
+        ({}, 422, "exactly one"),
+        ({"records": [{"amount": 1.0}] * 51}, 413, "at most 50"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(served, body, status, needle):
+    got, detail = call(served["url"], "/predict", body)
+    assert got == status
+    assert needle in json.dumps(detail)
+
+
+def test_entity_ids_use_the_online_store_with_per_row_status(served):
+    status, body = call(served["url"], "/predict", {"entity_ids": [7, "unknown-1"]})
+    assert status == 200, body
+    known, unknown = body["predictions"]
+    expected = load(served["registry"], "models:/fraud/1").predict_proba([{"amount": 20.0, "channel": "pos"}])[0]
+    assert known == {"probability": pytest.approx(expected, rel=1e-12), "status": "ok"}
+    assert unknown == {"probability": None, "status": "unknown_entity"}
+    SENT["count"] += 1
+
+
+def test_api_key_is_required(served):
+    status, body = call(served["url"], "/predict", {"records": [{}]}, key=None)
+    assert status == 401 and "X-API-Key" in body["detail"]
+    assert call(served["url"], "/predict", {"records": [{}]}, key="wrong")[0] == 401
+
+
+def test_health_model_and_openapi(served):
+    assert call(served["url"], "/healthz") == (200, {"status": "ok"})
+    status, info = call(served["url"], "/model")
+    assert status == 200 and info["version"] == 1 and len(info["feature_spec_hash"]) == 64 and info["loaded_at"]
+    with urllib.request.urlopen(served["url"] + "/openapi.json") as r:
+        spec = json.loads(r.read())
+    assert "/predict" in spec["paths"] and "Record" in json.dumps(spec["components"])
+    with urllib.request.urlopen(served["url"] + "/docs") as r:
+        assert r.status == 200
+
+
+def test_promote_and_rollback_under_load_without_errors(served):
+    url, registry = served["url"], served["registry"]
+    errors, versions, stop = [], [], threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            status, body = call(url, "/predict", {"records": [{"amount": 3.0, "channel": "pos"}]})
+            if status != 200:
+                errors.append((status, body))
+            else:
+                SENT["count"] += 1
+                versions.append(body["version"])
+
+    workers = [threading.Thread(target=stream) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1.0)
+        promote(registry, "fraud", 2, "champion", {})
+        deadline = time.time() + 20
+        while time.time() < deadline and (not versions or versions[-1] != 2):
+            time.sleep(0.1)
+        assert versions and versions[-1] == 2, "replicas did not switch to the promoted version"
+        registry.rollback("fraud", "champion")
+        deadline = time.time() + 20
+        while time.time() < deadline and versions[-1] != 1:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert errors == []
+    assert versions[-1] == 1 and 2 in versions
+    assert call(url, "/model")[1]["version"] == 1
+
+
+def test_metrics_are_exported(served):
+    predict(served["url"], [{"amount": 1.0, "channel": "pos"}] * 5)
+    wanted = [
+        "ray_rp_predictions_total", "ray_rp_score_bucket", "ray_rp_batch_size_bucket",
+        "ray_rp_missing_features_total", "ray_rp_model_load_seconds", "ray_serve_num_http_requests_total",
+    ]  # fmt: skip
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"not on the metrics port: {missing}"
+    assert 'model_version="1"' in text
+
+
+def test_prediction_log_keeps_every_scored_record(served):
+    from ray import serve
+
+    serve.delete(served["cfg"].serving.app_name)  # graceful: replicas flush what they buffered
+    log = read_log(str(served["tmp"] / "predlog"))
+    assert log.num_rows == SENT["count"]
+    assert set(log.column("model_version").to_pylist()) == {1, 2}
+    assert len(set(log.column("request_id").to_pylist())) > 1
+    files = list(Path(served["tmp"] / "predlog").rglob("part-*.parquet"))
+    assert files and all("date=" in str(f) and "hour=" in str(f) for f in files)
