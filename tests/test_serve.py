@@ -131,6 +131,8 @@ def test_entity_ids_use_the_online_store_with_per_row_status(served):
     assert known == {"probability": pytest.approx(expected, rel=1e-12), "status": "ok"}
     assert unknown == {"probability": None, "status": "unknown_entity"}
     SENT["count"] += 1
+    status, body = call(served["url"], "/predict", {"entity_ids": ["nobody"]})
+    assert status == 200 and body["predictions"] == [{"probability": None, "status": "unknown_entity"}]
 
 
 def test_api_key_is_required(served):

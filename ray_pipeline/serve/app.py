@@ -8,7 +8,6 @@ No `from __future__ import annotations` here: FastAPI must see the request model
 (built per FeatureSpec at deploy time), not its name as a string.
 """
 
-
 import os
 import threading
 import time
@@ -81,9 +80,10 @@ class ModelServer:
         records = [r for req in requests for r in req["records"]]
         probs = model.predict_proba(records).tolist() if records else []
         version = model.version.version
-        self.batch_sizes.observe(len(records))
         tags = {"model_version": str(version)}
-        self.predictions.inc(len(records), tags=tags)
+        if records:  # a request whose entities are all unknown reaches here with no rows
+            self.batch_sizes.observe(len(records))
+            self.predictions.inc(len(records), tags=tags)
         for p in probs:
             self.scores.observe(p, tags=tags)
         for name in model.spec.input_columns:

@@ -1,0 +1,47 @@
+"""Application builder for `serve run` / `serve deploy` config files (import_path + args)."""
+
+import os
+
+from ray_pipeline.config import load_config
+from ray_pipeline.serve.app import build_app
+
+
+def build(args: dict):
+    """Build the application from {"config": "path/to/pipeline.yaml"}; the API key comes from the environment."""
+    cfg = load_config(args["config"])
+    env = cfg.serving.api_key_env
+    return build_app(cfg, os.environ.get(env) if env else None)
+
+
+def deploy_config(cfg_path: str) -> dict:
+    """A `serve deploy`-compatible config for the pipeline at `cfg_path`."""
+    cfg = load_config(cfg_path)
+    s = cfg.serving
+    a = s.autoscaling
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": s.port},
+        "applications": [
+            {
+                "name": s.app_name,
+                "route_prefix": s.route_prefix,
+                "import_path": "ray_pipeline.serve.entry:build",
+                "args": {"config": cfg_path},
+                "deployments": [
+                    {
+                        "name": "model",
+                        "max_ongoing_requests": s.max_ongoing_requests,
+                        "max_queued_requests": s.max_queued_requests,
+                        "autoscaling_config": {
+                            "min_replicas": a.min_replicas,
+                            "max_replicas": a.max_replicas,
+                            "target_ongoing_requests": a.target_ongoing_requests,
+                            "upscale_delay_s": a.upscale_delay_s,
+                            "downscale_delay_s": a.downscale_delay_s,
+                        },
+                    },
+                    {"name": "ingress", "max_ongoing_requests": s.max_ongoing_requests * 2},
+                ],
+            }
+        ],
+    }
