@@ -63,7 +63,10 @@ def served(ray_session, tmp_path_factory, monkeypatch_module):
     register_run(registry, "fraud", make_run(tmp, 0.30, 0.90, seed=2))
     registry.set_alias("fraud", "champion", 1, "test setup")
     now = int(datetime.now(timezone.utc).timestamp() * 1e6)
-    SQLiteOnlineStore(tmp / "online.db").write("profile", [("7", now, {"amount": 20.0, "channel": "pos"})])
+    old = now - 7200 * 10**6  # older than the view's 1-hour TTL
+    SQLiteOnlineStore(tmp / "online.db").write(
+        "profile", [("7", now, {"amount": 20.0, "channel": "pos"}), ("8", old, {"amount": 1.0, "channel": "pos"})]
+    )
     monkeypatch_module.setenv("RP_TEST_KEY", KEY)
     url = deploy(cfg)
     yield {"url": url, "cfg": cfg, "registry": registry, "tmp": tmp}
@@ -131,8 +134,12 @@ def test_entity_ids_use_the_online_store_with_per_row_status(served):
     assert known == {"probability": pytest.approx(expected, rel=1e-12), "status": "ok"}
     assert unknown == {"probability": None, "status": "unknown_entity"}
     SENT["count"] += 1
-    status, body = call(served["url"], "/predict", {"entity_ids": ["nobody"]})
-    assert status == 200 and body["predictions"] == [{"probability": None, "status": "unknown_entity"}]
+    status, body = call(served["url"], "/predict", {"entity_ids": ["nobody", 8]})
+    assert status == 200
+    assert body["predictions"] == [
+        {"probability": None, "status": "unknown_entity"},
+        {"probability": None, "status": "expired"},
+    ]
 
 
 def test_api_key_is_required(served):
@@ -217,3 +224,35 @@ def test_prediction_log_keeps_every_scored_record(served):
     assert len(set(log.column("request_id").to_pylist())) > 1
     files = list(Path(served["tmp"] / "predlog").rglob("part-*.parquet"))
     assert files and all("date=" in str(f) and "hour=" in str(f) for f in files)
+
+
+def test_generated_serve_config_is_valid_and_strict(tmp_path):
+    """Serve's schema ignores unknown keys, so check every key against the schema models too."""
+    import yaml
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from ray_pipeline.cli import app
+
+    from .conftest import DEMO_CONFIG
+
+    out = tmp_path / "serve.yaml"
+    result = CliRunner().invoke(app, ["serve", "config", "--config", str(DEMO_CONFIG), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    body = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(body)
+
+    def keys_known(data: dict, model) -> list[str]:
+        return sorted(set(data) - set(model.model_fields))
+
+    assert keys_known(body, ServeDeploySchema) == []
+    for application in body["applications"]:
+        assert keys_known(application, ServeApplicationSchema) == []
+        assert application["import_path"] == "ray_pipeline.serve.entry:build"
+        for deployment in application["deployments"]:
+            assert keys_known(deployment, DeploymentSchema) == []
+    committed = Path(__file__).resolve().parents[1] / "cluster" / "serve-demo.yaml"
+    assert (
+        yaml.safe_load(committed.read_text())["applications"][0]["deployments"]
+        == body["applications"][0]["deployments"]
+    )

@@ -203,13 +203,14 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
             if store is None:
                 raise HTTPException(400, detail="entity_ids: no feature views are configured; send records")
             records = [dict() for _ in ids]
-            found = [False] * len(ids)
+            statuses = ["unknown_entity"] * len(ids)
             for view, (features, ttl) in views.items():
                 for i, row in enumerate(store.get(view, ids, features, ttl)):
                     if row.status == "present":
-                        found[i] = True
+                        statuses[i] = "ok"
                         records[i].update(row.values)
-            statuses = ["ok" if f else "unknown_entity" for f in found]
+                    elif row.status == "expired" and statuses[i] != "ok":
+                        statuses[i] = "expired"  # known, but every value is older than the view's TTL
             return records, statuses, [str(e) for e in ids]
 
         @api.get("/healthz")
