@@ -500,7 +500,10 @@ def demo(
         typer.echo(f"POST {url}/predict {json.dumps(body, default=str)[:100]}...\n  -> {status} {json.dumps(answer)}")
     typer.echo(f"endpoint: {url}/predict  (OpenAPI: {url}/docs)")
     typer.echo("the demo stops the endpoint on exit; `ray-pipeline serve deploy` keeps it up")
-    serve.delete(cfg.serving.app_name)
+    if runtime.local:
+        serve.shutdown()  # the demo's own Serve instance, so a later deploy may choose its port
+    else:
+        serve.delete(cfg.serving.app_name)  # a shared cluster: remove only the demo's application
 
 
 def main() -> None:

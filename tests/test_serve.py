@@ -202,16 +202,27 @@ def test_metrics_are_exported(served):
         "ray_rp_predictions_total", "ray_rp_score_bucket", "ray_rp_batch_size_bucket",
         "ray_rp_missing_features_total", "ray_rp_model_load_seconds", "ray_serve_num_http_requests_total",
     ]  # fmt: skip
+
+    def ours(text: str) -> list[str]:
+        # This app's prediction counter for version 1 (other apps on the cluster export too).
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith("ray_rp_predictions_total") and 'application="test-app"' in line
+            and 'model_version="1"' in line
+        ]  # fmt: skip
+
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
             text = r.read().decode()
-        if all(w in text for w in wanted):
+        if all(w in text for w in wanted) and ours(text):
             break
         time.sleep(2)
     missing = [w for w in wanted if w not in text]
     assert not missing, f"not on the metrics port: {missing}"
-    assert 'model_version="1"' in text
+    assert ours(text), "no ray_rp_predictions_total for application test-app, model_version 1"
+    assert float(ours(text)[0].rsplit(" ", 1)[1]) >= 5
 
 
 def test_prediction_log_keeps_every_scored_record(served):

@@ -259,4 +259,10 @@ def deploy(cfg: PipelineConfig) -> str:
         raise ValueError(f"serving.api_key_env: environment variable {s.api_key_env} is not set")
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(build_app(cfg, api_key), name=s.app_name, route_prefix=s.route_prefix, blocking=False)
-    return f"http://{s.host}:{s.port}{s.route_prefix.rstrip('/')}"
+    # Serve's HTTP options are fixed by whoever started Serve first on this cluster: report where
+    # the proxy really listens rather than where the config asked for.
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    host = s.host if http.host in ("0.0.0.0", "::") else http.host
+    return f"http://{host}:{http.port}{s.route_prefix.rstrip('/')}"
