@@ -124,7 +124,7 @@ class ModelServer:
             self.log.close()
 
 
-def request_models(spec: FeatureSpec, max_records: int) -> type[BaseModel]:
+def request_models(spec: FeatureSpec) -> type[BaseModel]:
     """Pydantic request model whose record fields come from the FeatureSpec's input columns."""
     fields: dict[str, Any] = {c.name: (float | None, None) for c in spec.numeric}
     fields.update({c.name: (str | None, None) for c in spec.categorical})
@@ -153,7 +153,7 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
     s, r = cfg.serving, cfg.registry
     registry = open_registry(cfg)
     spec = load(registry, f"models:/{r.model_name}@{s.alias}").spec
-    PredictRequest = request_models(spec, s.max_records_per_request)
+    PredictRequest = request_models(spec)
     views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
     store = online_store(cfg) if views else None
     max_records = s.max_records_per_request
