@@ -171,9 +171,19 @@ def _percentiles(times: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
+def timed_lookups(store, view: str, ids: list[int], features: list[str], repeat: int) -> list[float]:
+    """Latencies (ms) of `repeat` lookups of `ids`."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        store.get(view, ids, features)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def online_latencies(work: Path, entities: int = 10_000, repeat: int = 2_000) -> dict[str, dict[str, float]]:
     """p50/p99 of get() for 1 and 100 entities on SQLite and (if installed) Redis."""
-    from ray_pipeline.features.online import RedisOnlineStore, SQLiteOnlineStore, timed_lookups
+    from ray_pipeline.features.online import RedisOnlineStore, SQLiteOnlineStore
 
     features = [f"f{i}" for i in range(4)]
     rows = [(str(e), 1_700_000_000_000_000, {f: float(e + i) for i, f in enumerate(features)}) for e in range(entities)]

@@ -21,7 +21,7 @@ _KEY2 = "ray-pipeline-h2!"  # a second siphash key (16 bytes) so H2 is independe
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _column_hashes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def column_hashes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes per value; equal values (nulls included) hash equal."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -35,7 +35,7 @@ def _column_hashes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
         # Floats by bit pattern, nulls as NaN; other types through their text form.
         num = pc.cast(arr, pa.float64()) if pa.types.is_floating(t) or pa.types.is_boolean(t) else None
         if num is None:
-            return _column_hashes(pc.cast(arr, pa.string()))
+            return column_hashes(pc.cast(arr, pa.string()))
         bits = np.asarray(pc.fill_null(num, np.nan).to_numpy(zero_copy_only=False)).view(np.uint64)
     return pd.util.hash_array(bits), pd.util.hash_array(bits ^ _MIX)
 
@@ -47,7 +47,7 @@ def add_row_hashes(batch: pa.Table, keys: list[str]) -> pa.Table:
     h2 = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i, key in enumerate(keys):
-            c1, c2 = _column_hashes(batch[key])
+            c1, c2 = column_hashes(batch[key])
             # Order-dependent folds with different odd multipliers: (a, b) != (b, a).
             h1 = h1 * np.uint64(1_000_003 + 2 * i) ^ c1
             h2 = h2 * np.uint64(0x100000001B3 + 2 * i) ^ c2

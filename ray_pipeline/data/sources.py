@@ -172,11 +172,12 @@ def check_columns(src: SourceFiles, source: SourceConfig, required: list[str]) -
 
 
 def read_pieces(src: SourceFiles) -> list[dict[str, Any]]:
-    """Units of parallel reading: Parquet row-group ranges of about PIECE_ROWS, else whole files."""
+    """Units of parallel reading: Parquet row-group ranges of about PIECE_ROWS (with their row count
+    from the footer), else whole files (rows unknown until read)."""
     pieces: list[dict[str, Any]] = []
     for index, path in enumerate(src.files):
         if src.format != "parquet":
-            pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": None})
+            pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": None, "rows": None})
             continue
         try:
             meta = pq.read_metadata(path, filesystem=src.filesystem)
@@ -188,16 +189,13 @@ def read_pieces(src: SourceFiles) -> list[dict[str, Any]]:
             group.append(i)
             rows += meta.row_group(i).num_rows
             if rows - first >= PIECE_ROWS or i == meta.num_row_groups - 1:
-                pieces.append({"path": path, "file_index": index, "first_row": first, "row_groups": group})
+                pieces.append(
+                    {"path": path, "file_index": index, "first_row": first, "row_groups": group, "rows": rows - first}
+                )
                 group, first = [], rows
         if meta.num_row_groups == 0:
-            pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": []})
+            pieces.append({"path": path, "file_index": index, "first_row": 0, "row_groups": [], "rows": 0})
     return pieces
-
-
-def src_rows(src: SourceFiles) -> int:
-    """Rows in a Parquet source by its footers: an independent count to check ingest against."""
-    return sum(pq.read_metadata(p, filesystem=src.filesystem).num_rows for p in src.files)
 
 
 def _tag(table: pa.Table, shown: str, file_index: int, first_row: int) -> pa.Table:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -211,15 +210,3 @@ def open_store(backend: str, path: str | None = None, url: str | None = None) ->
     if backend == "redis":
         return RedisOnlineStore(url or "redis://localhost:6379/0")
     raise ValueError(f"online store backend {backend!r}: expected sqlite or redis")
-
-
-def timed_lookups(
-    store: OnlineStore, view: str, ids: Sequence[Any], features: Sequence[str], repeat: int
-) -> list[float]:
-    """Latencies (ms) of `repeat` lookups of `ids` (for benchmarks)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        store.get(view, ids, features)
-        times.append((time.perf_counter() - t0) * 1000)
-    return times

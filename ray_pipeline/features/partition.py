@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ray_pipeline.data.dedup import _column_hashes
+from ray_pipeline.data.dedup import column_hashes
 
 BLOCK, POS = "_part_block", "_part_pos"
 
 
 def bucket_of(table: pa.Table, key: str, parts: int) -> np.ndarray:
     """Partition number of each row (equal keys, whatever their integer width, share a partition)."""
-    return (_column_hashes(table[key])[0] % np.uint64(parts)).astype(np.int64)
+    return (column_hashes(table[key])[0] % np.uint64(parts)).astype(np.int64)
 
 
 def split_block(table: pa.Table, key: str, parts: int, block: int | None = None) -> list[pa.Table]:

@@ -79,8 +79,8 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
             rows = daily_aggregates(accepted, view.entity, schema.event_timestamp, view)
         else:
             rows = read_parquet(cfg.resolve(view.source))
-        version = write_view(rows, root, name, view)
-        stored = read_view(root, name).materialize()
+        stored = rows.materialize()  # computed once: written to the store and joined from memory
+        version = write_view(stored, root, name, view)
         events = point_in_time_join(
             events,
             stored,

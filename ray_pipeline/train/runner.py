@@ -50,20 +50,19 @@ def node_ids() -> list[str]:
     return [bytes(int(b) for b in row if b).decode() for row in gathered]
 
 
-def _logreg_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    from ray_pipeline.train.logreg import train_loop
+def _with_nodes(kind: str):
+    """The worker loop for `kind`, returning rank 0's result plus every worker's node id."""
 
-    nodes = node_ids()
-    out = train_loop(config)
-    return None if out is None else {**out, "worker_nodes": nodes}
+    def loop(config: dict[str, Any]) -> dict[str, Any] | None:
+        if kind == "xgboost":
+            from ray_pipeline.train.xgb import train_loop
+        else:
+            from ray_pipeline.train.logreg import train_loop
+        nodes = node_ids()
+        out = train_loop(config)
+        return None if out is None else {**out, "worker_nodes": nodes}
 
-
-def _xgb_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    from ray_pipeline.train.xgb import train_loop
-
-    nodes = node_ids()
-    out = train_loop(config)
-    return None if out is None else {**out, "worker_nodes": nodes}
+    return loop
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
@@ -90,11 +89,11 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
     datasets = {"train": prepared.train, "valid": prepared.valid}
     if kind == "xgboost":
         return XGBoostTrainer(
-            _xgb_loop, train_loop_config=loop_config, xgboost_config=XGBoostConfig(),
+            _with_nodes("xgboost"), train_loop_config=loop_config, xgboost_config=XGBoostConfig(),
             scaling_config=scaling, run_config=run, datasets=datasets,
         )  # fmt: skip
     return DataParallelTrainer(
-        _logreg_loop, train_loop_config=loop_config, backend_config=XGBoostConfig(),
+        _with_nodes("logreg"), train_loop_config=loop_config, backend_config=XGBoostConfig(),
         scaling_config=scaling, run_config=run, datasets=datasets,
     )  # fmt: skip
 
