@@ -380,6 +380,27 @@ class AutoscalingConfig(StrictModel):
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     upscale_delay_s: float = Field(default=2.0, ge=0)
     downscale_delay_s: float = Field(default=30.0, ge=0)
+    look_back_period_s: float = Field(default=30.0, gt=0, description="Window the ongoing-request average covers.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class TrafficConfig(StrictModel):
+    """Traffic to a second registry alias next to the served one (Ray Serve has no traffic split)."""
+
+    mode: Literal["off", "canary", "shadow"] = Field(
+        default="off",
+        description="canary: answer a share of requests from the challenger; "
+        "shadow: answer from the champion and also score every request with the challenger.",
+    )
+    challenger_alias: str = "challenger"
+    canary_share: float = Field(
+        default=0.1, ge=0, le=1, description="canary: share of requests the challenger answers."
+    )
 
 
 class ServingConfig(StrictModel):
@@ -396,6 +417,7 @@ class ServingConfig(StrictModel):
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_queued_requests: int = Field(default=256, ge=-1, description="Beyond this, requests get 503 at once.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     reload_poll_s: float = Field(default=1.0, gt=0, description="How often replicas check the alias.")
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the API key; unset means no auth."

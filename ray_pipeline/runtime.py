@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 
@@ -27,6 +28,38 @@ class RayRuntime:
 
 def _quiet_defaults() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _serve_fast_path_env(temp_dir: str) -> None:
+    """Env for the Ray we start: Serve's HAProxy front door + direct ingress, scoped to this instance."""
+    # Measured here (DESIGN.md, benchmarks/serve.py): the default Python proxy adds ~5-9 ms p50 per
+    # request; HAProxy forwarding straight to the ingress replica's own HTTP server adds ~0.5 ms.
+    # Autoscaling, max_queued_requests -> 503 and Serve's HTTP metrics keep working (tests/test_serve.py).
+    # Set either flag to 0 in the environment to get the default proxy back.
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+    if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] != "1":
+        return
+    # HAProxy's files and admin ports default to fixed, machine-wide places (/tmp/haproxy-serve,
+    # 9101, 8404): two embedded instances on one box would fight over them.
+    base = os.path.join(temp_dir, "haproxy")
+    os.makedirs(base, exist_ok=True)
+    os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = os.path.join(base, "haproxy.cfg")
+    os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = os.path.join(base, "admin.sock")
+    os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = base
+    os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = os.path.join(base, "server-state")
+    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    # A stopping ingress replica keeps answering for this long so external load balancers can
+    # drain it (default 30 s). HAProxy here runs beside the replicas and is told at once.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _configure_data_context() -> None:
@@ -63,6 +96,7 @@ def init_ray(
             # Unix socket paths are limited to 107 bytes; Ray's default /tmp/ray/session_* is
             # shared by every instance on the box, so give each embedded instance its own.
             tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
+            _serve_fast_path_env(tmp)
             extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
             ray.init(
                 num_cpus=cpus,

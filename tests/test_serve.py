@@ -4,7 +4,6 @@ hot reload without failed requests, metrics and the prediction log."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -15,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_pipeline.config import parse_config
+from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.features.online import SQLiteOnlineStore
 from ray_pipeline.registry.models import load, promote, register_run
 from ray_pipeline.registry.store import Registry
+from ray_pipeline.runtime import free_port
 from ray_pipeline.serve.predlog import read_log
 
 from .conftest import METRICS_PORT
@@ -28,20 +28,9 @@ KEY = "s3cret-key"
 SENT = {"count": 0}  # records scored, to check the prediction log against
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(ray_session, tmp_path_factory, monkeypatch_module):
-    from ray import serve
-
-    from ray_pipeline.serve.app import deploy
-
-    tmp = tmp_path_factory.mktemp("serve")
-    cfg = parse_config(
+def serve_config(tmp: Path, app_name: str, **serving) -> PipelineConfig:
+    """A pipeline config serving `fraud` from a registry under `tmp`, with serving overrides."""
+    return parse_config(
         {
             "data": {
                 "source": {"path": "unused"},
@@ -53,15 +42,30 @@ def served(ray_session, tmp_path_factory, monkeypatch_module):
                                                "ttl_seconds": 3600}},
                          "online": {"backend": "sqlite", "path": str(tmp / "online.db")}},
             "registry": {"db_path": str(tmp / "reg.db"), "artifact_root": str(tmp / "art"), "model_name": "fraud"},
-            "serving": {"port": _port(), "prediction_log": str(tmp / "predlog"), "log_flush_s": 0.5,
-                        "reload_poll_s": 0.2, "max_records_per_request": 50, "api_key_env": "RP_TEST_KEY",
-                        "app_name": "test-app"},
+            "serving": {"port": free_port(), "prediction_log": str(tmp / "predlog"), "log_flush_s": 0.5,
+                        "reload_poll_s": 0.2, "app_name": app_name, "route_prefix": f"/{app_name}", **serving},
         }
     )  # fmt: skip
+
+
+def two_version_registry(tmp: Path) -> Registry:
+    """fraud/1 (champion) and fraud/2, two different logistic models."""
     registry = Registry(tmp / "reg.db", tmp / "art")
     register_run(registry, "fraud", make_run(tmp, 0.40, 0.80, seed=1))
     register_run(registry, "fraud", make_run(tmp, 0.30, 0.90, seed=2))
     registry.set_alias("fraud", "champion", 1, "test setup")
+    return registry
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory, monkeypatch_module):
+    from ray import serve
+
+    from ray_pipeline.serve.app import deploy
+
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = serve_config(tmp, "test-app", max_records_per_request=50, api_key_env="RP_TEST_KEY")
+    registry = two_version_registry(tmp)
     now = int(datetime.now(timezone.utc).timestamp() * 1e6)
     old = now - 7200 * 10**6  # older than the view's 1-hour TTL
     SQLiteOnlineStore(tmp / "online.db").write(
@@ -90,7 +94,11 @@ def call(url: str, path: str, body: dict | None = None, key: str | None = KEY) -
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:  # Serve's own refusals (503) are plain text
+            return e.code, {"detail": text.decode()}
 
 
 def predict(url: str, records: list[dict]) -> dict:
@@ -106,6 +114,7 @@ def test_records_are_scored_like_the_registered_model(served):
     expected = load(served["registry"], "models:/fraud/1").predict_proba(records)
     np.testing.assert_allclose([p["probability"] for p in body["predictions"]], expected, rtol=1e-12)
     assert body["model"] == "fraud" and body["version"] == 1 and len(body["request_id"]) == 32
+    assert body["variant"] == "champion"
     assert predict(served["url"], records[:1])["request_id"] != body["request_id"]
 
 
@@ -152,6 +161,7 @@ def test_health_model_and_openapi(served):
     assert call(served["url"], "/healthz") == (200, {"status": "ok"})
     status, info = call(served["url"], "/model")
     assert status == 200 and info["version"] == 1 and len(info["feature_spec_hash"]) == 64 and info["loaded_at"]
+    assert info["traffic"] == {"mode": "off"}
     with urllib.request.urlopen(served["url"] + "/openapi.json") as r:
         spec = json.loads(r.read())
     assert "/predict" in spec["paths"] and "Record" in json.dumps(spec["components"])
@@ -232,6 +242,7 @@ def test_prediction_log_keeps_every_scored_record(served):
     log = read_log(str(served["tmp"] / "predlog"))
     assert log.num_rows == SENT["count"]
     assert set(log.column("model_version").to_pylist()) == {1, 2}
+    assert set(log.column("variant").to_pylist()) == {"champion"}
     assert len(set(log.column("request_id").to_pylist())) > 1
     files = list(Path(served["tmp"] / "predlog").rglob("part-*.parquet"))
     assert files and all("date=" in str(f) and "hour=" in str(f) for f in files)

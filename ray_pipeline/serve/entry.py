@@ -3,7 +3,7 @@
 import os
 
 from ray_pipeline.config import load_config
-from ray_pipeline.serve.app import build_app
+from ray_pipeline.serve.app import DEPLOYMENT, autoscaling_config, build_app
 
 
 def build(args: dict):
@@ -17,7 +17,6 @@ def deploy_config(cfg_path: str) -> dict:
     """A `serve deploy`-compatible config for the pipeline at `cfg_path`."""
     cfg = load_config(cfg_path)
     s = cfg.serving
-    a = s.autoscaling
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": s.port},
@@ -29,18 +28,11 @@ def deploy_config(cfg_path: str) -> dict:
                 "args": {"config": cfg_path},
                 "deployments": [
                     {
-                        "name": "model",
+                        "name": DEPLOYMENT,
                         "max_ongoing_requests": s.max_ongoing_requests,
                         "max_queued_requests": s.max_queued_requests,
-                        "autoscaling_config": {
-                            "min_replicas": a.min_replicas,
-                            "max_replicas": a.max_replicas,
-                            "target_ongoing_requests": a.target_ongoing_requests,
-                            "upscale_delay_s": a.upscale_delay_s,
-                            "downscale_delay_s": a.downscale_delay_s,
-                        },
+                        "autoscaling_config": autoscaling_config(cfg),
                     },
-                    {"name": "ingress", "max_ongoing_requests": s.max_ongoing_requests * 2},
                 ],
             }
         ],

@@ -23,6 +23,7 @@ SCHEMA = pa.schema(
         ("score", pa.float64()),
         ("model_name", pa.string()),
         ("model_version", pa.int64()),
+        ("variant", pa.string()),  # champion / challenger answered; shadow was scored but not returned
     ]
 )
 
@@ -43,7 +44,7 @@ class PredictionLog:
         self._thread.start()
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        """Queue rows (request_id, entity, features, score, model_name, model_version); never blocks on I/O."""
+        """Queue rows (request_id, entity, features, score, model_name, model_version, variant); never blocks on I/O."""
         now = datetime.now(timezone.utc)
         with self._lock:
             for row in rows:

@@ -1,0 +1,103 @@
+"""The model versions one replica serves: the champion alias, plus a challenger alias that answers a
+share of requests (canary) or scores every request unseen by the caller (shadow).
+
+Ray Serve has no traffic split of its own; doing it inside the replica keeps one hop per request and
+lets one dynamic batch hold requests for both versions.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from ray_pipeline.registry.models import LoadedModel, load
+from ray_pipeline.registry.store import Registry
+
+CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
+
+
+class ModelSet:
+    """Champion (always) and challenger (canary/shadow, when its alias is set); follows alias moves."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str,
+        champion_alias: str,
+        mode: str = "off",
+        challenger_alias: str = "challenger",
+        canary_share: float = 0.0,
+        on_load: Callable[[int, str, float], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.registry, self.name, self.mode, self.canary_share = registry, name, mode, canary_share
+        self.aliases = {CHAMPION: champion_alias}
+        if mode != "off":
+            self.aliases[CHALLENGER] = challenger_alias
+        self._on_load = on_load
+        self._rng = random.Random(seed)
+        self.models: dict[str, LoadedModel | None] = {}
+        self.loaded_at: dict[str, str] = {}
+        for role in self.aliases:
+            self.models[role] = self._load(role, self._wanted(role))
+        if self.models[CHAMPION] is None:
+            raise ValueError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
+
+    def _wanted(self, role: str) -> int | None:
+        return self.registry.aliases(self.name).get(self.aliases[role])
+
+    def _load(self, role: str, version: int | None) -> LoadedModel | None:
+        if version is None:
+            return None
+        started = time.perf_counter()
+        loaded = load(self.registry, f"models:/{self.name}/{version}")
+        self.loaded_at[role] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self._on_load:
+            self._on_load(version, role, time.perf_counter() - started)
+        return loaded
+
+    def refresh(self) -> list[str]:
+        """Load versions whose alias moved, then swap each in with one assignment; returns what changed."""
+        changes = []
+        for role in self.aliases:
+            wanted, current = self._wanted(role), self.models[role]
+            have = current.version.version if current else None
+            if wanted == have or (role == CHAMPION and wanted is None):
+                continue  # a deleted champion alias keeps the last version serving rather than failing
+            self.models[role] = self._load(role, wanted)
+            changes.append(f"{role}: v{have} -> v{wanted}")
+        return changes
+
+    def route(self) -> str:
+        """Which variant answers the next request."""
+        if self.mode == "canary" and self.models.get(CHALLENGER) and self._rng.random() < self.canary_share:
+            return CHALLENGER
+        return CHAMPION
+
+    def shadow(self) -> LoadedModel | None:
+        """The model that scores every request in shadow mode (None when off or unset)."""
+        return self.models.get(CHALLENGER) if self.mode == "shadow" else None
+
+    def info(self) -> dict[str, Any]:
+        """Name, version, spec hash and load time per variant, and the traffic mode."""
+        champion = self.models[CHAMPION]
+        assert champion is not None
+        out = {**_describe(champion, self.loaded_at[CHAMPION]), "traffic": {"mode": self.mode}}
+        if self.mode != "off":
+            challenger = self.models[CHALLENGER]
+            out["traffic"].update(
+                challenger_alias=self.aliases[CHALLENGER],
+                challenger=_describe(challenger, self.loaded_at[CHALLENGER]) if challenger else None,
+            )
+            if self.mode == "canary":
+                out["traffic"]["canary_share"] = self.canary_share
+        return out
+
+
+def _describe(model: LoadedModel, loaded_at: str) -> dict[str, Any]:
+    v = model.version
+    return {"name": v.name, "version": v.version, "uri": v.uri, "kind": v.kind,
+            "feature_spec_hash": model.spec.content_hash(), "loaded_at": loaded_at}  # fmt: skip
