@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,21 +24,31 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_results  # noqa: E402
 
-RECORD = {"amount": 42.0, "distance_km": 3.5, "channel": "online"}
+from ray_pipeline.runtime import free_port  # noqa: E402
+
 LEVELS = (1, 8, 32)
+SMALL_RECORD = {"amount": 42.0, "distance_km": 3.5, "channel": "online"}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_registry(root: Path) -> tuple[str, str]:
-    """A registry holding one logistic model over a small FeatureSpec, aliased champion."""
-    from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
+def _register(root: Path, spec, model) -> None:
+    """Register `model` over `spec` as bench@champion in a registry under `root`."""
     from ray_pipeline.registry.models import register_run
     from ray_pipeline.registry.store import Registry
+
+    run = root / "run"
+    model.save(run / "model")
+    spec.save(run / "feature_spec.json")
+    (run / "metrics.json").write_text(json.dumps({"test": {"log_loss": 0.4, "roc_auc": 0.8}}))
+    (run / "params.json").write_text(json.dumps({"model": model.kind}))
+    (run / "lineage.json").write_text("{}")
+    registry = Registry(root / "reg.db", root / "art")
+    register_run(registry, "bench", run)
+    registry.set_alias("bench", "champion", 1)
+
+
+def small_logreg(root: Path) -> dict:
+    """A logistic model over 3 inputs: the cheapest predictor, so Serve's own costs dominate."""
+    from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
     from ray_pipeline.train.models import LogisticModel
 
     spec = FeatureSpec(
@@ -49,16 +58,37 @@ def make_registry(root: Path) -> tuple[str, str]:
         categorical=[CategoricalSpec(name="channel", encoding="frequency", frequencies={"pos": 0.6, "online": 0.4},
                                      missing_value=0.0, unseen_value=0.0, rare_frequency=0.0)],
     )  # fmt: skip
-    run = root / "run"
-    LogisticModel(np.array([0.5, -0.2, 1.0]), -1.0, spec.feature_names).save(run / "model")
-    spec.save(run / "feature_spec.json")
-    (run / "metrics.json").write_text(json.dumps({"test": {"log_loss": 0.4, "roc_auc": 0.8}}))
-    (run / "params.json").write_text(json.dumps({"model": "logreg"}))
-    (run / "lineage.json").write_text("{}")
-    registry = Registry(root / "reg.db", root / "art")
-    register_run(registry, "bench", run)
-    registry.set_alias("bench", "champion", 1)
-    return str(root / "reg.db"), str(root / "art")
+    _register(root, spec, LogisticModel(np.array([0.5, -0.2, 1.0]), -1.0, spec.feature_names))
+    return SMALL_RECORD
+
+
+def demo_xgboost(root: Path) -> dict:
+    """The demo champion's shape: XGBoost (demo params, 200 rounds) over the demo's 11 raw inputs,
+    fitted on one chunk of the demo's synthetic data; returns one real row as the request record."""
+    import xgboost
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.features.fit import feature_columns, merge_partials, partial_stats
+    from ray_pipeline.features.transform import transform_table
+    from ray_pipeline.train.models import XGBoostModel
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    table = generate_chunk(cfg.synthetic.model_copy(update={"corruption_rate": 0.0}), 0)
+    features = cfg.features.model_copy(update={"views": {}})  # views need the feature store; raw inputs only
+    numeric, categorical = feature_columns(cfg.data.schema_, features)
+    log1p = {n: features.numeric[n].log1p if n in features.numeric else False for n in numeric}
+    stats = json.loads(partial_stats(table, log1p, categorical)["stats"][0].as_py())
+    spec = merge_partials([stats], numeric, categorical, features, [])
+    X = transform_table(table, spec)
+    params = {"objective": "binary:logistic", "tree_method": "hist", "nthread": 2, **cfg.training.xgboost.params}
+    booster = xgboost.train(params, xgboost.DMatrix(X, label=table["label"].to_numpy()), num_boost_round=200)
+    _register(root, spec, XGBoostModel(booster, spec.feature_names))
+    row = table.slice(0, 1).to_pylist()[0]
+    return {k: row[k] for k in spec.input_columns}
+
+
+PREDICTORS = {"logreg_3_inputs": small_logreg, "xgboost_demo": demo_xgboost}
 
 
 UVICORN_APP = """
@@ -67,10 +97,11 @@ from fastapi import FastAPI
 from ray_pipeline.registry.models import load
 from ray_pipeline.registry.store import Registry
 model = load(Registry(sys.argv[1], sys.argv[2]), "models:/bench@champion")
+# Like the Serve app: model calls are CPU-bound, so run them on the event loop, not a thread pool.
 app = FastAPI()
 
 @app.post("/predict")
-def predict(body: dict) -> dict:
+async def predict(body: dict) -> dict:
     return {"predictions": [{"probability": p} for p in model.predict_proba(body["records"]).tolist()]}
 
 if __name__ == "__main__":
@@ -79,10 +110,10 @@ if __name__ == "__main__":
 """
 
 
-async def _load(url: str, concurrency: int, requests: int, seconds: float) -> dict[str, float]:
+async def _load(url: str, record: dict, concurrency: int, requests: int, seconds: float) -> dict[str, float]:
     import aiohttp
 
-    body = json.dumps({"records": [RECORD]})
+    body = json.dumps({"records": [record]})
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -116,8 +147,8 @@ async def _load(url: str, concurrency: int, requests: int, seconds: float) -> di
     }
 
 
-def _measure(url: str, args) -> dict[int, dict[str, float]]:
-    return {c: asyncio.run(_load(url, c, args.requests, args.seconds)) for c in LEVELS}
+def _measure(url: str, record: dict, args) -> dict[int, dict[str, float]]:
+    return {c: asyncio.run(_load(url, record, c, args.requests, args.seconds)) for c in LEVELS}
 
 
 def _serve_config(db: str, art: str, port: int, batch: int, work: Path):
@@ -137,26 +168,29 @@ def _serve_config(db: str, art: str, port: int, batch: int, work: Path):
 
 
 def main() -> None:
-    """Run the three setups in one process tree and print/save the comparison."""
+    """Run the three setups for each predictor in one process tree and print/save the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=4000)
     args = parser.parse_args()
     os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    db, art = make_registry(work)
+    built = {name: make(work / name) for name, make in PREDICTORS.items()}  # name -> request record
 
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    port = _port()
-    script = work / "plain_app.py"
-    script.write_text(UVICORN_APP)
-    proc = subprocess.Popen([sys.executable, str(script), db, art, str(port)])
-    try:
-        time.sleep(3.0)
-        results["uvicorn"] = _measure(f"http://127.0.0.1:{port}/predict", args)
-    finally:
-        proc.terminate()
-        proc.wait()
+    results: dict[str, dict[str, dict[int, dict[str, float]]]] = {name: {} for name in PREDICTORS}
+    # Plain uvicorn first, before Ray starts, so it has the machine to itself.
+    for name, record in built.items():
+        port = free_port()
+        script = work / "plain_app.py"
+        script.write_text(UVICORN_APP)
+        proc = subprocess.Popen([sys.executable, str(script), str(work / name / "reg.db"), str(work / name / "art"),
+                                 str(port)])  # fmt: skip
+        try:
+            time.sleep(4.0)
+            results[name]["uvicorn"] = _measure(f"http://127.0.0.1:{port}/predict", record, args)
+        finally:
+            proc.terminate()
+            proc.wait()
 
     from ray import serve
 
@@ -164,35 +198,46 @@ def main() -> None:
     from ray_pipeline.serve.app import deploy
 
     init_ray()
-    serve_port = _port()
-    for label, batch in (("serve_unbatched", 1), ("serve_batched", 32)):
-        url = deploy(_serve_config(db, art, serve_port, batch, work))
-        results[label] = _measure(f"{url}/predict", args)
-        serve.delete(f"bench-{batch}")
+    serve_port = free_port()
+    for name, record in built.items():
+        for label, batch in (("serve_unbatched", 1), ("serve_batched", 32)):
+            cfg = _serve_config(str(work / name / "reg.db"), str(work / name / "art"), serve_port, batch, work)
+            url = deploy(cfg)
+            results[name][label] = _measure(f"{url}/predict", record, args)
+            serve.delete(cfg.serving.app_name)
 
     rows = [
-        [name, c, r["requests"], r["errors"], r["rps"], r["p50_ms"], r["p99_ms"]]
-        for name, levels in results.items()
+        [name, setup, c, r["requests"], r["errors"], r["rps"], r["p50_ms"], r["p99_ms"]]
+        for name, setups in results.items()
+        for setup, levels in setups.items()
         for c, r in levels.items()
     ]
-    print(table(rows, ["setup", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms"]))
-    ratios = {
-        "p50_overhead_ms_serve_unbatched_minus_uvicorn_c1 (lower is better)": round(
-            results["serve_unbatched"][1]["p50_ms"] - results["uvicorn"][1]["p50_ms"], 3
-        ),
-        "throughput_batched_over_unbatched_c32 (higher is better)": round(
-            results["serve_batched"][32]["rps"] / results["serve_unbatched"][32]["rps"], 3
-        ),
-        "throughput_serve_batched_over_uvicorn_c32 (higher is better)": round(
-            results["serve_batched"][32]["rps"] / results["uvicorn"][32]["rps"], 3
-        ),
-    }
+    print(table(rows, ["predictor", "setup", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms"]))
+    ratios = {}
+    for name, r in results.items():
+        ratios[f"{name}: p50_overhead_ms_serve_unbatched_minus_uvicorn_c1 (lower is better)"] = round(
+            r["serve_unbatched"][1]["p50_ms"] - r["uvicorn"][1]["p50_ms"], 3
+        )
+        ratios[f"{name}: throughput_batched_over_unbatched_c32 (higher is better)"] = round(
+            r["serve_batched"][32]["rps"] / r["serve_unbatched"][32]["rps"], 3
+        )
+        ratios[f"{name}: throughput_serve_batched_over_uvicorn_c32 (higher is better)"] = round(
+            r["serve_batched"][32]["rps"] / r["uvicorn"][32]["rps"], 3
+        )
     for key, value in ratios.items():
         print(f"{key}: {value}")
-    path = write_results(
-        "serve", {"levels": {k: {str(c): r for c, r in v.items()} for k, v in results.items()}}, ratios
-    )
+    figures = {
+        name: {setup: {str(c): r for c, r in levels.items()} for setup, levels in setups.items()}
+        for name, setups in results.items()
+    }
+    path = write_results("serve", {"levels": figures, "serve_env": _serve_env()}, ratios)
     print(f"results -> {path}")
+
+
+def _serve_env() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS")
+    }
 
 
 if __name__ == "__main__":
