@@ -43,9 +43,9 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
+    def append(self, rows: list[dict[str, Any]], at: datetime | None = None) -> None:
         """Queue rows (request_id, entity, features, score, model_name, model_version, variant); never blocks on I/O."""
-        now = datetime.now(timezone.utc)
+        now = at or datetime.now(timezone.utc)
         with self._lock:
             for row in rows:
                 self._rows.append({**row, "ts": now, "features": json.dumps(row["features"], default=str)})
@@ -54,20 +54,21 @@ class PredictionLog:
             threading.Thread(target=self.flush, daemon=True).start()
 
     def flush(self) -> int:
-        """Write buffered rows to date=/hour= partitions; returns rows written."""
+        """Write buffered rows to date=/hour= partitions (by each row's own time); returns rows written."""
         with self._lock:
             rows, self._rows = self._rows, []
-            self._seq += 1
-            seq = self._seq
-        if not rows:
-            return 0
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        stamp = rows[0]["ts"]
-        folder = self.directory / f"date={stamp:%Y-%m-%d}" / f"hour={stamp:%H}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".part-{self.writer_id}-{seq:06d}.parquet.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, folder / f"part-{self.writer_id}-{seq:06d}.parquet")  # readers never see half a file
+        by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in rows:  # a buffer can straddle an hour boundary
+            by_hour.setdefault((f"{row['ts']:%Y-%m-%d}", f"{row['ts']:%H}"), []).append(row)
+        for (date, hour), part in by_hour.items():
+            with self._lock:
+                self._seq += 1
+                seq = self._seq
+            folder = self.directory / f"date={date}" / f"hour={hour}"
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".part-{self.writer_id}-{seq:06d}.parquet.tmp"
+            pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), tmp)
+            os.replace(tmp, folder / f"part-{self.writer_id}-{seq:06d}.parquet")  # readers never see half a file
         return len(rows)
 
     def _loop(self) -> None:
