@@ -172,12 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--predictors", nargs="+", choices=list(PREDICTORS), default=list(PREDICTORS))
     args = parser.parse_args()
     os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    built = {name: make(work / name) for name, make in PREDICTORS.items()}  # name -> request record
+    built = {name: PREDICTORS[name](work / name) for name in args.predictors}  # name -> request record
 
-    results: dict[str, dict[str, dict[int, dict[str, float]]]] = {name: {} for name in PREDICTORS}
+    results: dict[str, dict[str, dict[int, dict[str, float]]]] = {name: {} for name in built}
     # Plain uvicorn first, before Ray starts, so it has the machine to itself.
     for name, record in built.items():
         port = free_port()

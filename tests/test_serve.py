@@ -278,3 +278,17 @@ def test_generated_serve_config_is_valid_and_strict(tmp_path):
         yaml.safe_load(committed.read_text())["applications"][0]["deployments"]
         == body["applications"][0]["deployments"]
     )
+
+
+def test_a_taken_port_is_named_before_serve_tries_it(tmp_path):
+    import socket
+
+    from ray_pipeline.serve.app import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = serve_config(tmp_path, "unused", port=taken.getsockname()[1])
+        with pytest.raises(ValueError, match=rf"serving.port: 127.0.0.1:{cfg.serving.port} is already in use"):
+            check_port_free(cfg)
+    check_port_free(cfg)  # free again once the listener is gone

@@ -220,6 +220,22 @@ def autoscaling_config(cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def check_port_free(cfg: PipelineConfig) -> None:
+    """Fail with a clear message when the configured HTTP port is taken (before Serve tries to bind it)."""
+    import socket
+
+    s = cfg.serving
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.host, s.port))
+        except OSError as exc:
+            raise ValueError(
+                f"serving.port: {s.host}:{s.port} is already in use ({exc.strerror}); "
+                "stop the other endpoint or choose another port"
+            ) from None
+
+
 def deploy(cfg: PipelineConfig) -> str:
     """Start (or update) the application on the connected Ray cluster; returns its URL."""
     s = cfg.serving
