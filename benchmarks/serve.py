@@ -4,7 +4,7 @@
 A closed-loop aiohttp client (keep-alive) sends one-record requests; every level is bounded by
 a request count and a time limit.
 
-    python benchmarks/serve.py [--seconds 8] [--requests 4000]
+    python benchmarks/serve.py [--seconds 8] [--requests 4000] [--repeats 3] [--predictors ...]
 """
 
 from __future__ import annotations
@@ -147,8 +147,26 @@ async def _load(url: str, record: dict, concurrency: int, requests: int, seconds
     }
 
 
-def _measure(url: str, record: dict, args) -> dict[int, dict[str, float]]:
-    return {c: asyncio.run(_load(url, record, c, args.requests, args.seconds)) for c in LEVELS}
+def _measure(urls: dict[str, str], record: dict, args) -> dict[str, dict[int, dict[str, float]]]:
+    """Each setup at each level `repeats` times, setups interleaved so drifts in machine load hit
+    all of them alike; per figure the median over repeats (requests and errors: totals)."""
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {label: {c: [] for c in LEVELS} for label in urls}
+    for _ in range(args.repeats):
+        for c in LEVELS:
+            for label, url in urls.items():
+                runs[label][c].append(asyncio.run(_load(url, record, c, args.requests, args.seconds)))
+    return {
+        label: {
+            c: {
+                "requests": sum(r["requests"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                **{k: float(np.median([r[k] for r in rs])) for k in ("rps", "p50_ms", "p99_ms")},
+                "rps_each_repeat": [round(r["rps"], 1) for r in rs],
+            }  # fmt: skip
+            for c, rs in levels.items()
+        }
+        for label, levels in runs.items()
+    }
 
 
 def _serve_config(db: str, art: str, port: int, batch: int, work: Path):
@@ -172,6 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per setup and level (median reported).")
     parser.add_argument("--predictors", nargs="+", choices=list(PREDICTORS), default=list(PREDICTORS))
     args = parser.parse_args()
     os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
@@ -188,7 +207,7 @@ def main() -> None:
                                  str(port)])  # fmt: skip
         try:
             time.sleep(4.0)
-            results[name]["uvicorn"] = _measure(f"http://127.0.0.1:{port}/predict", record, args)
+            results[name].update(_measure({"uvicorn": f"http://127.0.0.1:{port}/predict"}, record, args))
         finally:
             proc.terminate()
             proc.wait()
@@ -201,19 +220,32 @@ def main() -> None:
     init_ray()
     serve_port = free_port()
     for name, record in built.items():
-        for label, batch in (("serve_unbatched", 1), ("serve_batched", 32)):
-            cfg = _serve_config(str(work / name / "reg.db"), str(work / name / "art"), serve_port, batch, work)
-            url = deploy(cfg)
-            results[name][label] = _measure(f"{url}/predict", record, args)
+        setups = {"serve_unbatched": 1, "serve_batched": 32}
+        cfgs = {label: _serve_config(str(work / name / "reg.db"), str(work / name / "art"), serve_port, batch, work)
+                for label, batch in setups.items()}  # fmt: skip
+        urls = {label: f"{deploy(cfg)}/predict" for label, cfg in cfgs.items()}
+        results[name].update(_measure(urls, record, args))
+        for cfg in cfgs.values():
             serve.delete(cfg.serving.app_name)
 
     rows = [
-        [name, setup, c, r["requests"], r["errors"], r["rps"], r["p50_ms"], r["p99_ms"]]
+        [
+            name,
+            setup,
+            c,
+            r["requests"],
+            r["errors"],
+            r["rps"],
+            r["p50_ms"],
+            r["p99_ms"],
+            " ".join(f"{x:.0f}" for x in r["rps_each_repeat"]),
+        ]  # fmt: skip
         for name, setups in results.items()
         for setup, levels in setups.items()
         for c, r in levels.items()
     ]
-    print(table(rows, ["predictor", "setup", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms"]))
+    header = ["predictor", "setup", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms", "req/s each run"]
+    print(table(rows, header))
     ratios = {}
     for name, r in results.items():
         ratios[f"{name}: p50_overhead_ms_serve_unbatched_minus_uvicorn_c1 (lower is better)"] = round(
