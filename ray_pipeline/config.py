@@ -535,7 +535,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: required key is missing"
     shown = repr(error.get("input"))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return f"{path}: {error['msg']} (got {shown})"
+    message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own validators' messages
+    return f"{path}: {message} (got {shown})"
 
 
 def parse_config(data: Any, source: str = "<config>") -> PipelineConfig:

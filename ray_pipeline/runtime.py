@@ -32,10 +32,10 @@ def _quiet_defaults() -> None:
 
 def _serve_fast_path_env(temp_dir: str) -> None:
     """Env for the Ray we start: Serve's HAProxy front door + direct ingress, scoped to this instance."""
-    # Measured here (DESIGN.md, benchmarks/serve.py): the default Python proxy adds ~5-9 ms p50 per
-    # request; HAProxy forwarding straight to the ingress replica's own HTTP server adds ~0.5 ms.
-    # Autoscaling, max_queued_requests -> 503 and Serve's HTTP metrics keep working (tests/test_serve.py).
-    # Set either flag to 0 in the environment to get the default proxy back.
+    # Measured here (DESIGN.md, benchmarks/serve.py): the default Python proxy added ~5-10 ms p50 per
+    # request over plain uvicorn; HAProxy forwarding straight to the replica's own HTTP server ~0.6-1.3 ms.
+    # Autoscaling, max_queued_requests -> 503 and Serve's HTTP metrics keep working in this mode
+    # (tests/test_serve.py, tests/test_serve_traffic.py). Export a flag as 0 to get the default proxy.
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
     # Serve's throughput profile: user code on the replica's main loop (no thread hop per request),
@@ -47,12 +47,12 @@ def _serve_fast_path_env(temp_dir: str) -> None:
     # 9101, 8404): two embedded instances on one box would fight over them.
     base = os.path.join(temp_dir, "haproxy")
     os.makedirs(base, exist_ok=True)
-    os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = os.path.join(base, "haproxy.cfg")
-    os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = os.path.join(base, "admin.sock")
-    os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = base
-    os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = os.path.join(base, "server-state")
-    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
-    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    os.environ.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", os.path.join(base, "haproxy.cfg"))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", os.path.join(base, "admin.sock"))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", base)
+    os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", os.path.join(base, "server-state"))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
     # A stopping ingress replica keeps answering for this long so external load balancers can
     # drain it (default 30 s). HAProxy here runs beside the replicas and is told at once.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")

@@ -97,3 +97,17 @@ def test_content_hash_is_stable_and_sensitive(demo_config_dict):
     assert a == parse_config(demo_config_dict).content_hash()
     demo_config_dict["synthetic"]["seed"] += 1
     assert parse_config(demo_config_dict).content_hash() != a
+
+
+@pytest.mark.parametrize(
+    ("serving", "expected"),
+    [
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, r"serving.autoscaling: min_replicas \(3\) is above"),
+        ({"traffic": {"mode": "split"}}, r"serving.traffic.mode: .*'off', 'canary' or 'shadow'"),
+        ({"traffic": {"mode": "canary", "canary_share": 1.5}}, r"serving.traffic.canary_share"),
+    ],
+)
+def test_serving_settings_are_checked(demo_config_dict, serving, expected):
+    demo_config_dict["serving"] = serving
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(demo_config_dict)

@@ -23,9 +23,10 @@ from ray_pipeline.registry.store import Registry
 from ray_pipeline.serve.api import records_from_store, request_models
 from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import PredictionLog, new_request_id
-from ray_pipeline.serve.variants import CHAMPION, SHADOW, ModelSet
+from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
 
 DEPLOYMENT = "predictor"
+MAX_SHADOW_BATCHES = 64  # beyond this backlog, shadow scoring skips batches (counted in rp_shadow_dropped)
 
 
 class ModelRunner:
@@ -46,6 +47,8 @@ class ModelRunner:
         self.log = PredictionLog(settings["prediction_log"], settings["log_flush_rows"], settings["log_flush_s"])
         # Shadow scoring runs here, after the caller's answer is on its way; one thread keeps it ordered.
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        # Batches submitted and not finished: bounded, so a slow challenger cannot pile work up.
+        self._shadow_slots = threading.BoundedSemaphore(MAX_SHADOW_BATCHES)
         self._stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -65,17 +68,39 @@ class ModelRunner:
         for i, req in enumerate(requests):
             variant = req["variant"] if models.get(req["variant"]) else CHAMPION  # challenger unset meanwhile
             by_variant.setdefault(variant, []).append(i)
-        for variant, idxs in by_variant.items():
-            model = models[variant]
-            assert model is not None
-            chunks = self._score_with(model, variant, [requests[i] for i in idxs])
-            for i, probs in zip(idxs, chunks):
-                out[i] = {"probabilities": probs, "model": model.version.name, "version": model.version.version,
-                          "variant": variant}  # fmt: skip
+        if CHALLENGER in by_variant:
+            canary = by_variant.pop(CHALLENGER)
+            try:
+                self._answer(models[CHALLENGER], CHALLENGER, canary, requests, out)
+            except Exception as exc:  # a failing canary must not fail callers: the champion answers instead
+                print(f"challenger failed, champion answers this batch: {exc!r}")
+                self.metrics.challenger_errors.inc(1)
+                by_variant.setdefault(CHAMPION, []).extend(canary)
+        if CHAMPION in by_variant:
+            self._answer(models[CHAMPION], CHAMPION, by_variant[CHAMPION], requests, out)
         shadow = self.models.shadow()
         if shadow is not None:
-            self._shadow_pool.submit(self._score_with, shadow, SHADOW, requests)
+            if self._shadow_slots.acquire(blocking=False):
+                self._shadow_pool.submit(self._shadow, shadow, requests)
+            else:
+                self.metrics.shadow_dropped.inc(sum(len(r["records"]) for r in requests))
         return out  # type: ignore[return-value]
+
+    def _answer(self, model: LoadedModel | None, variant: str, idxs: list[int], requests: list, out: list) -> None:
+        assert model is not None
+        chunks = self._score_with(model, variant, [requests[i] for i in idxs])
+        for i, probs in zip(idxs, chunks):
+            out[i] = {"probabilities": probs, "model": model.version.name, "version": model.version.version,
+                      "variant": variant}  # fmt: skip
+
+    def _shadow(self, model: LoadedModel, requests: list[dict[str, Any]]) -> None:
+        try:
+            self._score_with(model, SHADOW, requests)
+        except Exception as exc:  # the caller was answered already; report and carry on
+            print(f"shadow scoring with v{model.version.version} failed: {exc!r}")
+            self.metrics.challenger_errors.inc(1)
+        finally:
+            self._shadow_slots.release()
 
     def _score_with(self, model: LoadedModel, variant: str, requests: list[dict[str, Any]]) -> list[list[float]]:
         records = [r for req in requests for r in req["records"]]

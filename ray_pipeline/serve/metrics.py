@@ -9,7 +9,8 @@ BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 
 
 class ServeMetrics:
-    """Predictions and scores per model version and variant, missing features, batch sizes, load times."""
+    """Predictions and scores per model version and variant, missing features, batch sizes, load times,
+    challenger failures and skipped shadow work."""
 
     def __init__(self) -> None:
         from ray.serve.metrics import Counter, Gauge, Histogram
@@ -21,6 +22,8 @@ class ServeMetrics:
         self.missing = Counter("rp_missing_features", "Feature values missing in requests.", tag_keys=("feature",))
         self.batch_sizes = Histogram("rp_batch_size", "Records per model call.", boundaries=BATCH_BOUNDARIES)
         self.load_seconds = Gauge("rp_model_load_seconds", "Time to load a served version.", tag_keys=per_version)
+        self.challenger_errors = Counter("rp_challenger_errors", "Canary or shadow batches the challenger failed.")
+        self.shadow_dropped = Counter("rp_shadow_dropped", "Records not shadow-scored because the backlog was full.")
 
     def scored(self, version: int, variant: str, probabilities: list[float]) -> None:
         """Count one model call's predictions."""

@@ -39,12 +39,14 @@ class ModelSet:
             self.aliases[CHALLENGER] = challenger_alias
         self._on_load = on_load
         self._rng = random.Random(seed)
-        self.models: dict[str, LoadedModel | None] = {}
+        self.models: dict[str, LoadedModel | None] = {role: None for role in self.aliases}
         self.loaded_at: dict[str, str] = {}
-        for role in self.aliases:
-            self.models[role] = self._load(role, self._wanted(role))
+        self.errors: dict[str, str] = {}  # role -> why its wanted version is not loaded
+        self.models[CHAMPION] = self._load(CHAMPION, self._wanted(CHAMPION))
         if self.models[CHAMPION] is None:
             raise ValueError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
+        if CHALLENGER in self.aliases:
+            self.refresh()  # a broken challenger is reported, never a reason not to serve the champion
 
     def _wanted(self, role: str) -> int | None:
         return self.registry.aliases(self.name).get(self.aliases[role])
@@ -60,14 +62,28 @@ class ModelSet:
         return loaded
 
     def refresh(self) -> list[str]:
-        """Load versions whose alias moved, then swap each in with one assignment; returns what changed."""
+        """Load versions whose alias moved, then swap each in with one assignment; returns what changed.
+
+        A version that fails to load (tampered artifact, missing file) leaves the role on what it
+        had; the failure is reported once and kept in `errors`. Registered artifacts never change,
+        so that version is not retried until the alias points elsewhere.
+        """
         changes = []
         for role in self.aliases:
             wanted, current = self._wanted(role), self.models[role]
             have = current.version.version if current else None
             if wanted == have or (role == CHAMPION and wanted is None):
+                self.errors.pop(role, None)
                 continue  # a deleted champion alias keeps the last version serving rather than failing
-            self.models[role] = self._load(role, wanted)
+            if role in self.errors and self.errors[role].startswith(f"v{wanted}:"):
+                continue
+            try:
+                self.models[role] = self._load(role, wanted)
+            except Exception as exc:
+                self.errors[role] = f"v{wanted}: {exc}"
+                changes.append(f"{role}: v{wanted} failed to load, still v{have}: {exc}")
+                continue
+            self.errors.pop(role, None)
             changes.append(f"{role}: v{have} -> v{wanted}")
         return changes
 
@@ -82,7 +98,7 @@ class ModelSet:
         return self.models.get(CHALLENGER) if self.mode == "shadow" else None
 
     def info(self) -> dict[str, Any]:
-        """Name, version, spec hash and load time per variant, and the traffic mode."""
+        """Name, version, spec hash and load time per variant, the traffic mode, and any load failures."""
         champion = self.models[CHAMPION]
         assert champion is not None
         out = {**_describe(champion, self.loaded_at[CHAMPION]), "traffic": {"mode": self.mode}}
@@ -94,6 +110,8 @@ class ModelSet:
             )
             if self.mode == "canary":
                 out["traffic"]["canary_share"] = self.canary_share
+        if self.errors:
+            out["load_errors"] = dict(self.errors)  # versions an alias points at that could not be loaded
         return out
 
 

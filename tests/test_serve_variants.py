@@ -1,0 +1,90 @@
+"""What one replica does with a champion and a challenger, without HTTP: broken challengers never
+stop the champion, a failing canary falls back to the champion, shadow work is bounded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ray_pipeline.serve import app as serve_app
+from ray_pipeline.serve.app import ModelRunner
+from ray_pipeline.serve.predlog import read_log
+from ray_pipeline.serve.variants import CHALLENGER, ModelSet
+
+from .test_serve import two_version_registry
+
+RECORD = {"amount": 3.0, "channel": "pos"}
+
+
+def _tamper(registry, version: int) -> None:
+    model_dir = Path(registry.get("fraud", version).path) / "model"
+    victim = next(p for p in sorted(model_dir.iterdir()) if p.is_file())
+    victim.write_bytes(victim.read_bytes() + b"x")
+
+
+def _settings(tmp: Path, mode: str) -> dict:
+    return {"db_path": str(tmp / "reg.db"), "artifact_root": str(tmp / "art"), "model_name": "fraud",
+            "alias": "champion", "traffic_mode": mode, "challenger_alias": "challenger", "canary_share": 1.0,
+            "max_batch_size": 8, "batch_wait_timeout_s": 0.0, "reload_poll_s": 3600.0,
+            "prediction_log": str(tmp / "predlog"), "log_flush_rows": 100_000, "log_flush_s": 3600.0}  # fmt: skip
+
+
+def _request(i: int, variant: str) -> dict:
+    return {"records": [RECORD], "entities": [None], "request_id": f"r{i}", "variant": variant}
+
+
+def test_a_broken_challenger_is_reported_and_the_champion_still_serves(tmp_path):
+    registry = two_version_registry(tmp_path)
+    _tamper(registry, 2)
+    registry.set_alias("fraud", "challenger", 2)
+    models = ModelSet(registry, "fraud", "champion", mode="canary", canary_share=1.0)
+    assert models.models[CHALLENGER] is None and models.route() == "champion"
+    info = models.info()
+    assert info["version"] == 1 and "v2:" in info["load_errors"]["challenger"]
+    assert "checksum" in info["load_errors"]["challenger"]
+    assert models.refresh() == []  # not retried (or re-reported) until the alias moves
+    registry.set_alias("fraud", "challenger", 1)
+    assert models.refresh() == ["challenger: vNone -> v1"]
+    assert models.route() == "challenger" and "load_errors" not in models.info()
+
+
+def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
+    registry = two_version_registry(tmp_path)
+    registry.set_alias("fraud", "challenger", 2)
+    runner = ModelRunner(_settings(tmp_path, "canary"))
+
+    def broken(records):
+        raise RuntimeError("challenger exploded")
+
+    runner.models.models[CHALLENGER].predict_proba = broken  # fault injected into the loaded v2
+    out = runner.score([_request(0, "challenger"), _request(1, "champion"), _request(2, "challenger")])
+    assert [(o["variant"], o["version"]) for o in out] == [("champion", 1)] * 3
+    assert all(len(o["probabilities"]) == 1 for o in out)
+    runner.close()
+    log = read_log(str(tmp_path / "predlog"))
+    assert sorted(log.column("request_id").to_pylist()) == ["r0", "r1", "r2"]
+    assert set(log.column("variant").to_pylist()) == {"champion"}
+
+
+def test_shadow_backlog_is_bounded_and_drained_on_close(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setattr(serve_app, "MAX_SHADOW_BATCHES", 3)
+    registry = two_version_registry(tmp_path)
+    registry.set_alias("fraud", "challenger", 2)
+    runner = ModelRunner(_settings(tmp_path, "shadow"))
+    gate = threading.Event()
+    challenger = runner.models.models[CHALLENGER]
+    real = challenger.predict_proba
+
+    def slow(records):
+        gate.wait(30)
+        return real(records)
+
+    challenger.predict_proba = slow  # the challenger falls behind
+    for i in range(6):
+        assert runner.score([_request(i, "champion")])[0]["version"] == 1  # answers never wait for shadow
+    gate.set()
+    runner.close()
+    log = read_log(str(tmp_path / "predlog")).to_pylist()
+    assert sorted(r["request_id"] for r in log if r["variant"] == "champion") == [f"r{i}" for i in range(6)]
+    shadow = sorted(r["request_id"] for r in log if r["variant"] == "shadow")
+    assert shadow == ["r0", "r1", "r2"], "only MAX_SHADOW_BATCHES batches wait; later ones are skipped"
