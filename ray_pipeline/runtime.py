@@ -103,7 +103,12 @@ def init_ray(
             extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
             ray.init(
                 num_cpus=cpus,
-                include_dashboard=False,
+                # The dashboard serves Ray's state API: without it Ray Train's placement-group
+                # cleaner warns every few seconds that it cannot query its controller (~2 s more
+                # to start). Its own free port, as several embedded instances may share a box.
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=free_port(),
                 logging_level=logging.WARNING,
                 _temp_dir=tmp,
                 **extra,
