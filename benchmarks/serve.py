@@ -268,9 +268,8 @@ def main() -> None:
 
 
 def _serve_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS")
-    }
+    """The Serve flags the embedded Ray ran with (runtime.init_ray sets the front-door ones)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_") and "HAPROXY_" not in k}
 
 
 if __name__ == "__main__":
