@@ -344,13 +344,11 @@ def serve_deploy(
     from ray import serve
 
     from ray_pipeline.runtime import init_ray
-    from ray_pipeline.serve.app import check_port_free, deploy
+    from ray_pipeline.serve.app import deploy
 
     cfg = load_config(config)
     runtime = init_ray(address)
-    if runtime.local:
-        check_port_free(cfg)  # a fresh embedded Ray would otherwise fail deep inside HAProxy's start
-    url = deploy(cfg)
+    url = deploy(cfg, local=runtime.local)
     typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {url}/predict (docs: {url}/docs)")
     if wait if wait is not None else runtime.local:
         typer.echo("Ctrl-C (or SIGTERM) stops the endpoint")
@@ -430,7 +428,7 @@ def demo(
     from ray_pipeline.features.pipeline import build_features, materialize_online, online_store, training_set_path
     from ray_pipeline.registry.models import PromotionRefused, load, open_registry, promote, register_run
     from ray_pipeline.runtime import init_ray
-    from ray_pipeline.serve.app import check_port_free, deploy
+    from ray_pipeline.serve.app import deploy
     from ray_pipeline.serve.client import http_json
     from ray_pipeline.train.data import prepare
     from ray_pipeline.train.runner import summary, train_model
@@ -499,9 +497,7 @@ def demo(
         typer.echo(f"  {key}={row[key]}  p={p:.4f}  label={row[label]}")
 
     typer.secho("[8/8] serving the champion on Ray Serve", bold=True)
-    if runtime.local:
-        check_port_free(cfg)
-    url = deploy(cfg)
+    url = deploy(cfg, local=runtime.local)
     inputs = champion.spec.input_columns
     records = [{k: v for k, v in row.items() if k in inputs} for row in sample]
     # Entity lookups: the demo's events are from 2024, so their online values are past the view's

@@ -92,7 +92,12 @@ def test_missing_source_exits_2_naming_it(ray_session, tmp_path, demo_config_dic
 
 
 def test_demo_runs_end_to_end(ray_session, project_copy):
+    from ray_pipeline.runtime import free_port
+
     config = project_copy / "configs" / "demo.yaml"
+    body = yaml.safe_load(config.read_text())
+    body["serving"]["port"] = free_port()  # the suite must not depend on 8000 being free on the machine
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
     result = runner.invoke(app, ["demo", "--config", str(config), "--rows", "30000"])
     assert result.exit_code == 0, result.output
     out = result.output

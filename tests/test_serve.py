@@ -235,6 +235,24 @@ def test_metrics_are_exported(served):
     assert float(ours(text)[0].rsplit(" ", 1)[1]) >= 5
 
 
+def test_local_deploy_onto_a_running_serve_skips_the_port_check(served):
+    """The demo deploys with local=True; when Serve already runs, its port is in use by Serve itself."""
+    from urllib.parse import urlparse
+
+    from ray import serve
+
+    from ray_pipeline.serve.app import deploy
+
+    port = urlparse(served["url"]).port
+    cfg = serve_config(served["tmp"], "second-app", port=port, prediction_log=str(served["tmp"] / "predlog-2"))
+    url = deploy(cfg, local=True)
+    try:
+        assert urlparse(url).port == port
+        assert call(url, "/healthz", key=None) == (200, {"status": "ok"})
+    finally:
+        serve.delete("second-app")
+
+
 def test_prediction_log_keeps_every_scored_record(served):
     from ray import serve
 

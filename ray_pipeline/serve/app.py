@@ -261,18 +261,24 @@ def check_port_free(cfg: PipelineConfig) -> None:
             ) from None
 
 
-def deploy(cfg: PipelineConfig) -> str:
-    """Start (or update) the application on the connected Ray cluster; returns its URL."""
+def deploy(cfg: PipelineConfig, local: bool = False) -> str:
+    """Start (or update) the application on the connected Ray cluster; returns its URL.
+
+    `local`: the cluster is an embedded instance on this machine, so a taken HTTP port can be
+    named here before Serve's own start fails on it.
+    """
+    from ray.serve.context import _get_global_client
+
     s = cfg.serving
     api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
     if s.api_key_env and not api_key:
         raise ValueError(f"serving.api_key_env: environment variable {s.api_key_env} is not set")
+    if local and _get_global_client(raise_if_no_controller_running=False) is None:
+        check_port_free(cfg)  # only when this call starts Serve: a running Serve already owns its port
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(build_app(cfg, api_key), name=s.app_name, route_prefix=s.route_prefix, blocking=False)
     # Serve's HTTP options are fixed by whoever started Serve first on this cluster: report where
     # the proxy really listens rather than where the config asked for.
-    from ray.serve.context import _get_global_client
-
     http = _get_global_client().http_config
     host = s.host if http.host in ("0.0.0.0", "::") else http.host
     return f"http://{host}:{http.port}{s.route_prefix.rstrip('/')}"
