@@ -28,6 +28,10 @@ class RayRuntime:
 
 def _quiet_defaults() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Train re-routes print() in workers through its logger and, since Ray redirects worker
+    # stdout, also tees it to the original print: every progress line came out twice. Workers of
+    # an instance we start inherit this; on a cluster set it where `ray start` runs.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 
 def _serve_fast_path_env(temp_dir: str) -> None:

@@ -50,10 +50,24 @@ def node_ids() -> list[str]:
     return [bytes(int(b) for b in row if b).decode() for row in gathered]
 
 
+def _quiet_report_log() -> None:
+    """Silence Ray Train's per-report INFO line (the whole checkpoint repr, every report, every worker)."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray version without that module has its own logging
+        return
+    # That logger is named by file path, so RunConfig's LoggingConfig, which filters only "ray.train.*"
+    # records, does not reach it (ray 2.60).
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _with_nodes(kind: str):
     """The worker loop for `kind`, returning rank 0's result plus every worker's node id."""
 
     def loop(config: dict[str, Any]) -> dict[str, Any] | None:
+        _quiet_report_log()
         if kind == "xgboost":
             from ray_pipeline.train.xgb import train_loop
         else:
