@@ -197,8 +197,7 @@ def features_get(
     now: Annotated[datetime | None, typer.Option(help="Evaluate the TTL at this time (UTC); default now.")] = None,
 ) -> None:
     """Read feature values for entities from the online store, with their status."""
-    from datetime import timezone
-
+    from ray_pipeline.features.online import as_utc
     from ray_pipeline.features.pipeline import online_store
 
     cfg = load_config(config)
@@ -209,7 +208,7 @@ def features_get(
         view = next(iter(views))
     if view not in views:
         raise ValueError(f"--view {view!r}: not a configured view; expected one of {sorted(views)}")
-    when = now.replace(tzinfo=timezone.utc) if now is not None and now.tzinfo is None else now
+    when = as_utc(now) if now is not None else None
     store = online_store(cfg)
     try:
         rows = store.get(view, entity, views[view].feature_names, views[view].ttl_seconds, when)
@@ -456,20 +455,20 @@ def demo(
     typer.echo(built.render())
 
     typer.secho("[5/8] online store", bold=True)
-    for name, counts in materialize_online(cfg).items():
-        typer.echo(f"{name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
-        store = online_store(cfg)
-        try:
+    store = online_store(cfg)
+    end = spec.start + timedelta(days=spec.days)  # TTL evaluated at the end of the data, as a replay would
+    try:
+        for name, counts in materialize_online(cfg).items():
+            typer.echo(f"{name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
             view = cfg.features.views[name]
-            # Evaluate the TTL at the end of the data, as a replay of that day would.
-            end = spec.start + timedelta(days=spec.days)
             for row in store.get(name, [1, 2, 10**9], view.feature_names, view.ttl_seconds, end):
                 typer.echo(f"  {cfg.data.schema_.entity_key}={row.entity}: {row.status} {json.dumps(row.values)}")
-        finally:
-            store.close()
+    finally:
+        store.close()
 
     typer.secho(f"[6/8] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
-    prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
+    training_set = read_parquet(training_set_path(cfg))
+    prepared = prepare(training_set, cfg)
     typer.echo(f"split by time at {prepared.cutoffs[0]} / {prepared.cutoffs[1]}: {prepared.rows}")
     runs = [train_model(cfg, kind, prepared=prepared) for kind in ("logreg", "xgboost")]
     for run in runs:
@@ -489,7 +488,7 @@ def demo(
         except PromotionRefused as refused:
             typer.echo(str(refused))
     champion = load(registry, f"models:/{name}@champion")
-    sample = read_parquet(training_set_path(cfg)).take(3)
+    sample = training_set.take(3)
     probs = champion.predict_proba(sample)
     typer.echo(f"models:/{name}@champion = {champion.version.uri} ({champion.version.kind}); sample predictions:")
     key, label = cfg.data.schema_.entity_key, cfg.data.schema_.label

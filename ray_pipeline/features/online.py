@@ -37,8 +37,13 @@ def _status(ts_us: int | None, now_us: int, ttl_seconds: float | None) -> str:
     return PRESENT
 
 
+def as_utc(t: datetime) -> datetime:
+    """`t` with a time zone: naive datetimes (CLI options, config) are taken as UTC, not local time."""
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
 def _now_us(now: datetime | None) -> int:
-    return int((now or datetime.now(timezone.utc)).timestamp() * 1e6)
+    return int(as_utc(now or datetime.now(timezone.utc)).timestamp() * 1e6)
 
 
 class OnlineStore(ABC):
@@ -82,9 +87,10 @@ class SQLiteOnlineStore(OnlineStore):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
+        self._tables: set[str] = set()  # views whose table this process has created or seen
 
     def __getstate__(self) -> dict[str, Any]:  # connections do not travel to Ray workers
-        return {"path": self.path, "_conn": None}
+        return {"path": self.path, "_conn": None, "_tables": set()}
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -102,10 +108,14 @@ class SQLiteOnlineStore(OnlineStore):
         return f"view_{view}"
 
     def _ensure(self, view: str) -> str:
+        # Once per view: reads sit on the serving request path, and CREATE is a write statement.
         table = self._table(view)
-        self._db().execute(
-            f"CREATE TABLE IF NOT EXISTS {table} (entity TEXT PRIMARY KEY, ts INTEGER NOT NULL, payload TEXT NOT NULL)"
-        )
+        if table not in self._tables:
+            self._db().execute(
+                f"CREATE TABLE IF NOT EXISTS {table} "
+                "(entity TEXT PRIMARY KEY, ts INTEGER NOT NULL, payload TEXT NOT NULL)"
+            )
+            self._tables.add(table)
         return table
 
     def write(self, view: str, rows: Iterable[tuple[str, int, dict[str, Any]]]) -> int:

@@ -15,7 +15,7 @@ from ray_pipeline.features.online import OnlineStore, open_store
 from ray_pipeline.features.pit import point_in_time_join
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.store import daily_aggregates, materialize, read_view, write_view
-from ray_pipeline.storage import read_text, write_text
+from ray_pipeline.storage import write_text
 
 
 @dataclass
@@ -111,14 +111,6 @@ def _present_share(ds, column: str) -> float:
     parts = ds.map_batches(_count_present, fn_kwargs={"column": column}, batch_format="pyarrow").take_all()
     rows = sum(p["rows"] for p in parts)
     return sum(p["present"] for p in parts) / rows if rows else 0.0
-
-
-def load_spec(cfg: PipelineConfig) -> FeatureSpec:
-    """The FeatureSpec written by the last `build_features`."""
-    text = read_text(spec_path(cfg))
-    if text is None:
-        raise FileNotFoundError(f"{spec_path(cfg)}: no FeatureSpec yet; run `ray-pipeline features fit` first")
-    return FeatureSpec.from_json(text)
 
 
 def materialize_online(

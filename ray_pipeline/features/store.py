@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ import pyarrow.compute as pc
 
 from ray_pipeline.config import FeatureViewConfig
 from ray_pipeline.data.sources import read_parquet
-from ray_pipeline.features.online import OnlineStore
+from ray_pipeline.features.online import OnlineStore, as_utc
 from ray_pipeline.features.partition import default_parts, partition
 from ray_pipeline.storage import read_text, write_text
 
@@ -143,11 +142,10 @@ def materialize(
 ) -> dict[str, int]:
     """Load the latest value per entity with timestamp in [start, end) into the online store."""
 
+    from ray.data import TaskPoolStrategy
+
     def us(t: datetime | None) -> int | None:
-        if t is None:
-            return None
-        t = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-        return int(t.timestamp() * 1e6)
+        return None if t is None else int(as_utc(t).timestamp() * 1e6)
 
     counts = view_ds.map_batches(
         _latest_and_write,
@@ -162,14 +160,9 @@ def materialize(
         },
         batch_format="pyarrow",
         # One writer at a time: SQLite serializes writers anyway, and fewer lock waits is faster.
-        concurrency=1,
+        compute=TaskPoolStrategy(size=1),
     ).take_all()
     return {
         "candidates": sum(int(r["candidates"]) for r in counts),
         "written": sum(int(r["written"]) for r in counts),
     }
-
-
-def summarize(values: dict[str, Any]) -> str:
-    """Short text of feature values for the CLI."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,10 +125,11 @@ class Registry:
         self.root = Path(artifact_root)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
+        # Autocommit; callers close it (sqlite3's own context manager would leave it open).
         db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA busy_timeout=60000")
@@ -236,7 +237,7 @@ class Registry:
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         """Every version (of `name`), oldest first."""
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             rows = db.execute(
                 "SELECT * FROM versions WHERE (? IS NULL OR name = ?) ORDER BY name, version", (name, name)
             ).fetchall()
@@ -244,7 +245,7 @@ class Registry:
 
     def get(self, name: str, version: int) -> ModelVersion:
         """One version's record."""
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             row = db.execute("SELECT * FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
         if row is None:
             raise RegistryError(f"models:/{name}/{version} does not exist")
@@ -252,14 +253,14 @@ class Registry:
 
     def aliases(self, name: str) -> dict[str, int]:
         """Alias -> version for `name`."""
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             return dict(
                 db.execute("SELECT alias, version FROM aliases WHERE name=? ORDER BY alias", (name,)).fetchall()
             )
 
     def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
         """Alias changes, oldest first."""
-        with self._connect() as db:
+        with closing(self._connect()) as db:
             rows = db.execute(
                 "SELECT name, alias, at, from_version, to_version, reason, actor FROM alias_history "
                 "WHERE name=? AND (? IS NULL OR alias=?) ORDER BY id",

@@ -195,10 +195,6 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
         def model_info(self) -> dict:
             return self.runner.models.info()
 
-        def flush_log(self) -> int:
-            """Write buffered prediction-log rows now (for callers holding a handle)."""
-            return self.runner.log.flush()
-
         def __del__(self) -> None:
             # Serve calls this on graceful shutdown: nothing buffered is lost.
             runner = getattr(self, "runner", None)

@@ -42,6 +42,7 @@ class ModelSet:
         self.models: dict[str, LoadedModel | None] = {role: None for role in self.aliases}
         self.loaded_at: dict[str, str] = {}
         self.errors: dict[str, str] = {}  # role -> why its wanted version is not loaded
+        self._failed: dict[str, int] = {}  # role -> version that failed to load (artifacts never change)
         self.models[CHAMPION] = self._load(CHAMPION, self._wanted(CHAMPION))
         if self.models[CHAMPION] is None:
             raise ValueError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
@@ -74,16 +75,19 @@ class ModelSet:
             have = current.version.version if current else None
             if wanted == have or (role == CHAMPION and wanted is None):
                 self.errors.pop(role, None)
+                self._failed.pop(role, None)
                 continue  # a deleted champion alias keeps the last version serving rather than failing
-            if role in self.errors and self.errors[role].startswith(f"v{wanted}:"):
+            if self._failed.get(role) == wanted:
                 continue
             try:
                 self.models[role] = self._load(role, wanted)
             except Exception as exc:
+                self._failed[role] = wanted
                 self.errors[role] = f"v{wanted}: {exc}"
                 changes.append(f"{role}: v{wanted} failed to load, still v{have}: {exc}")
                 continue
             self.errors.pop(role, None)
+            self._failed.pop(role, None)
             changes.append(f"{role}: v{have} -> v{wanted}")
         return changes
 

@@ -58,6 +58,8 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
     """Split by event time (test latest), fit the FeatureSpec on train, transform all three."""
     schema = cfg.data.schema_
     ts = schema.event_timestamp
+    # Read once: the time range, the spec fit and the three splits all pass over these rows.
+    training_set = training_set.materialize()
     ranges = training_set.map_batches(_time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow").take_all()
     lo = min(r["lo"] for r in ranges if r["lo"] is not None)
     hi = max(r["hi"] for r in ranges if r["hi"] is not None) + 1
@@ -87,17 +89,13 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
     )
 
 
-def shard_arrays(shard, with_truth: bool = False) -> tuple[np.ndarray, ...]:
-    """A worker's whole shard as numpy, read once (iterating again would re-run the pipeline)."""
-    xs, ys, ts = [], [], []
+def shard_arrays(shard, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's whole shard as numpy (features as `dtype`, labels float64), read once: iterating
+    again would re-run the pipeline."""
+    xs, ys = [], []
     for batch in shard.iter_batches(batch_size=65536, batch_format="numpy"):
-        xs.append(np.asarray(batch["x"], dtype=np.float64))
+        xs.append(np.asarray(batch["x"], dtype=dtype))
         ys.append(np.asarray(batch["y"], dtype=np.float64))
-        if with_truth and TRUTH in batch:
-            ts.append(np.asarray(batch[TRUTH], dtype=np.float64))
     if not xs:
-        return (np.empty((0, 0)), np.empty(0)) + ((np.empty(0),) if with_truth else ())
-    out = (np.concatenate(xs), np.concatenate(ys))
-    if with_truth:
-        out += (np.concatenate(ts) if ts else np.full(len(out[1]), np.nan),)
-    return out
+        return np.empty((0, 0), dtype), np.empty(0)
+    return np.concatenate(xs), np.concatenate(ys)

@@ -31,11 +31,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from ray_pipeline.train.data import shard_arrays
 
     d = config["n_features"]
-    X, y = shard_arrays(ray.train.get_dataset_shard("train"))
-    Xv, yv = shard_arrays(ray.train.get_dataset_shard("valid"))
-    X, Xv = (a if a.size else np.empty((0, d)) for a in (X, Xv))
-    dtrain = xgboost.DMatrix(X.astype(np.float32), label=y)
-    dvalid = xgboost.DMatrix(Xv.astype(np.float32), label=yv)
+    # float32 straight away: XGBoost's own input type, no float64 copy in between.
+    X, y = shard_arrays(ray.train.get_dataset_shard("train"), dtype=np.float32)
+    Xv, yv = shard_arrays(ray.train.get_dataset_shard("valid"), dtype=np.float32)
+    X, Xv = (a if a.size else np.empty((0, d), np.float32) for a in (X, Xv))
+    dtrain = xgboost.DMatrix(X, label=y)
+    dvalid = xgboost.DMatrix(Xv, label=yv)
 
     booster = None
     checkpoint = ray.train.get_checkpoint()
