@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_results  # noqa: E402
+
+from ray_pipeline.runtime import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,9 +192,7 @@ def online_latencies(work: Path, entities: int = 10_000, repeat: int = 2_000) ->
     stores = {"sqlite": SQLiteOnlineStore(work / "online.db")}
     redis_proc = None
     if shutil.which("redis-server"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         redis_proc = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,

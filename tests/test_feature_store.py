@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -20,6 +19,7 @@ from ray_pipeline.config import FeatureViewConfig
 from ray_pipeline.features.online import EXPIRED, MISSING, PRESENT, RedisOnlineStore, SQLiteOnlineStore
 from ray_pipeline.features.pit import point_in_time_join
 from ray_pipeline.features.store import daily_aggregates, materialize, read_view, register_definition, write_view
+from ray_pipeline.runtime import free_port
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -137,12 +137,6 @@ def test_daily_aggregates_and_view_roundtrip(ray_session, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port for this test session."""
@@ -152,7 +146,7 @@ def redis_url(tmp_path_factory):
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],

@@ -19,6 +19,7 @@ from ray_pipeline.features.online import SQLiteOnlineStore
 from ray_pipeline.registry.models import load, promote, register_run
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.runtime import free_port
+from ray_pipeline.serve.client import http_json
 from ray_pipeline.serve.predlog import read_log
 
 from .conftest import METRICS_PORT
@@ -85,20 +86,20 @@ def monkeypatch_module():
 
 
 def call(url: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["X-API-Key"] = key
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        text = e.read()
-        try:
-            return e.code, json.loads(text)
-        except ValueError:  # Serve's own refusals (503) are plain text
-            return e.code, {"detail": text.decode()}
+    """The serving API's own client, with the test's API key."""
+    return http_json(url + path, body, {"X-API-Key": key} if key else None)
+
+
+def scrape_until(done, seconds: float = 60) -> str:
+    """The node's /metrics text once `done(text)` holds (or the last one after `seconds`): Ray
+    exports metrics every few seconds, so a fresh count shows up with a delay."""
+    deadline = time.time() + seconds
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        if done(text) or time.time() > deadline:
+            return text
+        time.sleep(2)
 
 
 def predict(url: str, records: list[dict]) -> dict:
@@ -222,13 +223,7 @@ def test_metrics_are_exported(served):
             and 'model_version="1"' in line
         ]  # fmt: skip
 
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        if all(w in text for w in wanted) and ours(text):
-            break
-        time.sleep(2)
+    text = scrape_until(lambda text: all(w in text for w in wanted) and bool(ours(text)))
     missing = [w for w in wanted if w not in text]
     assert not missing, f"not on the metrics port: {missing}"
     assert ours(text), "no ray_rp_predictions_total for application test-app, model_version 1"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,8 +13,7 @@ import pytest
 from ray_pipeline.registry.models import load
 from ray_pipeline.serve.predlog import read_log
 
-from .conftest import METRICS_PORT
-from .test_serve import call, serve_config, two_version_registry
+from .test_serve import call, scrape_until, serve_config, two_version_registry
 
 RECORD = {"amount": 3.0, "channel": "pos"}
 
@@ -67,15 +65,9 @@ def test_canary_sends_a_share_to_the_challenger_with_per_version_metrics(deploye
             and f'model_version="{version}"' in line and f'variant="{variant}"' in line
         )  # fmt: skip
 
-    deadline = time.time() + 60
-    while True:
-        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        got = (counted(text, 1, "champion"), counted(text, 2, "challenger"))
-        if got == (by_variant["champion"], by_variant["challenger"]) or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert got == (by_variant["champion"], by_variant["challenger"])
+    seen = (by_variant["champion"], by_variant["challenger"])
+    text = scrape_until(lambda text: (counted(text, 1, "champion"), counted(text, 2, "challenger")) == seen)
+    assert (counted(text, 1, "champion"), counted(text, 2, "challenger")) == seen
 
 
 def test_canary_follows_the_challenger_alias(deployed):

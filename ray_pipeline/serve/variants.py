@@ -77,8 +77,8 @@ class ModelSet:
                 self.errors.pop(role, None)
                 self._failed.pop(role, None)
                 continue  # a deleted champion alias keeps the last version serving rather than failing
-            if self._failed.get(role) == wanted:
-                continue
+            if role in self._failed and self._failed[role] == wanted:
+                continue  # (a deleted alias, wanted None, is a move, not a known failure)
             try:
                 self.models[role] = self._load(role, wanted)
             except Exception as exc:
