@@ -55,11 +55,34 @@ def _serve_fast_path_env(temp_dir: str) -> None:
     os.environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", os.path.join(base, "admin.sock"))
     os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", base)
     os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", os.path.join(base, "server-state"))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+    metrics_port, stats_port = _reserved_ports(2)
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics_port))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats_port))
     # A stopping ingress replica keeps answering for this long so external load balancers can
     # drain it (default 30 s). HAProxy here runs beside the replicas and is told at once.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+
+
+def _reserved_ports(n: int, lo: int = 25000, hi: int = 30000) -> list[int]:
+    """`n` ports free now and outside the OS's ephemeral range (and Ray's worker ports 10002-19999).
+
+    HAProxy binds them only when Serve (re)starts, maybe minutes later; an ephemeral port picked
+    now can meanwhile be handed to some outgoing connection (seen: a clean-clone test run failed
+    on it). Ports below the ephemeral range are only ever taken by explicit binds.
+    """
+    found: list[int] = []
+    start = os.getpid() % (hi - lo)
+    for i in range(hi - lo):
+        port = lo + (start + i) % (hi - lo)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # HAProxy listens on all interfaces
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == n:
+            return found
+    raise RuntimeError(f"no {n} free ports in {lo}-{hi}")
 
 
 def free_port() -> int:
