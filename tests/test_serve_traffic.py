@@ -111,7 +111,7 @@ def test_shadow_answers_from_champion_and_logs_the_challenger(deployed):
     assert {row["request_id"] for row in shadow} == set(ids) == {row["request_id"] for row in answered}
     assert {row["model_version"] for row in shadow} == {2}
     for row in shadow:
-        i = 0 if json.loads(row["features"])["amount"] == 3.0 else 1
+        i = 0 if row["amount"] == 3.0 else 1
         assert row["score"] == pytest.approx(v2[i], rel=1e-12)
 
 

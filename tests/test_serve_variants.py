@@ -56,8 +56,11 @@ def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
     def broken(records):
         raise RuntimeError("challenger exploded")
 
-    runner.models.models[CHALLENGER].predict_proba = broken  # fault injected into the loaded v2
-    out = runner.score([_request(0, "challenger"), _request(1, "champion"), _request(2, "challenger")])
+    runner.models.models[CHALLENGER].predict_matrix = broken  # fault injected into the loaded v2
+    requests = [_request(0, "challenger"), _request(1, "champion"), _request(2, "challenger")]
+    out = runner.score(requests)
+    for req, result in zip(requests, out):  # what the HTTP route does after answering
+        runner.record(req, result, {"transform_ms": result["transform_ms"], "inference_ms": result["inference_ms"]})
     assert [(o["variant"], o["version"]) for o in out] == [("champion", 1)] * 3
     assert all(len(o["probabilities"]) == 1 for o in out)
     runner.close()
@@ -73,15 +76,18 @@ def test_shadow_backlog_is_bounded_and_drained_on_close(ray_session, tmp_path, m
     runner = ModelRunner(_settings(tmp_path, "shadow"))
     gate = threading.Event()
     challenger = runner.models.models[CHALLENGER]
-    real = challenger.predict_proba
+    real = challenger.predict_matrix
 
     def slow(records):
         gate.wait(30)
         return real(records)
 
-    challenger.predict_proba = slow  # the challenger falls behind
+    challenger.predict_matrix = slow  # the challenger falls behind
     for i in range(6):
-        assert runner.score([_request(i, "champion")])[0]["version"] == 1  # answers never wait for shadow
+        req = _request(i, "champion")
+        result = runner.score([req])[0]
+        assert result["version"] == 1  # answers never wait for shadow
+        runner.record(req, result, {})
     gate.set()
     runner.close()
     log = read_log(str(tmp_path / "predlog")).to_pylist()

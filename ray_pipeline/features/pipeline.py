@@ -59,6 +59,16 @@ def training_set_path(cfg: PipelineConfig) -> str:
     return f"{store_root(cfg)}/training_set"
 
 
+def feedback_rows_location(cfg: PipelineConfig) -> str | None:
+    """The feedback loop's accepted rows, when it has written any."""
+    from pathlib import Path
+
+    from ray_pipeline.monitor.paths import feedback_accepted_path
+
+    path = feedback_accepted_path(cfg)
+    return path if "://" not in path and any(Path(path).glob("*.parquet")) else None
+
+
 def online_store(cfg: PipelineConfig) -> OnlineStore:
     """The configured online store."""
     online = cfg.features.online
@@ -71,7 +81,11 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
 
     schema = cfg.data.schema_
     root = store_root(cfg)
-    accepted = read_parquet(cfg.resolve(cfg.data.output.accepted)).materialize()
+    accepted = read_parquet(cfg.resolve(cfg.data.output.accepted))
+    fed_back = feedback_rows_location(cfg)
+    if fed_back is not None:  # labeled traffic the feedback loop turned into accepted rows
+        accepted = accepted.union(read_parquet(fed_back))
+    accepted = accepted.materialize()
     events = accepted
     views: dict[str, dict[str, float]] = {}
     for name, view in cfg.features.views.items():

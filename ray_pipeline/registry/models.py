@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ray_pipeline.config import GateRule, PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.features.transform import transform_records
+from ray_pipeline.features.transform import transform_records, transform_table
 from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError, verify_manifest
 from ray_pipeline.train.models import load_model
 
@@ -66,6 +67,14 @@ class LoadedModel:
         if isinstance(records, pd.DataFrame):
             records = records.astype(object).where(records.notna(), None).to_dict("records")
         X, _ = transform_records(records, self.spec)
+        return self.predict_matrix(X)
+
+    def predict_table(self, table: pa.Table) -> np.ndarray:
+        """Probability of label 1 per row of a table holding the spec's input columns."""
+        return self.predict_matrix(transform_table(table, self.spec))
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Probability of label 1 per row of an already transformed feature matrix."""
         return self.model.predict_proba(X)
 
 

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS aliases (
 CREATE TABLE IF NOT EXISTS alias_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL, at TEXT NOT NULL,
     from_version INTEGER, to_version INTEGER, reason TEXT NOT NULL, actor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, acquired_at TEXT NOT NULL, expires_at TEXT NOT NULL);
 """
 
 
@@ -224,6 +226,23 @@ class Registry:
         if last.from_version is None:
             return self.delete_alias(name, alias, f"rollback of change at {last.at}", actor)
         return self.set_alias(name, alias, last.from_version, f"rollback of change at {last.at}", actor)
+
+    def acquire_lock(self, name: str, holder: str, ttl_s: float) -> str | None:
+        """Take the named lock for `ttl_s` seconds; returns None, or who holds it when taken."""
+        now = datetime.now(timezone.utc)
+        with self._transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM locks WHERE name=?", (name,)).fetchone()
+            if row is not None and datetime.fromisoformat(row[1]) > now and row[0] != holder:
+                return row[0]  # held and not expired (an expired lock is a crashed holder's)
+            expires = datetime.fromtimestamp(now.timestamp() + ttl_s, tz=timezone.utc)
+            db.execute("INSERT OR REPLACE INTO locks VALUES (?, ?, ?, ?)",
+                       (name, holder, now.isoformat(), expires.isoformat()))  # fmt: skip
+        return None
+
+    def release_lock(self, name: str, holder: str) -> None:
+        """Give the lock back (only its holder can)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM locks WHERE name=? AND holder=?", (name, holder))
 
     @staticmethod
     def _log(db: sqlite3.Connection, c: AliasChange) -> None:

@@ -4,8 +4,10 @@ No `from __future__ import annotations` here: pydantic must see the record model
 (built per FeatureSpec at deploy time), not its name as a string.
 """
 
+from datetime import datetime, timezone
 from typing import Any
 
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ray_pipeline.features.spec import FeatureSpec
@@ -15,6 +17,13 @@ def request_models(spec: FeatureSpec) -> type[BaseModel]:
     """Pydantic request model whose record fields come from the FeatureSpec's input columns."""
     fields: dict[str, Any] = {c.name: (float | None, None) for c in spec.numeric}
     fields.update({c.name: (str | None, None) for c in spec.categorical})
+    key, ts = passthrough_fields(spec)
+    # Optional: the caller's entity key and event time are logged with the prediction, so delayed
+    # labels can be joined by (entity, event time) and labeled traffic can flow back into training.
+    if key and key not in fields:
+        fields[key] = (str | int | None, Field(default=None, description="Entity key (logged, not a model input)."))
+    if ts and ts not in fields:
+        fields[ts] = (str | None, Field(default=None, description="Event time, ISO 8601 (logged, not a model input)."))
     # strict: "12.5" is not a number and 5 is not a category; nothing is silently coerced.
     record = create_model("Record", __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
@@ -46,3 +55,26 @@ def records_from_store(
             elif row.status == "expired" and statuses[i] != "ok":
                 statuses[i] = "expired"  # known, but every value is older than the view's TTL
     return records, statuses
+
+
+def passthrough_fields(spec: FeatureSpec) -> tuple[str | None, str | None]:
+    """The entity-key and event-time column names the spec carries (key, time, label order)."""
+    names = list(spec.passthrough) + [None, None]
+    return names[0], names[1]
+
+
+def split_record(
+    record: dict[str, Any], index: int, key: str | None, ts: str | None
+) -> tuple[dict[str, Any], str | None, datetime | None]:
+    """A validated record without its entity key and event time, plus those two (parsed)."""
+    entity = record.pop(key, None) if key else None
+    raw_ts = record.pop(ts, None) if ts else None
+    event_ts = None
+    if raw_ts is not None:
+        try:
+            event_ts = datetime.fromisoformat(raw_ts.replace("Z", "+00:00"))
+        except ValueError:
+            raise HTTPException(422, detail=f"records[{index}].{ts}: not an ISO 8601 time: {raw_ts!r}") from None
+        # naive times are UTC, as in ingestion
+        event_ts = event_ts.replace(tzinfo=timezone.utc) if event_ts.tzinfo is None else event_ts.astimezone(timezone.utc)
+    return record, None if entity is None else str(entity), event_ts

@@ -9,20 +9,30 @@ with one assignment, so requests never fail during a promote or a rollback.
 No `from __future__ import annotations` here: FastAPI must see the request model class itself.
 """
 
+import json
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException
+import pyarrow as pa
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.features.transform import records_table, transform_table
 from ray_pipeline.registry.models import LoadedModel, load
 from ray_pipeline.registry.store import Registry
-from ray_pipeline.serve.api import records_from_store, request_models
+from ray_pipeline.serve.api import passthrough_fields, records_from_store, request_models, split_record
 from ray_pipeline.serve.metrics import ServeMetrics
-from ray_pipeline.serve.predlog import PredictionLog, new_request_id
+from ray_pipeline.monitor.paths import active_alerts_path
+from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
 from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
 
 DEPLOYMENT = "predictor"
@@ -50,10 +60,13 @@ class ModelRunner:
         # Batches submitted and not finished: bounded, so a slow challenger cannot pile work up.
         self._shadow_slots = threading.BoundedSemaphore(MAX_SHADOW_BATCHES)
         self._stop = threading.Event()
+        self.alerts: list[dict[str, Any]] = []  # active monitoring alerts, written by `ray-pipeline monitor`
+        self._read_alerts()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.settings["reload_poll_s"]):
+            self._read_alerts()
             try:
                 for change in self.models.refresh():
                     print(f"models:/{self.settings['model_name']} {change}")
@@ -88,37 +101,67 @@ class ModelRunner:
 
     def _answer(self, model: LoadedModel | None, variant: str, idxs: list[int], requests: list, out: list) -> None:
         assert model is not None
-        chunks = self._score_with(model, variant, [requests[i] for i in idxs])
-        for i, probs in zip(idxs, chunks):
-            out[i] = {"probabilities": probs, "model": model.version.name, "version": model.version.version,
-                      "variant": variant}  # fmt: skip
+        chunks, timing = self._score_with(model, variant, [requests[i] for i in idxs])
+        for i, (probs, inputs) in zip(idxs, chunks):
+            out[i] = {"probabilities": probs, "inputs": inputs, "model": model.version.name,
+                      "version": model.version.version, "variant": variant, **timing}  # fmt: skip
 
     def _shadow(self, model: LoadedModel, requests: list[dict[str, Any]]) -> None:
         try:
-            self._score_with(model, SHADOW, requests)
+            chunks, timing = self._score_with(model, SHADOW, requests)
+            now = datetime.now(timezone.utc)
+            for req, (probs, inputs) in zip(requests, chunks):
+                v = model.version
+                self.log.append_table(log_rows(req, probs, inputs, v.name, v.version, SHADOW, timing, now))
         except Exception as exc:  # the caller was answered already; report and carry on
             print(f"shadow scoring with v{model.version.version} failed: {exc!r}")
             self.metrics.challenger_errors.inc(1)
         finally:
             self._shadow_slots.release()
 
-    def _score_with(self, model: LoadedModel, variant: str, requests: list[dict[str, Any]]) -> list[list[float]]:
+    def _score_with(
+        self, model: LoadedModel, variant: str, requests: list[dict[str, Any]]
+    ) -> tuple[list[tuple[list[float], pa.Table]], dict[str, float]]:
+        """Per request its probabilities and typed inputs; the batch's transform and inference times."""
         records = [r for req in requests for r in req["records"]]
-        probs = model.predict_proba(records).tolist() if records else []
+        started = time.perf_counter()
+        inputs = records_table(records, model.spec)
+        X = transform_table(inputs, model.spec) if records else None
+        transformed = time.perf_counter()
+        probs = model.predict_matrix(X).tolist() if records else []
+        timing = {"transform_ms": (transformed - started) * 1e3, "inference_ms": (time.perf_counter() - transformed) * 1e3}
         self.metrics.scored(model.version.version, variant, probs)
         if variant != SHADOW:  # the same records were already counted for the answering variant
             self.metrics.missing_values(records, model.spec.input_columns)
-        chunks, rows, i = [], [], 0
+        chunks, i = [], 0
         for req in requests:
-            chunk = probs[i : i + len(req["records"])]
-            i += len(chunk)
-            chunks.append(chunk)
-            for record, entity, p in zip(req["records"], req["entities"], chunk):
-                rows.append({"request_id": req["request_id"], "entity": entity, "features": record, "score": p,
-                             "model_name": model.version.name, "model_version": model.version.version,
-                             "variant": variant})  # fmt: skip
-        self.log.append(rows)
-        return chunks
+            n = len(req["records"])
+            chunks.append((probs[i : i + n], inputs.slice(i, n)))
+            i += n
+        return chunks, timing
+
+    def record(self, req: dict[str, Any], result: dict[str, Any], timing: dict[str, float | None]) -> None:
+        """Log an answered request's scored rows with its latency per stage."""
+        inputs = set(result["inputs"].column_names)
+        req = {**req, "extra": [_extra(r, inputs) for r in req["records"]]}
+        self.log.append_table(log_rows(req, result["probabilities"], result["inputs"], result["model"],
+                                       result["version"], result["variant"], timing, datetime.now(timezone.utc)))  # fmt: skip
+
+    def refused(self, status: int, detail: str) -> None:
+        """Log and count a request the API refused (monitoring reports them per status)."""
+        self.metrics.refused.inc(1, tags={"status": str(status)})
+        base = {"request_id": [new_request_id()], "row": [0], "model_name": [self.settings["model_name"]],
+                "variant": [REFUSED], "http_status": [status], "extra": [detail[:2000]]}  # fmt: skip
+        self.log.append_table(rows_table(base, None, datetime.now(timezone.utc)))
+
+    def _read_alerts(self) -> None:
+        path = self.settings.get("alerts_file")
+        if not path:
+            return
+        try:
+            self.alerts = json.loads(Path(path).read_text()) if os.path.exists(path) else []
+        except (OSError, ValueError) as exc:  # a half-written or unreadable file: keep the last good list
+            print(f"cannot read active alerts {path}: {exc}")
 
     def close(self) -> None:
         """Stop watching, finish shadow work, write what the log buffered."""
@@ -138,7 +181,24 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
     views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
     store = online_store(cfg) if views else None
     max_records = s.max_records_per_request
+    key_field, ts_field = passthrough_fields(spec)
     api = FastAPI(title="ray-pipeline", description="Binary classification served from the model registry.")
+    replica: dict[str, ModelRunner] = {}  # this process's runner, for the exception handlers below
+
+    def _refused(request: Request, status: int, detail: Any) -> None:
+        runner = replica.get("runner")
+        if runner is not None and request.url.path.endswith("/predict"):
+            runner.refused(status, json.dumps(detail, default=str))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        _refused(request, 422, exc.errors())
+        return await request_validation_exception_handler(request, exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        _refused(request, exc.status_code, exc.detail)
+        return await http_exception_handler(request, exc)
 
     @serve.ingress(api)
     class Predictor:
@@ -146,6 +206,7 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
 
         def __init__(self, settings: dict[str, Any]) -> None:
             self.runner = ModelRunner(settings)
+            replica["runner"] = self.runner
             self.score_batch.set_max_batch_size(settings["max_batch_size"])
             self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
 
@@ -155,37 +216,52 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
 
         @api.post("/predict")
         async def predict(self, body: PredictRequest, x_api_key: str | None = Header(default=None)) -> dict:  # type: ignore[valid-type]
+            started = time.perf_counter()
             if api_key and x_api_key != api_key:
                 raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
             request_id = new_request_id()
+            lookup_ms = None
             if body.records is not None:
                 if len(body.records) > max_records:
                     raise HTTPException(413, detail=f"records: {len(body.records)} rows, at most {max_records}")
-                records = [rec.model_dump() for rec in body.records]
+                records, entities, event_times = [], [], []
+                for i, rec in enumerate(body.records):
+                    values, entity, event_ts = split_record(rec.model_dump(), i, key_field, ts_field)
+                    records.append(values)
+                    entities.append(entity)
+                    event_times.append(event_ts)
                 statuses = ["ok"] * len(records)
-                entities: list[str | None] = [None] * len(records)
             else:
                 if len(body.entity_ids) > max_records:
                     raise HTTPException(413, detail=f"entity_ids: {len(body.entity_ids)} ids, at most {max_records}")
                 if store is None:
                     raise HTTPException(400, detail="entity_ids: no feature views are configured; send records")
+                looked_up = time.perf_counter()
                 records, statuses = records_from_store(store, views, body.entity_ids)
+                lookup_ms = (time.perf_counter() - looked_up) * 1e3
                 entities = [str(e) for e in body.entity_ids]
+                event_times = [None] * len(records)
             known = [i for i, st in enumerate(statuses) if st == "ok"]
-            result = await self.score_batch(
-                {"records": [records[i] for i in known], "entities": [entities[i] for i in known],
-                 "request_id": request_id, "variant": self.runner.models.route()}
-            )  # fmt: skip
+            req = {"records": [records[i] for i in known], "entities": [entities[i] for i in known],
+                   "event_ts": [event_times[i] for i in known], "rows": known,
+                   "request_id": request_id, "variant": self.runner.models.route()}  # fmt: skip
+            result = await self.score_batch(req)
+            post_started = time.perf_counter()
             probs: list[float | None] = [None] * len(statuses)
             for i, p in zip(known, result["probabilities"]):
                 probs[i] = p
-            return {
+            answer = {
                 "request_id": request_id,
                 "model": result["model"],
                 "version": result["version"],
                 "variant": result["variant"],
                 "predictions": [{"probability": p, "status": st} for p, st in zip(probs, statuses)],
             }
+            timing = {"lookup_ms": lookup_ms, "transform_ms": result["transform_ms"],
+                      "inference_ms": result["inference_ms"], "post_ms": (time.perf_counter() - post_started) * 1e3}  # fmt: skip
+            self.runner.metrics.stages(timing, (time.perf_counter() - started) * 1e3)
+            self.runner.record(req, result, timing)
+            return answer
 
         @api.get("/healthz")
         def healthz(self) -> dict:
@@ -193,7 +269,10 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
 
         @api.get("/model")
         def model_info(self) -> dict:
-            return self.runner.models.info()
+            info = self.runner.models.info()
+            # Alerts from `ray-pipeline monitor` about the served version (or about no version in particular).
+            info["alerts"] = [a for a in self.runner.alerts if a.get("model_version") in (None, info["version"])]
+            return info
 
         def __del__(self) -> None:
             # Serve calls this on graceful shutdown: nothing buffered is lost.
@@ -224,8 +303,26 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
             "prediction_log": cfg.resolve(s.prediction_log),
             "log_flush_rows": s.log_flush_rows,
             "log_flush_s": s.log_flush_s,
+            "alerts_file": active_alerts_path(cfg),
         }
     )
+
+
+def log_rows(req: dict[str, Any], probs: list[float], inputs: pa.Table, name: str, version: int, variant: str,
+             timing: dict[str, float | None], at: datetime) -> pa.Table:  # fmt: skip
+    """Prediction-log rows of one scored request (only its records that were scored)."""
+    n = len(probs)
+    base = {"request_id": [req["request_id"]] * n, "row": req.get("rows", list(range(n))), "entity": req["entities"],
+            "event_ts": req.get("event_ts", [None] * n), "score": probs, "model_name": [name] * n, "model_version": [version] * n,
+            "variant": [variant] * n, "http_status": [200] * n, "extra": req.get("extra", [None] * n)}  # fmt: skip
+    for stage in STAGES:
+        base[f"latency_{stage}_ms"] = [timing.get(f"{stage}_ms")] * n
+    return rows_table(base, inputs, at)
+
+
+def _extra(record: dict[str, Any], inputs: set[str]) -> str | None:
+    rest = {k: v for k, v in record.items() if k not in inputs}
+    return json.dumps(rest, default=str) if rest else None
 
 
 def autoscaling_config(cfg: PipelineConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 
 SCORE_BOUNDARIES = [i / 10 for i in range(1, 10)]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+STAGE_BOUNDARIES = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
 
 
 class ServeMetrics:
@@ -24,6 +25,16 @@ class ServeMetrics:
         self.load_seconds = Gauge("rp_model_load_seconds", "Time to load a served version.", tag_keys=per_version)
         self.challenger_errors = Counter("rp_challenger_errors", "Canary or shadow batches the challenger failed.")
         self.shadow_dropped = Counter("rp_shadow_dropped", "Records not shadow-scored because the backlog was full.")
+        self.refused = Counter("rp_refused_requests", "Requests refused by the API.", tag_keys=("status",))
+        self.stage_seconds = Histogram("rp_stage_seconds", "Per-request latency by stage.",
+                                       boundaries=STAGE_BOUNDARIES, tag_keys=("stage",))  # fmt: skip
+
+    def stages(self, timing: dict[str, float | None], total_ms: float) -> None:
+        """Observe one request's latency per stage (lookup, transform, inference, post) and in total."""
+        for key, ms in timing.items():
+            if ms is not None:
+                self.stage_seconds.observe(ms / 1e3, tags={"stage": key.removesuffix("_ms")})
+        self.stage_seconds.observe(total_ms / 1e3, tags={"stage": "total"})
 
     def scored(self, version: int, variant: str, probabilities: list[float]) -> None:
         """Count one model call's predictions."""

@@ -1,5 +1,11 @@
 """Prediction log: append-only Parquet, partitioned by date and hour, written in batches off the
-request path and flushed on shutdown."""
+request path and flushed on shutdown.
+
+Each row holds the served version's input columns as typed columns (numbers as float64,
+categories as strings, schema from its FeatureSpec), so monitoring reads them column-wise without
+parsing; anything else a record carried goes to the `extra` JSON column. Requests the API refused
+are logged as one row each with `variant = "refused"` and their HTTP status.
+"""
 
 from __future__ import annotations
 
@@ -14,62 +20,96 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema(
+STAGES = ("lookup", "transform", "inference", "post")  # per-request latency, in milliseconds
+REFUSED = "refused"
+
+BASE_SCHEMA = pa.schema(
     [
         ("request_id", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
+        ("row", pa.int32()),  # position of the record in its request
+        ("ts", pa.timestamp("us", tz="UTC")),  # when the prediction was made
         ("entity", pa.string()),
-        ("features", pa.string()),  # the raw record as JSON
+        ("event_ts", pa.timestamp("us", tz="UTC")),  # event time the caller sent with the record, if any
         ("score", pa.float64()),
         ("model_name", pa.string()),
         ("model_version", pa.int64()),
-        ("variant", pa.string()),  # champion / challenger answered; shadow was scored but not returned
+        ("variant", pa.string()),  # champion / challenger answered; shadow scored unseen; refused
+        ("http_status", pa.int16()),
+        *[(f"latency_{s}_ms", pa.float64()) for s in STAGES],
+        ("extra", pa.string()),  # JSON of record fields that are not typed input columns
     ]
 )
+BASE_COLUMNS = set(BASE_SCHEMA.names)
+
+
+def rows_table(base: dict[str, list[Any]], inputs: pa.Table | None, at: datetime) -> pa.Table:
+    """One request's (or batch's) log rows: base columns (`ts` filled with `at`) beside typed inputs."""
+    n = len(base["request_id"])
+    cols: dict[str, Any] = {}
+    for field in BASE_SCHEMA:
+        values = [at] * n if field.name == "ts" else base.get(field.name, [None] * n)
+        cols[field.name] = pa.array(values, field.type)
+    if inputs is not None:
+        for name in inputs.column_names:
+            if name not in BASE_COLUMNS:  # a feature named like a log column stays in `extra` only
+                cols[name] = inputs[name]
+    return pa.table(cols)
 
 
 class PredictionLog:
-    """Buffers rows; a background thread flushes them every `flush_s` or at `flush_rows`."""
+    """Buffers tables of rows; a background thread flushes them every `flush_s` or at `flush_rows`."""
 
     def __init__(self, directory: str, flush_rows: int = 1000, flush_s: float = 5.0) -> None:
         self.directory = Path(directory)
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._rows: list[dict[str, Any]] = []
+        self._tables: list[pa.Table] = []
+        self._buffered = 0
         self._lock = threading.Lock()
         self._seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def append(self, rows: list[dict[str, Any]], at: datetime | None = None) -> None:
-        """Queue rows (request_id, entity, features, score, model_name, model_version, variant); never blocks on I/O."""
-        now = at or datetime.now(timezone.utc)
+    def append_table(self, table: pa.Table) -> None:
+        """Queue rows built by `rows_table`; never blocks on I/O."""
         with self._lock:
-            for row in rows:
-                self._rows.append({**row, "ts": now, "features": json.dumps(row["features"], default=str)})
-            full = len(self._rows) >= self.flush_rows
+            self._tables.append(table)
+            self._buffered += table.num_rows
+            full = self._buffered >= self.flush_rows
         if full:
             threading.Thread(target=self.flush, daemon=True).start()
 
+    def append(self, rows: list[dict[str, Any]], at: datetime | None = None) -> None:
+        """Queue plain rows (base columns; `features` a dict of raw inputs, logged as JSON in `extra`)."""
+        base: dict[str, list[Any]] = {f: [r.get(f) for r in rows] for f in BASE_SCHEMA.names}
+        base["row"] = [r.get("row", 0) for r in rows]
+        base["extra"] = [json.dumps(r["features"], default=str) if "features" in r else r.get("extra") for r in rows]
+        self.append_table(rows_table(base, None, at or datetime.now(timezone.utc)))
+
     def flush(self) -> int:
         """Write buffered rows to date=/hour= partitions (by each row's own time); returns rows written."""
+        import pyarrow.compute as pc
+
         with self._lock:
-            rows, self._rows = self._rows, []
-        by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for row in rows:  # a buffer can straddle an hour boundary
-            by_hour.setdefault((f"{row['ts']:%Y-%m-%d}", f"{row['ts']:%H}"), []).append(row)
-        for (date, hour), part in by_hour.items():
+            tables, self._tables, self._buffered = self._tables, [], 0
+        if not tables:
+            return 0
+        table = pa.concat_tables(tables, promote_options="permissive")
+        hours = pc.strftime(table["ts"], format="%Y-%m-%d/%H", locale="C")
+        for key in pc.unique(hours).to_pylist():  # a buffer can straddle an hour boundary
+            date, hour = key.split("/")
+            part = table.filter(pc.equal(hours, key))
             with self._lock:
                 self._seq += 1
                 seq = self._seq
             folder = self.directory / f"date={date}" / f"hour={hour}"
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".part-{self.writer_id}-{seq:06d}.parquet.tmp"
-            pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), tmp)
+            pq.write_table(part, tmp)
             os.replace(tmp, folder / f"part-{self.writer_id}-{seq:06d}.parquet")  # readers never see half a file
-        return len(rows)
+        return table.num_rows
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_s):
@@ -81,12 +121,17 @@ class PredictionLog:
         return self.flush()
 
 
+def log_files(directory: str) -> list[Path]:
+    """Every committed log file, oldest partition first."""
+    return sorted(Path(directory).rglob("part-*.parquet"))
+
+
 def read_log(directory: str) -> pa.Table:
-    """Every logged prediction (for monitoring and tests)."""
-    files = sorted(Path(directory).rglob("part-*.parquet"))
-    if not files:
-        return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+    """Every logged prediction (for tests and small logs; monitoring reads files on Ray Data)."""
+    tables = [pq.read_table(f) for f in log_files(directory)]
+    if not tables:
+        return BASE_SCHEMA.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def new_request_id() -> str:

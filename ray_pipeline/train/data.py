@@ -26,6 +26,7 @@ class Prepared:
     test: object
     cutoffs: tuple[str, str]
     rows: dict[str, int]
+    raw_train: object = None  # the train split's raw rows (Ray Dataset), for the reference profile
 
 
 def _time_range(batch: pa.Table, ts: str) -> pa.Table:
@@ -86,6 +87,7 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
         splits["test"],
         (iso[0], iso[1]),
         {name: ds.count() for name, ds in splits.items()},
+        raw["train"],
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.monitor.profile import build_profile, save_profile
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
@@ -189,6 +190,11 @@ def train_model(
     run_dir = Path(cfg.resolve(cfg.training.run_root)) / name
     history = out.get("history", [])
     model.save(run_dir / "model")
+    if prepared.raw_train is not None:  # what monitoring compares served traffic with
+        t0 = time.perf_counter()
+        m = cfg.monitoring
+        save_profile(build_profile(prepared.raw_train, prepared.spec, p, m.bins, m.top_k), run_dir)
+        timings["profile_s"] = time.perf_counter() - t0
     prepared.spec.save(run_dir / "feature_spec.json")
     evaluate.save_plots(run_dir / "plots", history, y, p, kind)
     params = {k: v for k, v in config.items() if k not in ("fail_marker",)}

@@ -1,0 +1,1 @@
+"""The feedback loop: labeled traffic back into the data pipeline, retrain, gate, promote."""

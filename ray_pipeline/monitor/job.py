@@ -1,0 +1,232 @@
+"""`ray-pipeline monitor`: process the prediction log window by window. Each window's rows go to the
+monitoring table, the Prometheus gauges and an HTML report; alert rules advance; firing rules named
+in `monitoring.feedback` start a retrain. The position and rule state are saved after each window
+(atomically), so a killed monitor resumes where it stopped: no window twice, none skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.monitor import alerts as alerting
+from ray_pipeline.monitor.collect import collect_window
+from ray_pipeline.monitor.labels import accepted_labels
+from ray_pipeline.monitor.paths import (
+    active_alerts_path,
+    alert_log_path,
+    monitoring_root,
+    reports_dir,
+    state_path,
+    table_path,
+)
+from ray_pipeline.monitor.profile import load_profile
+from ray_pipeline.monitor.prom import MonitorGauges
+from ray_pipeline.monitor.report import write_report
+from ray_pipeline.monitor.window import window_rows
+from ray_pipeline.registry.models import open_registry
+from ray_pipeline.registry.store import verify_manifest
+from ray_pipeline.serve.predlog import log_files
+
+TABLE_SCHEMA = pa.schema([("window_start", pa.timestamp("us", tz="UTC")), ("window_end", pa.timestamp("us", tz="UTC")),
+                          ("metric", pa.string()), ("feature", pa.string()), ("model_version", pa.int64()),
+                          ("value", pa.float64()), ("verdict", pa.string())])  # fmt: skip
+
+
+@dataclass
+class WindowResult:
+    """What processing one window produced."""
+
+    start: datetime
+    end: datetime
+    rows: int
+    metrics: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    report: str
+    feedback: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        """One line per window, plus its alert events."""
+        worst = max((m for m in self.metrics if m["metric"] == "psi"), key=lambda m: m["value"], default=None)
+        drift = f"; max psi {worst['value']:.3f} ({worst['feature']})" if worst else ""
+        empty = " (empty)" if self.rows == 0 else ""
+        lines = [f"window {self.start:%Y-%m-%dT%H:%M:%S} .. {self.end:%H:%M:%S}: {self.rows:,} predictions{empty}{drift}"]
+        lines += [f"  skipped {s['file']}: {s['error']}" for s in self.skipped]
+        lines += [f"  ALERT {e['status']}: {e['rule']} ({e['metric']} {e['feature']} = {e['value']:.4g})"
+                  for e in self.events]  # fmt: skip
+        lines += [f"  {n}" for n in self.notes]
+        if self.feedback:
+            lines.append(f"  feedback: {self.feedback.get('decision')} ({self.feedback.get('id')})")
+        return "\n".join(lines)
+
+
+def _floor(t: datetime, seconds: float) -> datetime:
+    epoch = t.timestamp()
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=timezone.utc)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1h', '1d' or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise ValueError(f"--window {text!r}: expected a duration such as 30s, 5m or 1h") from None
+
+
+class Monitor:
+    """Processes complete windows of the prediction log in order, keeping its position on disk."""
+
+    def __init__(self, cfg: PipelineConfig, window_s: float | None = None) -> None:
+        m = cfg.monitoring
+        self.cfg = cfg
+        self.window_s = window_s or m.window_s
+        self.registry = open_registry(cfg)
+        self.log_dir = cfg.resolve(cfg.serving.prediction_log)
+        self.state = self._load_state()
+        self.refs: dict[str, Any] = {}
+        self.test_log_loss: dict[str, float] = {}
+        self.webhook = alerting.Webhook(m.webhook) if m.webhook else None
+        self.gauges = MonitorGauges(m.metrics_port)
+
+    # ------------------------------------------------------------------------------ state
+
+    def _load_state(self) -> dict[str, Any]:
+        path = Path(state_path(self.cfg))
+        state = json.loads(path.read_text()) if path.exists() else {}
+        if state.get("window_s") not in (None, self.window_s):
+            raise ValueError(f"{path}: the monitor ran with {state['window_s']} s windows; "
+                             f"remove the state to start over with {self.window_s} s")  # fmt: skip
+        return {"window_s": self.window_s, "next": None, "rules": {}, "last_retrain": None, **state}
+
+    def _save_state(self) -> None:
+        path = Path(state_path(self.cfg))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.state, indent=1, default=str))
+        os.replace(tmp, path)  # the position moves only once the window's outputs are written
+
+    def _first_start(self, since: datetime | None) -> datetime | None:
+        if since is not None:
+            return _floor(since, self.window_s)
+        for f in log_files(self.log_dir):  # the earliest readable file's first prediction
+            try:
+                ts = pq.read_table(f, columns=["ts"])["ts"]
+            except Exception:
+                continue
+            if len(ts):
+                return _floor(pc.min(ts).as_py(), self.window_s)
+        return None
+
+    # ------------------------------------------------------------------------------ windows
+
+    def _references(self) -> list[str]:
+        """Load (once) the reference profile of every registered version; notes for those without."""
+        notes = []
+        name = self.cfg.registry.model_name
+        for record in self.registry.versions(name):
+            v = str(record.version)
+            if v in self.refs:
+                continue
+            try:
+                verify_manifest(Path(record.path), record.manifest_sha256)
+                self.refs[v] = load_profile(record.path)
+                self.test_log_loss[v] = float(record.metrics.get("log_loss", float("nan")))
+            except Exception as exc:
+                self.refs[v] = None
+                notes.append(f"{record.uri}: no usable reference profile, drift not computed ({exc})")
+        return notes
+
+    def process(self, start: datetime, end: datetime) -> WindowResult:
+        """Compute, store and alert on one window."""
+        notes = self._references()
+        refs = {k: v for k, v in self.refs.items() if v is not None}
+        data = collect_window(self.log_dir, start, end, refs, accepted_labels(self.cfg))
+        rows = window_rows(data, refs, self.test_log_loss, self.cfg.monitoring)
+        if data.skipped:
+            rows.append({"metric": "skipped_files", "feature": "all", "model_version": None,
+                         "value": float(len(data.skipped)), "verdict": None})  # fmt: skip
+        self._write_table(start, end, rows)
+        events = alerting.evaluate(self.cfg.monitoring.rules, rows, self.state["rules"], start, end)
+        firing = alerting.active(self.state["rules"])
+        new = alerting.append_log(alert_log_path(self.cfg), events)
+        if self.webhook:
+            self.webhook.send(new)
+        alerting.write_active(active_alerts_path(self.cfg), firing)
+        self.gauges.update(rows, end.timestamp(), firing, [r.name for r in self.cfg.monitoring.rules])
+        self.gauges.write_textfile(f"{monitoring_root(self.cfg)}/metrics.prom")
+        report = write_report(f"{reports_dir(self.cfg)}/{start:%Y%m%dT%H%M%S}", data, rows, refs, events)
+        result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
+        result.feedback = self._maybe_retrain(firing, end)
+        self.state["next"] = end.isoformat()
+        self._save_state()
+        return result
+
+    def _write_table(self, start: datetime, end: datetime, rows: list[dict[str, Any]]) -> None:
+        n = len(rows)
+        table = pa.table({"window_start": [start] * n, "window_end": [end] * n,
+                          **{c: [r[c] for r in rows] for c in ("metric", "feature", "model_version", "value", "verdict")}},
+                         schema=TABLE_SCHEMA)  # fmt: skip
+        path = Path(table_path(self.cfg)) / f"window={start:%Y%m%dT%H%M%S}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)  # a replayed window replaces its own file: never two copies
+
+    def _maybe_retrain(self, firing: list[dict[str, Any]], now: datetime) -> dict[str, Any] | None:
+        fb = self.cfg.monitoring.feedback
+        triggers = [a for a in firing if a["rule"] in fb.rules]
+        if not triggers:
+            return None
+        last = self.state.get("last_retrain")
+        if last and (now - datetime.fromisoformat(last)).total_seconds() < fb.cooldown_s:
+            return None
+        from ray_pipeline.feedback.loop import retrain
+
+        reason = "alert " + ", ".join(a["rule"] for a in triggers)
+        record = retrain(self.cfg, reason=reason, window_s=self.window_s)
+        if record.get("decision") != "skipped":  # not enough labels yet: try again next window
+            self.state["last_retrain"] = now.isoformat()
+        return record
+
+    def pending(self, since: datetime | None = None, now: datetime | None = None) -> list[tuple[datetime, datetime]]:
+        """Complete windows not processed yet (a window is complete `grace_s` after it ends)."""
+        now = now or datetime.now(timezone.utc)
+        start = datetime.fromisoformat(self.state["next"]) if self.state["next"] else self._first_start(since)
+        if start is None:
+            return []
+        out = []
+        step = timedelta(seconds=self.window_s)
+        while start + step + timedelta(seconds=self.cfg.monitoring.grace_s) <= now:
+            out.append((start, start + step))
+            start += step
+        return out
+
+    def run(self, since: datetime | None = None, until: datetime | None = None) -> list[WindowResult]:
+        """Process every complete window (ending at or before `until`, default now)."""
+        return [self.process(s, e) for s, e in self.pending(since, until)]
+
+    def watch(self, since: datetime | None = None, echo=print, stop_after: float | None = None) -> None:
+        """Process windows as they complete, forever (or for `stop_after` seconds)."""
+        deadline = time.time() + stop_after if stop_after else None
+        while deadline is None or time.time() < deadline:
+            for s, e in self.pending(since):
+                echo(self.process(s, e).render())
+            time.sleep(min(5.0, self.window_s / 4))
+
+    def close(self) -> None:
+        """Deliver queued webhook events, stop the metrics endpoint."""
+        if self.webhook:
+            self.webhook.close()
+        self.gauges.close()

@@ -1,0 +1,67 @@
+"""One window's monitoring rows: raw values of every statistic, with a verdict where thresholds exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ray_pipeline.config import MonitoringConfig
+from ray_pipeline.monitor import stats
+from ray_pipeline.monitor.collect import WindowData
+from ray_pipeline.serve.predlog import STAGES
+
+ALL = "all"
+
+
+def _thresholds(m: MonitoringConfig, metric: str, feature: str) -> dict[str, float] | None:
+    t = m.feature_thresholds.get(feature, {}).get(metric) or m.thresholds.get(metric)
+    return None if t is None else {"warn": t.warn, "alert": t.alert}
+
+
+def window_rows(data: WindowData, refs: dict[str, Any], test_log_loss: dict[str, float],
+                m: MonitoringConfig) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows (metric, feature, model_version, value, verdict) for one window; empty windows say so."""
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, feature: str, value: float, version: int | None = None, judge: bool = True) -> None:
+        if value is None or not np.isfinite(value):
+            return
+        v = stats.verdict(value, _thresholds(m, metric, feature)) if judge else None
+        rows.append({"metric": metric, "feature": feature, "model_version": version, "value": float(value),
+                     "verdict": v})  # fmt: skip
+
+    add("rows", ALL, float(data.rows), judge=False)
+    for status, n in sorted(data.refused.items()):
+        add("refused", status, float(n), judge=False)
+    for version, part in sorted(data.versions.items()):
+        v = int(version)
+        add("rows", f"v{v}", float(part["rows"]), v, judge=False)
+        ref = refs.get(version)
+        if ref is None:
+            continue  # no reference profile for this version: volume only
+        enough = part["rows"] >= m.min_rows  # too few rows: values reported, no verdict
+        for name, cur in part["numeric"].items():
+            for metric, value in stats.binned_numeric(ref["numeric"][name], cur).items():
+                add(metric, name, value, v, enough)
+        for name, cur in part["categorical"].items():
+            for metric, value in stats.categorical_stats(ref["categorical"][name], cur).items():
+                add(metric, name, value, v, enough)
+        if part["score"] is not None:
+            for metric, value in stats.binned_numeric(ref["score"], part["score"]).items():
+                if metric in ("psi", "ks", "js", "wasserstein"):
+                    add(metric, "score", value, v, enough)
+    for stage in STAGES:
+        sketch = data.latency.get(stage)
+        if sketch is not None:
+            add("latency_p50_ms", stage, sketch.get_quantile(0.5), judge=False)
+            add("latency_p99_ms", stage, sketch.get_quantile(0.99), judge=False)
+    for key, slot in sorted(data.labeled.items()):
+        version = int(key.split("/")[0][1:])
+        quality = stats.live_quality(np.asarray(slot["y"]), np.asarray(slot["p"]))
+        for metric, value in quality.items():
+            add(metric, key, value, version, judge=False)
+        base = test_log_loss.get(str(version))
+        if "log_loss" in quality and base:
+            add("log_loss_ratio", key, quality["log_loss"] / base, version, judge=False)
+    return rows
