@@ -36,7 +36,9 @@ def evaluate(rules: list[AlertRule], rows: list[dict[str, Any]], state: dict[str
     for rule in rules:
         s = state.setdefault(rule.name, {"streak": 0, "firing": False})
         row = rule_value(rule, rows)
-        holds = row is not None and _OPS[rule.op](row["value"], rule.threshold)
+        if row is None:
+            continue  # no value this window (no traffic, no labels yet): an absent metric neither fires nor resolves
+        holds = _OPS[rule.op](row["value"], rule.threshold)
         s["streak"] = s["streak"] + 1 if holds else 0
         if holds and not s["firing"] and s["streak"] >= rule.for_windows:
             s.update(firing=True, since=end.isoformat(), alert=_alert(rule, row, start, end))

@@ -1,0 +1,116 @@
+"""Shared pieces of the monitoring and feedback-loop tests: a small pipeline without feature views,
+traffic from the generator sent window by window to the real Serve app, labels for it."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ray_pipeline.config import PipelineConfig, SyntheticConfig, parse_config
+from ray_pipeline.data.synthetic import generate_chunk
+from ray_pipeline.runtime import free_port
+from ray_pipeline.serve.client import http_json
+
+FEATURES = {
+    "amount": {"type": "float", "min": 0}, "distance_km": {"type": "float", "min": 0},
+    "account_age_days": {"type": "int", "min": 0}, "credit_score": {"type": "int", "min": 300, "max": 850},
+    "txn_count_24h": {"type": "int", "min": 0}, "avg_amount_30d": {"type": "float", "min": 0},
+    "hour_of_day": {"type": "int", "min": 0, "max": 23}, "merchant_id": {"type": "category"},
+    "merchant_category": {"type": "category"}, "channel": {"type": "category"}, "country": {"type": "category"},
+}  # fmt: skip
+INPUTS = list(FEATURES)
+WINDOW_S = 5.0
+
+
+def loop_config(tmp: Path, shared: Path, name: str, **monitoring: Any) -> PipelineConfig:
+    """A pipeline over `shared` data (ingested once) with its own registry name, log and monitoring root."""
+    return parse_config(
+        {
+            "data": {"source": {"path": str(shared / "raw"), "format": "parquet"},
+                     "schema": {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": "label",
+                                "features": FEATURES},
+                     "output": {"root": str(shared / "ingested")}},
+            "features": {"store_root": str(tmp / "features"),
+                         "numeric": {"amount": {"log1p": True}, "distance_km": {"log1p": True},
+                                     "avg_amount_30d": {"log1p": True}, "account_age_days": {"log1p": True}},
+                         "categorical": {"merchant_id": {"min_count": 5, "unseen": "rare"}}},
+            "training": {"run_root": str(tmp / "runs"), "workers": 1, "cpus_per_worker": 0.5, "checkpoint_every": 500,
+                         "logreg": {"optimizer": "gd", "learning_rate": 4.0, "epochs": 200}},
+            "registry": {"db_path": str(shared / "registry.db"), "artifact_root": str(shared / "artifacts"),
+                         "model_name": name},
+            "serving": {"port": free_port(), "prediction_log": str(tmp / "predlog"), "log_flush_s": 0.5,
+                        "reload_poll_s": 0.5, "app_name": name, "route_prefix": f"/{name}",
+                        "max_records_per_request": 500},
+            "monitoring": {"root": str(tmp / "monitoring"), "window_s": WINDOW_S, "grace_s": 2.0, "min_rows": 200,
+                           **monitoring},
+        }
+    )  # fmt: skip
+
+
+def traffic(seed: int, rows: int, start: str, days: float, drift: dict | None = None) -> list[dict[str, Any]]:
+    """Generated events (inputs, entity, event time, label) in event-time order."""
+    spec = SyntheticConfig(rows=rows, seed=seed, start=start, days=days, chunk_rows=rows, entities=2000,
+                           drift=drift)  # fmt: skip
+    table = generate_chunk(spec, 0).sort_by("event_ts")
+    return table.to_pylist()
+
+
+def as_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The request record for an event: inputs, entity key and event time (no label)."""
+    rec: dict[str, Any] = {k: event[k] for k in INPUTS}
+    for k in ("amount", "distance_km", "avg_amount_30d"):
+        rec[k] = None if rec[k] is None or (isinstance(rec[k], float) and math.isnan(rec[k])) else float(rec[k])
+    rec["customer_id"] = int(event["customer_id"])
+    rec["event_ts"] = event["event_ts"].isoformat()
+    return rec
+
+
+def next_window(offset: float = 0.3) -> None:
+    """Sleep until just after the next window boundary."""
+    now = time.time()
+    time.sleep(WINDOW_S - now % WINDOW_S + offset)
+
+
+def send_windows(url: str, events: list[dict[str, Any]], per_window: int, per_request: int = 100) -> list[dict]:
+    """Send `events` in consecutive windows, `per_window` each; returns labels keyed by request id and row."""
+    labels = []
+    for w in range(0, len(events), per_window):
+        next_window()
+        chunk = events[w : w + per_window]
+        for i in range(0, len(chunk), per_request):
+            part = chunk[i : i + per_request]
+            status, body = http_json(url + "/predict", {"records": [as_record(e) for e in part]})
+            assert status == 200, body
+            labels += [{"request_id": body["request_id"], "row": j, "label": int(e["label"])}
+                       for j, e in enumerate(part)]  # fmt: skip
+    return labels
+
+
+def write_labels(path: Path, labels: list[dict]) -> Path:
+    """A labels CSV as an upstream system would deliver it."""
+    import pyarrow.csv as pacsv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pacsv.write_csv(pa.Table.from_pylist(labels), path)
+    return path
+
+
+def wait_for_version(url: str, version: int, seconds: float = 60) -> None:
+    """Until the endpoint serves `version` (replicas poll the alias)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, body = http_json(url + "/model", None)
+        if status == 200 and body["version"] == version:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{url} still serves {body.get('version')}, expected v{version}")
+
+
+def utc(text: str) -> datetime:
+    """An ISO time as aware UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
