@@ -112,8 +112,8 @@ def test_covariate_shift_fires_retrains_promotes_and_matches_an_oracle(base, tmp
         before = traffic(11, 2 * PER_WINDOW, "2024-02-01T00:00:00Z", 3)
         after = traffic(12, 3 * PER_WINDOW, "2024-02-04T00:00:00Z", 3, SHIFT)
         labels = send_windows(url, before, PER_WINDOW) + send_windows(url, after, PER_WINDOW)
+        next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels, "1")
-        next_window(offset=2.5)  # the last window has closed and its grace period passed
         results = _monitor(cfg)
         busy = _busy(results)
         assert [r.rows for r in busy] == [PER_WINDOW] * 5, [r.render() for r in results]
@@ -134,8 +134,8 @@ def test_covariate_shift_fires_retrains_promotes_and_matches_an_oracle(base, tmp
 
         later = traffic(13, 2 * PER_WINDOW, "2024-02-07T00:00:00Z", 2, SHIFT)
         labels_after = send_windows(url, later, PER_WINDOW)
+        next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels_after, "2")
-        next_window(offset=2.5)
         post = _busy(_monitor(cfg))
         assert [r.rows for r in post] == [PER_WINDOW] * 2
         assert any(e["rule"] == "input_drift" and e["status"] == "resolved" for r in post for e in r.events)
@@ -174,8 +174,8 @@ def test_concept_drift_keeps_input_drift_quiet_and_fires_the_performance_alert(b
         before = traffic(31, PER_WINDOW, "2024-02-01T00:00:00Z", 3)
         after = traffic(32, 2 * PER_WINDOW, "2024-02-04T00:00:00Z", 3, CONCEPT)
         labels = send_windows(url, before, PER_WINDOW) + send_windows(url, after, PER_WINDOW)
+        next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels, "1")
-        next_window(offset=2.5)
         busy = _busy(_monitor(cfg))
         assert [r.rows for r in busy] == [PER_WINDOW] * 3
         assert not any(e["rule"] == "input_drift" for r in busy for e in r.events), "inputs did not change"
@@ -195,8 +195,8 @@ def test_control_without_drift_raises_nothing_and_promotes_nothing(base, tmp_pat
     try:
         events = traffic(41, 3 * PER_WINDOW, "2024-02-01T00:00:00Z", 6)
         labels = send_windows(url, events, PER_WINDOW)
+        next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels, "1")
-        next_window(offset=2.5)
         results = _monitor(cfg)
         assert [r.rows for r in _busy(results)] == [PER_WINDOW] * 3
         assert not any(r.events for r in results)
