@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test bench clean redis-server
+.PHONY: demo test bench clean redis-server promtool
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server promtool
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
 
 # Tests start their own redis-server on a free port; install the Debian package when we can.
@@ -28,6 +28,15 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else \
 	    echo "redis-server not found: Redis tests will be skipped (apt-get install -y redis-server)"; \
+	  fi; }
+
+# The alert-rule tests run the real `promtool` (Debian's prometheus package); same policy as redis-server.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "promtool not found: Prometheus rule tests will be skipped (apt-get install -y prometheus)"; \
 	  fi; }
 
 bench: $(STAMP) redis-server

@@ -536,23 +536,23 @@ def demo(
     spec = _synthetic_spec(cfg, {"rows": rows}, {})
     runtime = init_ray(address)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
-    typer.secho(f"[1/8] {where}, {runtime.num_cpus:g} CPUs", bold=True)
+    typer.secho(f"[1/9] {where}, {runtime.num_cpus:g} CPUs", bold=True)
 
     raw = cfg.resolve(cfg.data.source.path)
     result = run_generate(spec, raw)
-    typer.secho(f"[2/8] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
+    typer.secho(f"[2/9] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
 
     ingested = run_ingest(cfg)
-    typer.secho("[3/8] ingest and validation", bold=True)
+    typer.secho("[3/9] ingest and validation", bold=True)
     typer.echo(ingested.render())
     truth = ground_truth_summary(ingested.accepted_path, cfg.data.schema_.label)
     typer.echo(truth.render())
 
-    typer.secho("[4/8] feature views, point-in-time training set, FeatureSpec", bold=True)
+    typer.secho("[4/9] feature views, point-in-time training set, FeatureSpec", bold=True)
     built = build_features(cfg)
     typer.echo(built.render())
 
-    typer.secho("[5/8] online store", bold=True)
+    typer.secho("[5/9] online store", bold=True)
     store = online_store(cfg)
     end = spec.start + timedelta(days=spec.days)  # TTL evaluated at the end of the data, as a replay would
     try:
@@ -564,7 +564,7 @@ def demo(
     finally:
         store.close()
 
-    typer.secho(f"[6/8] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
+    typer.secho(f"[6/9] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
     training_set = read_parquet(training_set_path(cfg))
     prepared = prepare(training_set, cfg)
     typer.echo(f"split by time at {prepared.cutoffs[0]} / {prepared.cutoffs[1]}: {prepared.rows}")
@@ -572,7 +572,7 @@ def demo(
     for run in runs:
         typer.echo(summary(run))
 
-    typer.secho("[7/8] model registry", bold=True)
+    typer.secho("[7/9] model registry", bold=True)
     registry = open_registry(cfg)
     name = cfg.registry.model_name
     versions = [register_run(registry, name, run.run_dir) for run in runs]
@@ -593,7 +593,7 @@ def demo(
     for row, p in zip(sample, probs):
         typer.echo(f"  {key}={row[key]}  p={p:.4f}  label={row[label]}")
 
-    typer.secho("[8/8] serving the champion on Ray Serve", bold=True)
+    typer.secho("[8/9] serving the champion on Ray Serve", bold=True)
     url = deploy(cfg, local=runtime.local)
     inputs = champion.spec.input_columns
     records = [{k: v for k, v in row.items() if k in inputs} for row in sample]
@@ -603,6 +603,18 @@ def demo(
         status, answer = http_json(url + "/predict", body)
         typer.echo(f"POST {url}/predict {json.dumps(body, default=str)[:100]}...\n  -> {status} {json.dumps(answer)}")
     typer.echo(f"endpoint: {url}/predict  (OpenAPI: {url}/docs)")
+
+    typer.secho("[9/9] closing the loop: drift, monitoring, alert, retrain, promotion, hot reload", bold=True)
+    from ray_pipeline.feedback.showcase import run_loop
+
+    loop = run_loop(cfg, url, spec, echo=typer.echo)
+    typer.echo(
+        f"loop: alert {loop.windows_to_alert} window(s) after the drift; decision {loop.decision} {loop.promoted or ''}; "
+        f"live log-loss on drifted traffic {loop.log_loss_before:.4f} before -> {loop.log_loss_after or float('nan'):.4f} "
+        f"after (Bayes-optimal {loop.bayes_after or float('nan'):.4f}); "
+        f"last drifted request -> new version served in {loop.loop_s or float('nan'):.0f} s"
+    )
+    typer.echo(f"monitoring table, reports and alerts: {cfg.resolve(cfg.monitoring.root)}")
     typer.echo("the demo stops the endpoint on exit; `ray-pipeline serve deploy` keeps it up")
     if runtime.local:
         serve.shutdown()  # the demo's own Serve instance, so a later deploy may choose its port

@@ -3,8 +3,6 @@ traffic from the generator sent window by window to the real Serve app, labels f
 
 from __future__ import annotations
 
-import math
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,9 +10,8 @@ from typing import Any
 import pyarrow as pa
 
 from ray_pipeline.config import PipelineConfig, SyntheticConfig, parse_config
-from ray_pipeline.data.synthetic import generate_chunk
 from ray_pipeline.runtime import free_port
-from ray_pipeline.serve.client import http_json
+from ray_pipeline.feedback import replay
 
 FEATURES = {
     "amount": {"type": "float", "min": 0}, "distance_km": {"type": "float", "min": 0},
@@ -56,39 +53,18 @@ def traffic(seed: int, rows: int, start: str, days: float, drift: dict | None = 
     """Generated events (inputs, entity, event time, label) in event-time order."""
     spec = SyntheticConfig(rows=rows, seed=seed, start=start, days=days, chunk_rows=rows, entities=2000,
                            drift=drift)  # fmt: skip
-    table = generate_chunk(spec, 0).sort_by("event_ts")
-    return table.to_pylist()
+    return replay.generated_events(spec).to_pylist()
 
 
-def as_record(event: dict[str, Any]) -> dict[str, Any]:
-    """The request record for an event: inputs, entity key and event time (no label)."""
-    rec: dict[str, Any] = {k: event[k] for k in INPUTS}
-    for k in ("amount", "distance_km", "avg_amount_30d"):
-        rec[k] = None if rec[k] is None or (isinstance(rec[k], float) and math.isnan(rec[k])) else float(rec[k])
-    rec["customer_id"] = int(event["customer_id"])
-    rec["event_ts"] = event["event_ts"].isoformat()
-    return rec
+def send_windows(url: str, events: list[dict[str, Any]], per_window: int) -> list[dict]:
+    """Send `events` in consecutive test windows; returns labels keyed by request id and row."""
+    cfg = loop_config(Path("/unused"), Path("/unused"), "x")
+    return replay.send_windows(url, cfg, pa.Table.from_pylist(events), INPUTS, per_window, WINDOW_S)
 
 
 def next_window(offset: float = 0.3) -> None:
-    """Sleep until just after the next window boundary."""
-    now = time.time()
-    time.sleep(WINDOW_S - now % WINDOW_S + offset)
-
-
-def send_windows(url: str, events: list[dict[str, Any]], per_window: int, per_request: int = 100) -> list[dict]:
-    """Send `events` in consecutive windows, `per_window` each; returns labels keyed by request id and row."""
-    labels = []
-    for w in range(0, len(events), per_window):
-        next_window()
-        chunk = events[w : w + per_window]
-        for i in range(0, len(chunk), per_request):
-            part = chunk[i : i + per_request]
-            status, body = http_json(url + "/predict", {"records": [as_record(e) for e in part]})
-            assert status == 200, body
-            labels += [{"request_id": body["request_id"], "row": j, "label": int(e["label"])}
-                       for j, e in enumerate(part)]  # fmt: skip
-    return labels
+    """Sleep until just after the next test window boundary."""
+    replay.wait_for_window(WINDOW_S, offset)
 
 
 def write_labels(path: Path, labels: list[dict]) -> Path:
@@ -100,15 +76,7 @@ def write_labels(path: Path, labels: list[dict]) -> Path:
     return path
 
 
-def wait_for_version(url: str, version: int, seconds: float = 60) -> None:
-    """Until the endpoint serves `version` (replicas poll the alias)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        status, body = http_json(url + "/model", None)
-        if status == 200 and body["version"] == version:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{url} still serves {body.get('version')}, expected v{version}")
+wait_for_version = replay.wait_for_version
 
 
 def utc(text: str) -> datetime:

@@ -113,6 +113,9 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     # Registry: both registered, a champion chosen through the gates, loaded and used.
     assert "registered models:/fraud/1 (logreg)" in out and "registered models:/fraud/2 (xgboost)" in out
     assert "models:/fraud@champion = models:/fraud/" in out and "sample predictions" in out
+    # The loop: drifted traffic raises the drift alert, the feedback loop retrains and decides.
+    assert "[9/9] closing the loop" in out and "ALERT firing: input_drift" in out
+    assert "feedback feedback-" in out and "loop: alert" in out
 
 
 def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path, demo_config_dict):

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from ray_pipeline.config import PipelineConfig, parse_config
@@ -252,8 +253,13 @@ def test_prediction_log_keeps_every_scored_record(served):
     from ray import serve
 
     serve.delete(served["cfg"].serving.app_name)  # graceful: replicas flush what they buffered
-    log = read_log(str(served["tmp"] / "predlog"))
+    everything = read_log(str(served["tmp"] / "predlog"))
+    log = everything.filter(pc.not_equal(everything["variant"], "refused"))
     assert log.num_rows == SENT["count"]
+    # refused requests are logged too (one row each, with their HTTP status) for monitoring to count
+    refused = everything.filter(pc.equal(everything["variant"], "refused"))
+    assert {401, 413, 422} <= set(refused["http_status"].to_pylist())
+    assert refused["score"].null_count == refused.num_rows
     assert set(log.column("model_version").to_pylist()) == {1, 2}
     assert set(log.column("variant").to_pylist()) == {"champion"}
     assert len(set(log.column("request_id").to_pylist())) > 1
