@@ -120,14 +120,20 @@ class Monitor:
     def _first_start(self, since: datetime | None) -> datetime | None:
         if since is not None:
             return _floor(since, self.window_s)
-        for f in log_files(self.log_dir):  # the earliest readable file's first prediction
+        earliest = None
+        folder = None
+        for f in log_files(self.log_dir):  # the first prediction of the earliest hour partition
+            if folder is not None and f.parent != folder and earliest is not None:
+                break
+            folder = f.parent
             try:
                 ts = pq.read_table(f, columns=["ts"])["ts"]
             except Exception:
-                continue
+                continue  # unreadable: processing its window will name it
             if len(ts):
-                return _floor(pc.min(ts).as_py(), self.window_s)
-        return None
+                first = pc.min(ts).as_py()
+                earliest = first if earliest is None else min(earliest, first)
+        return None if earliest is None else _floor(earliest, self.window_s)
 
     # ------------------------------------------------------------------------------ windows
 
