@@ -278,3 +278,57 @@ def test_gauges_are_valid_prometheus_exposition(promtool, tmp_path):
     assert generate_latest(gauges.registry).decode() == text
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_real_prometheus_scrapes_the_monitor_gauges(tmp_path):
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from ray_pipeline.monitor.prom import MonitorGauges
+    from ray_pipeline.runtime import free_port
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        message = "prometheus not found: install it with `apt-get install -y prometheus` (make test does, as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    port, web = free_port(), free_port()
+    gauges = MonitorGauges(port)
+    gauges.update(_rule_rows(0.42), T0.timestamp(), [], ["input_drift"])
+    (tmp_path / "prometheus.yml").write_text(
+        f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: monitor\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        query = urllib.parse.quote('rp_monitor_value{metric="psi"}')
+        deadline, result = time.time() + 60, []
+        while time.time() < deadline and not result:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/query?query={query}", timeout=5) as r:
+                    result = json.loads(r.read())["data"]["result"]
+            except OSError:
+                continue  # not listening yet
+        assert result, "Prometheus never scraped the monitor's gauges"
+        assert result[0]["metric"]["feature"] == "amount" and float(result[0]["value"][1]) == 0.42
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        gauges.close()
+
+
+def test_two_retrains_never_run_at_once(tmp_path):
+    from ray_pipeline.registry.store import Registry
+
+    registry = Registry(tmp_path / "reg.db", tmp_path / "art")
+    assert registry.acquire_lock("retrain:fraud", "run-a", 3600) is None
+    assert registry.acquire_lock("retrain:fraud", "run-b", 3600) == "run-a"  # held: the second trigger waits
+    registry.release_lock("retrain:fraud", "run-b")  # only the holder can release
+    assert registry.acquire_lock("retrain:fraud", "run-b", 3600) == "run-a"
+    registry.release_lock("retrain:fraud", "run-a")
+    assert registry.acquire_lock("retrain:fraud", "run-b", 0.0) is None
+    assert registry.acquire_lock("retrain:fraud", "run-c", 3600) is None  # an expired lock is a crashed holder's

@@ -21,7 +21,7 @@ def test_walkthrough_notebook_runs_end_to_end(ray_session, tmp_path, monkeypatch
     for i, cell in enumerate(cells):
         exec(compile("".join(cell["source"]), f"walkthrough.ipynb code cell {i}", "exec"), ns)
         if i == 0:  # papermill-style: parameters injected after the parameters cell
-            ns.update(ROWS=8_000, WORK=tmp_path / "walkthrough-data", PORT=free_port())
+            ns.update(ROWS=8_000, WORK=tmp_path / "walkthrough-data", PORT=free_port(), PER_WINDOW=1500)
 
     assert ns["ingested"].accepted + ns["ingested"].quarantined == 8_000
     assert len(ns["versions"]) == 2 and ns["champion"].version in (1, 2)
@@ -34,3 +34,5 @@ def test_walkthrough_notebook_runs_end_to_end(ray_session, tmp_path, monkeypatch
     scored = 3 + sum(s == "ok" for s in statuses)
     assert len(ns["log"]) == scored
     assert ns["answer"]["request_id"] in set(ns["log"]["request_id"])
+    loop = ns["loop"]  # drifted traffic raised the alert and the feedback loop decided
+    assert loop.windows_to_alert in (1, 2) and loop.decision in ("promoted", "refused")
