@@ -498,9 +498,8 @@ def retrain(
     address: AddressOpt = None,
 ) -> None:
     """Feed labeled traffic back, retrain, compare with the champion on a holdout, promote through the gates."""
-    from ray_pipeline.runtime import init_ray
-
     from ray_pipeline.feedback.loop import retrain as run_retrain
+    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
     init_ray(address)

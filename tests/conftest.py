@@ -20,6 +20,17 @@ METRICS_PORT = 20_000 + os.getpid() % 5_000
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
+def require_binary(name: str, package: str) -> str:
+    """The path of a program a test needs: skip without it, but fail under CI=true (CI installs it)."""
+    binary = shutil.which(name)
+    if binary is None:
+        message = f"{name} not found: install it with `apt-get install -y {package}` (make test does, as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """The one Ray instance of this test run (started on first use, stopped at the end)."""

@@ -3,15 +3,14 @@ traffic from the generator sent window by window to the real Serve app, labels f
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from ray_pipeline.config import PipelineConfig, SyntheticConfig, parse_config
-from ray_pipeline.runtime import free_port
 from ray_pipeline.feedback import replay
+from ray_pipeline.runtime import free_port
 
 FEATURES = {
     "amount": {"type": "float", "min": 0}, "distance_km": {"type": "float", "min": 0},
@@ -77,8 +76,3 @@ def write_labels(path: Path, labels: list[dict]) -> Path:
 
 
 wait_for_version = replay.wait_for_version
-
-
-def utc(text: str) -> datetime:
-    """An ISO time as aware UTC."""
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)

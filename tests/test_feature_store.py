@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -20,6 +18,8 @@ from ray_pipeline.features.online import EXPIRED, MISSING, PRESENT, RedisOnlineS
 from ray_pipeline.features.pit import point_in_time_join
 from ray_pipeline.features.store import daily_aggregates, materialize, read_view, register_definition, write_view
 from ray_pipeline.runtime import free_port
+
+from .conftest import require_binary
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -140,12 +140,7 @@ def test_daily_aggregates_and_view_roundtrip(ray_session, tmp_path):
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port for this test session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server not found: install it with `apt-get install -y redis-server` (make test does, as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = require_binary("redis-server", "redis-server")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

@@ -7,8 +7,6 @@ run): covariate shift + new categories, concept drift alone, and a control witho
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pyarrow as pa
 import pytest

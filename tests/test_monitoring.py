@@ -5,8 +5,6 @@ the Prometheus side checked by the real promtool."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import threading
 from datetime import datetime, timedelta, timezone
@@ -23,6 +21,7 @@ from ray_pipeline.monitor.profile import build_profile, save_profile
 from ray_pipeline.registry.models import open_registry, register_run
 from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
+from .conftest import require_binary
 from .test_registry import SPEC, make_run
 
 T0 = datetime(2026, 11, 28, 10, 0, 0, tzinfo=timezone.utc)
@@ -222,20 +221,13 @@ def test_webhook_retries_with_backoff_without_blocking(tmp_path):
 
 
 @pytest.fixture
-def promtool():
-    binary = shutil.which("promtool")
-    if binary is None:
-        message = "promtool not found: install it with `apt-get install -y prometheus` (make test does, as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
+def promtool() -> str:
+    return require_binary("promtool", "prometheus")
 
 
 def test_exported_rules_pass_promtool_check_and_unit_tests(promtool, tmp_path):
-    from typer.testing import CliRunner
-
     import yaml
+    from typer.testing import CliRunner
 
     from ray_pipeline.cli import app
 
@@ -288,12 +280,7 @@ def test_a_real_prometheus_scrapes_the_monitor_gauges(tmp_path):
     from ray_pipeline.monitor.prom import MonitorGauges
     from ray_pipeline.runtime import free_port
 
-    binary = shutil.which("prometheus")
-    if binary is None:
-        message = "prometheus not found: install it with `apt-get install -y prometheus` (make test does, as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = require_binary("prometheus", "prometheus")
     port, web = free_port(), free_port()
     gauges = MonitorGauges(port)
     gauges.update(_rule_rows(0.42), T0.timestamp(), [], ["input_drift"])

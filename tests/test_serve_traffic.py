@@ -3,7 +3,6 @@ and down under load without failed requests, and fast 503s when a replica's queu
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -77,7 +77,6 @@ def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None 
     """One feedback run; returns (and writes) its record."""
     from ray_pipeline.registry.models import gate_report, load, open_registry
 
-    fb = cfg.monitoring.feedback
     name = cfg.registry.model_name
     run_id = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     record: dict[str, Any] = {"id": run_id, "trigger": reason, "started_at": datetime.now(timezone.utc).isoformat()}

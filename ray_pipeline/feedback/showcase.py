@@ -24,7 +24,6 @@ from ray_pipeline.feedback.replay import (
     with_view_features,
 )
 
-
 DRIFTED_WINDOWS = 4  # windows of drifted traffic before the monitor runs; the last is the holdout
 
 

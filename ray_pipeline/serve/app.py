@@ -27,11 +27,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.transform import records_table, transform_table
+from ray_pipeline.monitor.paths import active_alerts_path
 from ray_pipeline.registry.models import LoadedModel, load
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.serve.api import passthrough_fields, records_from_store, request_models, split_record
 from ray_pipeline.serve.metrics import ServeMetrics
-from ray_pipeline.monitor.paths import active_alerts_path
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
 from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
 
