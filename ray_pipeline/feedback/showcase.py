@@ -79,14 +79,17 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     def events(seed: int, rows: int, start_days: float, days: float, drifted: bool) -> pa.Table:
         spec = SyntheticConfig(rows=rows, seed=seed, start=end + timedelta(days=start_days), days=days,
                                drift=drift if drifted else None, **common)  # fmt: skip
-        return with_view_features(cfg, generated_events(spec))
+        return generated_events(spec)
 
     name, alias = cfg.registry.model_name, cfg.serving.alias
     registry = open_registry(cfg)
     champion = load(registry, f"models:/{name}@{alias}")
     inputs = champion.spec.input_columns
-    before, during, after = events(base.seed + 101, 2 * per_window, 0, 2, False), \
-        events(base.seed + 102, DRIFTED_WINDOWS * per_window, 2, 2, True), events(base.seed + 103, 2 * per_window, 4, 2, True)  # fmt: skip
+    # View features as the feature store has them when each request is made: the later traffic is
+    # joined after the retrain, whose views include the fed-back (drifted) events.
+    before = with_view_features(cfg, events(base.seed + 101, 2 * per_window, 0, 2, False))
+    during = with_view_features(cfg, events(base.seed + 102, DRIFTED_WINDOWS * per_window, 2, 2, True))
+    after = events(base.seed + 103, 2 * per_window, 4, 2, True)
     echo(f"replaying {before.num_rows:,} events before the drift and {during.num_rows:,} after it (amount and "
          f"distance shifted, 30% unseen merchant categories; true intercept -2.9 -> -2.2, amount coefficient 0.8 -> 0.2) "
          f"in {window_s:g} s windows")  # fmt: skip
@@ -121,7 +124,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
         report.loop_s = time.time() - sent
         status, info = http_json(url + "/model", None)
         echo(f"serving v{info['version']} after hot reload; active alerts: {[a['rule'] for a in info.get('alerts', [])]}")
-        more = send_windows(url, cfg, after, inputs, per_window, window_s)
+        more = send_windows(url, cfg, with_view_features(cfg, after), inputs, per_window, window_s)
         wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
         ingest_labels(cfg, _labels_file(Path(monitoring_root(cfg)) / "incoming", more, "labels-2.csv"))
         post = [r for r in mon.run() if r.rows]
