@@ -54,6 +54,21 @@ def window_files(log_dir: str, start: datetime, end: datetime) -> list[str]:
     return out
 
 
+REQUIRED = {"ts", "score", "model_version", "variant"}
+
+
+def _with_optional_columns(t: pa.Table) -> pa.Table:
+    """Columns older logs (or other writers) may lack, as nulls: row 0, no status, no latency."""
+    n = t.num_rows
+    defaults = {"request_id": pa.nulls(n, pa.string()), "row": pa.array([0] * n, pa.int32()),
+                "http_status": pa.nulls(n, pa.int16()),
+                **{f"latency_{s}_ms": pa.nulls(n, pa.float64()) for s in STAGES}}  # fmt: skip
+    for name, values in defaults.items():
+        if name not in t.column_names:
+            t = t.append_column(name, values)
+    return t
+
+
 def _version_partial(t: pa.Table, ref: dict[str, Any] | None) -> dict[str, Any]:
     part: dict[str, Any] = {"rows": t.num_rows, "numeric": {}, "categorical": {}, "score": None}
     if ref is None:
@@ -99,6 +114,11 @@ def partial_window(batch: dict[str, np.ndarray], start_us: int, end_us: int, ref
         except Exception as exc:  # a corrupt or truncated file: skip it, say which and why
             out["skipped"].append({"file": str(path), "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
+        missing = sorted(REQUIRED - set(t.column_names))
+        if missing:  # not a prediction-log file: name it rather than guess
+            out["skipped"].append({"file": str(path), "error": f"not a prediction log: no column(s) {missing}"})
+            continue
+        t = _with_optional_columns(t)
         ts = pc.cast(t["ts"], pa.int64())
         t = t.filter(pc.and_(pc.greater_equal(ts, start_us), pc.less(ts, end_us)))
         if not t.num_rows:
