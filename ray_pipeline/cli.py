@@ -424,6 +424,7 @@ def monitor(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Path of the pipeline.yaml to use.")] = None,
     window: Annotated[str | None, typer.Option(help="Window length, e.g. 30s, 5m, 1h (default monitoring.window_s).")] = None,
     since: Annotated[datetime | None, typer.Option(help="First window (UTC) when the monitor has no saved position.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Stop at windows ending after this time (UTC); default now.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep processing windows as they complete (a long-lived job).")] = False,
     address: AddressOpt = None,
 ) -> None:
@@ -448,7 +449,7 @@ def monitor(
             except KeyboardInterrupt:
                 pass
         else:
-            results = mon.run(start)
+            results = mon.run(start, as_utc(until) if until else None)
             for r in results:
                 typer.echo(r.render())
             typer.echo(f"{len(results)} window(s) processed; next starts {mon.state['next']}")

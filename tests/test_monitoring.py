@@ -319,3 +319,27 @@ def test_two_retrains_never_run_at_once(tmp_path):
     registry.release_lock("retrain:fraud", "run-a")
     assert registry.acquire_lock("retrain:fraud", "run-b", 0.0) is None
     assert registry.acquire_lock("retrain:fraud", "run-c", 3600) is None  # an expired lock is a crashed holder's
+
+
+def test_cli_labels_ingest_and_monitor(monitored, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from ray_pipeline.cli import app
+
+    cfg, rng = monitored
+    _log(cfg, _rows(rng, 300), T0 + timedelta(seconds=5), rng.random(300))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path)))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,y\n" + "".join(f"r1000-{i},{i % 2}\n" for i in range(300)) + "r-unknown,1\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["labels", "ingest", "--config", str(path), "--path", str(labels)])
+    assert result.exit_code == 0, result.output
+    assert "accepted 300" in result.output and "quarantined unknown_request: 1" in result.output
+    result = runner.invoke(app, ["monitor", "--config", str(path), "--since", "2026-11-28T10:00:00",
+                                 "--until", "2026-11-28T10:01:00"])
+    assert result.exit_code == 0, result.output
+    assert "window 2026-11-28T10:00:00 .. 10:01:00: 300 predictions" in result.output
+    bad = runner.invoke(app, ["monitor", "--config", str(path), "--window", "10x"])
+    assert bad.exit_code == 2 and "--window '10x'" in bad.output
