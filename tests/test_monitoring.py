@@ -177,6 +177,7 @@ def test_alerts_fire_after_n_windows_resolve_and_are_logged_once(tmp_path):
         start = T0 + timedelta(minutes=i)
         fired.append(alerts.evaluate(cfg.monitoring.rules, _rule_rows(value), state, start, start + timedelta(minutes=1)))
     assert [[e["status"] for e in f] for f in fired] == [[], [], ["firing"], [], ["resolved"]]
+    assert fired[2][0]["value"] == 0.6 and fired[4][0]["value"] == 0.1  # each event says what it saw
     log = str(tmp_path / "alerts.jsonl")
     events = [e for f in fired for e in f]
     assert len(alerts.append_log(log, events)) == 2

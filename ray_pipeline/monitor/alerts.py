@@ -49,8 +49,9 @@ def evaluate(rules: list[AlertRule], rows: list[dict[str, Any]], state: dict[str
         elif not holds and s["firing"]:
             alert = s.pop("alert")
             s.update(firing=False, since=None)
-            events.append({**alert, "status": "resolved", "ends_at": end.isoformat(),
-                           "id": f"{rule.name}:{end.isoformat()}:resolved"})  # fmt: skip
+            events.append({**alert, "status": "resolved", "ends_at": end.isoformat(), "value": row["value"],
+                           "feature": row["feature"], "model_version": row["model_version"],
+                           "id": f"{rule.name}:{end.isoformat()}:resolved"})  # the value that cleared it  # fmt: skip
     return events
 
 
