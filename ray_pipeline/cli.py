@@ -614,6 +614,8 @@ def demo(
         f"after (Bayes-optimal {loop.bayes_after or float('nan'):.4f}); "
         f"last drifted request -> new version served in {loop.loop_s or float('nan'):.0f} s"
     )
+    if loop.false_alarms:
+        typer.echo(f"alerts before the drift (false alarms): {', '.join(loop.false_alarms)}")
     typer.echo(f"monitoring table, reports and alerts: {cfg.resolve(cfg.monitoring.root)}")
     typer.echo("the demo stops the endpoint on exit; `ray-pipeline serve deploy` keeps it up")
     if runtime.local:

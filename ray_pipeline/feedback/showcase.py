@@ -38,6 +38,7 @@ class LoopReport:
     log_loss_after: float | None = None  # the retrained champion on later drifted windows
     bayes_after: float | None = None  # p_true's log-loss on those events: no model can beat it
     loop_s: float | None = None  # last drifted request sent -> new version served
+    false_alarms: list[str] = field(default_factory=list)  # rules that fired on pre-drift windows
     lines: list[str] = field(default_factory=list)
 
 
@@ -48,6 +49,21 @@ def _labels_file(directory: Path, labels: list[dict[str, Any]], name: str) -> st
     path = directory / name
     pacsv.write_csv(pa.Table.from_pylist(labels), path)
     return str(path)
+
+
+def _alert_timing(busy: list, drift_window: int, rule: str = "input_drift") -> tuple[int | None, list[str]]:
+    """Windows from the drift until `rule` is firing (1 = the first drifted window), and the rules
+    that fired before the drift (with little training data a view feature or rare categories can)."""
+    firing, early = False, []
+    for i, r in enumerate(busy):
+        for e in r.events:
+            if i < drift_window and e["status"] == "firing":
+                early.append(e["rule"])
+            if e["rule"] == rule:
+                firing = e["status"] == "firing"
+        if i >= drift_window and firing:
+            return i - drift_window + 1, early
+    return None, early
 
 
 def _live(results: list, metric: str, version: int) -> list[float]:
@@ -107,8 +123,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
         busy = [r for r in results if r.rows]
         for r in busy:
             echo(r.render())
-        alert_at = next((i for i, r in enumerate(busy) if any(e["status"] == "firing" for e in r.events)), None)
-        report.windows_to_alert = None if alert_at is None else alert_at - 2 + 1  # drift starts at busy window 2
+        report.windows_to_alert, report.false_alarms = _alert_timing(busy, drift_window=2)
         report.log_loss_before = float(np.mean(_live(busy[2:], "log_loss", champion.version.version) or [np.nan]))
         record = next((r.feedback for r in results if r.feedback), None)
         if record is None:
