@@ -147,6 +147,11 @@ class OutputConfig(StrictModel):
         """Counts of the last ingest run (JSON)."""
         return _join(self.root, "summary.json")
 
+    @property
+    def feedback(self) -> str:
+        """Labeled traffic the feedback loop turned into accepted rows (kept across ingest runs)."""
+        return _join(self.root, "feedback")
+
 
 class DataConfig(StrictModel):
     """The data section: source, schema, validation, output."""
@@ -545,6 +550,42 @@ class MonitoringConfig(StrictModel):
     rules: list[AlertRule] = Field(default_factory=list)
     webhook: WebhookConfig | None = None
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+
+    # Files under `root` (resolve them with PipelineConfig.resolve, like data.output's).
+    @property
+    def table(self) -> str:
+        """The monitoring table: Parquet, one row per window and metric."""
+        return _join(self.root, "table")
+
+    @property
+    def state(self) -> str:
+        """The monitor's persisted position and rule state."""
+        return _join(self.root, "state.json")
+
+    @property
+    def active_alerts(self) -> str:
+        """JSON list of firing alerts, read by serving replicas for GET /model."""
+        return _join(self.root, "alerts/active.json")
+
+    @property
+    def alert_log(self) -> str:
+        """Append-only JSON lines: every alert that fired or resolved."""
+        return _join(self.root, "alerts/log.jsonl")
+
+    @property
+    def reports(self) -> str:
+        """One HTML report (with PNG plots) per window."""
+        return _join(self.root, "reports")
+
+    @property
+    def labels(self) -> str:
+        """Accepted labels (Parquet) and their quarantine."""
+        return _join(self.root, "labels")
+
+    @property
+    def feedback_runs(self) -> str:
+        """Feedback runs' records and the keys of the labeled rows each fed back."""
+        return _join(self.root, "feedback")
 
     @model_validator(mode="after")
     def _check_names(self) -> MonitoringConfig:

@@ -36,7 +36,7 @@ def _quiet_defaults() -> None:
 
 def _serve_fast_path_env(temp_dir: str) -> None:
     """Env for the Ray we start: Serve's HAProxy front door + direct ingress, scoped to this instance."""
-    # Measured here (DESIGN.md, benchmarks/serve.py): the default Python proxy added ~5-10 ms p50 per
+    # Measured here (docs/ARCHITECTURE.md, benchmarks/serve.py): the default Python proxy added ~5-10 ms p50 per
     # request over plain uvicorn; HAProxy forwarding straight to the replica's own HTTP server ~0.6-1.3 ms.
     # Autoscaling, max_queued_requests -> 503 and Serve's HTTP metrics keep working in this mode
     # (tests/test_serve.py, tests/test_serve_traffic.py). Export a flag as 0 to get the default proxy.
@@ -96,7 +96,7 @@ def _configure_data_context() -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    # The default hash shuffle is slow on small data and 2 cores (DESIGN.md, measured);
+    # The default hash shuffle is slow on small data and 2 cores (docs/ARCHITECTURE.md, measured);
     # sort-based pull shuffle is the robust choice for the groupbys we run.
     ctx.shuffle_strategy = "sort_shuffle_pull_based"
     ctx.enable_progress_bars = os.environ.get("RAY_PIPELINE_PROGRESS", "1") != "0"
@@ -107,7 +107,7 @@ def _configure_data_context() -> None:
 def local_cpus() -> int:
     """Logical CPUs for an embedded instance: at least 4 so Data and Train never starve each other."""
     # On a 2-core box a Train worker holding a whole CPU plus a Data read task can deadlock;
-    # oversubscribing logical CPUs is cheaper than a hung run (DESIGN.md, Ray facts).
+    # oversubscribing logical CPUs is cheaper than a hung run (docs/ARCHITECTURE.md, Ray facts).
     return max(4, os.cpu_count() or 1)
 
 

@@ -55,10 +55,9 @@ def traffic(seed: int, rows: int, start: str, days: float, drift: dict | None = 
     return replay.generated_events(spec).to_pylist()
 
 
-def send_windows(url: str, events: list[dict[str, Any]], per_window: int) -> list[dict]:
+def send_windows(url: str, cfg: PipelineConfig, events: list[dict[str, Any]], per_window: int) -> list[dict]:
     """Send `events` in consecutive test windows; returns labels keyed by request id and row."""
-    cfg = loop_config(Path("/unused"), Path("/unused"), "x")
-    return replay.send_windows(url, cfg, pa.Table.from_pylist(events), INPUTS, per_window, WINDOW_S)
+    return replay.send_windows(url, cfg.data.schema_, pa.Table.from_pylist(events), INPUTS, per_window, WINDOW_S)
 
 
 def next_window(offset: float = 0.3) -> None:
@@ -66,13 +65,5 @@ def next_window(offset: float = 0.3) -> None:
     replay.wait_for_window(WINDOW_S, offset)
 
 
-def write_labels(path: Path, labels: list[dict]) -> Path:
-    """A labels CSV as an upstream system would deliver it."""
-    import pyarrow.csv as pacsv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pacsv.write_csv(pa.Table.from_pylist(labels), path)
-    return path
-
-
 wait_for_version = replay.wait_for_version
+write_labels = replay.write_labels_csv

@@ -86,7 +86,7 @@ def _deploy(cfg):
 def _labels(cfg, tmp_path, labels, tag):
     from ray_pipeline.monitor.labels import ingest_labels
 
-    result = ingest_labels(cfg, str(write_labels(tmp_path / f"labels-{tag}.csv", labels)))
+    result = ingest_labels(cfg, write_labels(tmp_path / f"labels-{tag}.csv", labels))
     assert result.accepted == len(labels) and not result.quarantined
     return result
 
@@ -109,7 +109,7 @@ def test_covariate_shift_fires_retrains_promotes_and_matches_an_oracle(base, tmp
     try:
         before = traffic(11, 2 * PER_WINDOW, "2024-02-01T00:00:00Z", 3)
         after = traffic(12, 3 * PER_WINDOW, "2024-02-04T00:00:00Z", 3, SHIFT)
-        labels = send_windows(url, before, PER_WINDOW) + send_windows(url, after, PER_WINDOW)
+        labels = send_windows(url, cfg, before, PER_WINDOW) + send_windows(url, cfg, after, PER_WINDOW)
         next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels, "1")
         results = _monitor(cfg)
@@ -131,7 +131,7 @@ def test_covariate_shift_fires_retrains_promotes_and_matches_an_oracle(base, tmp
         assert status == 200 and isinstance(info["alerts"], list)
 
         later = traffic(13, 2 * PER_WINDOW, "2024-02-07T00:00:00Z", 2, SHIFT)
-        labels_after = send_windows(url, later, PER_WINDOW)
+        labels_after = send_windows(url, cfg, later, PER_WINDOW)
         next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels_after, "2")
         post = _busy(_monitor(cfg))
@@ -171,7 +171,7 @@ def test_concept_drift_keeps_input_drift_quiet_and_fires_the_performance_alert(b
     try:
         before = traffic(31, PER_WINDOW, "2024-02-01T00:00:00Z", 3)
         after = traffic(32, 2 * PER_WINDOW, "2024-02-04T00:00:00Z", 3, CONCEPT)
-        labels = send_windows(url, before, PER_WINDOW) + send_windows(url, after, PER_WINDOW)
+        labels = send_windows(url, cfg, before, PER_WINDOW) + send_windows(url, cfg, after, PER_WINDOW)
         next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels, "1")
         busy = _busy(_monitor(cfg))
@@ -192,7 +192,7 @@ def test_control_without_drift_raises_nothing_and_promotes_nothing(base, tmp_pat
     url = _deploy(cfg)
     try:
         events = traffic(41, 3 * PER_WINDOW, "2024-02-01T00:00:00Z", 6)
-        labels = send_windows(url, events, PER_WINDOW)
+        labels = send_windows(url, cfg, events, PER_WINDOW)
         next_window(offset=2.5)  # the last window closed, its grace passed, the log is flushed
         _labels(cfg, tmp_path, labels, "1")
         results = _monitor(cfg)

@@ -87,7 +87,6 @@ def test_window_statistics_match_scipy_and_bad_files_and_empty_windows_are_repor
     from scipy.stats import chisquare
 
     from ray_pipeline.monitor.job import Monitor
-    from ray_pipeline.monitor.paths import table_path
 
     cfg, rng = monitored
     _log(cfg, _rows(rng, 2000), T0 + timedelta(seconds=5), rng.random(2000))
@@ -132,7 +131,7 @@ def test_window_statistics_match_scipy_and_bad_files_and_empty_windows_are_repor
     assert values[("unseen_rate", "channel")] == pytest.approx(unseen / len(ch), abs=1e-12)
     assert values[("psi", "amount")] > 0.25 and values[("psi", "channel")] > 0.25
     assert values[("null_rate", "amount")] == pytest.approx(1 - x.size / 2000, abs=1e-12)
-    table = pa.concat_tables([pa.parquet.read_table(f) for f in sorted(Path(table_path(cfg)).glob("*.parquet"))])
+    table = pa.concat_tables([pa.parquet.read_table(f) for f in sorted(Path(cfg.resolve(cfg.monitoring.table)).glob("*.parquet"))])
     assert set(table["verdict"].to_pylist()) >= {"drift", None}
     assert (Path(results[2].report)).exists() and list(Path(results[2].report).parent.glob("*.png"))
 

@@ -59,14 +59,16 @@ def training_set_path(cfg: PipelineConfig) -> str:
     return f"{store_root(cfg)}/training_set"
 
 
-def feedback_rows_location(cfg: PipelineConfig) -> str | None:
-    """The feedback loop's accepted rows, when it has written any."""
-    from pathlib import Path
+def _has_parquet(location: str) -> bool:
+    """Whether a directory or URI holds any Parquet file (the feedback loop may not have written yet)."""
+    from pyarrow import fs as pafs
 
-    from ray_pipeline.monitor.paths import feedback_accepted_path
+    from ray_pipeline.storage import filesystem
 
-    path = feedback_accepted_path(cfg)
-    return path if "://" not in path and any(Path(path).glob("*.parquet")) else None
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    return any(f.path.endswith(".parquet") for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)))
 
 
 def online_store(cfg: PipelineConfig) -> OnlineStore:
@@ -82,8 +84,8 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
     schema = cfg.data.schema_
     root = store_root(cfg)
     accepted = read_parquet(cfg.resolve(cfg.data.output.accepted))
-    fed_back = feedback_rows_location(cfg)
-    if fed_back is not None:  # labeled traffic the feedback loop turned into accepted rows
+    fed_back = cfg.resolve(cfg.data.output.feedback)
+    if _has_parquet(fed_back):  # labeled traffic the feedback loop turned into accepted rows
         accepted = accepted.union(read_parquet(fed_back))
     accepted = accepted.materialize()
     events = accepted

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.monitor.labels import accepted_labels
-from ray_pipeline.monitor.paths import feedback_accepted_path, feedback_dir
+from ray_pipeline.registry.models import gate_report, load, open_registry, register_run
+from ray_pipeline.registry.store import Registry
 from ray_pipeline.serve.predlog import read_log
 
 LOCK_TTL_S = 6 * 3600  # a crashed retrain's lock expires after this
@@ -43,7 +44,7 @@ def labeled_traffic(cfg: PipelineConfig) -> pa.Table:
 
 
 def _fed_keys(cfg: PipelineConfig) -> set[tuple[str, int]]:
-    files = sorted(Path(feedback_dir(cfg), "fed").glob("*.parquet"))
+    files = sorted(Path(cfg.resolve(cfg.monitoring.feedback_runs), "fed").glob("*.parquet"))
     keys: set[tuple[str, int]] = set()
     for f in files:
         t = pq.read_table(f)
@@ -75,8 +76,6 @@ def _holdout_inputs(rows: pa.Table, columns: list[str]) -> pa.Table:
 
 def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None = None) -> dict[str, Any]:
     """One feedback run; returns (and writes) its record."""
-    from ray_pipeline.registry.models import gate_report, load, open_registry
-
     name = cfg.registry.model_name
     run_id = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     record: dict[str, Any] = {"id": run_id, "trigger": reason, "started_at": datetime.now(timezone.utc).isoformat()}
@@ -87,7 +86,7 @@ def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None 
         return _write_record(cfg, record)
     started = time.perf_counter()
     try:
-        _run(cfg, record, registry, window_s or cfg.monitoring.window_s, gate_report, load)
+        _run(cfg, record, registry, window_s or cfg.monitoring.window_s)
     finally:
         registry.release_lock(f"retrain:{name}", run_id)
         record["wall_s"] = round(time.perf_counter() - started, 2)
@@ -95,10 +94,10 @@ def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None 
     return record
 
 
-def _run(cfg, record, registry, window_s, gate_report, load) -> None:  # noqa: ANN001 - internal steps of retrain
+def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window_s: float) -> None:
+    """The steps of one feedback run, filling `record`."""
     from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.pipeline import build_features, training_set_path
-    from ray_pipeline.registry.models import register_run
     from ray_pipeline.train import evaluate
     from ray_pipeline.train.data import prepare
     from ray_pipeline.train.runner import train_model
@@ -131,10 +130,10 @@ def _run(cfg, record, registry, window_s, gate_report, load) -> None:  # noqa: A
         record.update(decision="skipped", why="the holdout window has no labels of both classes")
         return
     if fresh.num_rows:  # the arrow back to the data pipeline
-        out = Path(feedback_accepted_path(cfg)) / f"{record['id']}.parquet"
+        out = Path(cfg.resolve(cfg.data.output.feedback)) / f"{record['id']}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(_as_accepted(cfg, fresh), out)
-        keys = Path(feedback_dir(cfg)) / "fed" / f"{record['id']}.parquet"
+        keys = Path(cfg.resolve(cfg.monitoring.feedback_runs)) / "fed" / f"{record['id']}.parquet"
         keys.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(fresh.select(["request_id", "row"]), keys)
     build_features(cfg)
@@ -186,7 +185,7 @@ def _since(batch: pa.Table, col: str, since: int) -> pa.Table:
 
 
 def _write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
-    path = Path(feedback_dir(cfg)) / "runs" / f"{record['id']}.json"
+    path = Path(cfg.resolve(cfg.monitoring.feedback_runs)) / "runs" / f"{record['id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str))
     return record
@@ -194,4 +193,4 @@ def _write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]
 
 def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Every feedback run's record, oldest first."""
-    return [json.loads(p.read_text()) for p in sorted(Path(feedback_dir(cfg), "runs").glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(Path(cfg.resolve(cfg.monitoring.feedback_runs), "runs").glob("*.json"))]

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from ray_pipeline.config import PipelineConfig, SyntheticConfig
+from ray_pipeline.config import PipelineConfig, SchemaConfig, SyntheticConfig
 from ray_pipeline.serve.client import http_json
 
 
@@ -19,12 +20,7 @@ def generated_events(spec: SyntheticConfig) -> pa.Table:
     from ray_pipeline.data.synthetic import generate_chunk, num_chunks
 
     table = pa.concat_tables([generate_chunk(spec, c) for c in range(num_chunks(spec))])
-    return table.sort_by(spec_ts(table))
-
-
-def spec_ts(table: pa.Table) -> str:
-    """The generator's event-time column."""
-    return "event_ts" if "event_ts" in table.column_names else table.column_names[1]
+    return table.sort_by("event_ts")
 
 
 def with_view_features(cfg: PipelineConfig, events: pa.Table) -> pa.Table:
@@ -60,10 +56,9 @@ def wait_for_window(window_s: float, offset: float = 0.3) -> None:
     time.sleep(window_s - time.time() % window_s + offset)
 
 
-def send_windows(url: str, cfg: PipelineConfig, events: pa.Table, inputs: list[str], per_window: int,
+def send_windows(url: str, schema: SchemaConfig, events: pa.Table, inputs: list[str], per_window: int,
                  window_s: float, per_request: int = 100) -> list[dict[str, Any]]:  # fmt: skip
     """POST `events` in consecutive windows (`per_window` each); returns their labels by request id and row."""
-    schema = cfg.data.schema_
     rows = events.to_pylist()
     labels: list[dict[str, Any]] = []
     for w in range(0, len(rows), per_window):
@@ -78,6 +73,15 @@ def send_windows(url: str, cfg: PipelineConfig, events: pa.Table, inputs: list[s
             labels += [{"request_id": answer["request_id"], "row": j, "label": int(e[schema.label])}
                        for j, e in enumerate(part)]  # fmt: skip
     return labels
+
+
+def write_labels_csv(path: Path, labels: list[dict[str, Any]]) -> str:
+    """Labels as an upstream system would deliver them: a CSV of request_id, row, label."""
+    import pyarrow.csv as pacsv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pacsv.write_csv(pa.Table.from_pylist(labels), path)
+    return str(path)
 
 
 def wait_for_version(url: str, version: int, seconds: float = 60) -> None:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +21,7 @@ from ray_pipeline.feedback.replay import (
     wait_for_version,
     wait_for_window,
     with_view_features,
+    write_labels_csv,
 )
 
 DRIFTED_WINDOWS = 4  # windows of drifted traffic before the monitor runs; the last is the holdout
@@ -39,16 +39,6 @@ class LoopReport:
     bayes_after: float | None = None  # p_true's log-loss on those events: no model can beat it
     loop_s: float | None = None  # last drifted request sent -> new version served
     false_alarms: list[str] = field(default_factory=list)  # rules that fired on pre-drift windows
-    lines: list[str] = field(default_factory=list)
-
-
-def _labels_file(directory: Path, labels: list[dict[str, Any]], name: str) -> str:
-    import pyarrow.csv as pacsv
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    pacsv.write_csv(pa.Table.from_pylist(labels), path)
-    return str(path)
 
 
 def _alert_timing(busy: list, drift_window: int, rule: str = "input_drift") -> tuple[int | None, list[str]]:
@@ -76,12 +66,11 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
     from ray_pipeline.monitor.job import Monitor
     from ray_pipeline.monitor.labels import ingest_labels
-    from ray_pipeline.monitor.paths import monitoring_root
     from ray_pipeline.registry.models import load, open_registry
     from ray_pipeline.serve.client import http_json
 
     report = LoopReport()
-    shutil.rmtree(monitoring_root(cfg), ignore_errors=True)  # the demo's own monitoring starts afresh
+    shutil.rmtree(cfg.resolve(cfg.monitoring.root), ignore_errors=True)  # the demo's own monitoring starts afresh
     end = base.start + timedelta(days=base.days)
     # Inputs drift (the alert) and so does the relationship (the reason to retrain). Measured here:
     # under covariate shift alone the champion's p(y|x) stays right and a model fitted on a few
@@ -111,11 +100,11 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
          f"in {window_s:g} s windows")  # fmt: skip
     wait_for_window(window_s, 0.0)
     first = time.time() - time.time() % window_s + window_s
-    labels = send_windows(url, cfg, before, inputs, per_window, window_s)
-    labels += send_windows(url, cfg, during, inputs, per_window, window_s)
+    labels = send_windows(url, cfg.data.schema_, before, inputs, per_window, window_s)
+    labels += send_windows(url, cfg.data.schema_, during, inputs, per_window, window_s)
     sent = time.time()
     wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
-    labeled = ingest_labels(cfg, _labels_file(Path(monitoring_root(cfg)) / "incoming", labels, "labels-1.csv"))
+    labeled = ingest_labels(cfg, write_labels_csv(Path(cfg.resolve(cfg.monitoring.root)) / "incoming" / "labels-1.csv", labels))
     echo(f"labels arrived: {labeled.accepted:,} accepted")
     mon = Monitor(cfg, window_s)
     try:
@@ -139,9 +128,9 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
         report.loop_s = time.time() - sent
         status, info = http_json(url + "/model", None)
         echo(f"serving v{info['version']} after hot reload; active alerts: {[a['rule'] for a in info.get('alerts', [])]}")
-        more = send_windows(url, cfg, with_view_features(cfg, after), inputs, per_window, window_s)
+        more = send_windows(url, cfg.data.schema_, with_view_features(cfg, after), inputs, per_window, window_s)
         wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
-        ingest_labels(cfg, _labels_file(Path(monitoring_root(cfg)) / "incoming", more, "labels-2.csv"))
+        ingest_labels(cfg, write_labels_csv(Path(cfg.resolve(cfg.monitoring.root)) / "incoming" / "labels-2.csv", more))
         post = [r for r in mon.run() if r.rows]
         for r in post:
             echo(r.render())

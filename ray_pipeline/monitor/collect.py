@@ -173,7 +173,7 @@ def collect_window(log_dir: str, start: datetime, end: datetime, refs: dict[str,
         return data
     label_ref = ray.put(labels) if labels is not None and labels.num_rows else None
     start_us, end_us = int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
-    blocks = max(1, min(len(files), -(-len(files) // FILES_PER_TASK)))
+    blocks = -(-len(files) // FILES_PER_TASK)  # ceil: FILES_PER_TASK files per read task
     parts = (
         ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks)
         .map_batches(partial_window, batch_size=FILES_PER_TASK,

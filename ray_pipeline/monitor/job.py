@@ -20,15 +20,7 @@ import pyarrow.parquet as pq
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.monitor import alerts as alerting
 from ray_pipeline.monitor.collect import collect_window
-from ray_pipeline.monitor.labels import accepted_labels
-from ray_pipeline.monitor.paths import (
-    active_alerts_path,
-    alert_log_path,
-    monitoring_root,
-    reports_dir,
-    state_path,
-    table_path,
-)
+from ray_pipeline.monitor.labels import accepted_labels, label_files
 from ray_pipeline.monitor.profile import load_profile
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
@@ -97,13 +89,15 @@ class Monitor:
         self.state = self._load_state()
         self.refs: dict[str, Any] = {}
         self.test_log_loss: dict[str, float] = {}
+        self._label_files: list[Path] | None = None
+        self._label_table: pa.Table | None = None
         self.webhook = alerting.Webhook(m.webhook) if m.webhook else None
         self.gauges = MonitorGauges(m.metrics_port)
 
     # ------------------------------------------------------------------------------ state
 
     def _load_state(self) -> dict[str, Any]:
-        path = Path(state_path(self.cfg))
+        path = Path(self.cfg.resolve(self.cfg.monitoring.state))
         state = json.loads(path.read_text()) if path.exists() else {}
         if state.get("window_s") not in (None, self.window_s):
             raise ValueError(f"{path}: the monitor ran with {state['window_s']} s windows; "
@@ -111,7 +105,7 @@ class Monitor:
         return {"window_s": self.window_s, "next": None, "rules": {}, "last_retrain": None, **state}
 
     def _save_state(self) -> None:
-        path = Path(state_path(self.cfg))
+        path = Path(self.cfg.resolve(self.cfg.monitoring.state))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_text(json.dumps(self.state, indent=1, default=str))
@@ -156,9 +150,10 @@ class Monitor:
 
     def process(self, start: datetime, end: datetime) -> WindowResult:
         """Compute, store and alert on one window."""
+        m = self.cfg.monitoring
         notes = self._references()
         refs = {k: v for k, v in self.refs.items() if v is not None}
-        data = collect_window(self.log_dir, start, end, refs, accepted_labels(self.cfg))
+        data = collect_window(self.log_dir, start, end, refs, self._labels())
         rows = window_rows(data, refs, self.test_log_loss, self.cfg.monitoring)
         if data.skipped:
             rows.append({"metric": "skipped_files", "feature": "all", "model_version": None,
@@ -166,25 +161,32 @@ class Monitor:
         self._write_table(start, end, rows)
         events = alerting.evaluate(self.cfg.monitoring.rules, rows, self.state["rules"], start, end)
         firing = alerting.active(self.state["rules"])
-        new = alerting.append_log(alert_log_path(self.cfg), events)
+        new = alerting.append_log(self.cfg.resolve(m.alert_log), events)
         if self.webhook:
             self.webhook.send(new)
-        alerting.write_active(active_alerts_path(self.cfg), firing)
+        alerting.write_active(self.cfg.resolve(m.active_alerts), firing)
         self.gauges.update(rows, end.timestamp(), firing, [r.name for r in self.cfg.monitoring.rules])
-        self.gauges.write_textfile(f"{monitoring_root(self.cfg)}/metrics.prom")
-        report = write_report(f"{reports_dir(self.cfg)}/{start:%Y%m%dT%H%M%S}", data, rows, refs, events)
+        self.gauges.write_textfile(self.cfg.resolve(m.root) + "/metrics.prom")
+        report = write_report(f"{self.cfg.resolve(m.reports)}/{start:%Y%m%dT%H%M%S}", data, rows, refs, events)
         result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
         result.feedback = self._maybe_retrain(firing, end)
         self.state["next"] = end.isoformat()
         self._save_state()
         return result
 
+    def _labels(self) -> pa.Table:
+        """Accepted labels, read again only when new label files arrived (not once per window)."""
+        files = label_files(self.cfg)
+        if files != self._label_files:
+            self._label_files, self._label_table = files, accepted_labels(self.cfg)
+        return self._label_table
+
     def _write_table(self, start: datetime, end: datetime, rows: list[dict[str, Any]]) -> None:
         n = len(rows)
         table = pa.table({"window_start": [start] * n, "window_end": [end] * n,
                           **{c: [r[c] for r in rows] for c in ("metric", "feature", "model_version", "value", "verdict")}},
                          schema=TABLE_SCHEMA)  # fmt: skip
-        path = Path(table_path(self.cfg)) / f"window={start:%Y%m%dT%H%M%S}.parquet"
+        path = Path(self.cfg.resolve(self.cfg.monitoring.table)) / f"window={start:%Y%m%dT%H%M%S}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp)

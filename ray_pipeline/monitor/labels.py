@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ray_pipeline.config import PipelineConfig
-from ray_pipeline.monitor.paths import labels_dir
 from ray_pipeline.serve.predlog import read_log
 
 LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("label", pa.int8()),
@@ -60,9 +59,14 @@ def _read(path: str) -> pa.Table:
     return t
 
 
+def label_files(cfg: PipelineConfig) -> list[Path]:
+    """The accepted-label files (each ingest adds one; files never change)."""
+    return sorted(Path(cfg.resolve(cfg.monitoring.labels), "accepted").glob("part-*.parquet"))
+
+
 def accepted_labels(cfg: PipelineConfig) -> pa.Table:
     """Every accepted label so far (request_id, row, label, labeled_at)."""
-    files = sorted(Path(labels_dir(cfg), "accepted").glob("part-*.parquet"))
+    files = label_files(cfg)
     if not files:
         return LABEL_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f, schema=LABEL_SCHEMA) for f in files])
@@ -105,7 +109,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
             continue
         seen.add(key)
         good.append((key[0], key[1], int(str(rec[label_col]).strip())))
-    root = Path(labels_dir(cfg))
+    root = Path(cfg.resolve(cfg.monitoring.labels))
     accepted_path = quarantine_path = None
     now = datetime.now(timezone.utc)
     if good:

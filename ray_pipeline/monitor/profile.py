@@ -124,6 +124,16 @@ def score_entry(scores: np.ndarray, bins: int) -> dict[str, Any]:
 
 def build_profile(ds, spec: FeatureSpec, test_scores: np.ndarray, bins: int = 10, top_k: int = 20) -> dict[str, Any]:
     """The reference profile of `ds` (raw training rows) and the test split's scores."""
+    return with_scores(input_profile(ds, spec, bins, top_k), test_scores)
+
+
+def with_scores(inputs: dict[str, Any], test_scores: np.ndarray) -> dict[str, Any]:
+    """An input profile (shared by every model trained on the same split) plus one model's scores."""
+    return {**inputs, "score": score_entry(test_scores, inputs["bins"])}
+
+
+def input_profile(ds, spec: FeatureSpec, bins: int = 10, top_k: int = 20) -> dict[str, Any]:
+    """The inputs' part of the profile: one Ray Data pass over `ds` (raw training rows)."""
     numeric = [c.name for c in spec.numeric]
     categorical = [c.name for c in spec.categorical]
     rows = ds.map_batches(
@@ -138,7 +148,6 @@ def build_profile(ds, spec: FeatureSpec, test_scores: np.ndarray, bins: int = 10
         "feature_spec_hash": spec.content_hash(),
         "numeric": {c: _numeric_entry(merged["numeric"][c], bins) for c in numeric},
         "categorical": {c: _categorical_entry(merged["categorical"][c], known[c], top_k) for c in categorical},
-        "score": score_entry(test_scores, bins),
     }
 
 

@@ -27,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.transform import records_table, transform_table
-from ray_pipeline.monitor.paths import active_alerts_path
 from ray_pipeline.registry.models import LoadedModel, load
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.serve.api import passthrough_fields, records_from_store, request_models, split_record
@@ -141,11 +140,17 @@ class ModelRunner:
         return chunks, timing
 
     def record(self, req: dict[str, Any], result: dict[str, Any], timing: dict[str, float | None]) -> None:
-        """Log an answered request's scored rows with its latency per stage."""
-        inputs = set(result["inputs"].column_names)
-        req = {**req, "extra": [_extra(r, inputs) for r in req["records"]]}
-        self.log.append_table(log_rows(req, result["probabilities"], result["inputs"], result["model"],
-                                       result["version"], result["variant"], timing, datetime.now(timezone.utc)))  # fmt: skip
+        """Log an answered request's scored rows with its latency per stage (the table is built by
+        the log's flusher, not on the request path)."""
+        at = datetime.now(timezone.utc)
+
+        def build() -> pa.Table:
+            inputs = set(result["inputs"].column_names)
+            rows = {**req, "extra": [_extra(r, inputs) for r in req["records"]]}
+            return log_rows(rows, result["probabilities"], result["inputs"], result["model"], result["version"],
+                            result["variant"], timing, at)  # fmt: skip
+
+        self.log.append_table(build, len(result["probabilities"]))
 
     def refused(self, status: int, detail: str) -> None:
         """Log and count a request the API refused (monitoring reports them per status)."""
@@ -303,7 +308,7 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
             "prediction_log": cfg.resolve(s.prediction_log),
             "log_flush_rows": s.log_flush_rows,
             "log_flush_s": s.log_flush_s,
-            "alerts_file": active_alerts_path(cfg),
+            "alerts_file": cfg.resolve(cfg.monitoring.active_alerts),
         }
     )
 

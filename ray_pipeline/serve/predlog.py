@@ -9,11 +9,11 @@ are logged as one row each with `variant = "refused"` and their HTTP status.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class PredictionLog:
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._tables: list[pa.Table] = []
+        self._tables: list[pa.Table | Callable[[], pa.Table]] = []
         self._buffered = 0
         self._lock = threading.Lock()
         self._seq = 0
@@ -72,28 +72,23 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def append_table(self, table: pa.Table) -> None:
-        """Queue rows built by `rows_table`; never blocks on I/O."""
+    def append_table(self, table: pa.Table | Callable[[], pa.Table], rows: int | None = None) -> None:
+        """Queue rows built by `rows_table`, or a function that builds them (`rows` of them) at flush
+        time, off the request path; never blocks on I/O."""
         with self._lock:
             self._tables.append(table)
-            self._buffered += table.num_rows
+            self._buffered += table.num_rows if isinstance(table, pa.Table) else (rows or 0)
             full = self._buffered >= self.flush_rows
         if full:
             threading.Thread(target=self.flush, daemon=True).start()
-
-    def append(self, rows: list[dict[str, Any]], at: datetime | None = None) -> None:
-        """Queue plain rows (base columns; `features` a dict of raw inputs, logged as JSON in `extra`)."""
-        base: dict[str, list[Any]] = {f: [r.get(f) for r in rows] for f in BASE_SCHEMA.names}
-        base["row"] = [r.get("row", 0) for r in rows]
-        base["extra"] = [json.dumps(r["features"], default=str) if "features" in r else r.get("extra") for r in rows]
-        self.append_table(rows_table(base, None, at or datetime.now(timezone.utc)))
 
     def flush(self) -> int:
         """Write buffered rows to date=/hour= partitions (by each row's own time); returns rows written."""
         import pyarrow.compute as pc
 
         with self._lock:
-            tables, self._tables, self._buffered = self._tables, [], 0
+            queued, self._tables, self._buffered = self._tables, [], 0
+        tables = [t if isinstance(t, pa.Table) else t() for t in queued]
         if not tables:
             return 0
         table = pa.concat_tables(tables, promote_options="permissive")

@@ -27,6 +27,7 @@ class Prepared:
     cutoffs: tuple[str, str]
     rows: dict[str, int]
     raw_train: object = None  # the train split's raw rows (Ray Dataset), for the reference profile
+    input_profile: dict | None = None  # computed once from raw_train, shared by every model of this split
 
 
 def _time_range(batch: pa.Table, ts: str) -> pa.Table:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.monitor.profile import build_profile, save_profile
+from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
@@ -94,7 +94,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
         placement_strategy=strategy,
     )
     run = RunConfig(
-        name=name,  # unique per run: a reused name would silently resume an old run (DESIGN.md)
+        name=name,  # unique per run: a reused name would silently resume an old run (docs/ARCHITECTURE.md)
         storage_path=cfg.resolve(training.run_root),
         failure_config=FailureConfig(max_failures=training.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -192,8 +192,10 @@ def train_model(
     model.save(run_dir / "model")
     if prepared.raw_train is not None:  # what monitoring compares served traffic with
         t0 = time.perf_counter()
-        m = cfg.monitoring
-        save_profile(build_profile(prepared.raw_train, prepared.spec, p, m.bins, m.top_k), run_dir)
+        if prepared.input_profile is None:
+            m = cfg.monitoring
+            prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
+        save_profile(with_scores(prepared.input_profile, p), run_dir)
         timings["profile_s"] = time.perf_counter() - t0
     prepared.spec.save(run_dir / "feature_spec.json")
     evaluate.save_plots(run_dir / "plots", history, y, p, kind)
