@@ -379,4 +379,27 @@ def deploy(cfg: PipelineConfig, local: bool = False) -> str:
     # the proxy really listens rather than where the config asked for.
     http = _get_global_client().http_config
     host = s.host if http.host in ("0.0.0.0", "::") else http.host
-    return f"http://{host}:{http.port}{s.route_prefix.rstrip('/')}"
+    url = f"http://{host}:{http.port}{s.route_prefix.rstrip('/')}"
+    # serve.run returns once replicas run, but the front door learns the new route a moment later
+    # (seen: a 404 on the first request after a fresh Serve start); return when the route answers.
+    if not wait_until_routed(url):
+        print(f"warning: {url}/healthz did not answer within {ROUTE_WAIT_S:g} s (unreachable from here?)")
+    return url
+
+
+ROUTE_WAIT_S = 30.0
+
+
+def wait_until_routed(url: str, seconds: float = ROUTE_WAIT_S) -> bool:
+    """Poll GET {url}/healthz until it answers 200 (True) or `seconds` pass (False)."""
+    from ray_pipeline.serve.client import http_json
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if http_json(url + "/healthz", None, timeout=5)[0] == 200:
+                return True
+        except OSError:  # connection refused while the proxy (re)starts
+            pass
+        time.sleep(0.2)
+    return False
