@@ -79,32 +79,113 @@ class FeatureColumn(StrictModel):
         return self
 
 
-class SchemaConfig(StrictModel):
-    """The columns a dataset must have: entity key, event timestamp, binary label, features."""
+LabelValue = str | int | float | bool
 
-    entity_key: str
+
+class LabelMapping(StrictModel):
+    """How the label column becomes the binary target (1 = positive).
+
+    Plain `label: COLUMN` means the column already holds 0/1 (or true/false). `positive` lists
+    the values that count as 1 (`negative` the ones that count as 0; unset: every other value);
+    `threshold` makes a numeric column positive when it is greater than the threshold. A value
+    that fits neither side goes to the quarantine.
+    """
+
+    column: str
+    positive: list[LabelValue] | None = Field(default=None, min_length=1, description="Values that mean label 1.")
+    negative: list[LabelValue] | None = Field(
+        default=None, min_length=1, description="Values that mean label 0; unset: every value not positive."
+    )
+    threshold: float | None = Field(default=None, description="Numeric label: 1 when the value is greater.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "LabelMapping":
+        if self.positive is not None and self.threshold is not None:
+            raise ValueError("give positive (values) or threshold (numeric), not both")
+        if self.negative is not None and self.positive is None:
+            raise ValueError("negative needs positive")
+        both = set(map(str, self.positive or [])) & set(map(str, self.negative or []))
+        if both:
+            raise ValueError(f"values listed as both positive and negative: {sorted(both)}")
+        return self
+
+    @property
+    def positive_text(self) -> list[str]:
+        """Positive values as the text they are compared as."""
+        return [_label_text(x) for x in self.positive or []]
+
+    @property
+    def negative_text(self) -> list[str] | None:
+        """Negative values as text, or None when every other value is negative."""
+        return None if self.negative is None else [_label_text(x) for x in self.negative]
+
+    def describe(self) -> str:
+        """One line for people: what label 1 means."""
+        if self.threshold is not None:
+            return f"{self.column} > {self.threshold:g}"
+        if self.positive is not None:
+            return f"{self.column} in {self.positive_text}"
+        return f"{self.column} == 1"
+
+
+def _label_text(value: LabelValue) -> str:
+    # YAML reads yes/true as booleans and 1 as an int; the data's text is what gets compared.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class SchemaConfig(StrictModel):
+    """The columns a dataset must have: a binary label and features; an entity key, event time and
+    split column when the table has them."""
+
+    entity_key: str | None = Field(
+        default=None, description="Entity id column; needed for feature views and online lookups."
+    )
     entity_type: Literal["int", "str"] = "int"
-    event_timestamp: str
-    label: str
+    event_timestamp: str | None = Field(
+        default=None, description="Event time column; the split is by time when set, random otherwise."
+    )
+    split_column: str | None = Field(
+        default=None, description="Column holding train / valid / test: the split is taken from it."
+    )
+    label_mapping: LabelMapping = Field(alias="label")
     features: dict[str, FeatureColumn] = Field(min_length=1)
+
+    @field_validator("label_mapping", mode="before")
+    @classmethod
+    def _plain_label(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_names(self) -> "SchemaConfig":
-        special = [self.entity_key, self.event_timestamp, self.label]
-        if len(set(special)) != 3:
-            raise ValueError("entity_key, event_timestamp and label must be three different columns")
+        special = [c for c in (self.entity_key, self.event_timestamp, self.label, self.split_column) if c]
+        if len(set(special)) != len(special):
+            raise ValueError("entity_key, event_timestamp, label and split_column must be different columns")
         clash = sorted(set(special) & set(self.features))
         if clash:
-            raise ValueError(f"features repeat a key/timestamp/label column: {clash}")
+            raise ValueError(f"features repeat a key/timestamp/label/split column: {clash}")
         bad = sorted(name for name in self.features if name.startswith("_"))
         if bad:
             raise ValueError(f"feature names may not start with '_' (reserved): {bad}")
         return self
 
     @property
+    def label(self) -> str:
+        """The label column's name (holding 0/1 after ingest)."""
+        return self.label_mapping.column
+
+    @property
+    def keys(self) -> list[str]:
+        """The entity key and event time columns that are set, in that order."""
+        return [c for c in (self.entity_key, self.event_timestamp) if c]
+
+    @property
     def columns(self) -> list[str]:
-        """Every schema column in a fixed order: key, timestamp, label, features."""
-        return [self.entity_key, self.event_timestamp, self.label, *self.features]
+        """Every schema column in a fixed order: key, timestamp, label, split, features."""
+        return [*self.keys, self.label, *([self.split_column] if self.split_column else []), *self.features]
 
 
 class DuplicatesConfig(StrictModel):
@@ -309,10 +390,15 @@ class FeaturesConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    """Train / validation / test by event time: the test rows are the latest."""
+    """Train / validation / test: by event time (test latest), at random stratified by label, or
+    from data.schema.split_column when that is set."""
 
+    by: Literal["auto", "time", "random"] = Field(
+        default="auto", description="auto: by time when data.schema.event_timestamp is set, else random."
+    )
     valid_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    seed: int = Field(default=0, description="Seed of the random split (same seed, same rows in each split).")
 
 
 class LogRegConfig(StrictModel):
@@ -633,6 +719,10 @@ class PipelineConfig(StrictModel):
         clash = sorted(set(view_features) & set(schema.columns))
         if clash:
             raise ValueError(f"features.views produce columns that already exist in the data: {clash}")
+        if self.features.views and not (schema.entity_key and schema.event_timestamp):
+            raise ValueError("features.views need data.schema.entity_key and data.schema.event_timestamp")
+        if self.training.split.by == "time" and not schema.event_timestamp:
+            raise ValueError("training.split.by: time needs data.schema.event_timestamp")
         return self
 
     @property

@@ -117,16 +117,13 @@ def resolve_source(source: SourceConfig, location: str) -> SourceFiles:
     return SourceFiles(location, fs, files, fmt)
 
 
-def csv_read_options(source: SourceConfig, text_columns: list[str]) -> dict:
-    """pyarrow CSV options: schema columns read as text so one bad value cannot fail a block."""
-    return {
-        "parse_options": pacsv.ParseOptions(delimiter=source.csv_delimiter),
-        "convert_options": pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in text_columns},
-            null_values=source.null_values,
-            strings_can_be_null=True,
-        ),
-    }
+def csv_convert_options(source: SourceConfig, text_columns: list[str]) -> pacsv.ConvertOptions:
+    """pyarrow CSV conversion: schema columns read as text so one bad value cannot fail a block."""
+    return pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in text_columns},
+        null_values=source.null_values,
+        strings_can_be_null=True,
+    )
 
 
 def file_columns(src: SourceFiles, path: str, source: SourceConfig) -> list[str]:
@@ -139,7 +136,8 @@ def file_columns(src: SourceFiles, path: str, source: SourceConfig) -> list[str]
             if src.format == "csv":
                 reader = pacsv.open_csv(
                     stream,
-                    parse_options=pacsv.ParseOptions(delimiter=source.csv_delimiter),
+                    # a ragged row in the first block must not stop the header read
+                    parse_options=pacsv.ParseOptions(delimiter=source.csv_delimiter, invalid_row_handler=_skip),
                     convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                 )
                 return reader.schema.names
@@ -198,10 +196,16 @@ def read_pieces(src: SourceFiles) -> list[dict[str, Any]]:
     return pieces
 
 
-def _tag(table: pa.Table, shown: str, file_index: int, first_row: int) -> pa.Table:
-    """Add the file name, 1-based row numbers and the global order to rows read from a file."""
+def _skip(row: Any) -> str:
+    return "skip"
+
+
+def _tag(table: pa.Table, shown: str, file_index: int, first_row: int, rows: np.ndarray | None = None) -> pa.Table:
+    """Add the file name, 1-based row numbers (consecutive from `first_row` + 1 unless given) and
+    the global order to rows read from a file."""
     n = table.num_rows
-    rows = np.arange(first_row + 1, first_row + n + 1, dtype=np.int64)
+    if rows is None:
+        rows = np.arange(first_row + 1, first_row + n + 1, dtype=np.int64)
     return (
         # Dictionary-encoded: one copy of the name per block, not one per row.
         table.append_column(SOURCE, pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [shown]))
@@ -228,13 +232,8 @@ def _json_lines(stream: Any, chunk_bytes: int) -> Iterator[pa.Table]:
             return
 
 
-def _file_tables(
-    src: SourceFiles,
-    piece: dict[str, Any],
-    source: SourceConfig,
-    text_columns: list[str],
-    columns: list[str] | None = None,
-) -> Iterator[pa.Table]:
+def _file_tables(src: SourceFiles, piece: dict[str, Any], columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """A Parquet piece's row groups, or a JSON-lines file's raw lines (CSV: `_csv_tables`)."""
     path = piece["path"]
     if src.format == "parquet":
         pfile = pq.ParquetFile(path, filesystem=src.filesystem)
@@ -246,17 +245,76 @@ def _file_tables(
         for rb in pfile.iter_batches(row_groups=groups, batch_size=PIECE_ROWS, columns=columns):
             yield pa.Table.from_batches([rb])
         return
+    with src.filesystem.open_input_stream(path, compression="detect") as stream:  # JSON lines
+        yield from _json_lines(stream, CSV_BLOCK_BYTES)
+
+
+class _RaggedRows:
+    """CSV rows with the wrong number of fields, kept (not skipped) with their row numbers.
+
+    pyarrow hands each such row to `invalid_row_handler` with its record number (header = 1;
+    known only when the reader runs single-threaded). The good rows around them get the numbers
+    the bad ones leave free, so every row keeps its place in the file.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int | None, str]] = []
+        self.next_row = 1
+
+    def __call__(self, row: Any) -> str:
+        number = row.number - 1 if row.number is not None else None
+        why = f"row has {row.actual_columns} fields, expected {row.expected_columns}: {row.text[:200]!r}"
+        self.pending.append((number, why))
+        return "skip"
+
+    def number_good(self, n: int) -> np.ndarray:
+        """Row numbers of the next `n` good rows."""
+        bad = {b for b, _ in self.pending if b is not None and b >= self.next_row}
+        candidates = np.arange(self.next_row, self.next_row + n + len(bad), dtype=np.int64)
+        rows = candidates[~np.isin(candidates, list(bad))][:n] if bad else candidates[:n]
+        if n:
+            self.next_row = int(rows[-1]) + 1
+        return rows
+
+    def take(self, schema: pa.Schema, final: bool) -> tuple[pa.Table, np.ndarray] | None:
+        """The bad rows placed so far (all of them when `final`) as null rows with their reason."""
+        ready = [(b, w) for b, w in self.pending if final or (b is not None and b < self.next_row)]
+        if not ready:
+            return None
+        self.pending = [p for p in self.pending if p not in ready]
+        numbers = []
+        for b, _ in ready:  # an unknown number goes after every row read (the reason still names the row)
+            numbers.append(b if b is not None else self.next_row)
+            self.next_row = max(self.next_row, numbers[-1] + 1)
+        n = len(ready)
+        table = pa.table({f.name: pa.nulls(n, f.type) for f in schema})
+        table = table.append_column("_unparseable", pa.array([w for _, w in ready], pa.string()))
+        return table, np.asarray(numbers, dtype=np.int64)
+
+
+def _csv_tables(
+    src: SourceFiles, path: str, source: SourceConfig, text_columns: list[str]
+) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """A CSV file's rows with their row numbers; ragged rows come out flagged `_unparseable`."""
+    ragged = _RaggedRows()
+    parse = pacsv.ParseOptions(delimiter=source.csv_delimiter, invalid_row_handler=ragged)
     with src.filesystem.open_input_stream(path, compression="detect") as stream:
-        if src.format == "json":
-            yield from _json_lines(stream, CSV_BLOCK_BYTES)
-            return
         reader = pacsv.open_csv(
             stream,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-            **csv_read_options(source, text_columns),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+            parse_options=parse,
+            convert_options=csv_convert_options(source, text_columns),
         )
         for rb in reader:
-            yield pa.Table.from_batches([rb])
+            table = pa.Table.from_batches([rb])
+            table = table.append_column("_unparseable", pa.nulls(table.num_rows, pa.string()))
+            yield table, ragged.number_good(table.num_rows)
+            bad = ragged.take(reader.schema, final=False)
+            if bad:
+                yield bad
+        bad = ragged.take(reader.schema, final=True)
+        if bad:
+            yield bad
 
 
 def read_piece(
@@ -268,7 +326,11 @@ def read_piece(
         shown = src.display(str(piece["path"]))
         row = int(piece["first_row"])
         try:
-            for table in _file_tables(src, piece, source, text_columns):
+            if src.format == "csv":
+                for table, rows in _csv_tables(src, str(piece["path"]), source, text_columns):
+                    yield _tag(table, shown, int(piece["file_index"]), 0, rows)
+                continue
+            for table in _file_tables(src, piece):
                 yield _tag(table, shown, int(piece["file_index"]), row)
                 row += table.num_rows
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
@@ -278,7 +340,7 @@ def read_piece(
 def _read_parquet_piece(batch: dict[str, Any], src: SourceFiles, columns: list[str] | None) -> Iterator[pa.Table]:
     for i in range(len(batch["path"])):
         piece = {k: batch[k][i] for k in batch}
-        yield from _file_tables(src, piece, SourceConfig(path=src.location), [], columns)
+        yield from _file_tables(src, piece, columns)
 
 
 def read_parquet(location: str, columns: list[str] | None = None):

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_pipeline.config import FeatureColumn, SchemaConfig
+from ray_pipeline.config import FeatureColumn, LabelMapping, SchemaConfig
 
 REASON, FIELD, DETAIL = "_reason", "_field", "_detail"
 # Set by the reader: the file a row came from, its 1-based row number there, and a global order
@@ -35,6 +35,7 @@ REASONS = [
     "bad_timestamp",
     "missing_label",
     "invalid_label",
+    "invalid_split",
     "invalid_type",
     "out_of_range",
     "unknown_category",
@@ -181,13 +182,67 @@ def _check_timestamp(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
     return pc.cast(pa.Array.from_pandas(parsed), TIMESTAMP_TYPE, safe=False)
 
 
-def _check_label(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
-    _, present_in = _trimmed(arr)
-    v.flag(~present_in, "missing_label", name, f"{name}: label is missing")
-    values, present = _to_number(arr, name, v)
-    binary = present & ((values == 0.0) | (values == 1.0))
-    v.flag(present_in & ~binary, "invalid_label", name, f"{name}: label is not 0 or 1", arr)
-    return pa.array(np.where(binary, values, 0).astype(np.int8), mask=~binary)
+_TRUE, _FALSE = ["1", "true", "True", "TRUE"], ["0", "false", "False", "FALSE"]
+SPLITS = ("train", "valid", "test")
+
+
+def _text_numbers(text: pa.Array) -> np.ndarray:
+    """Text as float64, NaN where it is not a number (Arrow's cast first: it is much faster)."""
+    try:
+        return _np(pc.cast(text, pa.float64())).astype(np.float64)
+    except pa.ArrowInvalid:
+        return pd.to_numeric(pd.Series(text.to_pylist(), dtype=object), errors="coerce").to_numpy(np.float64)
+
+
+def _among(text: pa.Array, values: list[str]) -> np.ndarray:
+    return _np(pc.fill_null(pc.is_in(text, value_set=pa.array(values, pa.string())), False)).astype(bool)
+
+
+def label_values(arr: pa.Array | pa.ChunkedArray, mapping: LabelMapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 0/1 label per value under `mapping`, a mask of present values and a mask of values
+    that fit the mapping (ingest, and labels arriving later for monitoring, share this)."""
+    text, present = _trimmed(arr)
+    if mapping.threshold is not None:
+        values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else _text_numbers(text)
+        fits = present & np.isfinite(values)
+        with np.errstate(invalid="ignore"):
+            return (fits & (values > mapping.threshold)).astype(np.int8), present, fits
+    if mapping.positive is None:  # plain 0/1: numbers (1, 1.0) or true/false
+        if _is_numeric(arr):
+            num = _np(pc.cast(arr, pa.float64())).astype(np.float64)
+        else:
+            words = np.where(_among(text, _TRUE), 1.0, np.where(_among(text, _FALSE), 0.0, np.nan))
+            rest = present & np.isnan(words)
+            num = words if not rest.any() else np.where(rest, _text_numbers(text), words)
+        pos, neg = present & (num == 1.0), present & (num == 0.0)
+        return pos.astype(np.int8), present, pos | neg
+    pos = present & _among(text, mapping.positive_text)
+    negative = mapping.negative_text
+    neg = present & (~pos if negative is None else _among(text, negative))
+    return pos.astype(np.int8), present, pos | neg
+
+
+def _check_label(arr: pa.ChunkedArray, mapping: LabelMapping, v: _Verdicts) -> pa.Array:
+    name = mapping.column
+    values, present, fits = label_values(arr, mapping)
+    v.flag(~present, "missing_label", name, f"{name}: label is missing")
+    if mapping.threshold is not None:
+        expected = f"a number (positive when > {mapping.threshold:g})"
+    elif mapping.positive is None:
+        expected = "0 or 1"
+    else:
+        negative = mapping.negative_text
+        expected = f"one of positive {mapping.positive_text}" + (f" or negative {negative}" if negative else "")
+    v.flag(present & ~fits, "invalid_label", name, f"{name}: label is not {expected}", arr)
+    return pa.array(values, mask=~fits)
+
+
+def _check_split(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
+    text, present = _trimmed(arr)
+    lowered = pc.utf8_lower(text)
+    known = _np(pc.fill_null(pc.is_in(lowered, value_set=pa.array(SPLITS)), False))
+    v.flag(~known, "invalid_split", name, f"{name}: not one of {', '.join(SPLITS)}", arr)
+    return lowered
 
 
 def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = True) -> pa.Table:
@@ -208,9 +263,13 @@ def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = Tru
         batch = batch.drop_columns(["_unparseable"])
 
     typed: dict[str, pa.Array] = {}
-    typed[schema.entity_key] = _check_entity(batch[schema.entity_key], schema, v)
-    typed[schema.event_timestamp] = _check_timestamp(batch[schema.event_timestamp], schema.event_timestamp, v)
-    typed[schema.label] = _check_label(batch[schema.label], schema.label, v)
+    if schema.entity_key:
+        typed[schema.entity_key] = _check_entity(batch[schema.entity_key], schema, v)
+    if schema.event_timestamp:
+        typed[schema.event_timestamp] = _check_timestamp(batch[schema.event_timestamp], schema.event_timestamp, v)
+    typed[schema.label] = _check_label(batch[schema.label], schema.label_mapping, v)
+    if schema.split_column:
+        typed[schema.split_column] = _check_split(batch[schema.split_column], schema.split_column, v)
     for name, col in schema.features.items():
         check = _check_category if col.type == "category" else _check_numeric
         typed[name] = check(batch[name], name, col, v)
