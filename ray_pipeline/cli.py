@@ -527,7 +527,7 @@ def demo(
     from ray_pipeline.runtime import init_ray
     from ray_pipeline.serve.app import deploy
     from ray_pipeline.serve.client import http_json
-    from ray_pipeline.train.data import prepare
+    from ray_pipeline.train.data import describe_split, prepare
     from ray_pipeline.train.runner import summary, train_model
 
     cfg = load_config(config)
@@ -567,7 +567,7 @@ def demo(
     typer.secho(f"[6/9] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
     training_set = read_parquet(training_set_path(cfg))
     prepared = prepare(training_set, cfg)
-    typer.echo(f"split by time at {prepared.cutoffs[0]} / {prepared.cutoffs[1]}: {prepared.rows}")
+    typer.echo(f"{describe_split(prepared.split)}: {prepared.rows}")
     runs = [train_model(cfg, kind, prepared=prepared) for kind in ("logreg", "xgboost")]
     for run in runs:
         typer.echo(summary(run))

@@ -20,7 +20,7 @@ from ray_pipeline.config import (
     NumericFeatureConfig,
     SchemaConfig,
 )
-from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
+from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, LabelSpec, NumericSpec
 from ray_pipeline.features.transform import _as_float, _text
 
 # Points of each block's quantile summary: rank error per block about 1/(QUANTILE_POINTS-1).
@@ -199,5 +199,12 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
     ).take_all()
     partials = [json.loads(r["stats"]) for r in rows]
     if passthrough is None:
-        passthrough = [schema.entity_key, schema.event_timestamp, schema.label]
-    return merge_partials(partials, numeric, categorical, features, passthrough)
+        passthrough = [*schema.keys, schema.label]
+    spec = merge_partials(partials, numeric, categorical, features, passthrough)
+    label = schema.label_mapping
+    return spec.model_copy(update={
+        "entity_key": schema.entity_key,
+        "event_timestamp": schema.event_timestamp,
+        "label": LabelSpec(column=label.column, positive=label.positive_text or None,
+                           negative=label.negative_text, threshold=label.threshold),
+    })

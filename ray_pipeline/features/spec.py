@@ -42,6 +42,15 @@ class CategoricalSpec(_Frozen):
     onehot: list[str] = Field(default_factory=list, description="One-hot categories, in output order.")
 
 
+class LabelSpec(_Frozen):
+    """What label 1 means, as the data schema said (recorded with every model version)."""
+
+    column: str
+    positive: list[str] | None = Field(default=None, description="Values meaning 1 (unset: the column is 0/1).")
+    negative: list[str] | None = Field(default=None, description="Values meaning 0 (unset: all others).")
+    threshold: float | None = Field(default=None, description="Numeric label: 1 when greater.")
+
+
 class FeatureSpec(_Frozen):
     """Everything `transform` needs; stored with every model version."""
 
@@ -50,6 +59,9 @@ class FeatureSpec(_Frozen):
     numeric: list[NumericSpec]
     categorical: list[CategoricalSpec]
     passthrough: list[str] = Field(default_factory=list, description="Columns copied unchanged (key, time, label).")
+    entity_key: str | None = Field(default=None, description="The data's entity key column, if it has one.")
+    event_timestamp: str | None = Field(default=None, description="The data's event time column, if it has one.")
+    label: LabelSpec | None = None
 
     @property
     def input_columns(self) -> list[str]:

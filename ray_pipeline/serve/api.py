@@ -58,9 +58,11 @@ def records_from_store(
 
 
 def passthrough_fields(spec: FeatureSpec) -> tuple[str | None, str | None]:
-    """The entity-key and event-time column names the spec carries (key, time, label order)."""
-    names = list(spec.passthrough) + [None, None]
-    return names[0], names[1]
+    """The entity-key and event-time column names of the data the spec was fitted on."""
+    if spec.label is None:  # specs written before these fields existed: (key, time, label) order
+        names = list(spec.passthrough) + [None, None]
+        return names[0], names[1]
+    return spec.entity_key, spec.event_timestamp
 
 
 def split_record(

@@ -1,4 +1,5 @@
-"""Training data: time-ordered train/valid/test split, FeatureSpec fitted on train only, numpy shards."""
+"""Training data: train/valid/test split (by time, random stratified, or a split column), FeatureSpec
+fitted on train only, numpy shards."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class Prepared:
     train: object
     valid: object
     test: object
-    cutoffs: tuple[str, str]
+    split: dict  # how the rows were split (method, cutoffs or seed), recorded in lineage
     rows: dict[str, int]
     raw_train: object = None  # the train split's raw rows (Ray Dataset), for the reference profile
     input_profile: dict | None = None  # computed once from raw_train, shared by every model of this split
@@ -56,23 +57,80 @@ def to_xy(batch: pa.Table, spec: FeatureSpec, label: str) -> dict[str, np.ndarra
     return out
 
 
+def _row_hash(batch: pa.Table, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row from its content and the seed: the same row lands in
+    the same split however the data is partitioned (and exact copies never straddle splits)."""
+    import pandas as pd
+
+    key = f"{seed:016d}"[-16:]  # hash_pandas_object takes a 16-byte key
+    h = pd.util.hash_pandas_object(batch.to_pandas(), index=False, hash_key=key).to_numpy(np.uint64)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _hash_label(batch: pa.Table, seed: int, label: str) -> pa.Table:
+    return pa.table({"u": _row_hash(batch, seed), "y": batch[label]})
+
+
+def _in_hash_range(batch: pa.Table, seed: int, label: str, bounds: dict[int, tuple[float, float]]) -> pa.Table:
+    u = _row_hash(batch, seed)
+    y = batch[label].to_numpy(zero_copy_only=False)
+    keep = np.zeros(len(u), dtype=bool)
+    for cls, (lo, hi) in bounds.items():
+        keep |= (y == cls) & (u >= lo) & (u < hi)
+    return batch.filter(pa.array(keep))
+
+
+def _in_split(batch: pa.Table, column: str, name: str) -> pa.Table:
+    return batch.filter(pc.fill_null(pc.equal(batch[column], name), False))
+
+
+def _random_windows(training_set, cfg: PipelineConfig) -> tuple[dict[str, tuple], dict]:
+    """Per-class hash cutoffs so each split holds the configured share of each label value."""
+    split, label = cfg.training.split, cfg.data.schema_.label
+    hashed = training_set.map_batches(
+        _hash_label, fn_kwargs={"seed": split.seed, "label": label}, batch_format="pyarrow"
+    ).to_pandas()  # 9 bytes per row on the driver, to place the cutoffs exactly
+    u, y = hashed["u"].to_numpy(), hashed["y"].to_numpy()
+    bounds: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "valid": {}, "test": {}}
+    for cls in (0, 1):
+        mine = np.sort(u[y == cls])
+        n = len(mine)
+        # cut between sorted values so the counts are exact: the first n_train rows train, ...
+        n_test, n_valid = round(n * split.test_fraction), round(n * split.valid_fraction)
+        cut = [mine[k] if k < n else 1.0 for k in (n - n_test - n_valid, n - n_test)]
+        bounds["train"][cls] = (0.0, cut[0])
+        bounds["valid"][cls] = (cut[0], cut[1])
+        bounds["test"][cls] = (cut[1], 1.0 + 1e-9)
+    return bounds, {"by": "random", "stratified_by": label, "seed": split.seed}
+
+
 def prepare(training_set, cfg: PipelineConfig) -> Prepared:
-    """Split by event time (test latest), fit the FeatureSpec on train, transform all three."""
+    """Split (by time with test latest, at random stratified by label, or by the split column),
+    fit the FeatureSpec on train, transform all three."""
     schema = cfg.data.schema_
-    ts = schema.event_timestamp
-    # Read once: the time range, the spec fit and the three splits all pass over these rows.
-    training_set = training_set.materialize()
-    ranges = training_set.map_batches(_time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow").take_all()
-    lo = min(r["lo"] for r in ranges if r["lo"] is not None)
-    hi = max(r["hi"] for r in ranges if r["hi"] is not None) + 1
     split = cfg.training.split
-    t_test = int(hi - (hi - lo) * split.test_fraction)
-    t_valid = int(t_test - (hi - lo) * split.valid_fraction)
-    windows = {"train": (None, t_valid), "valid": (t_valid, t_test), "test": (t_test, None)}
-    raw = {
-        name: training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": a, "hi": b}, batch_format="pyarrow")
-        for name, (a, b) in windows.items()
-    }
+    # Read once: the split bounds, the spec fit and the three splits all pass over these rows.
+    training_set = training_set.materialize()
+    if schema.split_column:
+        raw = {
+            name: training_set.map_batches(
+                _in_split, fn_kwargs={"column": schema.split_column, "name": name}, batch_format="pyarrow"
+            )
+            for name in ("train", "valid", "test")
+        }
+        how = {"by": "column", "column": schema.split_column}
+    elif split.by == "time" or (split.by == "auto" and schema.event_timestamp):
+        raw, how = _time_split(training_set, schema.event_timestamp, split.valid_fraction, split.test_fraction)
+    else:
+        bounds, how = _random_windows(training_set, cfg)
+        raw = {
+            name: training_set.map_batches(
+                _in_hash_range,
+                fn_kwargs={"seed": split.seed, "label": schema.label, "bounds": bounds[name]},
+                batch_format="pyarrow",
+            )
+            for name in ("train", "valid", "test")
+        }
     spec = fit(raw["train"], schema, cfg.features)
     splits = {
         name: ds.map_batches(
@@ -80,16 +138,36 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
         ).materialize()
         for name, ds in raw.items()
     }
+    rows = {name: ds.count() for name, ds in splits.items()}
+    empty = [name for name, n in rows.items() if n == 0]
+    if empty:
+        raise ValueError(f"training.split: the {', '.join(empty)} split(s) are empty ({describe_split(how)}); "
+                         f"rows per split: {rows}")
+    return Prepared(spec, splits["train"], splits["valid"], splits["test"], how, rows, raw["train"])
+
+
+def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: float) -> tuple[dict, dict]:
+    ranges = training_set.map_batches(_time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow").take_all()
+    lo = min(r["lo"] for r in ranges if r["lo"] is not None)
+    hi = max(r["hi"] for r in ranges if r["hi"] is not None) + 1
+    t_test = int(hi - (hi - lo) * test_fraction)
+    t_valid = int(t_test - (hi - lo) * valid_fraction)
+    windows = {"train": (None, t_valid), "valid": (t_valid, t_test), "test": (t_test, None)}
+    raw = {
+        name: training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": a, "hi": b}, batch_format="pyarrow")
+        for name, (a, b) in windows.items()
+    }
     iso = [np.datetime64(t, "us").astype(str) + "Z" for t in (t_valid, t_test)]
-    return Prepared(
-        spec,
-        splits["train"],
-        splits["valid"],
-        splits["test"],
-        (iso[0], iso[1]),
-        {name: ds.count() for name, ds in splits.items()},
-        raw["train"],
-    )
+    return raw, {"by": "time", "column": ts, "cutoffs": iso}
+
+
+def describe_split(how: dict) -> str:
+    """One line for people: how the rows were split."""
+    if how["by"] == "time":
+        return f"split by {how['column']} at {how['cutoffs'][0]} / {how['cutoffs'][1]} (test = latest)"
+    if how["by"] == "column":
+        return f"split by the values of column {how['column']}"
+    return f"random split stratified by {how['stratified_by']} (seed {how['seed']})"
 
 
 def shard_arrays(shard, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:

@@ -207,7 +207,7 @@ def train_model(
         run_dir / "lineage.json",
         {
             "training_set": training_set_path(cfg),
-            "split_cutoffs": prepared.cutoffs,
+            "split": prepared.split,
             "feature_spec_hash": prepared.spec.content_hash(),
             "config_hash": cfg.content_hash(),
             "ray_train_run": str(result.path),
