@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,8 +34,17 @@ AddressOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., object])
 
 
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Ray's own logs and per-worker lines instead of progress bars; tracebacks."),
+]
+
+
 def _friendly_errors(fn: F) -> F:
-    """Turn the errors users cause (bad config, missing file, bad data) into one clear line."""
+    """Turn errors into one clear line (exit 2 for what the user can fix, 1 otherwise); the
+    traceback only with --verbose (or RAY_PIPELINE_TRACEBACK=1)."""
+    import click
+
     from ray_pipeline.data.sources import IngestError
     from ray_pipeline.registry.store import RegistryError
 
@@ -42,11 +52,36 @@ def _friendly_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except (ConfigError, IngestError, RegistryError, FileNotFoundError, ValueError) as exc:
+            if kwargs.get("verbose") or os.environ.get("RAY_PIPELINE_TRACEBACK") == "1":
+                raise
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+        except Exception as exc:
+            if kwargs.get("verbose") or os.environ.get("RAY_PIPELINE_TRACEBACK") == "1":
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            typer.secho(f"error: {type(exc).__name__}: {first} (--verbose shows the traceback)",
+                        fg=typer.colors.RED, err=True)  # fmt: skip
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _heading(text: str) -> None:
+    typer.secho(text, bold=True)
+
+
+def _start_ray(address: str | None, verbose: bool = False):
+    """Connect to Ray; without --verbose Ray's per-worker output stays in its log files and our
+    progress bars show instead."""
+    from ray_pipeline.progress import set_enabled
+    from ray_pipeline.runtime import init_ray
+
+    set_enabled(not verbose)
+    return init_ray(address, quiet=not verbose)
 
 
 def _parse_pairs(items: list[str], option: str) -> dict[str, str]:
@@ -226,15 +261,53 @@ def train(
     config: ConfigOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="logreg or xgboost.")] = "logreg",
     workers: Annotated[int | None, typer.Option(help="Ray Train workers (default: training.workers).")] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register the run and offer it to the served alias through the gates.")
+    ] = False,
     address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train a model on the feature store's training set with Ray Train; print the evaluation."""
-    from ray_pipeline.runtime import init_ray
     from ray_pipeline.train.runner import summary, train_model
+    from ray_pipeline.workflow import register_and_promote
 
     cfg = load_config(config)
-    init_ray(address)
-    typer.echo(summary(train_model(cfg, model, workers)))
+    _start_ray(address, verbose)
+    run = train_model(cfg, model, workers)
+    typer.echo(summary(run))
+    if register:
+        typer.echo("\n".join(register_and_promote(cfg, [run], cfg.serving.alias).lines))
+
+
+@app.command()
+@_friendly_errors
+def run(
+    config: ConfigOpt,
+    models: Annotated[str, typer.Option(help="Comma-separated model kinds to train.")] = "logreg,xgboost",
+    serve: Annotated[bool, typer.Option("--serve", help="Deploy the champion on Ray Serve.")] = False,
+    wait: Annotated[
+        bool | None, typer.Option(help="With --serve: keep serving until Ctrl-C (default: yes on an embedded Ray).")
+    ] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Ingest, features, train each model, register, promote through the gates, optionally serve."""
+    from ray_pipeline.runtime import logs_dir
+    from ray_pipeline.workflow import Stages, check_models, run_pipeline
+
+    cfg = load_config(config)
+    kinds = check_models([m.strip() for m in models.split(",") if m.strip()])
+    runtime = _start_ray(address, verbose)
+    stages = Stages(5 + serve, typer.echo, _heading)
+    done = run_pipeline(cfg, kinds, serve=serve, local=runtime.local, echo=typer.echo, stages=stages)
+    typer.echo(done.timing_line())
+    if runtime.local and not verbose and logs_dir():
+        typer.echo(f"Ray's own logs: {logs_dir()}")
+    champion = done.promotion.champion
+    if champion is not None:
+        typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")
+    if serve:
+        _serve_until_stopped(cfg, wait if wait is not None else runtime.local)
 
 
 models_app = typer.Typer(help="Model registry: versions, aliases, promotion, rollback.", no_args_is_help=True)
@@ -251,15 +324,38 @@ def models_list(config: ConfigOpt, name: NameOpt = None) -> None:
     cfg = load_config(config)
     registry = open_registry(cfg)
     name = name or cfg.registry.model_name
+    versions = registry.versions(name)
+    if not versions:
+        typer.echo(f"no versions of model {name!r} in {cfg.resolve(cfg.registry.db_path)} "
+                   "(`ray-pipeline models register --run DIR` or `train --register` adds one)")  # fmt: skip
+        return
     by_version: dict[int, list[str]] = {}
     for alias, version in registry.aliases(name).items():
         by_version.setdefault(version, []).append("@" + alias)
-    for v in registry.versions(name):
+    for v in versions:
         m = v.metrics
         typer.echo(
             f"{v.uri:<22} {v.kind:<8} {v.created_at}  log_loss {m.get('log_loss', float('nan')):.4f}  "
             f"roc_auc {m.get('roc_auc', float('nan')):.4f}  {' '.join(by_version.get(v.version, []))}"
         )
+
+
+@models_app.command("register")
+@_friendly_errors
+def models_register(
+    config: ConfigOpt,
+    run_dir: Annotated[Path, typer.Option("--run", help="A training run directory (printed by `train`).")],
+    name: NameOpt = None,
+) -> None:
+    """Register a training run as a new version (promote it with `models promote`)."""
+    from ray_pipeline.registry.models import open_registry, register_run
+
+    cfg = load_config(config)
+    if not (run_dir / "metrics.json").is_file():
+        raise FileNotFoundError(f"--run {run_dir}: not a training run directory (no metrics.json)")
+    v = register_run(open_registry(cfg), name or cfg.registry.model_name, run_dir)
+    typer.echo(f"registered {v.uri} ({v.kind}): test log_loss {v.metrics.get('log_loss', float('nan')):.4f}, "
+               f"roc_auc {v.metrics.get('roc_auc', float('nan')):.4f}")  # fmt: skip
 
 
 @models_app.command("show")
@@ -337,11 +433,6 @@ def serve_deploy(
     ] = None,
 ) -> None:
     """Deploy models:/NAME@ALIAS behind the HTTP API (POST /predict, GET /healthz, /model, /docs)."""
-    import signal
-    import time
-
-    from ray import serve
-
     from ray_pipeline.runtime import init_ray
     from ray_pipeline.serve.app import deploy
 
@@ -349,17 +440,28 @@ def serve_deploy(
     runtime = init_ray(address)
     url = deploy(cfg, local=runtime.local)
     typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {url}/predict (docs: {url}/docs)")
-    if wait if wait is not None else runtime.local:
-        typer.echo("Ctrl-C (or SIGTERM) stops the endpoint")
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop == Ctrl-C
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        # Graceful: replicas flush their prediction logs before the embedded Ray goes away.
-        serve.delete(cfg.serving.app_name)
-        typer.echo(f"deleted {cfg.serving.app_name}")
+    _serve_until_stopped(cfg, wait if wait is not None else runtime.local)
+
+
+def _serve_until_stopped(cfg: PipelineConfig, wait: bool) -> None:
+    """Keep the process (and an embedded Ray with it) alive until Ctrl-C or SIGTERM, then remove the app."""
+    import signal
+    import time
+
+    from ray import serve
+
+    if not wait:
+        return
+    typer.echo("Ctrl-C (or SIGTERM) stops the endpoint")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop == Ctrl-C
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    # Graceful: replicas flush their prediction logs before the embedded Ray goes away.
+    serve.delete(cfg.serving.app_name)
+    typer.echo(f"deleted {cfg.serving.app_name}")
 
 
 @serve_app.command("status")
@@ -514,87 +616,55 @@ def demo(
     config: ConfigOpt = Path("configs/demo.yaml"),
     rows: Annotated[int | None, typer.Option(help="Override the number of synthetic rows.")] = None,
     address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Run the end-to-end job: data, ingest, features, online store, training, registry, serving."""
+    """Run the end-to-end job: synthetic data, then `run` (ingest, features, online store, training,
+    registry, serving), then the closed loop (drift, monitoring, alert, retrain, promotion)."""
     from ray import serve
 
-    from ray_pipeline.data.ingest import ingest as run_ingest
-    from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.data.summary import ground_truth_summary
     from ray_pipeline.data.synthetic import generate as run_generate
-    from ray_pipeline.features.pipeline import build_features, materialize_online, online_store, training_set_path
-    from ray_pipeline.registry.models import PromotionRefused, load, open_registry, promote, register_run
-    from ray_pipeline.runtime import init_ray
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.data.sources import read_parquet
+    from ray_pipeline.features.pipeline import online_store, training_set_path
+    from ray_pipeline.registry.models import load, open_registry
     from ray_pipeline.serve.client import http_json
-    from ray_pipeline.train.data import describe_split, prepare
-    from ray_pipeline.train.runner import summary, train_model
+    from ray_pipeline.workflow import Stages, run_pipeline
 
     cfg = load_config(config)
     if cfg.synthetic is None:
         raise ConfigError(f"{config}: synthetic: the demo needs a `synthetic` section")
     spec = _synthetic_spec(cfg, {"rows": rows}, {})
-    runtime = init_ray(address)
+    runtime = _start_ray(address, verbose)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
-    typer.secho(f"[1/9] {where}, {runtime.num_cpus:g} CPUs", bold=True)
+    _heading(f"[1/9] {where}, {runtime.num_cpus:g} CPUs")
 
     raw = cfg.resolve(cfg.data.source.path)
     result = run_generate(spec, raw)
-    typer.secho(f"[2/9] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}", bold=True)
+    _heading(f"[2/9] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}")
 
-    ingested = run_ingest(cfg)
-    typer.secho("[3/9] ingest and validation", bold=True)
-    typer.echo(ingested.render())
-    truth = ground_truth_summary(ingested.accepted_path, cfg.data.schema_.label)
-    typer.echo(truth.render())
-
-    typer.secho("[4/9] feature views, point-in-time training set, FeatureSpec", bold=True)
-    built = build_features(cfg)
-    typer.echo(built.render())
-
-    typer.secho("[5/9] online store", bold=True)
+    stages = Stages(9, typer.echo, _heading, first=3)
+    done = run_pipeline(cfg, serve=True, local=runtime.local, echo=typer.echo, stages=stages)
+    typer.secho("what the demo can check that real data cannot: ground truth, online lookups", bold=True)
+    typer.echo(ground_truth_summary(done.ingest.accepted_path, cfg.data.schema_.label).render())
     store = online_store(cfg)
     end = spec.start + timedelta(days=spec.days)  # TTL evaluated at the end of the data, as a replay would
+    key = cfg.data.schema_.entity_key
     try:
-        for name, counts in materialize_online(cfg).items():
-            typer.echo(f"{name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
-            view = cfg.features.views[name]
+        for name, view in cfg.features.views.items():
             for row in store.get(name, [1, 2, 10**9], view.feature_names, view.ttl_seconds, end):
-                typer.echo(f"  {cfg.data.schema_.entity_key}={row.entity}: {row.status} {json.dumps(row.values)}")
+                typer.echo(f"  {key}={row.entity}: {row.status} {json.dumps(row.values)}")
     finally:
         store.close()
 
-    typer.secho(f"[6/9] training on Ray Train ({cfg.training.workers} workers), test = latest events", bold=True)
-    training_set = read_parquet(training_set_path(cfg))
-    prepared = prepare(training_set, cfg)
-    typer.echo(f"{describe_split(prepared.split)}: {prepared.rows}")
-    runs = [train_model(cfg, kind, prepared=prepared) for kind in ("logreg", "xgboost")]
-    for run in runs:
-        typer.echo(summary(run))
-
-    typer.secho("[7/9] model registry", bold=True)
-    registry = open_registry(cfg)
     name = cfg.registry.model_name
-    versions = [register_run(registry, name, run.run_dir) for run in runs]
-    for v in versions:
-        typer.echo(f"registered {v.uri} ({v.kind})")
-    # The first version becomes champion; the second must pass the gates to replace it.
-    for v in versions:
-        try:
-            change, report = promote(registry, name, v.version, "champion", cfg.registry.gates)
-            typer.echo(f"{report}\n@champion: {change.from_version} -> {change.to_version}")
-        except PromotionRefused as refused:
-            typer.echo(str(refused))
-    champion = load(registry, f"models:/{name}@champion")
-    sample = training_set.take(3)
+    champion = load(open_registry(cfg), f"models:/{name}@champion")
+    sample = read_parquet(training_set_path(cfg)).take(3)
     probs = champion.predict_proba(sample)
     typer.echo(f"models:/{name}@champion = {champion.version.uri} ({champion.version.kind}); sample predictions:")
-    key, label = cfg.data.schema_.entity_key, cfg.data.schema_.label
+    label = cfg.data.schema_.label
     for row, p in zip(sample, probs):
         typer.echo(f"  {key}={row[key]}  p={p:.4f}  label={row[label]}")
-
-    typer.secho("[8/9] serving the champion on Ray Serve", bold=True)
-    url = deploy(cfg, local=runtime.local)
+    url = done.url
     inputs = champion.spec.input_columns
     records = [{k: v for k, v in row.items() if k in inputs} for row in sample]
     # Entity lookups: the demo's events are from 2024, so their online values are past the view's
@@ -602,7 +672,6 @@ def demo(
     for body in ({"records": records}, {"entity_ids": [1, 2, 10**9]}):
         status, answer = http_json(url + "/predict", body)
         typer.echo(f"POST {url}/predict {json.dumps(body, default=str)[:100]}...\n  -> {status} {json.dumps(answer)}")
-    typer.echo(f"endpoint: {url}/predict  (OpenAPI: {url}/docs)")
 
     typer.secho("[9/9] closing the loop: drift, monitoring, alert, retrain, promotion, hot reload", bold=True)
     from ray_pipeline.feedback.showcase import run_loop

@@ -92,14 +92,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _configure_data_context() -> None:
+def _configure_data_context(quiet: bool) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     # The default hash shuffle is slow on small data and 2 cores (docs/ARCHITECTURE.md, measured);
     # sort-based pull shuffle is the robust choice for the groupbys we run.
     ctx.shuffle_strategy = "sort_shuffle_pull_based"
-    ctx.enable_progress_bars = os.environ.get("RAY_PIPELINE_PROGRESS", "1") != "0"
+    # Ray Data's bars are one line per operator; the CLI draws one bar per stage instead.
+    ctx.enable_progress_bars = not quiet and os.environ.get("RAY_PIPELINE_PROGRESS", "1") != "0"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -112,15 +113,22 @@ def local_cpus() -> int:
 
 
 def init_ray(
-    address: str | None = None, num_cpus: int | None = None, metrics_export_port: int | None = None
+    address: str | None = None,
+    num_cpus: int | None = None,
+    metrics_export_port: int | None = None,
+    quiet: bool = False,
 ) -> RayRuntime:
-    """Connect to `address` (or RAY_ADDRESS), else start a local Ray sized for this machine; idempotent."""
+    """Connect to `address` (or RAY_ADDRESS), else start a local Ray sized for this machine; idempotent.
+
+    `quiet`: workers' output (epoch lines, Ray Data's coordinator logs) stays in Ray's log files
+    (`logs_dir()`) instead of being copied to this terminal.
+    """
     _quiet_defaults()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             log.info("connecting to Ray cluster at %s", address)
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not quiet)
         else:
             cpus = num_cpus or local_cpus()
             # Unix socket paths are limited to 107 bytes; Ray's default /tmp/ray/session_* is
@@ -137,10 +145,11 @@ def init_ray(
                 dashboard_host="127.0.0.1",
                 dashboard_port=free_port(),
                 logging_level=logging.WARNING,
+                log_to_driver=not quiet,
                 _temp_dir=tmp,
                 **extra,
             )
-    _configure_data_context()
+    _configure_data_context(quiet)
     ctx = ray.get_runtime_context()
     resources = ray.cluster_resources()
     return RayRuntime(
@@ -148,6 +157,12 @@ def init_ray(
         local=address is None,
         num_cpus=float(resources.get("CPU", 0.0)),
     )
+
+
+def logs_dir() -> str | None:
+    """Where this node's Ray processes write their logs (None when not connected)."""
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    return node.get_logs_dir_path() if node is not None else None
 
 
 def shutdown_ray() -> None:

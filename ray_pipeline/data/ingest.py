@@ -27,6 +27,7 @@ from ray_pipeline.data.sources import (
     read_pieces,
     resolve_source,
 )
+from ray_pipeline.progress import bar
 from ray_pipeline.storage import filesystem, reset_dir, write_text
 
 _DEDUP_BYTES_PER_PART = 64 * 1024 * 1024
@@ -202,12 +203,20 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
             validated = validated.map_batches(
                 mark_duplicates, fn_kwargs={"later": later, "label": label}, batch_format="pyarrow"
             )
-        # One streaming pass writes both outputs and counts them.
-        tallies = validated.map_batches(
+        # One streaming pass writes both outputs and counts them; the counts feed the progress bar.
+        written = validated.map_batches(
             _write_split,
             fn_kwargs={"accepted_dir": accepted_path, "quarantine_dir": quarantine_path},
             batch_format="pyarrow",
-        ).take_all()
+        )
+        total = sum(p["rows"] for p in pieces) if src.format == "parquet" else None
+        tallies, done = [], 0
+        with bar("ingest", total, "rows") as update:
+            for row in written.iter_rows():
+                tallies.append(row)
+                if row["key"] == "#read":
+                    done += int(row["n"])
+                    update(done)
     except Exception as exc:  # Ray wraps worker errors; surface the cause and name the source.
         root = _root_cause(exc)
         first_line = (str(root).strip().splitlines() or [""])[0]

@@ -149,6 +149,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop; rank 0 returns the best weights and the loss history."""
     import ray.train
 
+    from ray_pipeline.progress import Reporter
     from ray_pipeline.train.data import shard_arrays
 
     ctx = ray.train.get_context()
@@ -173,6 +174,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     steps = int(allreduce(np.array([math.ceil(len(y) / local_batch)]), op="max")[0])
     stop = False
     loop_started = time.perf_counter()
+    progress = Reporter(config.get("progress_key") if rank == 0 else None)
     for epoch in range(state.epoch, epochs):
         fail = config.get("fail_at_epoch")
         if fail is not None and epoch == fail and rank == ctx.get_world_size() - 1:
@@ -202,6 +204,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         else:
             state.stale += 1
             stop = state.stale >= config["patience"]
+        progress(epoch + 1, epochs, force=stop)
         if rank == 0 and (epoch % config["log_every"] == 0 or stop or epoch == epochs - 1):
             print(f"epoch {epoch + 1:4d}  train_loss {train_loss:.6f}  valid_loss {valid_loss:.6f}  lr {lr:.4g}")
         if (epoch + 1) % config["checkpoint_every"] == 0 or stop or epoch == epochs - 1:

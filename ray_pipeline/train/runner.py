@@ -14,6 +14,7 @@ import numpy as np
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
+from ray_pipeline.progress import remote_bar
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
@@ -169,9 +170,11 @@ def train_model(
     workers = cfg.training.workers if workers is None else workers
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
-    config = loop_config(kind, cfg, len(names), fault)
+    config = {**loop_config(kind, cfg, len(names), fault), "progress_key": name}
+    total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
-    result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
+    with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):
+        result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
     timings["fit_s"] = time.perf_counter() - t0
     timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:
@@ -199,7 +202,7 @@ def train_model(
         timings["profile_s"] = time.perf_counter() - t0
     prepared.spec.save(run_dir / "feature_spec.json")
     evaluate.save_plots(run_dir / "plots", history, y, p, kind)
-    params = {k: v for k, v in config.items() if k not in ("fail_marker",)}
+    params = {k: v for k, v in config.items() if k not in ("fail_marker", "progress_key")}
     evaluate.write_json(run_dir / "metrics.json", {"test": test_metrics, "rows": prepared.rows})
     evaluate.write_json(run_dir / "params.json", {"model": kind, "workers": workers, **params})
     evaluate.write_json(run_dir / "history.json", history)

@@ -22,6 +22,23 @@ def _callback(frequency: int):
     return CheckpointEveryN(frequency=frequency, checkpoint_at_end=True)
 
 
+def _progress(key: str | None, total: int):
+    """Rounds done, sent to the driver's progress bar by rank 0."""
+    import xgboost
+
+    from ray_pipeline.progress import Reporter
+
+    class Progress(xgboost.callback.TrainingCallback):
+        def __init__(self) -> None:
+            self.report = Reporter(key)
+
+        def after_iteration(self, model, epoch: int, evals_log) -> bool:
+            self.report(model.num_boosted_rounds(), total)
+            return False
+
+    return Progress()
+
+
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop: checkpoints every `checkpoint_every` rounds, resumes from the last."""
     import ray.train
@@ -64,7 +81,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         verbose_eval=config["log_every"],
         xgb_model=booster,
         evals_result=history,
-        callbacks=[_callback(config["checkpoint_every"])],
+        callbacks=[
+            _callback(config["checkpoint_every"]),
+            _progress(config.get("progress_key") if ray.train.get_context().get_world_rank() == 0 else None,
+                      config["num_boost_round"]),
+        ],
     )
     if ray.train.get_context().get_world_rank() != 0:
         return None

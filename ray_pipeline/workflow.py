@@ -1,0 +1,165 @@
+"""The whole pipeline as one call: ingest, features, train each model, register, promote, serve.
+
+`ray-pipeline run`, `ray-pipeline demo` and the notebook all go through `run_pipeline` (or its
+`register_and_promote` step), so what a user runs on their own table is what the demo shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.data.ingest import IngestResult
+from ray_pipeline.features.pipeline import FeatureBuild
+from ray_pipeline.registry.store import ModelVersion
+from ray_pipeline.train.data import Prepared
+from ray_pipeline.train.runner import TrainRun
+
+MODEL_KINDS = ("logreg", "xgboost")
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Promotion:
+    """What registering and promoting a set of runs did."""
+
+    versions: list[ModelVersion]
+    champion: ModelVersion | None
+    lines: list[str]
+
+
+@dataclass
+class PipelineRun:
+    """Everything one `run_pipeline` call produced, with the wall time of each stage."""
+
+    ingest: IngestResult
+    features: FeatureBuild
+    online: dict[str, dict[str, int]]
+    prepared: Prepared
+    runs: list[TrainRun]
+    promotion: Promotion
+    url: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timing_line(self) -> str:
+        """Stage wall times on one line."""
+        parts = [f"{k} {v:.1f} s" for k, v in self.seconds.items()]
+        return f"total {sum(self.seconds.values()):.1f} s: " + ", ".join(parts)
+
+
+class Stages:
+    """Numbered stage headings and their wall times."""
+
+    def __init__(self, total: int, echo: Echo, heading: Echo | None = None, first: int = 1) -> None:
+        self.total, self.echo, self.heading = total, echo, heading or echo
+        self.index = first - 1
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, key: str, title: str) -> Iterator[None]:
+        """Print `[i/n] title`, run the block, record its time under `key`."""
+        self.index += 1
+        self.heading(f"[{self.index}/{self.total}] {title}")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = time.perf_counter() - started
+
+
+def check_models(models: list[str]) -> list[str]:
+    """Model kinds from a --models list, checked."""
+    bad = [m for m in models if m not in MODEL_KINDS]
+    if bad or not models:
+        raise ValueError(f"--models: unknown model kind(s) {bad}; expected a comma-separated subset of {MODEL_KINDS}")
+    return list(dict.fromkeys(models))
+
+
+def register_and_promote(cfg: PipelineConfig, runs: list[TrainRun], alias: str = "champion") -> Promotion:
+    """Register every run, then offer them to `alias` best test log-loss first, through the gates.
+
+    The best run becomes the holder if it beats the current one (or there is none); the others
+    are then checked against it, so the report shows each gate decision.
+    """
+    from ray_pipeline.registry.models import PromotionRefused, open_registry, promote, register_run
+
+    registry = open_registry(cfg)
+    name = cfg.registry.model_name
+    versions = [register_run(registry, name, run.run_dir) for run in runs]
+    lines = [f"registered {v.uri} ({v.kind}): test log_loss {v.metrics.get('log_loss', float('nan')):.4f}, "
+             f"roc_auc {v.metrics.get('roc_auc', float('nan')):.4f}" for v in versions]  # fmt: skip
+    for v in sorted(versions, key=lambda v: v.metrics.get("log_loss", float("inf"))):
+        try:
+            change, report = promote(registry, name, v.version, alias, cfg.registry.gates)
+            lines += [report, f"@{alias}: {change.from_version} -> {change.to_version}"]
+        except PromotionRefused as refused:
+            lines.append(str(refused))
+    holder = registry.aliases(name).get(alias)
+    champion = registry.get(name, holder) if holder is not None else None
+    return Promotion(versions, champion, lines)
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    models: list[str] | tuple[str, ...] = MODEL_KINDS,
+    serve: bool = False,
+    local: bool = True,
+    echo: Echo = print,
+    stages: Stages | None = None,
+) -> PipelineRun:
+    """Ingest, build features (and the online store when views exist), train each model kind on
+    one prepared split, register, promote through the gates, and optionally deploy on Ray Serve."""
+    from ray_pipeline.data.ingest import ingest
+    from ray_pipeline.data.sources import read_parquet
+    from ray_pipeline.features.pipeline import build_features, materialize_online, training_set_path
+    from ray_pipeline.train.data import describe_split, prepare
+    from ray_pipeline.train.runner import summary, train_model
+
+    models = check_models(list(models))
+    stages = stages or Stages(5 + bool(serve), echo)
+    with stages.stage("ingest", "ingest and validation"):
+        ingested = ingest(cfg)
+        echo(ingested.render())
+        if ingested.accepted == 0:
+            raise ValueError(f"{ingested.source}: no row passed validation; see {ingested.quarantine_path}")
+
+    online: dict[str, dict[str, int]] = {}
+    title = "features: views, point-in-time training set" if cfg.features.views else "features: training set"
+    with stages.stage("features", title):
+        built = build_features(cfg)
+        echo(built.render())
+        if cfg.features.views:
+            online = materialize_online(cfg)
+            for name, counts in online.items():
+                echo(f"online store {name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
+
+    with stages.stage("prepare", "split and FeatureSpec (fitted on the train split)"):
+        prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
+        echo(f"{describe_split(prepared.split)}: " + ", ".join(f"{k} {v:,}" for k, v in prepared.rows.items()))
+        echo(f"FeatureSpec {prepared.spec.content_hash()[:12]}: {len(prepared.spec.feature_names)} model inputs "
+             f"from {len(prepared.spec.input_columns)} columns")  # fmt: skip
+
+    runs: list[TrainRun] = []
+    with stages.stage("train", f"training on Ray Train ({cfg.training.workers} workers): {', '.join(models)}"):
+        for kind in models:
+            run = train_model(cfg, kind, prepared=prepared)
+            runs.append(run)
+            echo(summary(run))
+
+    with stages.stage("registry", "model registry: register, promote through the gates"):
+        promotion = register_and_promote(cfg, runs, cfg.serving.alias)
+        echo("\n".join(promotion.lines))
+
+    url = None
+    if serve:
+        from ray_pipeline.serve.app import deploy
+
+        with stages.stage("serve", f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} on Ray Serve"):
+            if promotion.champion is None:
+                raise ValueError(f"nothing to serve: no version holds @{cfg.serving.alias}")
+            url = deploy(cfg, local=local)
+            echo(f"endpoint: {url}/predict  (OpenAPI: {url}/docs)")
+    return PipelineRun(ingested, built, online, prepared, runs, promotion, url, dict(stages.seconds))
