@@ -173,6 +173,32 @@ def generate(
 
 @app.command()
 @_friendly_errors
+def init(
+    data: Annotated[str, typer.Option("--data", "-d", help="CSV, Parquet or JSON-lines file, directory or URI.")],
+    label: Annotated[str, typer.Option("--label", "-l", help="The column to predict.")],
+    positive: Annotated[
+        list[str], typer.Option("--positive", "-p", help="A label value meaning the positive class; repeatable.")
+    ] = [],
+    threshold: Annotated[
+        float | None, typer.Option(help="Numeric label: positive when greater than this.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pipeline config.")] = Path("pipeline.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Infer a pipeline.yaml from a sample of your table: types, nullability, categories, key, time, label."""
+    from ray_pipeline.data.infer import infer_config
+
+    if out.exists() and not force:
+        raise ValueError(f"--out {out}: exists; pass --force to overwrite it")
+    inferred = infer_config(data, label, positive or None, threshold, str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(inferred.yaml_text)
+    typer.echo(inferred.render())
+    typer.echo(f"wrote {out}; next: ray-pipeline run --config {out} --serve")
+
+
+@app.command()
+@_friendly_errors
 def ingest(
     config: ConfigOpt,
     address: AddressOpt = None,
@@ -308,6 +334,30 @@ def run(
         typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")
     if serve:
         _serve_until_stopped(cfg, wait if wait is not None else runtime.local)
+
+
+@app.command()
+@_friendly_errors
+def predict(
+    config: ConfigOpt,
+    input_path: Annotated[str, typer.Option("--input", "-i", help="File, directory, glob or URI to score.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet), replaced if it holds scores.")],
+    model: Annotated[
+        str | None, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the served alias).")
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, parquet or json (default: from extensions).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score a file or directory in batch with Ray Data and a registered model (its own FeatureSpec)."""
+    from ray_pipeline.registry.models import load, open_registry
+    from ray_pipeline.serve.batch import score_files
+
+    cfg = load_config(config)
+    uri = model or f"models:/{cfg.registry.model_name}@{cfg.serving.alias}"
+    loaded = load(open_registry(cfg), uri)
+    _start_ray(address, verbose)
+    typer.echo(score_files(cfg, loaded, input_path, out, fmt).render())
 
 
 models_app = typer.Typer(help="Model registry: versions, aliases, promotion, rollback.", no_args_is_help=True)
@@ -622,9 +672,9 @@ def demo(
     registry, serving), then the closed loop (drift, monitoring, alert, retrain, promotion)."""
     from ray import serve
 
+    from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.data.summary import ground_truth_summary
     from ray_pipeline.data.synthetic import generate as run_generate
-    from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.pipeline import online_store, training_set_path
     from ray_pipeline.registry.models import load, open_registry
     from ray_pipeline.serve.client import http_json

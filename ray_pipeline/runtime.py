@@ -103,6 +103,13 @@ def _configure_data_context(quiet: bool) -> None:
     ctx.enable_progress_bars = not quiet and os.environ.get("RAY_PIPELINE_PROGRESS", "1") != "0"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if quiet:
+        # Importing Serve installs its INFO-level logger ("Started Serve ...", "... is ready");
+        # import it now so the level set here sticks. Ray Data warns once that its bars are off.
+        import ray.serve  # noqa: F401
+
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def local_cpus() -> int:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ray_pipeline.config import DataConfig, PipelineConfig
+from ray_pipeline.config import PipelineConfig, SourceConfig
 from ray_pipeline.data import validate as v
 from ray_pipeline.data.dedup import add_row_hashes, find_duplicates, mark_duplicates
 from ray_pipeline.data.sources import (
@@ -74,7 +74,7 @@ class IngestResult:
         return "\n".join(lines)
 
 
-def _root_cause(exc: BaseException) -> BaseException:
+def root_cause(exc: BaseException) -> BaseException:
     """The innermost cause of a (possibly Ray-wrapped) exception."""
     seen = exc
     while True:
@@ -112,20 +112,19 @@ def _parse_json_lines(batch: pa.Table, text_columns: list[str]) -> pa.Table:
     return pa.table(cols)
 
 
-def read_source(src: SourceFiles, data: DataConfig, pieces: list[dict[str, Any]] | None = None):
-    """The raw rows of `src` as a Ray Dataset, one read task per piece; schema columns are text
-    for CSV and JSON, and each row carries its file, row number and order (validate.PASSTHROUGH)."""
+def read_source(src: SourceFiles, source: SourceConfig, text_columns: list[str], pieces: list[dict[str, Any]] | None = None):
+    """The raw rows of `src` as a Ray Dataset, one read task per piece; `text_columns` are read as
+    text from CSV and JSON, and each row carries its file, row number and order (validate.PASSTHROUGH)."""
     import ray.data
 
-    columns = data.schema_.columns
     pieces = pieces if pieces is not None else read_pieces(src)
     ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
         read_piece,
         batch_size=1,
-        fn_kwargs={"src": src, "source": data.source, "text_columns": columns},
+        fn_kwargs={"src": src, "source": source, "text_columns": text_columns},
     )
     if src.format == "json":
-        ds = ds.map_batches(_parse_json_lines, fn_kwargs={"text_columns": columns}, batch_format="pyarrow")
+        ds = ds.map_batches(_parse_json_lines, fn_kwargs={"text_columns": text_columns}, batch_format="pyarrow")
     return ds
 
 
@@ -181,7 +180,7 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
             if absent and src.format != "json":
                 raise IngestError(f"{src.display(path)}: validation.duplicates.keys names missing column(s) {absent}")
     pieces = read_pieces(src)
-    ds = read_source(src, data, pieces)
+    ds = read_source(src, data.source, schema.columns, pieces)
     validated = ds.map_batches(
         v.validate_batch,
         fn_kwargs={"schema": schema, "keep_extra": policy == "keep"},
@@ -218,7 +217,7 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
                     done += int(row["n"])
                     update(done)
     except Exception as exc:  # Ray wraps worker errors; surface the cause and name the source.
-        root = _root_cause(exc)
+        root = root_cause(exc)
         first_line = (str(root).strip().splitlines() or [""])[0]
         if isinstance(root, IngestError):
             raise IngestError(first_line) from exc

@@ -296,6 +296,36 @@ def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = Tru
     return pa.table(out)
 
 
+def validate_inputs(batch: pa.Table, columns: dict[str, FeatureColumn], keep: list[str]) -> pa.Table:
+    """Model inputs typed as ingest types them, plus the `keep` columns as read, with the same
+    verdict columns as `validate_batch` (batch scoring: a bad row is quarantined, not scored)."""
+    n = batch.num_rows
+    v = _Verdicts(n)
+    if "_unparseable" in batch.column_names:
+        why = _text(batch["_unparseable"])
+        v.flag(_np(pc.is_valid(why)), "unparseable_row", "*", "")
+        v.detail[~v.open] = np.asarray(why.to_pylist(), dtype=object)[~v.open]
+    out: dict[str, pa.Array] = {c: batch[c] for c in keep if c in batch.column_names}
+    for name, col in columns.items():
+        arr = batch[name] if name in batch.column_names else pa.nulls(n, pa.string())
+        out[name] = (_check_category if col.type == "category" else _check_numeric)(arr, name, col, v)
+    rejected = np.flatnonzero(~v.open)
+    original = np.full(n, None, dtype=object)
+    if len(rejected):
+        take = pa.array(rejected)
+        shown = [c for c in [*keep, *columns] if c in batch.column_names]
+        texts = {c: _text(batch[c].take(take)).to_pylist() for c in shown}
+        original[rejected] = [json.dumps({c: texts[c][i] for c in texts}) for i in range(len(rejected))]
+    out[ORIGINAL] = pa.array(original, type=pa.string())
+    out[REASON] = pa.array(v.reason, type=pa.string())
+    out[FIELD] = pa.array(v.field, type=pa.string())
+    out[DETAIL] = pa.array(v.detail, type=pa.string())
+    for c in PASSTHROUGH:
+        if c in batch.column_names:
+            out[c] = batch[c]
+    return pa.table(out)
+
+
 def accepted_part(validated: pa.Table) -> pa.Table:
     """Rows that passed, without verdict or original-text columns."""
     keep = pc.is_null(validated[REASON])

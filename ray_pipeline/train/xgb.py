@@ -36,6 +36,10 @@ def _progress(key: str | None, total: int):
             self.report(model.num_boosted_rounds(), total)
             return False
 
+        def after_training(self, model):
+            self.report(model.num_boosted_rounds(), total, force=True)
+            return model
+
     return Progress()
 
 
