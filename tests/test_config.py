@@ -71,7 +71,7 @@ def test_inconsistent_feature_column(tmp_path, demo_config_dict, column, expecte
 
 def test_feature_may_not_reuse_label_name(demo_config_dict):
     demo_config_dict["data"]["schema"]["features"]["label"] = {"type": "float"}
-    with pytest.raises(ConfigError, match="features repeat a key/timestamp/label column"):
+    with pytest.raises(ConfigError, match="features repeat a key/timestamp/label/split column"):
         parse_config(demo_config_dict, "inline.yaml")
 
 

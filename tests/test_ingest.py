@@ -242,12 +242,21 @@ def test_extra_columns_reject(ray_session, tmp_path):
         ingest(_config(str(source), tmp_path / "out", extra_columns="reject"))
 
 
-def test_malformed_csv_row_stops_with_file_named(ray_session, tmp_path):
+def test_ragged_csv_rows_go_to_quarantine_with_their_row_numbers(ray_session, tmp_path):
     source = tmp_path / "raw.csv"
-    source.write_text(HEADER + "\n1,10,2024-01-01,0,1,1,red,Paris\n2,11,2024-01-01\n")
-    with pytest.raises(IngestError) as err:
-        ingest(_config(str(source), tmp_path / "out"))
-    assert str(tmp_path) in str(err.value) and "columns" in str(err.value)
+    good = "1,10,2024-01-01,0,1,1,red,Paris"
+    lines = [good, "2,11,2024-01-01", good.replace("1,10", "3,12", 1), "4,13,2024-01-01,0,1,1,red,Paris,extra", good.replace("1,10", "5,14", 1)]
+    source.write_text(HEADER + "\n" + "\n".join(lines) + "\n")
+    result = ingest(_config(str(source), tmp_path / "out"))
+    assert (result.read, result.accepted, result.quarantined) == (5, 3, 2)
+    bad = pd.read_parquet(result.quarantine_path).sort_values("_row")
+    assert bad["_row"].tolist() == [2, 4]
+    assert set(bad["_reason"]) == {"unparseable_row"}
+    assert "row has 3 fields, expected 8" in bad["_detail"].iloc[0] and "2,11,2024-01-01" in bad["_detail"].iloc[0]
+    assert "row has 9 fields, expected 8" in bad["_detail"].iloc[1]
+    assert (bad["_source_file"] == str(source)).all()
+    # the good rows around them keep their own values
+    assert sorted(pd.read_parquet(result.accepted_path)["user_id"].tolist()) == [10, 12, 14]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,13 +104,11 @@ def _random_windows(training_set, cfg: PipelineConfig) -> tuple[dict[str, tuple]
     return bounds, {"by": "random", "stratified_by": label, "seed": split.seed}
 
 
-def prepare(training_set, cfg: PipelineConfig) -> Prepared:
-    """Split (by time with test latest, at random stratified by label, or by the split column),
-    fit the FeatureSpec on train, transform all three."""
+def split_rows(training_set, cfg: PipelineConfig) -> tuple[dict[str, object], dict]:
+    """The raw train / valid / test rows (lazy Ray Datasets) and how they were split: by the split
+    column, by event time (test latest), or at random stratified by label."""
     schema = cfg.data.schema_
     split = cfg.training.split
-    # Read once: the split bounds, the spec fit and the three splits all pass over these rows.
-    training_set = training_set.materialize()
     if schema.split_column:
         raw = {
             name: training_set.map_batches(
@@ -118,19 +116,27 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
             )
             for name in ("train", "valid", "test")
         }
-        how = {"by": "column", "column": schema.split_column}
-    elif split.by == "time" or (split.by == "auto" and schema.event_timestamp):
-        raw, how = _time_split(training_set, schema.event_timestamp, split.valid_fraction, split.test_fraction)
-    else:
-        bounds, how = _random_windows(training_set, cfg)
-        raw = {
-            name: training_set.map_batches(
-                _in_hash_range,
-                fn_kwargs={"seed": split.seed, "label": schema.label, "bounds": bounds[name]},
-                batch_format="pyarrow",
-            )
-            for name in ("train", "valid", "test")
-        }
+        return raw, {"by": "column", "column": schema.split_column}
+    if split.by == "time" or (split.by == "auto" and schema.event_timestamp):
+        return _time_split(training_set, schema.event_timestamp, split.valid_fraction, split.test_fraction)
+    bounds, how = _random_windows(training_set, cfg)
+    raw = {
+        name: training_set.map_batches(
+            _in_hash_range,
+            fn_kwargs={"seed": split.seed, "label": schema.label, "bounds": bounds[name]},
+            batch_format="pyarrow",
+        )
+        for name in ("train", "valid", "test")
+    }
+    return raw, how
+
+
+def prepare(training_set, cfg: PipelineConfig) -> Prepared:
+    """Split (`split_rows`), fit the FeatureSpec on train, transform all three."""
+    schema = cfg.data.schema_
+    # Read once: the split bounds, the spec fit and the three splits all pass over these rows.
+    training_set = training_set.materialize()
+    raw, how = split_rows(training_set, cfg)
     spec = fit(raw["train"], schema, cfg.features)
     splits = {
         name: ds.map_batches(

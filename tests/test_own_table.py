@@ -1,0 +1,274 @@
+"""A user's own table, as a new user would take it: `init`, then `run`, then `predict`, no code.
+
+Three tables built here (no network): one like the public customer-churn table (Yes/No label,
+an id column, no time, numbers with blanks), one with missing values in several columns, and
+one with an event time and a numeric label to threshold. The best model must be within 0.02 AUC
+of a scikit-learn pipeline on the same split, and served scores must equal `predict`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ray_pipeline.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def churn_table(n: int = 4000, seed: int = 1) -> pd.DataFrame:
+    """Like the churn table: string ids, Yes/No label, a numeric column stored as text with blanks."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(0, 73, n)
+    monthly = np.round(rng.uniform(18, 120, n), 2)
+    contract = rng.choice(["Month-to-month", "One year", "Two year"], n, p=[0.55, 0.21, 0.24])
+    internet = rng.choice(["DSL", "Fiber optic", "No"], n, p=[0.34, 0.44, 0.22])
+    z = (-1.0 - 0.05 * tenure + 0.02 * monthly + np.where(contract == "Month-to-month", 1.3, 0.0)
+         + np.where(internet == "Fiber optic", 0.5, 0.0))  # fmt: skip
+    churn = np.where(rng.random(n) < 1 / (1 + np.exp(-z)), "Yes", "No")
+    total = np.round(tenure * monthly, 2).astype(str)
+    total[tenure == 0] = " "  # as in the public table: new customers have a blank total
+    return pd.DataFrame({
+        "customerID": [f"{i:05d}-C" for i in range(n)],
+        "gender": rng.choice(["Female", "Male"], n),
+        "tenure": tenure,
+        "Contract": contract,
+        "InternetService": internet,
+        "MonthlyCharges": monthly,
+        "TotalCharges": total,
+        "notes": [None] * n,  # all null: init leaves it out with a note
+        "Churn": churn,
+    })
+
+
+def missing_table(n: int = 4000, seed: int = 2) -> pd.DataFrame:
+    """0/1 label, missing values in numeric and categorical columns, no id, no time."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue", "black"], n)
+    z = 1.2 * a - 0.8 * b + np.where(color == "red", 0.9, 0.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    frame = pd.DataFrame({"a": a, "b": b, "color": color, "noise": rng.uniform(0, 10, n), "y": y})
+    for col, share in (("a", 0.2), ("b", 0.1), ("color", 0.15), ("noise", 0.3)):
+        frame.loc[rng.random(n) < share, col] = None
+    return frame
+
+
+def flights_table(n: int = 4000, seed: int = 3) -> pd.DataFrame:
+    """An event time and a numeric delay: label = arr_delay > 15."""
+    rng = np.random.default_rng(seed)
+    dep_hour = rng.integers(5, 23, n)
+    distance = rng.uniform(100, 3000, n)
+    carrier = rng.choice(["AA", "DL", "UA", "WN", "B6"], n)
+    delay = rng.normal(5 + 1.2 * (dep_hour - 12) + np.where(carrier == "B6", 12, 0) - distance / 400, 15, n)
+    times = pd.Timestamp("2025-01-01", tz="UTC") + pd.to_timedelta(np.sort(rng.uniform(0, 60 * 86400, n)), unit="s")
+    return pd.DataFrame({
+        "flight_time": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "carrier": carrier,
+        "dep_hour": dep_hour,
+        "distance": np.round(distance, 1),
+        "arr_delay": np.round(delay, 1),
+    })
+
+
+def _sklearn_auc(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str]) -> float:
+    """The baseline a user would write: impute + scale, one-hot, LogisticRegression."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    prep = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(), StandardScaler()), numeric),
+        ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="(missing)"),
+                              OneHotEncoder(handle_unknown="ignore")), categorical),
+    ])  # fmt: skip
+    model = make_pipeline(prep, LogisticRegression(max_iter=2000))
+
+    def x(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame[numeric].astype(float)
+        for c in categorical:  # Arrow strings come back with pd.NA, which scikit-learn cannot test for
+            out[c] = frame[c].astype(object).where(frame[c].notna(), np.nan)
+        return out
+
+    model.fit(x(train), train["_y"])
+    return float(roc_auc_score(test["_y"], model.predict_proba(x(test))[:, 1]))
+
+
+def _same_split_baseline(config: Path) -> float:
+    """scikit-learn's test AUC on exactly the rows the platform trained and tested on."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.data.sources import read_parquet
+    from ray_pipeline.features.pipeline import training_set_path
+    from ray_pipeline.train.data import split_rows
+
+    cfg = load_config(config)
+    raw, _ = split_rows(read_parquet(training_set_path(cfg)).materialize(), cfg)
+    train, test = raw["train"].to_pandas(), raw["test"].to_pandas()
+    feats = cfg.data.schema_.features
+    numeric = [n for n, c in feats.items() if c.type != "category"]
+    categorical = [n for n, c in feats.items() if c.type == "category"]
+    for f in (train, test):
+        f["_y"] = f[cfg.data.schema_.label]
+    return _sklearn_auc(train, test, numeric, categorical)
+
+
+def _best_auc(config: Path) -> float:
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.models import open_registry
+
+    cfg = load_config(config)
+    return max(v.metrics["roc_auc"] for v in open_registry(cfg).versions(cfg.registry.model_name))
+
+
+def _serve_on_free_port(config: Path, app_name: str) -> None:
+    from ray_pipeline.runtime import free_port
+
+    body = yaml.safe_load(config.read_text())
+    body["serving"].update(port=free_port(), app_name=app_name, route_prefix=f"/{app_name}")
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+
+
+def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
+    from ray import serve
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.serve.client import http_json
+
+    table = churn_table()
+    csv = tmp_path / "churn.csv"
+    text = table.to_csv(index=False)
+    lines = text.splitlines()
+    # bad input a real export has: a third label value and a row cut short (line 6 = data row 5)
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",Maybe"
+    lines[5] = ",".join(lines[5].split(",")[:4])
+    csv.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "pipeline.yaml"
+
+    out = _invoke("init", "--data", str(csv), "--label", "Churn", "--positive", "Yes", "--out", str(config))
+    assert "notes" in out and "every value is missing" in out  # the all-null column, left out with why
+    assert "'Maybe' (1)" in out and "quarantined" in out  # the third label value is named
+    assert "wrong number of fields" in out
+    body = yaml.safe_load(config.read_text())
+    schema = body["data"]["schema"]
+    assert schema["entity_key"] == "customerID" and "event_timestamp" not in schema
+    assert schema["label"] == {"column": "Churn", "positive": ["Yes"], "negative": ["No"]}
+    assert schema["features"]["TotalCharges"]["type"] == "float" and schema["features"]["TotalCharges"]["nullable"]
+    assert schema["features"]["Contract"]["categories"] == ["Month-to-month", "One year", "Two year"]
+    assert "notes" not in schema["features"] and "customerID" not in schema["features"]
+    _serve_on_free_port(config, "churn")
+
+    out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
+    assert "random split stratified by Churn" in out and "@champion" in out
+    cfg = load_config(config)
+    quarantine = pd.read_parquet(cfg.resolve(cfg.data.output.quarantine)).set_index("_row")
+    assert quarantine.loc[3, "_reason"] == "invalid_label" and "'Maybe'" in quarantine.loc[3, "_detail"]
+    assert quarantine.loc[5, "_reason"] == "unparseable_row" and "row has 4 fields" in quarantine.loc[5, "_detail"]
+    assert len(quarantine) == 2
+    assert _best_auc(config) >= _same_split_baseline(config) - 0.02
+
+    scored_dir = tmp_path / "scores"
+    out = _invoke("predict", "--config", str(config), "--input", str(csv), "--out", str(scored_dir))
+    assert f"{len(table) - 1:,}  -> {scored_dir}" in out  # scored
+    scores = pd.read_parquet(scored_dir).set_index("row").sort_index()
+    # the cut-short row cannot be scored (quarantined); every other row is, label or not
+    assert len(scores) == len(table) - 1 and 5 not in scores.index
+    assert pd.read_parquet(scored_dir / "_quarantine")["_row"].tolist() == [5]
+    assert scores["customerID"].iloc[0] == "00000-C"
+
+    # served scores equal predict's for the same rows
+    url = f"http://127.0.0.1:{cfg.serving.port}/churn"
+    inputs = ["gender", "tenure", "Contract", "InternetService", "MonthlyCharges", "TotalCharges"]
+    sample = table.iloc[[0, 1, 6, 7, 8]]
+    records = []
+    for _, row in sample.iterrows():
+        rec = {k: row[k] for k in inputs}
+        rec["tenure"], rec["MonthlyCharges"] = float(rec["tenure"]), float(rec["MonthlyCharges"])
+        rec["TotalCharges"] = float(rec["TotalCharges"]) if rec["TotalCharges"].strip() else None
+        records.append(rec)
+    status, answer = http_json(url + "/predict", {"records": records})
+    assert status == 200, answer
+    served = [p["probability"] for p in answer["predictions"]]
+    offline = scores.loc[[i + 1 for i in sample.index], "score"].tolist()  # data row = index + 1
+    assert np.allclose(served, offline, rtol=0, atol=1e-6), (served, offline)
+    serve.delete("churn")
+
+
+@pytest.mark.slow
+def test_table_with_missing_values(ray_session, tmp_path):
+    from ray_pipeline.config import load_config
+
+    path = tmp_path / "missing.parquet"
+    missing_table().to_parquet(path)
+    config = tmp_path / "pipeline.yaml"
+    out = _invoke("init", "--data", str(path), "--label", "y", "--out", str(config))
+    assert "label: already 0/1" in out
+    schema = yaml.safe_load(config.read_text())["data"]["schema"]
+    assert all(schema["features"][c]["nullable"] for c in ("a", "b", "color", "noise"))
+    assert "entity_key" not in schema
+
+    out = _invoke("run", "--config", str(config), "--models", "logreg")
+    cfg = load_config(config)
+    assert math.isclose(_best_auc(config), _same_split_baseline(config), abs_tol=0.02)
+    assert "quarantined             0" in out
+    scored = tmp_path / "scores"
+    _invoke("predict", "--config", str(config), "--input", str(path), "--out", str(scored))
+    assert len(pd.read_parquet(scored)) == len(missing_table())
+    assert cfg.data.schema_.label_mapping.positive is None
+
+
+@pytest.mark.slow
+def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
+    path = tmp_path / "flights.csv"
+    table = flights_table()
+    table.to_csv(path, index=False)
+    config = tmp_path / "pipeline.yaml"
+    out = _invoke("init", "--data", str(path), "--label", "arr_delay", "--threshold", "15", "--out", str(config))
+    schema = yaml.safe_load(config.read_text())["data"]["schema"]
+    assert schema["event_timestamp"] == "flight_time" and schema["label"] == {"column": "arr_delay", "threshold": 15.0}
+    assert "arr_delay > 15" in out
+
+    out = _invoke("run", "--config", str(config), "--models", "logreg,xgboost")
+    assert "split by flight_time at" in out
+    assert _best_auc(config) >= _same_split_baseline(config) - 0.02
+    # the label mapping travels with the model version
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.models import load, open_registry
+
+    cfg = load_config(config)
+    champion = load(open_registry(cfg), f"models:/{cfg.registry.model_name}@champion")
+    assert champion.spec.label.threshold == 15.0 and champion.spec.event_timestamp == "flight_time"
+    positives = (table["arr_delay"] > 15).mean()
+    assert 0.05 < positives < 0.95
+
+
+def test_init_asks_which_value_is_positive(tmp_path):
+    path = tmp_path / "t.csv"
+    churn_table(200).to_csv(path, index=False)
+    result = runner.invoke(app, ["init", "--data", str(path), "--label", "Churn", "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 2
+    assert "--positive" in result.output and "'No'" in result.output and "'Yes'" in result.output
+    result = runner.invoke(app, ["init", "--data", str(path), "--label", "nope", "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 2 and "no such column" in result.output and "Churn" in result.output
+
+
+def test_models_list_on_an_empty_registry_says_so(tmp_path):
+    path = tmp_path / "t.csv"
+    churn_table(200).to_csv(path, index=False)
+    config = tmp_path / "p.yaml"
+    _invoke("init", "--data", str(path), "--label", "Churn", "--positive", "Yes", "--out", str(config))
+    assert "no versions of model 't'" in _invoke("models", "list", "--config", str(config))
