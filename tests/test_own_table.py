@@ -205,6 +205,9 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     served = [p["probability"] for p in answer["predictions"]]
     offline = scores.loc[[i + 1 for i in sample.index], "score"].tolist()  # data row = index + 1
     assert np.allclose(served, offline, rtol=0, atol=1e-6), (served, offline)
+    # the served version says what its probability is of, in the data's terms
+    status, info = http_json(url + "/model")
+    assert info["label"] == {"column": "Churn", "positive": ["Yes"], "negative": ["No"]}
     serve.delete("churn")
 
 

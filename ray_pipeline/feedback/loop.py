@@ -76,6 +76,11 @@ def _holdout_inputs(rows: pa.Table, columns: list[str]) -> pa.Table:
 
 def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None = None) -> dict[str, Any]:
     """One feedback run; returns (and writes) its record."""
+    schema = cfg.data.schema_
+    if not (schema.entity_key and schema.event_timestamp):
+        # Fed-back rows join training by entity and time, and the holdout is the latest windows.
+        raise ValueError("retrain needs data.schema.entity_key and data.schema.event_timestamp: labeled traffic "
+                         "becomes training rows by them (send both with each record)")  # fmt: skip
     name = cfg.registry.model_name
     run_id = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     record: dict[str, Any] = {"id": run_id, "trigger": reason, "started_at": datetime.now(timezone.utc).isoformat()}

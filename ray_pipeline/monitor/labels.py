@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ray_pipeline.config import PipelineConfig
+from ray_pipeline.config import LabelMapping, PipelineConfig
+from ray_pipeline.data.validate import label_values
 from ray_pipeline.serve.predlog import read_log
 
 LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("label", pa.int8()),
@@ -80,10 +81,16 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
     if label_col not in t.column_names:
         raise ValueError(f"{path}: no label column ({schema.label!r} or 'label'); columns: {t.column_names}")
     by_request = "request_id" in t.column_names
+    if not by_request and not (schema.entity_key and schema.event_timestamp):
+        raise ValueError(f"{path}: labels need a request_id column (the data has no entity key and event time to join on)")
     if not by_request and not {schema.entity_key, schema.event_timestamp} <= set(t.column_names):
         raise ValueError(
             f"{path}: labels need a request_id column, or {schema.entity_key!r} and {schema.event_timestamp!r}"
         )
+    # The data's label column speaks the data's language (e.g. Yes/No, a delay to threshold) and
+    # is mapped as ingest maps it; a column named `label` holds 0/1.
+    mapping = schema.label_mapping if label_col == schema.label else LabelMapping(column="label")
+    mapped, _, fits = label_values(t[label_col], mapping)
     log = read_log(cfg.resolve(cfg.serving.prediction_log))
     log = log.filter(pc.is_in(log["variant"], pa.array(["champion", "challenger"])))
     by_id: dict[str, list[int]] = {}
@@ -100,7 +107,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
     good: list[tuple[str, int, int]] = []
     bad: list[dict[str, str | int | None]] = []
     for i, rec in enumerate(t.to_pylist(), start=1):
-        reason, detail, key = _check(rec, label_col, by_request, by_id, by_event, schema)
+        reason, detail, key = _check(rec, label_col, bool(fits[i - 1]), mapping, by_request, by_id, by_event, schema)
         if reason is None and key in seen:
             reason, detail = "duplicate", f"a label for request {key[0]} row {key[1]} was already given"
         if reason is not None:
@@ -108,7 +115,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
                         "_detail": detail, "_source_file": str(path), "_row": i})  # fmt: skip
             continue
         seen.add(key)
-        good.append((key[0], key[1], int(str(rec[label_col]).strip())))
+        good.append((key[0], key[1], int(mapped[i - 1])))
     root = Path(cfg.resolve(cfg.monitoring.labels))
     accepted_path = quarantine_path = None
     now = datetime.now(timezone.utc)
@@ -126,7 +133,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
     return LabelResult(t.num_rows, len(good), reasons, accepted_path, quarantine_path)
 
 
-def _check(rec, label_col, by_request, by_id, by_event, schema):  # noqa: ANN001, ANN202 - one row's checks
+def _check(rec, label_col, fits, mapping, by_request, by_id, by_event, schema):  # noqa: ANN001, ANN202 - one row's checks
     raw = rec.get(label_col)
     if by_request:
         rid = rec.get("request_id")
@@ -164,8 +171,8 @@ def _check(rec, label_col, by_request, by_id, by_event, schema):  # noqa: ANN001
         key = matches[0]
     if raw is None or str(raw).strip() == "":
         return "missing_label", f"{label_col} is empty", None
-    if str(raw).strip() not in ("0", "1"):
-        return "invalid_label", f"{label_col}: expected 0 or 1, got {raw!r}", None
+    if not fits:
+        return "invalid_label", f"{label_col}: expected a label where 1 means {mapping.describe()}, got {raw!r}", None
     return None, None, key
 
 

@@ -38,6 +38,7 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
         "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical},
         "features": spec.feature_names,
         "output": "probability of label 1",
+        "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
     }
     lineage = {**lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version()}
     return registry.register(name, run_dir, params["model"], metrics, params, signature, lineage)

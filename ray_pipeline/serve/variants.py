@@ -121,5 +121,7 @@ class ModelSet:
 
 def _describe(model: LoadedModel, loaded_at: str) -> dict[str, Any]:
     v = model.version
+    label = model.spec.label  # what `probability` is the probability of, in the data's own terms
     return {"name": v.name, "version": v.version, "uri": v.uri, "kind": v.kind,
-            "feature_spec_hash": model.spec.content_hash(), "loaded_at": loaded_at}  # fmt: skip
+            "feature_spec_hash": model.spec.content_hash(), "loaded_at": loaded_at,
+            "label": label.model_dump(exclude_none=True) if label is not None else None}  # fmt: skip
