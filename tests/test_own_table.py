@@ -208,7 +208,18 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     # the served version says what its probability is of, in the data's terms
     status, info = http_json(url + "/model")
     assert info["label"] == {"column": "Churn", "positive": ["Yes"], "negative": ["No"]}
-    serve.delete("churn")
+    serve.delete("churn")  # replicas flush their prediction logs on the way out
+
+    # delayed labels in the data's own terms are mapped like ingest maps them
+    labels = tmp_path / "labels.csv"
+    rid = answer["request_id"]
+    pd.DataFrame({"request_id": [rid] * 3, "row": [0, 1, 2], "Churn": ["Yes", "No", "Maybe"]}).to_csv(labels, index=False)
+    out = _invoke("labels", "ingest", "--config", str(config), "--path", str(labels))
+    from ray_pipeline.monitor.labels import accepted_labels
+
+    got = accepted_labels(cfg).to_pandas().sort_values("row")
+    assert got["label"].tolist() == [1, 0]
+    assert "invalid_label" in out
 
 
 @pytest.mark.slow
