@@ -327,8 +327,15 @@ def run(
     stages = Stages(5 + serve, typer.echo, _heading)
     done = run_pipeline(cfg, kinds, serve=serve, local=runtime.local, echo=typer.echo, stages=stages)
     typer.echo(done.timing_line())
-    if runtime.local and not verbose and logs_dir():
-        typer.echo(f"Ray's own logs: {logs_dir()}")
+    logs = logs_dir()
+    run_root = cfg.resolve(cfg.training.run_root)
+    if runtime.local and logs and "://" not in run_root:
+        # The embedded Ray's logs live in its temp dir (socket paths must stay short): link them
+        # beside the runs they belong to.
+        link = Path(run_root) / "ray-logs"
+        link.unlink(missing_ok=True)
+        link.symlink_to(logs, target_is_directory=True)
+        typer.echo(f"Ray's own logs (workers' epoch lines, Ray Data): {link} -> {logs}")
     champion = done.promotion.champion
     if champion is not None:
         typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")

@@ -117,7 +117,7 @@ def _numbers_in_text(s: pd.Series) -> pd.Series | None:
     return values if values.notna().mean() >= 0.99 else None
 
 
-def _is_time(s: pd.Series, name: str) -> bool:
+def _is_time(s: pd.Series) -> bool:
     if pd.api.types.is_datetime64_any_dtype(s):
         return True
     if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)):
@@ -183,7 +183,7 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
     distinct = present.nunique()
     if distinct == 1:
         return Column(name, "left out", f"constant ({present.iloc[0]!r}): carries no signal")
-    if _is_time(s, name):
+    if _is_time(s):
         return Column(name, "event_timestamp", f"timestamps ({present.min()} .. {present.max()})")
     is_text = not pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     numbers = _numbers_in_text(s) if is_text else None

@@ -256,11 +256,7 @@ def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = Tru
         for c in missing:
             batch = batch.append_column(c, pa.nulls(n, pa.string()))
 
-    if "_unparseable" in batch.column_names:
-        why = _text(batch["_unparseable"])
-        v.flag(_np(pc.is_valid(why)), "unparseable_row", "*", "")
-        v.detail[~v.open] = np.asarray(why.to_pylist(), dtype=object)[~v.open]
-        batch = batch.drop_columns(["_unparseable"])
+    batch = _flag_unparseable(batch, v)
 
     typed: dict[str, pa.Array] = {}
     if schema.entity_key:
@@ -280,11 +276,26 @@ def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = Tru
     if keep_extra:
         out.update({c: batch[c] for c in extras})
 
+    return _with_verdicts(out, batch, v, [*schema.columns, *extras])
+
+
+def _flag_unparseable(batch: pa.Table, v: _Verdicts) -> pa.Table:
+    """Flag rows the reader could not parse (their reason is in `_unparseable`); drop that column."""
+    if "_unparseable" not in batch.column_names:
+        return batch
+    why = _text(batch["_unparseable"])
+    v.flag(_np(pc.is_valid(why)), "unparseable_row", "*", "")
+    v.detail[~v.open] = np.asarray(why.to_pylist(), dtype=object)[~v.open]
+    return batch.drop_columns(["_unparseable"])
+
+
+def _with_verdicts(out: dict[str, pa.Array], batch: pa.Table, v: _Verdicts, shown: list[str]) -> pa.Table:
+    """`out` plus the verdict columns, rejected rows' input text (`shown` columns) and the reader's tags."""
     rejected = np.flatnonzero(~v.open)
-    original = np.full(n, None, dtype=object)
+    original = np.full(batch.num_rows, None, dtype=object)
     if len(rejected):
         take = pa.array(rejected)
-        texts = {c: _text(batch[c].take(take)).to_pylist() for c in [*schema.columns, *extras]}
+        texts = {c: _text(batch[c].take(take)).to_pylist() for c in shown}
         original[rejected] = [json.dumps({c: texts[c][i] for c in texts}) for i in range(len(rejected))]
     out[ORIGINAL] = pa.array(original, type=pa.string())
     out[REASON] = pa.array(v.reason, type=pa.string())
@@ -301,29 +312,12 @@ def validate_inputs(batch: pa.Table, columns: dict[str, FeatureColumn], keep: li
     verdict columns as `validate_batch` (batch scoring: a bad row is quarantined, not scored)."""
     n = batch.num_rows
     v = _Verdicts(n)
-    if "_unparseable" in batch.column_names:
-        why = _text(batch["_unparseable"])
-        v.flag(_np(pc.is_valid(why)), "unparseable_row", "*", "")
-        v.detail[~v.open] = np.asarray(why.to_pylist(), dtype=object)[~v.open]
+    batch = _flag_unparseable(batch, v)
     out: dict[str, pa.Array] = {c: batch[c] for c in keep if c in batch.column_names}
     for name, col in columns.items():
         arr = batch[name] if name in batch.column_names else pa.nulls(n, pa.string())
         out[name] = (_check_category if col.type == "category" else _check_numeric)(arr, name, col, v)
-    rejected = np.flatnonzero(~v.open)
-    original = np.full(n, None, dtype=object)
-    if len(rejected):
-        take = pa.array(rejected)
-        shown = [c for c in [*keep, *columns] if c in batch.column_names]
-        texts = {c: _text(batch[c].take(take)).to_pylist() for c in shown}
-        original[rejected] = [json.dumps({c: texts[c][i] for c in texts}) for i in range(len(rejected))]
-    out[ORIGINAL] = pa.array(original, type=pa.string())
-    out[REASON] = pa.array(v.reason, type=pa.string())
-    out[FIELD] = pa.array(v.field, type=pa.string())
-    out[DETAIL] = pa.array(v.detail, type=pa.string())
-    for c in PASSTHROUGH:
-        if c in batch.column_names:
-            out[c] = batch[c]
-    return pa.table(out)
+    return _with_verdicts(out, batch, v, [c for c in [*keep, *columns] if c in batch.column_names])
 
 
 def accepted_part(validated: pa.Table) -> pa.Table:
