@@ -9,6 +9,7 @@ of a scikit-learn pipeline on the same split, and served scores must equal `pred
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,8 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
 
     out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
     assert "random split stratified by Churn" in out and "@champion" in out
+    # a Serve already running in this test session keeps its own port: take the URL run printed
+    url = re.search(r"endpoint: (\S+)/predict", out).group(1)
     cfg = load_config(config)
     quarantine = pd.read_parquet(cfg.resolve(cfg.data.output.quarantine)).set_index("_row")
     assert quarantine.loc[3, "_reason"] == "invalid_label" and "'Maybe'" in quarantine.loc[3, "_detail"]
@@ -191,7 +194,6 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     assert scores["customerID"].iloc[0] == "00000-C"
 
     # served scores equal predict's for the same rows
-    url = f"http://127.0.0.1:{cfg.serving.port}/churn"
     inputs = ["gender", "tenure", "Contract", "InternetService", "MonthlyCharges", "TotalCharges"]
     sample = table.iloc[[0, 1, 6, 7, 8]]
     records = []
