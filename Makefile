@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test bench clean redis-server promtool
+.PHONY: demo test bench clean redis-server promtool postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
-test: $(STAMP) redis-server promtool
+test: $(STAMP) redis-server promtool postgresql
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
 
 # Tests start their own redis-server on a free port; install the Debian package when we can.
@@ -45,3 +45,13 @@ bench: $(STAMP) redis-server
 
 clean:
 	rm -rf data/demo .pytest_cache
+
+# The registry tests start their own PostgreSQL server (initdb in a temp dir, a free port, run as
+# the postgres user); Debian's package puts the server programs in /usr/lib/postgresql/*/bin.
+postgresql:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else \
+	    echo "PostgreSQL not found: registry tests on PostgreSQL will be skipped (apt-get install -y postgresql)"; \
+	  fi; }

@@ -376,14 +376,14 @@ NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Registered mo
 @_friendly_errors
 def models_list(config: ConfigOpt, name: NameOpt = None) -> None:
     """List versions with their key metrics and aliases."""
-    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.registry.models import open_registry, registry_db
 
     cfg = load_config(config)
     registry = open_registry(cfg)
     name = name or cfg.registry.model_name
     versions = registry.versions(name)
     if not versions:
-        typer.echo(f"no versions of model {name!r} in {cfg.resolve(cfg.registry.db_path)} "
+        typer.echo(f"no versions of model {name!r} in {registry_db(cfg)} "
                    "(`ray-pipeline models register --run DIR` or `train --register` adds one)")  # fmt: skip
         return
     by_version: dict[int, list[str]] = {}

@@ -452,9 +452,14 @@ class GateRule(StrictModel):
 
 
 class RegistryConfig(StrictModel):
-    """Model registry: SQLite metadata plus an artifact directory."""
+    """Model registry: metadata in SQLite or PostgreSQL, plus an artifact directory."""
 
     db_path: str = Field(default="registry.db", description="SQLite file with versions, aliases and history.")
+    db_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata database, e.g. postgresql+psycopg://user@host/db "
+        "(every node must reach it); unset: SQLite at db_path.",
+    )
     artifact_root: str = Field(default="artifacts", description="Directory holding one folder per version.")
     model_name: str = Field(default="model", pattern=r"^[A-Za-z0-9_.-]+$")
     gates: dict[str, GateRule] = Field(

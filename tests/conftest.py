@@ -31,6 +31,68 @@ def require_binary(name: str, package: str) -> str:
     return binary
 
 
+def _postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or where Debian's postgresql package puts it."""
+    import glob
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for this test run: initdb in a temp dir, a free port, run as a
+    non-root user (PostgreSQL refuses root); yields an admin SQLAlchemy URL."""
+    import subprocess
+    import tempfile
+
+    from ray_pipeline.runtime import free_port
+
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        message = "PostgreSQL not found: install it with `apt-get install -y postgresql` (make test does, as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    base = tempfile.mkdtemp(prefix="rp-pg-")
+    data = os.path.join(base, "data")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = "postgres" if any(p.pw_name == "postgres" for p in pwd.getpwall()) else "nobody"
+        os.chmod(base, 0o755)
+        shutil.chown(base, user)
+        prefix = ["runuser", "-u", user, "--"]
+    port = free_port()
+    subprocess.run([*prefix, initdb, "-D", data, "-U", "rp", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*prefix, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(base, "log"), "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    yield f"postgresql+psycopg://rp@127.0.0.1:{port}/postgres"
+    subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_db(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server (URL)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as db:
+        db.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return postgres_server.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """The one Ray instance of this test run (started on first use, stopped at the end)."""

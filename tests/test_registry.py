@@ -45,9 +45,11 @@ def make_run(root: Path, log_loss: float, roc_auc: float, seed: int = 0) -> Path
     return run
 
 
-@pytest.fixture
-def registry(tmp_path) -> Registry:
-    return Registry(tmp_path / "reg" / "registry.db", tmp_path / "reg" / "artifacts")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request, tmp_path) -> Registry:
+    """The registry on each metadata backend: a SQLite file, and a real PostgreSQL server."""
+    db = tmp_path / "reg" / "registry.db" if request.param == "sqlite" else request.getfixturevalue("postgres_db")
+    return Registry(db, tmp_path / "reg" / "artifacts")
 
 
 def test_register_versions_and_uris(registry, tmp_path):
@@ -106,7 +108,7 @@ def test_concurrent_registration_gives_distinct_gap_free_versions(registry, tmp_
     run = str(make_run(tmp_path, 0.4, 0.8))
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
-        results = pool.starmap(_register_many, [(str(registry.db_path), str(registry.root), run, 4)] * 4)
+        results = pool.starmap(_register_many, [(str(registry.db), str(registry.root), run, 4)] * 4)
     got = sorted(v for r in results for v in r)
     assert got == list(range(1, 17))
     assert [v.version for v in registry.versions("fraud")] == got
@@ -121,7 +123,7 @@ class _CrashBeforeCommit(Registry):
 def test_crash_during_registration_leaves_nothing_visible(registry, tmp_path):
     run = make_run(tmp_path, 0.4, 0.8)
     register_run(registry, "fraud", run)
-    crashing = _CrashBeforeCommit(registry.db_path, registry.root)
+    crashing = _CrashBeforeCommit(registry.db, registry.root)
     with pytest.raises(RuntimeError, match="simulated crash"):
         register_run(crashing, "fraud", run)
     assert [v.version for v in registry.versions("fraud")] == [1]
@@ -131,7 +133,7 @@ def test_crash_during_registration_leaves_nothing_visible(registry, tmp_path):
         "import os, sys; from ray_pipeline.registry.store import Registry; "
         "from ray_pipeline.registry.models import register_run\n"
         "class R(Registry):\n    def _before_commit(self, v): os._exit(9)\n"
-        f"register_run(R({str(registry.db_path)!r}, {str(registry.root)!r}), 'fraud', {str(run)!r})"
+        f"register_run(R({str(registry.db)!r}, {str(registry.root)!r}), 'fraud', {str(run)!r})"
     )
     assert subprocess.run([sys.executable, "-c", script]).returncode == 9
     assert [v.version for v in registry.versions("fraud")] == [1]
@@ -171,6 +173,37 @@ def test_promotion_gates_refuse_pass_and_force(registry, tmp_path):
     assert change.to_version == 3 and "PASS log_loss" in report
     change, _ = promote(registry, "fraud", 2, "champion", gates, force=True)
     assert change.reason.startswith("FORCED") and registry.aliases("fraud") == {"champion": 2}
+
+
+def test_gates_are_checked_against_the_holder_the_move_replaces(registry, tmp_path):
+    """A promotion that lands while another is being checked is compared with the new holder."""
+    import threading
+    import time
+
+    from ray_pipeline.registry.models import gate_report
+
+    gates = {"log_loss": GateRule(min_improvement=0.0)}
+    for loss in (0.40, 0.38, 0.39):
+        register_run(registry, "fraud", make_run(tmp_path, loss, 0.8))
+    registry.set_alias("fraud", "champion", 1, "first")
+    inside = threading.Event()
+
+    def slow_gate(candidate, current):  # v2 passes against v1, then takes its time to commit
+        passed, _ = gate_report(candidate, current, gates)
+        assert passed and current.version == 1
+        inside.set()
+        time.sleep(1.0)
+        return "promoted: gates passed"
+
+    first = threading.Thread(target=registry.set_alias, args=("fraud", "champion", 2), kwargs={"check": slow_gate})
+    first.start()
+    assert inside.wait(30)
+    # v3 beats v1 but not v2: checked against v1 (read before v2's move commits) it would win
+    with pytest.raises(PromotionRefused, match="models:/fraud/3 vs models:/fraud/2"):
+        promote(registry, "fraud", 3, "champion", gates)
+    first.join()
+    assert registry.aliases("fraud") == {"champion": 2}
+    assert [c.to_version for c in registry.history("fraud", "champion")] == [1, 2]
 
 
 def test_models_cli(tmp_path, demo_config_dict):

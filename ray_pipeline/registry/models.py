@@ -20,9 +20,14 @@ from ray_pipeline.train.models import load_model
 LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss"}
 
 
+def registry_db(cfg: PipelineConfig) -> str:
+    """The registry's database: `registry.db_url`, else the SQLite file at `registry.db_path`."""
+    return cfg.registry.db_url or cfg.resolve(cfg.registry.db_path)
+
+
 def open_registry(cfg: PipelineConfig) -> Registry:
     """The configured registry."""
-    return Registry(cfg.resolve(cfg.registry.db_path), cfg.resolve(cfg.registry.artifact_root))
+    return Registry(registry_db(cfg), cfg.resolve(cfg.registry.artifact_root))
 
 
 def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None) -> ModelVersion:
@@ -131,12 +136,19 @@ def promote(
     force: bool = False,
     actor: str = "",
 ) -> tuple[AliasChange, str]:
-    """Point `alias` at `version` if it passes the gates against the current holder (or `force`)."""
-    candidate = registry.get(name, version)
-    holder = registry.aliases(name).get(alias)
-    current = registry.get(name, holder) if holder is not None else None
-    passed, report = gate_report(candidate, current, gates)
-    if not passed and not force:
-        raise PromotionRefused(f"promotion of {candidate.uri} to @{alias} refused:\n{report}")
-    reason = "promoted: gates passed" if passed else "FORCED past failing gates"
-    return registry.set_alias(name, alias, version, reason, actor), report
+    """Point `alias` at `version` if it passes the gates against the current holder (or `force`).
+
+    The gates are checked inside the transaction that moves the alias, against the holder it
+    replaces: a promotion that lands in between cannot be overtaken by a stale comparison.
+    """
+    reports: list[str] = []
+
+    def check(candidate: ModelVersion, current: ModelVersion | None) -> str:
+        passed, report = gate_report(candidate, current, gates)
+        reports.append(report)
+        if not passed and not force:
+            raise PromotionRefused(f"promotion of {candidate.uri} to @{alias} refused:\n{report}")
+        return "promoted: gates passed" if passed else "FORCED past failing gates"
+
+    change = registry.set_alias(name, alias, version, actor=actor, check=check)
+    return change, reports[-1]

@@ -1,9 +1,13 @@
 """Model registry with MLflow's vocabulary (registered model, version, alias, models:/ URIs).
 
-Metadata lives in SQLite; each version's files live in `artifact_root/NAME/VERSION/` with a
-sha256 manifest. Registration copies into a staging folder first and makes the version visible
-in one SQLite transaction that also moves the folder into place, so a crash never leaves a
-half-registered version visible, and concurrent registrations get distinct, gap-free numbers.
+Metadata lives in a SQL database through SQLAlchemy Core: a SQLite file by default, PostgreSQL
+(`postgresql+psycopg://...`) when several nodes must reach it. Each version's files live in
+`artifact_root/NAME/VERSION/` with a sha256 manifest. Registration copies into a staging folder
+first and makes the version visible in one transaction that also moves the folder into place, so
+a crash never leaves a half-registered version visible. Writers for one model are serialised
+(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock per model name), so
+concurrent registrations get distinct, gap-free numbers and an alias move checks its gates
+against the holder it replaces.
 """
 
 from __future__ import annotations
@@ -14,31 +18,102 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import uuid
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.pool import NullPool
+
 MANIFEST = "MANIFEST.json"
 URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9_.-]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_.-]+))$")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, created_at TEXT NOT NULL, kind TEXT NOT NULL,
-    path TEXT NOT NULL, manifest_sha256 TEXT NOT NULL, metrics TEXT NOT NULL, params TEXT NOT NULL,
-    signature TEXT NOT NULL, lineage TEXT NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS aliases (
-    name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (name, alias));
-CREATE TABLE IF NOT EXISTS alias_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL, at TEXT NOT NULL,
-    from_version INTEGER, to_version INTEGER, reason TEXT NOT NULL, actor TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS locks (
-    name TEXT PRIMARY KEY, holder TEXT NOT NULL, acquired_at TEXT NOT NULL, expires_at TEXT NOT NULL);
-"""
+# The same tables (names, columns, order) earlier releases created with raw SQLite DDL, so an
+# existing registry.db opens unchanged.
+_META = MetaData()
+VERSIONS = Table(
+    "versions", _META,
+    Column("name", String(255), primary_key=True), Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", String(40), nullable=False), Column("kind", String(32), nullable=False),
+    Column("path", Text, nullable=False), Column("manifest_sha256", String(64), nullable=False),
+    Column("metrics", Text, nullable=False), Column("params", Text, nullable=False),
+    Column("signature", Text, nullable=False), Column("lineage", Text, nullable=False),
+)  # fmt: skip
+ALIASES = Table(
+    "aliases", _META,
+    Column("name", String(255), primary_key=True), Column("alias", String(255), primary_key=True),
+    Column("version", Integer, nullable=False),
+)  # fmt: skip
+HISTORY = Table(
+    "alias_history", _META,
+    Column("id", Integer, primary_key=True, autoincrement=True), Column("name", String(255), nullable=False),
+    Column("alias", String(255), nullable=False), Column("at", String(40), nullable=False),
+    Column("from_version", Integer), Column("to_version", Integer),
+    Column("reason", Text, nullable=False), Column("actor", String(255), nullable=False),
+)  # fmt: skip
+LOCKS = Table(
+    "locks", _META,
+    Column("name", String(255), primary_key=True), Column("holder", String(255), nullable=False),
+    Column("acquired_at", String(40), nullable=False), Column("expires_at", String(40), nullable=False),
+)  # fmt: skip
+
+
+def db_url(db: str | Path) -> str:
+    """A SQLAlchemy URL for `db`: URLs pass through, a plain path means a SQLite file."""
+    db = str(db)
+    return db if "://" in db else f"sqlite:///{os.path.abspath(db)}"
+
+
+def _sqlite_engines(url: str) -> tuple[Engine, Engine]:
+    """(writer, reader) engines on one SQLite file: writers take the write lock at BEGIN."""
+    path = url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def make(begin: str) -> Engine:
+        # NullPool: a connection per operation, as safe across fork() as the sqlite3 code it replaces.
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi, _record) -> None:
+            dbapi.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+            cur = dbapi.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    return make("BEGIN IMMEDIATE"), make("BEGIN")
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory locks."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 class RegistryError(RuntimeError):
@@ -122,35 +197,31 @@ def verify_manifest(directory: Path, expected_sha256: str) -> None:
 class Registry:
     """Registered models, immutable versions, aliases with history."""
 
-    def __init__(self, db_path: str | Path, artifact_root: str | Path) -> None:
-        self.db_path = Path(db_path)
+    def __init__(self, db: str | Path, artifact_root: str | Path) -> None:
+        self.db = db_url(db)
         self.root = Path(artifact_root)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.executescript(_SCHEMA)
+        if self.db.startswith("sqlite"):
+            self._writer, self._reader = _sqlite_engines(self.db)
+        else:
+            self._writer = self._reader = create_engine(self.db, pool_pre_ping=True)
+        _META.create_all(self._writer, checkfirst=True)
 
-    def _connect(self) -> sqlite3.Connection:
-        # Autocommit; callers close it (sqlite3's own context manager would leave it open).
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=60000")
-        return db
+    def __getstate__(self) -> dict[str, Any]:
+        # Engines hold connections and locks: a copy in another process builds its own.
+        return {"db": self.db, "root": str(self.root)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["db"], state["root"])  # type: ignore[misc]
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds SQLite's write lock from its first statement."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, *locks: str) -> Iterator[Connection]:
+        """A write transaction holding the write lock (SQLite) or each named advisory lock (PostgreSQL)."""
+        with self._writer.begin() as db:
+            if db.dialect.name == "postgresql":
+                for name in sorted(locks):  # sorted: two writers never wait on each other in a cycle
+                    db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
             yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     # ----------------------------------------------------------------------------------- write
 
@@ -171,10 +242,11 @@ class Registry:
         shutil.copytree(source_dir, staging)
         manifest_sha = write_manifest(staging)
         try:
-            # One registrar at a time (IMMEDIATE lock): numbers are distinct and gap-free.
-            with self._transaction() as db:
-                row = db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name = ?", (name,)).fetchone()
-                version = row[0] + 1
+            # One registrar per model at a time: numbers are distinct and gap-free.
+            with self._transaction(f"model:{name}") as db:
+                latest = db.execute(select(func.coalesce(func.max(VERSIONS.c.version), 0))
+                                    .where(VERSIONS.c.name == name)).scalar_one()  # fmt: skip
+                version = latest + 1
                 final = self.root / name / str(version)
                 if final.exists():  # debris of a crash between rename and commit: never registered
                     shutil.rmtree(final)
@@ -182,11 +254,11 @@ class Registry:
                 record = ModelVersion(
                     name, version, _now(), kind, str(final), manifest_sha, metrics, params, signature, lineage
                 )
-                db.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, version, record.created_at, kind, str(final), manifest_sha, json.dumps(metrics),
-                     json.dumps(params), json.dumps(signature), json.dumps(lineage, default=str)),
-                )  # fmt: skip
+                db.execute(insert(VERSIONS).values(
+                    name=name, version=version, created_at=record.created_at, kind=kind, path=str(final),
+                    manifest_sha256=manifest_sha, metrics=json.dumps(metrics), params=json.dumps(params),
+                    signature=json.dumps(signature), lineage=json.dumps(lineage, default=str),
+                ))  # fmt: skip
                 self._before_commit(version)
             return record
         finally:
@@ -195,25 +267,40 @@ class Registry:
     def _before_commit(self, version: int) -> None:
         """Hook for crash tests; does nothing."""
 
-    def set_alias(self, name: str, alias: str, version: int, reason: str = "", actor: str = "") -> AliasChange:
-        """Point `alias` at `version` (atomically, with a history entry)."""
-        with self._transaction() as db:
-            if db.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
-                raise RegistryError(f"models:/{name}/{version} does not exist")
-            current = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
-            db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (name, alias, version))
-            change = AliasChange(name, alias, _now(), current[0] if current else None, version, reason, _actor(actor))
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        reason: str = "",
+        actor: str = "",
+        check: Callable[[ModelVersion, ModelVersion | None], str] | None = None,
+    ) -> AliasChange:
+        """Point `alias` at `version` (atomically, with a history entry).
+
+        `check(candidate, current_holder)` runs inside the same transaction, against the holder
+        this move replaces; it returns the reason to record, or raises to leave the alias as is.
+        """
+        with self._transaction(f"model:{name}") as db:
+            candidate = self._get(db, name, version)
+            current = self._alias(db, name, alias)
+            if check is not None:
+                holder = self._get(db, name, current) if current is not None else None
+                reason = check(candidate, holder)
+            db.execute(delete(ALIASES).where(ALIASES.c.name == name, ALIASES.c.alias == alias))
+            db.execute(insert(ALIASES).values(name=name, alias=alias, version=version))
+            change = AliasChange(name, alias, _now(), current, version, reason, _actor(actor))
             self._log(db, change)
         return change
 
     def delete_alias(self, name: str, alias: str, reason: str = "", actor: str = "") -> AliasChange:
         """Remove `alias` (recorded in its history)."""
-        with self._transaction() as db:
-            current = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+        with self._transaction(f"model:{name}") as db:
+            current = self._alias(db, name, alias)
             if current is None:
                 raise RegistryError(f"models:/{name}@{alias} is not set")
-            db.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
-            change = AliasChange(name, alias, _now(), current[0], None, reason or "deleted", _actor(actor))
+            db.execute(delete(ALIASES).where(ALIASES.c.name == name, ALIASES.c.alias == alias))
+            change = AliasChange(name, alias, _now(), current, None, reason or "deleted", _actor(actor))
             self._log(db, change)
         return change
 
@@ -230,62 +317,66 @@ class Registry:
     def acquire_lock(self, name: str, holder: str, ttl_s: float) -> str | None:
         """Take the named lock for `ttl_s` seconds; returns None, or who holds it when taken."""
         now = datetime.now(timezone.utc)
-        with self._transaction() as db:
-            row = db.execute("SELECT holder, expires_at FROM locks WHERE name=?", (name,)).fetchone()
+        with self._transaction(f"lock:{name}") as db:
+            row = db.execute(select(LOCKS.c.holder, LOCKS.c.expires_at).where(LOCKS.c.name == name)).first()
             if row is not None and datetime.fromisoformat(row[1]) > now and row[0] != holder:
                 return row[0]  # held and not expired (an expired lock is a crashed holder's)
             expires = datetime.fromtimestamp(now.timestamp() + ttl_s, tz=timezone.utc)
-            db.execute("INSERT OR REPLACE INTO locks VALUES (?, ?, ?, ?)",
-                       (name, holder, now.isoformat(), expires.isoformat()))  # fmt: skip
+            db.execute(delete(LOCKS).where(LOCKS.c.name == name))
+            db.execute(insert(LOCKS).values(name=name, holder=holder, acquired_at=now.isoformat(),
+                                            expires_at=expires.isoformat()))  # fmt: skip
         return None
 
     def release_lock(self, name: str, holder: str) -> None:
         """Give the lock back (only its holder can)."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM locks WHERE name=? AND holder=?", (name, holder))
+        with self._transaction(f"lock:{name}") as db:
+            db.execute(delete(LOCKS).where(LOCKS.c.name == name, LOCKS.c.holder == holder))
 
     @staticmethod
-    def _log(db: sqlite3.Connection, c: AliasChange) -> None:
-        db.execute(
-            "INSERT INTO alias_history (name, alias, at, from_version, to_version, reason, actor) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (c.name, c.alias, c.at, c.from_version, c.to_version, c.reason, c.actor),
-        )
+    def _log(db: Connection, c: AliasChange) -> None:
+        db.execute(insert(HISTORY).values(name=c.name, alias=c.alias, at=c.at, from_version=c.from_version,
+                                          to_version=c.to_version, reason=c.reason, actor=c.actor))  # fmt: skip
 
     # ------------------------------------------------------------------------------------ read
 
+    @staticmethod
+    def _get(db: Connection, name: str, version: int) -> ModelVersion:
+        row = db.execute(select(VERSIONS).where(VERSIONS.c.name == name, VERSIONS.c.version == version)).first()
+        if row is None:
+            raise RegistryError(f"models:/{name}/{version} does not exist")
+        return _version(tuple(row))
+
+    @staticmethod
+    def _alias(db: Connection, name: str, alias: str) -> int | None:
+        return db.execute(select(ALIASES.c.version).where(ALIASES.c.name == name, ALIASES.c.alias == alias)).scalar()
+
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         """Every version (of `name`), oldest first."""
-        with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT * FROM versions WHERE (? IS NULL OR name = ?) ORDER BY name, version", (name, name)
-            ).fetchall()
-        return [_version(r) for r in rows]
+        query = select(VERSIONS).order_by(VERSIONS.c.name, VERSIONS.c.version)
+        if name is not None:
+            query = query.where(VERSIONS.c.name == name)
+        with self._reader.connect() as db:
+            return [_version(tuple(r)) for r in db.execute(query)]
 
     def get(self, name: str, version: int) -> ModelVersion:
         """One version's record."""
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
-        if row is None:
-            raise RegistryError(f"models:/{name}/{version} does not exist")
-        return _version(row)
+        with self._reader.connect() as db:
+            return self._get(db, name, version)
 
     def aliases(self, name: str) -> dict[str, int]:
         """Alias -> version for `name`."""
-        with closing(self._connect()) as db:
-            return dict(
-                db.execute("SELECT alias, version FROM aliases WHERE name=? ORDER BY alias", (name,)).fetchall()
-            )
+        query = select(ALIASES.c.alias, ALIASES.c.version).where(ALIASES.c.name == name).order_by(ALIASES.c.alias)
+        with self._reader.connect() as db:
+            return {a: v for a, v in db.execute(query)}
 
     def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
         """Alias changes, oldest first."""
-        with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT name, alias, at, from_version, to_version, reason, actor FROM alias_history "
-                "WHERE name=? AND (? IS NULL OR alias=?) ORDER BY id",
-                (name, alias, alias),
-            ).fetchall()
-        return [AliasChange(*r) for r in rows]
+        h = HISTORY.c
+        query = select(h.name, h.alias, h.at, h.from_version, h.to_version, h.reason, h.actor).where(h.name == name)
+        if alias is not None:
+            query = query.where(h.alias == alias)
+        with self._reader.connect() as db:
+            return [AliasChange(*r) for r in db.execute(query.order_by(h.id))]
 
     def resolve(self, uri: str) -> ModelVersion:
         """models:/NAME/VERSION or models:/NAME@ALIAS to its version record."""

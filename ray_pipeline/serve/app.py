@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.transform import records_table, transform_table
-from ray_pipeline.registry.models import LoadedModel, load
+from ray_pipeline.registry.models import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.serve.api import passthrough_fields, records_from_store, request_models, split_record
 from ray_pipeline.serve.metrics import ServeMetrics
@@ -295,7 +295,7 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
     )
     return deployment.bind(
         {
-            "db_path": cfg.resolve(r.db_path),
+            "db_path": registry_db(cfg),
             "artifact_root": cfg.resolve(r.artifact_root),
             "model_name": r.model_name,
             "alias": s.alias,
