@@ -2,7 +2,7 @@
 
 import os
 
-from ray_pipeline.config import load_config
+from ray_pipeline.config import PipelineConfig, load_config
 from ray_pipeline.serve.app import DEPLOYMENT, autoscaling_config, build_app
 
 
@@ -13,9 +13,10 @@ def build(args: dict):
     return build_app(cfg, os.environ.get(env) if env else None)
 
 
-def deploy_config(cfg_path: str) -> dict:
-    """A `serve deploy`-compatible config for the pipeline at `cfg_path`."""
-    cfg = load_config(cfg_path)
+def deploy_config(cfg_path: str, cfg: PipelineConfig | None = None) -> dict:
+    """A `serve deploy`-compatible config for the pipeline at `cfg_path` (as the cluster sees
+    that path; `cfg` is its content when it is read from elsewhere, e.g. inside an image)."""
+    cfg = cfg or load_config(cfg_path)
     s = cfg.serving
     return {
         "proxy_location": "EveryNode",
