@@ -1,13 +1,19 @@
-"""Run by test_multinode.py in its own process: a 3-node local Ray cluster (ray.cluster_utils)."""
+"""Run by test_local_cluster.py in its own process: a driver on the real local cluster that
+cluster/local/up.sh started (RAY_ADDRESS and the token come from the environment).
+
+    python multinode_train.py placement WORKDIR   # two worker nodes (spread) vs one node (packed)
+    python multinode_train.py loss WORKDIR        # uninterrupted run, then the same run the test
+                                                  # interrupts by killing a worker node
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import ray
-from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -16,25 +22,42 @@ from ray_pipeline.train.runner import train_model  # noqa: E402
 from tests.test_train import _cfg, _linear_prepared  # noqa: E402
 
 
-def main(workdir: str) -> None:
-    """Train on two worker nodes (spread) and on one node (packed); print both results as JSON."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(2):
-        cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    init_ray(address=cluster.address)
+def _result(run) -> dict:
+    return {"nodes": run.worker_nodes, "weights": run.model.weights.tolist(), "bias": run.model.bias,
+            "resumed_from": run.resumed_from, "fit_s": run.timings["fit_s"]}  # fmt: skip
+
+
+def placement(workdir: Path) -> dict:
+    """Train on two worker nodes (spread) and on one node (packed)."""
     prepared = _linear_prepared(rows=6_000)
     out = {}
     for name, strategy in (("spread", "STRICT_SPREAD"), ("packed", "STRICT_PACK")):
-        run = train_model(
-            _cfg(Path(workdir) / name), "logreg", workers=2, prepared=prepared, placement_strategy=strategy
-        )
-        out[name] = {"nodes": run.worker_nodes, "weights": run.model.weights.tolist(), "bias": run.model.bias}
+        out[name] = _result(train_model(_cfg(workdir / name), "logreg", workers=2, prepared=prepared,
+                                        placement_strategy=strategy))  # fmt: skip
+    return out
+
+
+def loss(workdir: Path) -> dict:
+    """The same full-batch run twice; the test kills a worker node during the second."""
+    prepared = _linear_prepared(rows=6_000)
+    settings = {"epochs": 120, "early_stopping_patience": 1000}
+    base = _result(train_model(_cfg(workdir / "base", **settings), "logreg", workers=2, prepared=prepared,
+                               placement_strategy="SPREAD"))  # fmt: skip
+    print(f"KILL_AFTER_CHECKPOINT_IN {workdir / 'interrupted' / 'runs'}", flush=True)
+    started = time.perf_counter()
+    hit = _result(train_model(_cfg(workdir / "interrupted", **settings), "logreg", workers=2, prepared=prepared,
+                              placement_strategy="SPREAD"))  # fmt: skip
+    hit["wall_s"] = time.perf_counter() - started
+    return {"base": base, "interrupted": hit}
+
+
+def main(mode: str, workdir: str) -> None:
+    init_ray()  # RAY_ADDRESS: the local cluster
+    out = {"placement": placement, "loss": loss}[mode](Path(workdir))
     out["cluster_nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    print("RESULT " + json.dumps(out))
+    print("RESULT " + json.dumps(out), flush=True)
     ray.shutdown()
-    cluster.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ray_pipeline.cli import app
+from tests.tables import churn_table, flights_table, missing_table
 
 runner = CliRunner()
 
@@ -27,61 +28,6 @@ def _invoke(*args: str):
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def churn_table(n: int = 4000, seed: int = 1) -> pd.DataFrame:
-    """Like the churn table: string ids, Yes/No label, a numeric column stored as text with blanks."""
-    rng = np.random.default_rng(seed)
-    tenure = rng.integers(0, 73, n)
-    monthly = np.round(rng.uniform(18, 120, n), 2)
-    contract = rng.choice(["Month-to-month", "One year", "Two year"], n, p=[0.55, 0.21, 0.24])
-    internet = rng.choice(["DSL", "Fiber optic", "No"], n, p=[0.34, 0.44, 0.22])
-    z = (-1.0 - 0.05 * tenure + 0.02 * monthly + np.where(contract == "Month-to-month", 1.3, 0.0)
-         + np.where(internet == "Fiber optic", 0.5, 0.0))  # fmt: skip
-    churn = np.where(rng.random(n) < 1 / (1 + np.exp(-z)), "Yes", "No")
-    total = np.round(tenure * monthly, 2).astype(str)
-    total[tenure == 0] = " "  # as in the public table: new customers have a blank total
-    return pd.DataFrame({
-        "customerID": [f"{i:05d}-C" for i in range(n)],
-        "gender": rng.choice(["Female", "Male"], n),
-        "tenure": tenure,
-        "Contract": contract,
-        "InternetService": internet,
-        "MonthlyCharges": monthly,
-        "TotalCharges": total,
-        "notes": [None] * n,  # all null: init leaves it out with a note
-        "Churn": churn,
-    })
-
-
-def missing_table(n: int = 4000, seed: int = 2) -> pd.DataFrame:
-    """0/1 label, missing values in numeric and categorical columns, no id, no time."""
-    rng = np.random.default_rng(seed)
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    color = rng.choice(["red", "green", "blue", "black"], n)
-    z = 1.2 * a - 0.8 * b + np.where(color == "red", 0.9, 0.0)
-    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
-    frame = pd.DataFrame({"a": a, "b": b, "color": color, "noise": rng.uniform(0, 10, n), "y": y})
-    for col, share in (("a", 0.2), ("b", 0.1), ("color", 0.15), ("noise", 0.3)):
-        frame.loc[rng.random(n) < share, col] = None
-    return frame
-
-
-def flights_table(n: int = 4000, seed: int = 3) -> pd.DataFrame:
-    """An event time and a numeric delay: label = arr_delay > 15."""
-    rng = np.random.default_rng(seed)
-    dep_hour = rng.integers(5, 23, n)
-    distance = rng.uniform(100, 3000, n)
-    carrier = rng.choice(["AA", "DL", "UA", "WN", "B6"], n)
-    delay = rng.normal(5 + 1.2 * (dep_hour - 12) + np.where(carrier == "B6", 12, 0) - distance / 400, 15, n)
-    times = pd.Timestamp("2025-01-01", tz="UTC") + pd.to_timedelta(np.sort(rng.uniform(0, 60 * 86400, n)), unit="s")
-    return pd.DataFrame({
-        "flight_time": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "carrier": carrier,
-        "dep_hour": dep_hour,
-        "distance": np.round(distance, 1),
-        "arr_delay": np.round(delay, 1),
-    })
 
 
 def _sklearn_auc(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str]) -> float:

@@ -1,0 +1,211 @@
+"""A real local multi-node cluster (cluster/local/up.sh: a head and two worker nodes, each its own
+`ray start`, token authentication on): jobs submitted with `ray job submit` and JobSubmissionClient,
+training placed across nodes, a worker node lost mid-training, and a client without the token."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+UP, DOWN = ROOT / "cluster" / "local" / "up.sh", ROOT / "cluster" / "local" / "down.sh"
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class LocalCluster:
+    """How to reach the cluster: the scripts' environment and a client's."""
+
+    script_env: dict[str, str]
+    client_env: dict[str, str]
+    dashboard: str
+    token: str
+
+    def headers(self) -> dict[str, str]:
+        """Job API headers carrying the token."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def _wait_for_job_api(dashboard: str, headers: dict[str, str], seconds: float = 120) -> None:
+    """The job API answers once the head's agent has registered (a few seconds after `ray start`)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            JobSubmissionClient(dashboard, headers=headers).list_jobs()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    from ray_pipeline.runtime import free_port
+
+    state = tmp_path_factory.mktemp("cluster-state")
+    script_env = {**os.environ, "RP_CLUSTER_STATE": str(state), "RP_HEAD_PORT": str(free_port()),
+                  "RP_DASHBOARD_PORT": str(free_port()), "RP_HEAD_CPUS": "0", "RP_WORKER_CPUS": "2",
+                  "RAY": str(Path(sys.executable).with_name("ray"))}  # fmt: skip
+    script_env.pop("RAY_ADDRESS", None)
+    subprocess.run([str(UP), "2"], env=script_env, check=True, timeout=300, capture_output=True)
+    client = dict(script_env)
+    for line in (state / "env").read_text().splitlines():
+        key, value = line.removeprefix("export ").split("=", 1)
+        client[key] = value
+    cluster = LocalCluster(script_env, client, client["RAY_ADDRESS"], client["RAY_AUTH_TOKEN"])
+    try:
+        _wait_for_job_api(cluster.dashboard, cluster.headers())
+        yield cluster
+    finally:
+        subprocess.run([str(DOWN)], env=script_env, timeout=120, capture_output=True)
+
+
+def test_up_is_idempotent_and_nodes_have_their_own_resources(local_cluster):
+    again = subprocess.run([str(UP), "2"], env=local_cluster.script_env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "head already running" in again.stdout
+    assert "worker 1 already running" in again.stdout and "worker 2 already running" in again.stdout
+    probe = ("import json, ray; ray.init(); "
+             "print('NODES', json.dumps(sorted(n['NodeName'] + ':' + ','.join(sorted(n['Resources'])) "
+             "for n in ray.nodes() if n['Alive'])))")  # fmt: skip
+    env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120).stdout
+    nodes = json.loads(out.split("NODES ", 1)[1])
+    assert len(nodes) == 3
+    assert any(n.startswith("rp-worker-1:") and "worker_1" in n for n in nodes)
+    assert any(n.startswith("rp-worker-2:") and "worker_2" in n for n in nodes)
+
+
+def test_a_client_without_the_token_is_refused(local_cluster):
+    from ray.job_submission import JobSubmissionClient
+
+    with pytest.raises(Exception, match="(?i)auth|token|401|403"):
+        JobSubmissionClient(local_cluster.dashboard).list_jobs()
+    with pytest.raises(Exception, match="(?i)auth|token|401|403"):
+        JobSubmissionClient(local_cluster.dashboard, headers={"Authorization": "Bearer wrong"}).list_jobs()
+    wrong = {**local_cluster.client_env, "RAY_AUTH_TOKEN": "wrong"}
+    listed = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "list"], env=wrong,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert listed.returncode != 0 and "token" in (listed.stdout + listed.stderr).lower()
+
+
+def _own_table_config(tmp_path: Path) -> Path:
+    """A user's table and its inferred config, on storage every node of this machine sees."""
+    from typer.testing import CliRunner
+
+    from ray_pipeline.cli import app
+    from tests.tables import churn_table
+
+    csv = tmp_path / "churn.csv"
+    churn_table(3000).to_csv(csv, index=False)
+    config = tmp_path / "pipeline.yaml"
+    result = CliRunner().invoke(app, ["init", "--data", str(csv), "--label", "Churn", "--positive", "Yes",
+                                      "--out", str(config)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = yaml.safe_load(config.read_text())
+    body["training"]["workers"] = 2
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    return config
+
+
+def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.models import open_registry
+
+    config = _own_table_config(tmp_path)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    # 1. the CLI a user types, from the project directory
+    submitted = subprocess.run(
+        [ray_cli, "job", "submit", "--working-dir", str(ROOT), "--",
+         "ray-pipeline", "run", "--config", str(config), "--models", "logreg"],
+        env=local_cluster.client_env, capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout + submitted.stderr
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    assert [v.kind for v in registry.versions(cfg.registry.model_name)] == ["logreg"]
+    assert registry.aliases(cfg.registry.model_name) == {"champion": 1}
+
+    # 2. the Python SDK: status, logs, outputs
+    client = JobSubmissionClient(local_cluster.dashboard, headers=local_cluster.headers())
+    job = client.submit_job(entrypoint=f"ray-pipeline run --config {config} --models xgboost",
+                            runtime_env={"working_dir": str(ROOT)})  # fmt: skip
+    deadline = time.monotonic() + 900
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, "job did not finish in time"
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "registered models:/" in logs and "(xgboost)" in logs
+    assert [v.kind for v in registry.versions(cfg.registry.model_name)] == ["logreg", "xgboost"]
+    assert Path(cfg.resolve(cfg.data.output.accepted)).is_dir()  # outputs on the shared storage
+
+
+def _driver(local_cluster, mode: str, workdir: Path) -> subprocess.Popen:
+    # a driver joins through the head's GCS port (the dashboard address is the job API's)
+    env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"],
+           "RAY_PIPELINE_PROGRESS": "0"}  # fmt: skip
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "multinode_train.py"), mode, str(workdir)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _result(proc: subprocess.Popen, stdout: str, stderr: str) -> dict:
+    line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, stderr[-4000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp_path):
+    proc = _driver(local_cluster, "placement", tmp_path)
+    out = _result(proc, *proc.communicate(timeout=900))
+    spread, packed = out["spread"], out["packed"]
+    assert len(out["cluster_nodes"]) == 3
+    assert len(set(spread["nodes"])) == 2, "STRICT_SPREAD workers should sit on two different nodes"
+    assert len(set(packed["nodes"])) == 1
+    np.testing.assert_allclose(spread["weights"], packed["weights"], atol=1e-6, rtol=0)
+    assert abs(spread["bias"] - packed["bias"]) < 1e-6
+
+
+def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_cluster, tmp_path):
+    proc = _driver(local_cluster, "loss", tmp_path)
+    # wait until the interrupted run has written a checkpoint, then kill worker node 2
+    runs = None
+    deadline = time.monotonic() + 900
+    while runs is None:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.stderr.read()[-4000:]
+        match = re.match(r"KILL_AFTER_CHECKPOINT_IN (\S+)", line)
+        runs = Path(match.group(1)) if match else None
+        assert time.monotonic() < deadline
+    while not list(runs.glob("*/checkpoint_*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-4000:]
+        time.sleep(0.2)
+    killed_at = time.monotonic()
+    subprocess.run([str(DOWN), "worker", "2"], env=local_cluster.script_env, check=True, timeout=60)
+    stdout, stderr = proc.communicate(timeout=900)
+    recovery_s = time.monotonic() - killed_at
+    out = _result(proc, stdout, stderr)
+    base, hit = out["base"], out["interrupted"]
+    assert hit["resumed_from"] is not None and hit["resumed_from"] > 0, "the run must resume from its checkpoint"
+    np.testing.assert_allclose(hit["weights"], base["weights"], atol=1e-6, rtol=0)
+    assert abs(hit["bias"] - base["bias"]) < 1e-6
+    print(f"node loss: uninterrupted fit {base['fit_s']:.1f} s; interrupted fit {hit['fit_s']:.1f} s; "
+          f"kill -> finished {recovery_s:.1f} s; resumed from epoch {hit['resumed_from']}")  # fmt: skip
+    # bring the node back for whatever runs next on this cluster
+    subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
