@@ -182,6 +182,23 @@ def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp
     assert abs(spread["bias"] - packed["bias"]) < 1e-6
 
 
+def _training_worker_nodes(local_cluster) -> list[str]:
+    """Names of the nodes where Ray Train workers are alive (from Ray's state API)."""
+    probe = (
+        "import json, ray\n"
+        "from ray.util.state import list_actors\n"
+        "ray.init(log_to_driver=False)\n"
+        "names = {n['NodeID']: n['NodeName'] for n in ray.nodes()}\n"
+        "actors = list_actors(filters=[('class_name', '=', 'RayTrainWorker'), ('state', '=', 'ALIVE')])\n"
+        "print('NODES', json.dumps(sorted({names[a.node_id] for a in actors})))\n"
+    )
+    env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    nodes = json.loads(out.stdout.split("NODES ", 1)[1]) if "NODES " in out.stdout else []
+    assert nodes and all(n.startswith("rp-worker-") for n in nodes), out.stdout + out.stderr[-2000:]
+    return nodes
+
+
 def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_cluster, tmp_path):
     proc = _driver(local_cluster, "loss", tmp_path)
     # wait until the interrupted run has written a checkpoint, then kill worker node 2
@@ -196,8 +213,10 @@ def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_clu
     while not list(runs.glob("*/checkpoint_*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-4000:]
         time.sleep(0.2)
+    victim = _training_worker_nodes(local_cluster)[0]  # a node that runs a Train worker right now
     killed_at = time.monotonic()
-    subprocess.run([str(DOWN), "worker", "2"], env=local_cluster.script_env, check=True, timeout=60)
+    subprocess.run([str(DOWN), "worker", victim.removeprefix("rp-worker-")], env=local_cluster.script_env,
+                   check=True, timeout=60)  # fmt: skip
     stdout, stderr = proc.communicate(timeout=900)
     recovery_s = time.monotonic() - killed_at
     out = _result(proc, stdout, stderr)
