@@ -121,22 +121,28 @@ def _own_table_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from ray_pipeline.config import load_config
-    from ray_pipeline.registry.models import open_registry
-
-    config = _own_table_config(tmp_path)
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    # 1. the CLI a user types, from the project directory
+@pytest.fixture(scope="module")
+def trained(local_cluster, tmp_path_factory) -> Path:
+    """A user's table run through `ray job submit ... ray-pipeline run` (the CLI a user types)."""
+    config = _own_table_config(tmp_path_factory.mktemp("own-table"))
     submitted = subprocess.run(
-        [ray_cli, "job", "submit", "--working-dir", str(ROOT), "--",
+        [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", str(ROOT), "--",
          "ray-pipeline", "run", "--config", str(config), "--models", "logreg"],
         env=local_cluster.client_env, capture_output=True, text=True, timeout=900, cwd=ROOT,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout + submitted.stderr
+    return config
+
+
+def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.models import open_registry
+
+    # 1. `ray job submit` (the fixture): a registered, promoted version
+    config = trained
     cfg = load_config(config)
     registry = open_registry(cfg)
     assert [v.kind for v in registry.versions(cfg.registry.model_name)] == ["logreg"]
@@ -227,4 +233,86 @@ def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_clu
     print(f"node loss: uninterrupted fit {base['fit_s']:.1f} s; interrupted fit {hit['fit_s']:.1f} s; "
           f"kill -> finished {recovery_s:.1f} s; resumed from epoch {hit['resumed_from']}")  # fmt: skip
     # bring the node back for whatever runs next on this cluster
+    subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
+
+
+def _replica_nodes(local_cluster) -> list[str]:
+    """Node names of the alive Serve replicas (Ray's state API)."""
+    probe = (
+        "import json, ray\n"
+        "from ray.util.state import list_actors\n"
+        "ray.init(log_to_driver=False)\n"
+        "names = {n['NodeID']: n['NodeName'] for n in ray.nodes()}\n"
+        "actors = list_actors(filters=[('state', '=', 'ALIVE')], limit=10000)\n"
+        "print('NODES', json.dumps(sorted(names[a.node_id] for a in actors if a.class_name.startswith('ServeReplica:'))))\n"
+    )
+    env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert "NODES " in out.stdout, out.stderr[-2000:]
+    return json.loads(out.stdout.split("NODES ", 1)[1])
+
+
+def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trained):
+    import threading
+
+    from ray_pipeline.runtime import free_port
+    from ray_pipeline.serve.client import http_json
+
+    config = trained.parent / "serve.yaml"  # beside the original: its relative paths mean the same
+    body = yaml.safe_load(trained.read_text())
+    body["serving"] = {**body.get("serving", {}), "port": free_port(), "app_name": "churn-ha",
+                       "autoscaling": {"min_replicas": 2, "max_replicas": 2}}  # fmt: skip
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    deployed = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", str(ROOT), "--",
+         "ray-pipeline", "serve", "deploy", "--config", str(config)],
+        env=local_cluster.client_env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    url = re.search(r"at (http://\S+)/predict", deployed.stdout + deployed.stderr).group(1)
+    record = {"gender": "Female", "tenure": 3.0, "Contract": "Month-to-month", "InternetService": "Fiber optic",
+              "MonthlyCharges": 95.5, "TotalCharges": 280.1}  # fmt: skip
+    status, answer = http_json(url + "/predict", {"records": [record]})
+    assert status == 200, answer
+    before = _replica_nodes(local_cluster)
+    assert len(before) == 2
+
+    results: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def load() -> None:  # steady load: one request after another
+        while not stop.is_set():
+            try:
+                code, _ = http_json(url + "/predict", {"records": [record]}, timeout=10)
+            except OSError:
+                code = 0
+            results.append((time.monotonic(), code))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    time.sleep(3)
+    victim = before[0]
+    killed_at = time.monotonic()
+    subprocess.run([str(DOWN), "worker", victim.removeprefix("rp-worker-")], env=local_cluster.script_env,
+                   check=True, timeout=60)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:  # replicas rescheduled on the nodes that are left
+        after = _replica_nodes(local_cluster)
+        if len(after) == 2 and victim not in after:
+            break
+        assert time.monotonic() < deadline, f"replicas not rescheduled: {after}"
+        time.sleep(2)
+    rescheduled_s = time.monotonic() - killed_at
+    time.sleep(3)
+    stop.set()
+    thread.join(30)
+    failed = [t for t, code in results if code != 200]
+    late = [code for t, code in results if t > killed_at + rescheduled_s]
+    print(f"serving under node loss: {len(results)} requests, {len(failed)} failed, replicas rescheduled "
+          f"{rescheduled_s:.1f} s after the kill")  # fmt: skip
+    assert len(results) > 20 and late and all(code == 200 for code in late)
+    assert len(failed) <= len(results) // 4, f"{len(failed)} of {len(results)} requests failed"
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "submit", "--", "ray-pipeline", "serve",
+                    "shutdown", "--config", str(config)], env=local_cluster.client_env, capture_output=True,
+                   timeout=300)  # fmt: skip
     subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
