@@ -1,5 +1,8 @@
-"""The feature stage end to end: build views, join a training set point-in-time, fit the spec,
-and materialize the online store. The CLI, the demo and tests call these functions."""
+"""The feature stage end to end: build views, join a training set point-in-time, and materialize
+the online store. The CLI, the demo and tests call these functions.
+
+No FeatureSpec is fitted here: the one a model uses is fitted on its train split only
+(`train.data.prepare`) and stored with the model, so there is exactly one spec per version."""
 
 from __future__ import annotations
 
@@ -10,12 +13,9 @@ import pyarrow as pa
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.sources import read_parquet
-from ray_pipeline.features.fit import fit
 from ray_pipeline.features.online import OnlineStore, open_store
 from ray_pipeline.features.pit import point_in_time_join
-from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.store import daily_aggregates, materialize, read_view, write_view
-from ray_pipeline.storage import write_text
 
 
 @dataclass
@@ -24,9 +24,8 @@ class FeatureBuild:
 
     store_root: str
     training_set: str
-    spec_path: str
     rows: int
-    spec: FeatureSpec
+    columns: list[str]
     views: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -37,21 +36,12 @@ class FeatureBuild:
                 f"  view {name} v{int(info['version'])}: {int(info['rows']):,} rows; "
                 f"{info['matched']:.1%} of events found a value point-in-time"
             )
-        lines.append(
-            f"FeatureSpec {self.spec.content_hash()[:12]}: {len(self.spec.feature_names)} features "
-            f"from {self.spec.rows:,} rows -> {self.spec_path}"
-        )
         return "\n".join(lines)
 
 
 def store_root(cfg: PipelineConfig) -> str:
     """The offline store's root, resolved against the config file."""
     return cfg.resolve(cfg.features.store_root)
-
-
-def spec_path(cfg: PipelineConfig) -> str:
-    """Where the fitted FeatureSpec is written."""
-    return f"{store_root(cfg)}/feature_spec.json"
 
 
 def training_set_path(cfg: PipelineConfig) -> str:
@@ -78,7 +68,7 @@ def online_store(cfg: PipelineConfig) -> OnlineStore:
 
 
 def build_features(cfg: PipelineConfig) -> FeatureBuild:
-    """Views from accepted data, training set by point-in-time join, FeatureSpec fitted on it."""
+    """Views from accepted data, and the training set: accepted events joined point-in-time."""
     from ray.data import SaveMode
 
     schema = cfg.data.schema_
@@ -113,9 +103,7 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
             "matched": _present_share(events, view.feature_names[0]),
         }
     events.write_parquet(training_set_path(cfg), mode=SaveMode.OVERWRITE)
-    spec = fit(events, schema, cfg.features)
-    write_text(spec_path(cfg), spec.to_json() + "\n")
-    return FeatureBuild(root, training_set_path(cfg), spec_path(cfg), events.count(), spec, views)
+    return FeatureBuild(root, training_set_path(cfg), events.count(), list(events.schema().names), views)
 
 
 def _count_present(batch: pa.Table, column: str) -> pa.Table:
