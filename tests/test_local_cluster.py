@@ -188,21 +188,21 @@ def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp
     assert abs(spread["bias"] - packed["bias"]) < 1e-6
 
 
-def _training_worker_nodes(local_cluster) -> list[str]:
-    """Names of the nodes where Ray Train workers are alive (from Ray's state API)."""
+def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
+    """Node names (one per actor, sorted) of the alive actors whose class starts with `class_prefix`."""
     probe = (
-        "import json, ray\n"
+        "import json, sys, ray\n"
         "from ray.util.state import list_actors\n"
         "ray.init(log_to_driver=False)\n"
         "names = {n['NodeID']: n['NodeName'] for n in ray.nodes()}\n"
-        "actors = list_actors(filters=[('class_name', '=', 'RayTrainWorker'), ('state', '=', 'ALIVE')])\n"
-        "print('NODES', json.dumps(sorted({names[a.node_id] for a in actors})))\n"
+        "actors = list_actors(filters=[('state', '=', 'ALIVE')], limit=10000)\n"
+        "print('NODES', json.dumps(sorted(names[a.node_id] for a in actors if a.class_name.startswith(sys.argv[1]))))\n"
     )
     env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    nodes = json.loads(out.stdout.split("NODES ", 1)[1]) if "NODES " in out.stdout else []
-    assert nodes and all(n.startswith("rp-worker-") for n in nodes), out.stdout + out.stderr[-2000:]
-    return nodes
+    out = subprocess.run([sys.executable, "-c", probe, class_prefix], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert "NODES " in out.stdout, out.stderr[-2000:]
+    return json.loads(out.stdout.split("NODES ", 1)[1])
 
 
 def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_cluster, tmp_path):
@@ -219,7 +219,9 @@ def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_clu
     while not list(runs.glob("*/checkpoint_*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-4000:]
         time.sleep(0.2)
-    victim = _training_worker_nodes(local_cluster)[0]  # a node that runs a Train worker right now
+    victims = _actor_nodes(local_cluster, "RayTrainWorker")  # nodes that run a Train worker right now
+    assert victims and all(n.startswith("rp-worker-") for n in victims), victims
+    victim = victims[0]
     killed_at = time.monotonic()
     subprocess.run([str(DOWN), "worker", victim.removeprefix("rp-worker-")], env=local_cluster.script_env,
                    check=True, timeout=60)  # fmt: skip
@@ -234,22 +236,6 @@ def test_losing_a_worker_node_mid_training_resumes_from_the_checkpoint(local_clu
           f"kill -> finished {recovery_s:.1f} s; resumed from epoch {hit['resumed_from']}")  # fmt: skip
     # bring the node back for whatever runs next on this cluster
     subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
-
-
-def _replica_nodes(local_cluster) -> list[str]:
-    """Node names of the alive Serve replicas (Ray's state API)."""
-    probe = (
-        "import json, ray\n"
-        "from ray.util.state import list_actors\n"
-        "ray.init(log_to_driver=False)\n"
-        "names = {n['NodeID']: n['NodeName'] for n in ray.nodes()}\n"
-        "actors = list_actors(filters=[('state', '=', 'ALIVE')], limit=10000)\n"
-        "print('NODES', json.dumps(sorted(names[a.node_id] for a in actors if a.class_name.startswith('ServeReplica:'))))\n"
-    )
-    env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    assert "NODES " in out.stdout, out.stderr[-2000:]
-    return json.loads(out.stdout.split("NODES ", 1)[1])
 
 
 def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trained):
@@ -274,7 +260,7 @@ def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trai
               "MonthlyCharges": 95.5, "TotalCharges": 280.1}  # fmt: skip
     status, answer = http_json(url + "/predict", {"records": [record]})
     assert status == 200, answer
-    before = _replica_nodes(local_cluster)
+    before = _actor_nodes(local_cluster, "ServeReplica:")
     assert len(before) == 2
 
     results: list[tuple[float, int]] = []
@@ -297,7 +283,7 @@ def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trai
                    check=True, timeout=60)  # fmt: skip
     deadline = time.monotonic() + 180
     while True:  # replicas rescheduled on the nodes that are left
-        after = _replica_nodes(local_cluster)
+        after = _actor_nodes(local_cluster, "ServeReplica:")
         if len(after) == 2 and victim not in after:
             break
         assert time.monotonic() < deadline, f"replicas not rescheduled: {after}"
