@@ -205,7 +205,8 @@ class Registry:
             self._writer, self._reader = _sqlite_engines(self.db)
         else:
             self._writer = self._reader = create_engine(self.db, pool_pre_ping=True)
-        _META.create_all(self._writer, checkfirst=True)
+        with self._transaction("schema") as db:  # processes starting together: one creates the tables
+            _META.create_all(db, checkfirst=True)
 
     def __getstate__(self) -> dict[str, Any]:
         # Engines hold connections and locks: a copy in another process builds its own.
