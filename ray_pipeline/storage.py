@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow.fs as pafs
 
 
@@ -34,3 +36,29 @@ def reset_dir(path: str) -> None:
         fs.delete_dir_contents(p)
     else:
         fs.create_dir(p, recursive=True)
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of one file's bytes (local path or URI)."""
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tree_sha256(path: str) -> str:
+    """A content digest of a file or directory: sha256 over each data file's relative path and
+    sha256, in path order (hidden and `_`-prefixed files skipped, as data readers skip them)."""
+    fs, root = filesystem(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        return file_sha256(path)
+    files = sorted(
+        i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+    )  # fmt: skip
+    digest = hashlib.sha256()
+    for f in files:
+        rel = f[len(root.rstrip("/")) + 1 :]
+        with fs.open_input_stream(f) as stream:
+            digest.update(f"{rel}\0{hashlib.file_digest(stream, 'sha256').hexdigest()}\n".encode())
+    return digest.hexdigest()

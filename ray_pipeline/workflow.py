@@ -113,9 +113,8 @@ def run_pipeline(
     """Ingest, build features (and the online store when views exist), train each model kind on
     one prepared split, register, promote through the gates, and optionally deploy on Ray Serve."""
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.features.pipeline import build_features, materialize_online, training_set_path
-    from ray_pipeline.train.data import describe_split, prepare
+    from ray_pipeline.features.pipeline import build_features, materialize_online
+    from ray_pipeline.train.data import describe_split, prepare_training_set
     from ray_pipeline.train.runner import summary, train_model
 
     models = check_models(list(models))
@@ -137,7 +136,7 @@ def run_pipeline(
                 echo(f"online store {name}: {counts['written']:,} of {counts['candidates']:,} entity values written")
 
     with stages.stage("prepare", "split and FeatureSpec (fitted on the train split)"):
-        prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
+        prepared = prepare_training_set(cfg)
         echo(f"{describe_split(prepared.split)}: " + ", ".join(f"{k} {v:,}" for k, v in prepared.rows.items()))
         echo(f"FeatureSpec {prepared.spec.content_hash()[:12]}: {len(prepared.spec.feature_names)} model inputs "
              f"from {len(prepared.spec.input_columns)} columns")  # fmt: skip

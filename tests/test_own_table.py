@@ -209,11 +209,20 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
     assert _best_auc(config) >= _same_split_baseline(config) - 0.02
     # the label mapping travels with the model version
     from ray_pipeline.config import load_config
+    from ray_pipeline.features.pipeline import training_set_path
     from ray_pipeline.registry.models import load, open_registry
+    from ray_pipeline.storage import tree_sha256
 
     cfg = load_config(config)
     champion = load(open_registry(cfg), f"models:/{cfg.registry.model_name}@champion")
     assert champion.spec.label.threshold == 15.0 and champion.spec.event_timestamp == "flight_time"
+    # lineage names the training rows by content and their event-time range, not only a path
+    lineage = champion.version.lineage
+    assert lineage["training_set_sha256"] == tree_sha256(training_set_path(cfg))
+    assert lineage["event_time_range"] == [table["flight_time"].min().replace("Z", ".000000Z"),
+                                           table["flight_time"].max().replace("Z", ".000000Z")]  # fmt: skip
+    shown = _invoke("models", "show", "--config", str(config), "models:/flights@champion")
+    assert lineage["training_set_sha256"] in shown and "event_time_range" in shown
     positives = (table["arr_delay"] > 15).mean()
     assert 0.05 < positives < 0.95
 
@@ -234,3 +243,15 @@ def test_models_list_on_an_empty_registry_says_so(tmp_path):
     config = tmp_path / "p.yaml"
     _invoke("init", "--data", str(path), "--label", "Churn", "--positive", "Yes", "--out", str(config))
     assert "no versions of model 't'" in _invoke("models", "list", "--config", str(config))
+
+
+def test_tree_digest_follows_content_not_names(tmp_path):
+    from ray_pipeline.storage import tree_sha256
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "part-0.parquet").write_bytes(b"rows")
+        (tmp_path / d / "_SUCCESS").write_bytes(d.encode())  # writers' markers are not data
+    assert tree_sha256(str(tmp_path / "a")) == tree_sha256(str(tmp_path / "b"))
+    (tmp_path / "b" / "part-0.parquet").write_bytes(b"other rows")
+    assert tree_sha256(str(tmp_path / "a")) != tree_sha256(str(tmp_path / "b"))

@@ -29,6 +29,7 @@ class Prepared:
     rows: dict[str, int]
     raw_train: object = None  # the train split's raw rows (Ray Dataset), for the reference profile
     input_profile: dict | None = None  # computed once from raw_train, shared by every model of this split
+    source_sha256: str | None = None  # content digest of the training set these rows came from
 
 
 def _time_range(batch: pa.Table, ts: str) -> pa.Table:
@@ -163,8 +164,8 @@ def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: flo
         name: training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": a, "hi": b}, batch_format="pyarrow")
         for name, (a, b) in windows.items()
     }
-    iso = [np.datetime64(t, "us").astype(str) + "Z" for t in (t_valid, t_test)]
-    return raw, {"by": "time", "column": ts, "cutoffs": iso}
+    iso = [np.datetime64(t, "us").astype(str) + "Z" for t in (t_valid, t_test, lo, hi - 1)]
+    return raw, {"by": "time", "column": ts, "cutoffs": iso[:2], "event_time_range": iso[2:]}
 
 
 def describe_split(how: dict) -> str:
@@ -174,6 +175,19 @@ def describe_split(how: dict) -> str:
     if how["by"] == "column":
         return f"split by the values of column {how['column']}"
     return f"random split stratified by {how['stratified_by']} (seed {how['seed']})"
+
+
+def prepare_training_set(cfg: PipelineConfig) -> Prepared:
+    """`prepare` the feature store's training set, recording its content digest for lineage."""
+    from ray_pipeline.data.sources import read_parquet
+    from ray_pipeline.features.pipeline import training_set_path
+    from ray_pipeline.storage import tree_sha256
+
+    path = training_set_path(cfg)
+    digest = tree_sha256(path)  # before reading: the digest names exactly the files prepared
+    prepared = prepare(read_parquet(path), cfg)
+    prepared.source_sha256 = digest
+    return prepared
 
 
 def shard_arrays(shard, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:

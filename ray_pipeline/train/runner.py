@@ -16,7 +16,7 @@ from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
 from ray_pipeline.progress import remote_bar
 from ray_pipeline.train import evaluate
-from ray_pipeline.train.data import Prepared, prepare
+from ray_pipeline.train.data import Prepared, prepare_training_set
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
 
 
@@ -156,7 +156,6 @@ def train_model(
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it."""
     from ray.train.xgboost import RayTrainReportCallback
 
-    from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.pipeline import training_set_path
 
     if kind not in ("logreg", "xgboost"):
@@ -164,7 +163,7 @@ def train_model(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if prepared is None:
-        prepared = prepare(read_parquet(training_set_path(cfg)), cfg)
+        prepared = prepare_training_set(cfg)
     timings["prepare_s"] = time.perf_counter() - t0
 
     workers = cfg.training.workers if workers is None else workers
@@ -210,6 +209,9 @@ def train_model(
         run_dir / "lineage.json",
         {
             "training_set": training_set_path(cfg),
+            # the path is overwritten by every `features fit`: the digest says which rows these were
+            "training_set_sha256": prepared.source_sha256,
+            "event_time_range": prepared.split.get("event_time_range"),
             "split": prepared.split,
             "feature_spec_hash": prepared.spec.content_hash(),
             "config_hash": cfg.content_hash(),
