@@ -60,7 +60,10 @@ def local_cluster(tmp_path_factory):
     script_env = {**os.environ, "RP_CLUSTER_STATE": str(state), "RP_HEAD_PORT": str(free_port()),
                   "RP_DASHBOARD_PORT": str(free_port()), "RP_HEAD_CPUS": "0", "RP_WORKER_CPUS": "2",
                   "RAY": str(Path(sys.executable).with_name("ray"))}  # fmt: skip
-    script_env.pop("RAY_ADDRESS", None)
+    # The cluster's nodes get a clean Ray environment: this process may hold the settings the
+    # embedded test instance exported (Serve's HAProxy files and ports), which are not theirs.
+    for key in [k for k in script_env if k.startswith("RAY_SERVE_") or k == "RAY_ADDRESS"]:
+        del script_env[key]
     subprocess.run([str(UP), "2"], env=script_env, check=True, timeout=300, capture_output=True)
     client = dict(script_env)
     for line in (state / "env").read_text().splitlines():
