@@ -40,7 +40,7 @@ def placement(workdir: Path) -> dict:
 def loss(workdir: Path) -> dict:
     """The same full-batch run twice; the test kills a worker node during the second."""
     prepared = _linear_prepared(rows=6_000)
-    settings = {"epochs": 36, "early_stopping_patience": 1000}  # 12 checkpoints: room to kill mid-run
+    settings = {"epochs": 60, "early_stopping_patience": 1000}  # 20 checkpoints: room to kill mid-run
     base = _result(train_model(_cfg(workdir / "base", **settings), "logreg", workers=2, prepared=prepared,
                                placement_strategy="SPREAD"))  # fmt: skip
     print(f"KILL_AFTER_CHECKPOINT_IN {workdir / 'interrupted' / 'runs'}", flush=True)
