@@ -37,12 +37,24 @@ def placement(workdir: Path) -> dict:
     return out
 
 
+def _wait_until_no_train_workers(seconds: float = 120) -> None:
+    """A finished run's worker actors linger for a moment; wait until none is alive."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + seconds
+    while list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("Train workers of the finished run are still alive")
+        time.sleep(0.5)
+
+
 def loss(workdir: Path) -> dict:
     """The same full-batch run twice; the test kills a worker node during the second."""
     prepared = _linear_prepared(rows=6_000)
     settings = {"epochs": 60, "early_stopping_patience": 1000}  # 20 checkpoints: room to kill mid-run
     base = _result(train_model(_cfg(workdir / "base", **settings), "logreg", workers=2, prepared=prepared,
                                placement_strategy="SPREAD"))  # fmt: skip
+    _wait_until_no_train_workers()  # so the test's state-API probe sees only the next run's workers
     print(f"KILL_AFTER_CHECKPOINT_IN {workdir / 'interrupted' / 'runs'}", flush=True)
     started = time.perf_counter()
     hit = _result(train_model(_cfg(workdir / "interrupted", **settings), "logreg", workers=2, prepared=prepared,
