@@ -217,6 +217,8 @@ def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trai
     from ray_pipeline.runtime import free_port
     from ray_pipeline.serve.client import http_json
 
+    # both worker nodes up (idempotent): a replica's node is lost below and one must be left
+    subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
     config = trained.parent / "serve.yaml"  # beside the original: its relative paths mean the same
     body = yaml.safe_load(trained.read_text())
     body["serving"] = {**body.get("serving", {}), "port": free_port(), "app_name": "churn-ha",
