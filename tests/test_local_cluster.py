@@ -177,7 +177,7 @@ def _driver(local_cluster, mode: str, workdir: Path) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def _result(proc: subprocess.Popen, stdout: str, stderr: str) -> dict:
+def _result(stdout: str, stderr: str) -> dict:
     line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line is not None, stderr[-4000:]
     return json.loads(line[len("RESULT "):])
@@ -185,7 +185,7 @@ def _result(proc: subprocess.Popen, stdout: str, stderr: str) -> dict:
 
 def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp_path):
     proc = _driver(local_cluster, "placement", tmp_path)
-    out = _result(proc, *proc.communicate(timeout=900))
+    out = _result(*proc.communicate(timeout=900))
     spread, packed = out["spread"], out["packed"]
     assert len(out["cluster_nodes"]) == 3
     assert len(set(spread["nodes"])) == 2, "STRICT_SPREAD workers should sit on two different nodes"

@@ -38,6 +38,7 @@ class Column:
     why: str
     spec: dict[str, Any] = field(default_factory=dict)  # data.schema.features entry for features
     encoding: str | None = None  # categorical encoding written to features.categorical
+    sample_range: tuple[float, float] | None = None  # numeric: min and max seen (a comment, not a limit)
 
 
 @dataclass
@@ -207,8 +208,8 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
     integral = bool((values == np.round(values)).all())
     kind = "int" if integral else "float"
     how = "numbers stored as text" if numbers is not None else "numeric"
-    spec = {"type": kind, "nullable": nullable, "_range": (float(values.min()), float(values.max()))}
-    return Column(name, "feature", f"{how} ({kind}), {values.min():g} .. {values.max():g}{null_note}", spec)
+    return Column(name, "feature", f"{how} ({kind}), {values.min():g} .. {values.max():g}{null_note}",
+                  {"type": kind, "nullable": nullable}, sample_range=(float(values.min()), float(values.max())))  # fmt: skip
 
 
 def _first(columns: list[Column], role: str, prefer: re.Pattern) -> Column | None:
@@ -286,10 +287,9 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
     lines.append(f"    label: {q(label_map)}  # {columns[0].why}")
     lines.append("    features:")
     for c in features:
-        spec = {k: v for k, v in c.spec.items() if not k.startswith("_")}
-        lines.append(f"      {q(c.name)}: {q(spec)}  # {c.why}")
-        if "_range" in c.spec:
-            lo, hi = c.spec["_range"]
+        lines.append(f"      {q(c.name)}: {q(c.spec)}  # {c.why}")
+        if c.sample_range is not None:
+            lo, hi = c.sample_range
             lines.append(f"      #   sample range {lo:g} .. {hi:g}: add min/max to quarantine values outside it")
     if left:
         lines.append("    # left out:")
