@@ -402,18 +402,24 @@ class SplitConfig(StrictModel):
 
 
 class LogRegConfig(StrictModel):
-    """Logistic regression by data-parallel gradient descent (binary cross-entropy)."""
+    """Logistic regression (binary cross-entropy) by data-parallel optimisation on Ray Train."""
 
-    optimizer: Literal["gd", "sgd", "adam"] = Field(default="gd", description="Full-batch GD, SGD+momentum, or Adam.")
+    optimizer: Literal["gd", "sgd", "adam", "newton", "lbfgs"] = Field(
+        default="gd",
+        description="Full-batch GD, SGD+momentum, Adam, or full-batch second order: newton (IRLS, "
+        "a (d+1)^2 Hessian per pass: up to a few hundred features) or lbfgs.",
+    )
     learning_rate: float = Field(default=1.0, gt=0)
     lr_schedule: Literal["constant", "inverse_time", "cosine"] = "constant"
-    epochs: int = Field(default=300, ge=1)
+    epochs: int = Field(default=300, ge=1, description="Passes (newton, lbfgs: at most this many iterations).")
     batch_size: int = Field(default=8192, ge=1, description="Global mini-batch size (sgd, adam).")
     momentum: float = Field(default=0.9, ge=0, lt=1)
     l2: float = Field(default=1e-4, ge=0, description="Penalty l2/2 * ||w||^2 on the mean loss (bias not penalised).")
     class_weight: Literal["balanced"] | dict[int, float] | None = None
     early_stopping_patience: int = Field(default=20, ge=1, description="Epochs without validation improvement.")
     tol: float = Field(default=1e-7, ge=0, description="Smallest validation-loss decrease that counts.")
+    gtol: float = Field(default=1e-8, gt=0, description="newton, lbfgs: stop when every gradient entry is this small.")
+    memory: int = Field(default=10, ge=1, description="lbfgs: curvature pairs kept.")
     seed: int = 0
 
 

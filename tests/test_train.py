@@ -10,29 +10,36 @@ from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.features.spec import FeatureSpec, NumericSpec
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared
-from ray_pipeline.train.logreg import loss_and_grad
+from ray_pipeline.train.objective import shard_sums
 from ray_pipeline.train.runner import train_model
 
 TRUE_COEF = np.array([1.5, -2.0, 0.5, 0.0, 1.0])
 TRUE_BIAS = -0.7
 
 
-def test_gradient_matches_finite_differences():
+def test_gradient_and_hessian_match_finite_differences():
     rng = np.random.default_rng(0)
-    X, theta = rng.normal(size=(200, 4)), rng.normal(size=4)
-    y = (rng.random(200) < 0.4).astype(float)
-    w = rng.uniform(0.5, 2.0, 200)
-    gw, gb, loss, _ = loss_and_grad(X, y, w, theta, 0.3)
+    X, params = rng.normal(size=(40_000, 4)), rng.normal(size=5)  # more rows than one chunk
+    y = (rng.random(len(X)) < 0.4).astype(float)
+    w = rng.uniform(0.5, 2.0, len(X))
+    d = X.shape[1]
+
+    def unpack(sums):
+        return sums[: d + 1], sums[d + 1 : -2].reshape(d + 1, d + 1), sums[-2]
+
+    grad, hess, loss = unpack(shard_sums(X, y, w, params, hessian=True))
     eps = 1e-6
-    for j in range(4):
-        step = np.zeros(4)
+    for j in range(d + 1):
+        step = np.zeros(d + 1)
         step[j] = eps
-        plus = loss_and_grad(X, y, w, theta + step, 0.3)[2]
-        minus = loss_and_grad(X, y, w, theta - step, 0.3)[2]
-        assert gw[j] == pytest.approx((plus - minus) / (2 * eps), rel=1e-5)
-    assert gb == pytest.approx((loss_and_grad(X, y, w, theta, 0.3 + eps)[2] - loss) / eps, rel=1e-4)
+        plus, minus = (unpack(shard_sums(X, y, w, params + s, hessian=True)) for s in (step, -step))
+        assert grad[j] == pytest.approx((plus[2] - minus[2]) / (2 * eps), rel=1e-5)
+        np.testing.assert_allclose(hess[:, j], (plus[0] - minus[0]) / (2 * eps), rtol=1e-5, atol=1e-3)
+    # float32 rows (as on Train workers) give the same sums to float32 precision.
+    g32 = shard_sums(X.astype(np.float32), y, w, params)
+    np.testing.assert_allclose(g32[: d + 1], grad, rtol=1e-4, atol=1e-2)
     # Extreme logits stay finite.
-    assert np.isfinite(loss_and_grad(X * 1e4, y, w, theta, 0.0)[2])
+    assert np.isfinite(shard_sums(X * 1e4, y, w, params)[-2])
 
 
 def _linear_prepared(rows: int = 20_000, seed: int = 0) -> Prepared:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 
 def _callback(frequency: int):
     """Ray Train's XGBoost callback, reporting only with checkpoints: each ray.train.report is a
@@ -49,13 +47,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import xgboost
     from ray.train.xgboost import RayTrainReportCallback
 
-    from ray_pipeline.train.data import shard_arrays
+    from ray_pipeline.train.worker import load_shard
 
-    d = config["n_features"]
+    d, rank = config["n_features"], ray.train.get_context().get_world_rank()
     # float32 straight away: XGBoost's own input type, no float64 copy in between.
-    X, y = shard_arrays(ray.train.get_dataset_shard("train"), dtype=np.float32)
-    Xv, yv = shard_arrays(ray.train.get_dataset_shard("valid"), dtype=np.float32)
-    X, Xv = (a if a.size else np.empty((0, d), np.float32) for a in (X, Xv))
+    X, y = load_shard(config["shards"]["train"][rank], d)
+    Xv, yv = load_shard(config["shards"]["valid"][rank], d)
     dtrain = xgboost.DMatrix(X, label=y)
     dvalid = xgboost.DMatrix(Xv, label=yv)
 

@@ -1,0 +1,83 @@
+"""The logistic-regression objective over a worker's shard, and its global value by one allreduce.
+
+One fused pass per evaluation: the shard is read in place (float32 on Train workers, no float64
+copy of it) in cache-sized row chunks, and each chunk yields its share of the loss, the gradient
+and, for Newton, the Hessian. The sums travel in a single float64 vector through one allreduce, so
+every worker gets bit-identical totals and takes the same optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ray_pipeline.train.worker import allreduce
+
+# Rows per chunk: the chunk is upcast to float64 (a cache-sized buffer, never a float64 copy of the
+# shard) so losses are smooth enough for the line search; 8k rows of tens of features stay in
+# cache from the forward product (X @ theta) to the backward one (X.T @ r). Measured on 350k x 18:
+# 5.6 ms per pass at 8k rows, 6.4 ms at 4k, 15.6 ms at 64k; np.logaddexp alone was 6.3 ms.
+CHUNK_ROWS = 8192
+
+
+def shard_sums(X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray, hessian: bool = False) -> np.ndarray:
+    """Sums over these rows, packed: gradient wrt (theta, bias), Hessian (if asked), BCE loss, weight."""
+    d = X.shape[1]
+    theta, bias = params[:-1], float(params[-1])
+    grad = np.zeros(d + 1)
+    hess = np.zeros((d + 1, d + 1)) if hessian else None
+    loss = 0.0
+    for s in range(0, len(y), CHUNK_ROWS):
+        Xc = X[s : s + CHUNK_ROWS].astype(np.float64)
+        yc, wc = y[s : s + CHUNK_ROWS], w[s : s + CHUNK_ROWS]
+        z = Xc @ theta
+        z += bias
+        # One exp per row serves both the loss and the probability, without overflow:
+        # BCE = softplus(z) - y z = max(z, 0) + log1p(e^-|z|) - y z.
+        e = np.exp(-np.abs(z))
+        loss += float(wc @ (np.maximum(z, 0.0) + np.log1p(e) - yc * z))
+        q = 1.0 / (1.0 + e)
+        p = np.where(z >= 0, q, e * q)
+        r = wc * (p - yc)
+        grad[:-1] += Xc.T @ r
+        grad[-1] += r.sum()
+        if hess is not None:
+            c = wc * p * (1.0 - p)
+            Xw = Xc * c[:, None]
+            hess[:-1, :-1] += Xc.T @ Xw
+            hess[:-1, -1] += Xw.sum(axis=0)
+            hess[-1, -1] += c.sum()
+    if hess is not None:
+        hess[-1, :-1] = hess[:-1, -1]  # the bias column was summed once; mirror it
+    parts = [grad] + ([hess.ravel()] if hess is not None else []) + [np.array([loss, float(w.sum())])]
+    return np.concatenate(parts)
+
+
+Objective = Callable[[np.ndarray, bool], tuple[float, np.ndarray, "np.ndarray | None"]]
+
+
+def global_objective(X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float) -> Objective:
+    """f(params, hessian) -> (penalised mean loss, its gradient, its Hessian or None) over all workers."""
+    d = X.shape[1]
+
+    def f(params: np.ndarray, hessian: bool = False) -> tuple[float, np.ndarray, np.ndarray | None]:
+        total = allreduce(shard_sums(X, y, w, params, hessian))
+        weight = max(total[-1], 1e-300)
+        theta = params[:-1]
+        grad = total[: d + 1] / weight
+        grad[:-1] += l2 * theta  # bias not penalised
+        loss = total[-2] / weight + 0.5 * l2 * float(theta @ theta)
+        hess = None
+        if hessian:
+            hess = total[d + 1 : d + 1 + (d + 1) ** 2].reshape(d + 1, d + 1) / weight
+            hess[:-1, :-1] += l2 * np.eye(d)
+        return loss, grad, hess
+
+    return f
+
+
+def mean_loss(X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray) -> float:
+    """Unpenalised weighted mean BCE over all workers' rows (the validation loss)."""
+    total = allreduce(shard_sums(X, y, w, params)[-2:])
+    return float(total[0] / max(total[1], 1e-300))
