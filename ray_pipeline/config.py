@@ -428,6 +428,9 @@ class XGBoostTrainConfig(StrictModel):
 
     num_boost_round: int = Field(default=300, ge=1)
     early_stopping_rounds: int = Field(default=20, ge=1)
+    eval_train: bool = Field(
+        default=False, description="Also record the train-set log-loss each round (~10% slower per round)."
+    )
     params: dict[str, float | int | str] = Field(
         default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1.0}
     )

@@ -74,7 +74,8 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
 
     step = "epoch" if history and "epoch" in history[0] else "round"
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h[step] for h in history], [h["train_loss"] for h in history], label="train")
+    if all(h.get("train_loss") is not None for h in history):  # xgboost records it only with eval_train
+        ax.plot([h[step] for h in history], [h["train_loss"] for h in history], label="train")
     ax.plot([h[step] for h in history], [h["valid_loss"] for h in history], label="valid")
     save(fig, ax, "loss.png", step, "log-loss", "loss")
 

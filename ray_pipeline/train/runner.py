@@ -38,6 +38,7 @@ class TrainRun:
     timings: dict[str, float]
     worker_nodes: list[str] = field(default_factory=list)
     resumed_from: int | None = None
+    worker_memory_mb: list[list[float]] | None = None  # per rank: private MB at start, peak private, VmHWM
 
 
 # Ray Train's controller notices that the workers finished only at its next poll, every 2 s by
@@ -104,6 +105,7 @@ def loop_config(kind: str, cfg: PipelineConfig, n_features: int, fault: dict[str
             **common,
             "num_boost_round": x.num_boost_round,
             "early_stopping_rounds": x.early_stopping_rounds,
+            "eval_train": x.eval_train,
             "params": dict(x.params),
             "nthread": max(1, int(round(training.cpus_per_worker))),
             "seed": 0,
@@ -134,6 +136,7 @@ def train_model(
     prepared: Prepared | None = None,
     fault: dict[str, Any] | None = None,
     placement_strategy: str = "PACK",
+    measure_memory: bool = False,
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it."""
     from ray.train.xgboost import RayTrainReportCallback
@@ -151,7 +154,7 @@ def train_model(
     workers = cfg.training.workers if workers is None else workers
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
-    config = {**loop_config(kind, cfg, len(names), fault), "progress_key": name}
+    config = {**loop_config(kind, cfg, len(names), fault), "progress_key": name, "measure_memory": measure_memory}
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
     with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):
@@ -185,7 +188,7 @@ def train_model(
         timings["profile_s"] = time.perf_counter() - t0
     prepared.spec.save(run_dir / "feature_spec.json")
     evaluate.save_plots(run_dir / "plots", history, y, p, kind)
-    params = {k: v for k, v in config.items() if k not in ("fail_marker", "progress_key")}
+    params = {k: v for k, v in config.items() if k not in ("fail_marker", "progress_key", "measure_memory")}
     evaluate.write_json(run_dir / "metrics.json", {"test": test_metrics, "rows": prepared.rows})
     evaluate.write_json(run_dir / "params.json", {"model": kind, "workers": workers, **params})
     evaluate.write_json(run_dir / "history.json", history)
@@ -205,7 +208,7 @@ def train_model(
     )
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
-        out.get("worker_nodes", []), out.get("resumed_from"),
+        out.get("worker_nodes", []), out.get("resumed_from"), out.get("worker_memory_mb"),
     )  # fmt: skip
 
 

@@ -45,17 +45,23 @@ def load_shard(shard: tuple[list, int], n_features: int, dtype: type = np.float3
     return X, y
 
 
-def node_ids() -> list[str]:
-    """Node id of every worker, gathered with the allreduce (rank r fills row r)."""
-    import ray
+def gather_rows(values: list[float]) -> list[list[float]]:
+    """Each worker's row of numbers, gathered on every worker with the allreduce."""
     import ray.train
 
     ctx = ray.train.get_context()
-    rows = np.zeros((ctx.get_world_size(), 64))
+    rows = np.zeros((ctx.get_world_size(), len(values)))
+    rows[ctx.get_world_rank()] = values
+    return allreduce(rows.ravel()).reshape(rows.shape).tolist()
+
+
+def node_ids() -> list[str]:
+    """Node id of every worker, in rank order."""
+    import ray
+
     raw = ray.get_runtime_context().get_node_id().encode()[:64]
-    rows[ctx.get_world_rank(), : len(raw)] = list(raw)
-    gathered = allreduce(rows.ravel()).reshape(rows.shape)
-    return [bytes(int(b) for b in row if b).decode() for row in gathered]
+    rows = gather_rows(list(raw) + [0] * (64 - len(raw)))
+    return [bytes(int(b) for b in row if b).decode() for row in rows]
 
 
 def quiet_report_log() -> None:
@@ -71,8 +77,48 @@ def quiet_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _status_mb(field: str) -> float:
+    """One memory figure of this process from /proc/self/status, in MB (0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class MemoryProbe:
+    """Peak private memory (RssAnon, sampled every 20 ms) of this worker while it trains.
+
+    Private memory is what the process itself holds: the object-store pages its shard was read
+    from are shared memory, counted once for the node, and show up in VmHWM (also reported).
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.start_mb = _status_mb("RssAnon")
+        self.peak_mb = self.start_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_mb = max(self.peak_mb, _status_mb("RssAnon"))
+
+    def stop(self) -> list[float]:
+        """[private MB at start, peak private MB, peak RSS (VmHWM) MB]."""
+        self._stop.set()
+        self._thread.join()
+        return [self.start_mb, max(self.peak_mb, _status_mb("RssAnon")), _status_mb("VmHWM")]
+
+
 def worker_loop(kind: str):
-    """The worker loop for `kind`, returning rank 0's result plus every worker's node id."""
+    """The worker loop for `kind`, returning rank 0's result plus every worker's node id (and
+    memory figures when `measure_memory` is set)."""
 
     def loop(config: dict[str, Any]) -> dict[str, Any] | None:
         quiet_report_log()
@@ -81,7 +127,11 @@ def worker_loop(kind: str):
         else:
             from ray_pipeline.train.logreg import train_loop
         nodes = node_ids()
+        probe = MemoryProbe() if config.get("measure_memory") else None
         out = train_loop(config)
-        return None if out is None else {**out, "worker_nodes": nodes}
+        memory = gather_rows(probe.stop()) if probe is not None else None
+        if out is None:
+            return None
+        return {**out, "worker_nodes": nodes, **({"worker_memory_mb": memory} if memory else {})}
 
     return loop
