@@ -404,10 +404,11 @@ class SplitConfig(StrictModel):
 class LogRegConfig(StrictModel):
     """Logistic regression (binary cross-entropy) by data-parallel optimisation on Ray Train."""
 
-    optimizer: Literal["gd", "sgd", "adam", "newton", "lbfgs"] = Field(
-        default="gd",
-        description="Full-batch GD, SGD+momentum, Adam, or full-batch second order: newton (IRLS, "
-        "a (d+1)^2 Hessian per pass: up to a few hundred features) or lbfgs.",
+    optimizer: Literal["auto", "gd", "sgd", "adam", "newton", "lbfgs"] = Field(
+        default="auto",
+        description="auto: newton up to 500 features, else lbfgs (full batch, second order, tens of "
+        "passes; benchmarks/train.py). gd: theta <- theta - alpha * grad L, full batch. sgd (momentum) "
+        "and adam: mini-batch.",
     )
     learning_rate: float = Field(default=1.0, gt=0)
     lr_schedule: Literal["constant", "inverse_time", "cosine"] = "constant"

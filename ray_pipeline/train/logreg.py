@@ -126,8 +126,8 @@ class _SecondOrder:
         # Re-evaluating the saved parameters is deterministic: a resumed run continues exactly.
         self.at = opt.evaluate(f, state.params, hessian=kind == "newton")
 
-    def step(self) -> float:
-        """Advance one iteration; returns the training loss at the new point."""
+    def step(self) -> opt.Point:
+        """Advance one iteration; returns the new point (its train and validation losses)."""
         previous = self.at
         nxt = opt.newton_step(self.f, previous) if self.kind == "newton" else opt.lbfgs_step(self.f, previous, self.memory)
         if nxt is not None:
@@ -136,7 +136,7 @@ class _SecondOrder:
         self.state.converged = bool(nxt is None or opt.converged(self.at, previous, self.gtol))
         if self.memory.s:
             self.state.mem_s, self.state.mem_y = np.array(self.memory.s), np.array(self.memory.y)
-        return self.at.loss
+        return self.at
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -163,7 +163,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         state = _State.fresh(d)
 
     optimizer, epochs, l2 = config["optimizer"], config["epochs"], config["l2"]
-    f = global_objective(X, y, w, l2)
+    f = global_objective((X, y, w), (Xv, yv, wv), l2)
+    no_rows = (np.empty((0, d), np.float32), np.empty(0), np.empty(0))
     second = _SecondOrder(optimizer, f, state, config["gtol"], config["memory"]) if optimizer in SECOND_ORDER else None
     local_batch = max(1, config["batch_size"] // ctx.get_world_size())
     steps = int(allreduce(np.array([math.ceil(len(y) / local_batch)]), op="max")[0])
@@ -179,29 +180,33 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
                 os._exit(1)
         lr = learning_rate(config["learning_rate"], config["lr_schedule"], epoch, epochs)
         if second is not None:
-            train_loss, lr = second.step(), 1.0
+            at = second.step()
+            train_loss, valid_loss, lr, scored = at.loss, at.valid_loss, 1.0, state.params
         elif optimizer == "gd":
-            train_loss, grad, _ = f(state.params)
-            _apply(state, grad, lr, config)
+            # One pass and one allreduce per epoch: the gradient, the train loss and the validation
+            # loss all at the parameters the epoch starts from (the ones early stopping keeps).
+            e = f(state.params)
+            train_loss, valid_loss, scored = e.loss, e.valid_loss, state.params
+            _apply(state, e.grad, lr, config)
         else:
             order = np.random.default_rng([config["seed"], epoch, rank]).permutation(len(y))
             losses = []
             for s in range(steps):
                 idx = order[s * local_batch : (s + 1) * local_batch]
-                batch_loss, grad, _ = global_objective(X[idx], y[idx], w[idx], l2)(state.params)
-                _apply(state, grad, lr, config)
-                losses.append(batch_loss)
+                batch = global_objective((X[idx], y[idx], w[idx]), no_rows, l2)(state.params)
+                _apply(state, batch.grad, lr, config)
+                losses.append(batch.loss)
             train_loss = float(np.mean(losses)) if losses else math.nan
-        valid_loss = mean_loss(Xv, yv, wv, state.params)
+            valid_loss, scored = mean_loss(Xv, yv, wv, state.params), state.params
         state.epoch = epoch + 1
         state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "lr": lr})
         if second is not None:
             # Second-order methods minimise the penalised training loss to convergence, like
             # scikit-learn's lbfgs: the answer is the optimum, not the best validation epoch.
-            state.best_loss, state.best_params, state.best_epoch = valid_loss, state.params.copy(), epoch + 1
+            state.best_loss, state.best_params, state.best_epoch = valid_loss, scored.copy(), epoch + 1
             stop = state.converged
         elif valid_loss < state.best_loss - config["tol"]:
-            state.best_loss, state.best_params = valid_loss, state.params.copy()
+            state.best_loss, state.best_params = valid_loss, scored.copy()
             state.best_epoch, state.stale = epoch + 1, 0
         else:
             state.stale += 1

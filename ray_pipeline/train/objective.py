@@ -9,6 +9,7 @@ every worker gets bit-identical totals and takes the same optimizer step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,8 +22,11 @@ from ray_pipeline.train.worker import allreduce
 CHUNK_ROWS = 8192
 
 
-def shard_sums(X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray, hessian: bool = False) -> np.ndarray:
-    """Sums over these rows, packed: gradient wrt (theta, bias), Hessian (if asked), BCE loss, weight."""
+def shard_sums(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray, hessian: bool = False, gradient: bool = True
+) -> np.ndarray:
+    """Sums over these rows, packed: gradient wrt (theta, bias) (zeros unless `gradient`), Hessian
+    (if asked), BCE loss, weight."""
     d = X.shape[1]
     theta, bias = params[:-1], float(params[-1])
     grad = np.zeros(d + 1)
@@ -37,6 +41,8 @@ def shard_sums(X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray, 
         # BCE = softplus(z) - y z = max(z, 0) + log1p(e^-|z|) - y z.
         e = np.exp(-np.abs(z))
         loss += float(wc @ (np.maximum(z, 0.0) + np.log1p(e) - yc * z))
+        if not gradient:
+            continue
         q = 1.0 / (1.0 + e)
         p = np.where(z >= 0, q, e * q)
         r = wc * (p - yc)
@@ -54,30 +60,46 @@ def shard_sums(X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray, 
     return np.concatenate(parts)
 
 
-Objective = Callable[[np.ndarray, bool], tuple[float, np.ndarray, "np.ndarray | None"]]
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # X, y, sample weights
 
 
-def global_objective(X: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float) -> Objective:
-    """f(params, hessian) -> (penalised mean loss, its gradient, its Hessian or None) over all workers."""
-    d = X.shape[1]
+@dataclass
+class Evaluation:
+    """The objective at some parameters: penalised mean train loss, its gradient (and Hessian),
+    and the unpenalised mean validation loss."""
 
-    def f(params: np.ndarray, hessian: bool = False) -> tuple[float, np.ndarray, np.ndarray | None]:
-        total = allreduce(shard_sums(X, y, w, params, hessian))
-        weight = max(total[-1], 1e-300)
+    loss: float
+    grad: np.ndarray
+    hess: np.ndarray | None
+    valid_loss: float
+
+
+Objective = Callable[..., Evaluation]
+
+
+def global_objective(train: Rows, valid: Rows, l2: float) -> Objective:
+    """f(params, hessian=False) -> Evaluation over all workers, with one allreduce: the train
+    sums and the validation loss travel together."""
+    d = train[0].shape[1]
+
+    def f(params: np.ndarray, hessian: bool = False) -> Evaluation:
+        sums = np.concatenate([shard_sums(*train, params, hessian), shard_sums(*valid, params, gradient=False)[-2:]])
+        total = allreduce(sums)
+        weight = max(total[-3], 1e-300)
         theta = params[:-1]
         grad = total[: d + 1] / weight
         grad[:-1] += l2 * theta  # bias not penalised
-        loss = total[-2] / weight + 0.5 * l2 * float(theta @ theta)
+        loss = total[-4] / weight + 0.5 * l2 * float(theta @ theta)
         hess = None
         if hessian:
             hess = total[d + 1 : d + 1 + (d + 1) ** 2].reshape(d + 1, d + 1) / weight
             hess[:-1, :-1] += l2 * np.eye(d)
-        return loss, grad, hess
+        return Evaluation(loss, grad, hess, float(total[-2] / max(total[-1], 1e-300)))
 
     return f
 
 
 def mean_loss(X: np.ndarray, y: np.ndarray, w: np.ndarray, params: np.ndarray) -> float:
-    """Unpenalised weighted mean BCE over all workers' rows (the validation loss)."""
-    total = allreduce(shard_sums(X, y, w, params)[-2:])
+    """Unpenalised weighted mean BCE over all workers' rows."""
+    total = allreduce(shard_sums(X, y, w, params, gradient=False)[-2:])
     return float(total[0] / max(total[1], 1e-300))

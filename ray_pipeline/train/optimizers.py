@@ -25,7 +25,8 @@ class Point:
     params: np.ndarray
     loss: float
     grad: np.ndarray
-    hess: np.ndarray | None = None
+    hess: np.ndarray | None
+    valid_loss: float
 
 
 @dataclass
@@ -61,8 +62,8 @@ class Memory:
 
 def evaluate(f: Objective, params: np.ndarray, hessian: bool) -> Point:
     """The objective at `params` (one pass, one allreduce)."""
-    loss, grad, hess = f(params, hessian)
-    return Point(params, loss, grad, hess)
+    e = f(params, hessian)
+    return Point(params, e.loss, e.grad, e.hess, e.valid_loss)
 
 
 def line_search(f: Objective, at: Point, direction: np.ndarray, hessian: bool, first_step: float = 1.0) -> Point | None:

@@ -95,6 +95,19 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
     )  # fmt: skip
 
 
+# Newton's pass builds a (d+1)^2 Hessian (n d^2 work); measured at 700k x 18 it converged in 6
+# iterations (0.4 s) where lbfgs took 144 (2.0 s) and gd 300 epochs (3.8 s). Past a few hundred
+# features the Hessian dominates and lbfgs's O(n d) passes win.
+NEWTON_MAX_FEATURES = 500
+
+
+def resolve_optimizer(optimizer: str, n_features: int) -> str:
+    """The optimizer `auto` stands for at this many features."""
+    if optimizer != "auto":
+        return optimizer
+    return "newton" if n_features <= NEWTON_MAX_FEATURES else "lbfgs"
+
+
 def loop_config(kind: str, cfg: PipelineConfig, n_features: int, fault: dict[str, Any] | None) -> dict[str, Any]:
     """Everything the worker loop needs, as plain data."""
     training = cfg.training
@@ -113,7 +126,7 @@ def loop_config(kind: str, cfg: PipelineConfig, n_features: int, fault: dict[str
     lr = training.logreg
     return {
         **common,
-        "optimizer": lr.optimizer,
+        "optimizer": resolve_optimizer(lr.optimizer, n_features),
         "learning_rate": lr.learning_rate,
         "lr_schedule": lr.lr_schedule,
         "epochs": lr.epochs,
