@@ -40,16 +40,13 @@ def learning_rate(base: float, schedule: str, epoch: int, epochs: int) -> float:
     return base
 
 
-def sample_weights(y: np.ndarray, class_weight: Any, global_pos: float, global_n: float) -> np.ndarray:
-    """Per-row weights from the class-weight setting (balanced uses global class counts)."""
+def class_weights(class_weight: Any, global_pos: float, global_n: float) -> tuple[float, float]:
+    """Weight of a row labelled 0 and of one labelled 1 (balanced uses global class counts)."""
     if class_weight is None:
-        return np.ones_like(y)
+        return 1.0, 1.0
     if class_weight == "balanced":
-        w1 = global_n / (2.0 * max(global_pos, 1.0))
-        w0 = global_n / (2.0 * max(global_n - global_pos, 1.0))
-    else:
-        w0, w1 = float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))
-    return np.where(y > 0.5, w1, w0)
+        return global_n / (2.0 * max(global_n - global_pos, 1.0)), global_n / (2.0 * max(global_pos, 1.0))
+    return float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))
 
 
 @dataclass
@@ -152,8 +149,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     X, y = load_shard(config["shards"]["train"][rank], d)
     Xv, yv = load_shard(config["shards"]["valid"][rank], d)
     counts = allreduce(np.array([y.sum(), len(y)]))
-    w = sample_weights(y, config["class_weight"], counts[0], counts[1])
-    wv = sample_weights(yv, config["class_weight"], counts[0], counts[1])
+    w = class_weights(config["class_weight"], counts[0], counts[1])
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -163,8 +159,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         state = _State.fresh(d)
 
     optimizer, epochs, l2 = config["optimizer"], config["epochs"], config["l2"]
-    f = global_objective((X, y, w), (Xv, yv, wv), l2)
-    no_rows = (np.empty((0, d), np.float32), np.empty(0), np.empty(0))
+    f = global_objective((X, y, w), (Xv, yv, w), l2)
+    no_rows = (np.empty((0, d), np.float32), np.empty(0, np.float32), w)
     second = _SecondOrder(optimizer, f, state, config["gtol"], config["memory"]) if optimizer in SECOND_ORDER else None
     local_batch = max(1, config["batch_size"] // ctx.get_world_size())
     steps = int(allreduce(np.array([math.ceil(len(y) / local_batch)]), op="max")[0])
@@ -193,11 +189,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             losses = []
             for s in range(steps):
                 idx = order[s * local_batch : (s + 1) * local_batch]
-                batch = global_objective((X[idx], y[idx], w[idx]), no_rows, l2)(state.params)
+                batch = global_objective((X[idx], y[idx], w), no_rows, l2)(state.params)
                 _apply(state, batch.grad, lr, config)
                 losses.append(batch.loss)
             train_loss = float(np.mean(losses)) if losses else math.nan
-            valid_loss, scored = mean_loss(Xv, yv, wv, state.params), state.params
+            valid_loss, scored = mean_loss(Xv, yv, w, state.params), state.params
         state.epoch = epoch + 1
         state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "lr": lr})
         if second is not None:

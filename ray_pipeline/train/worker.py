@@ -6,6 +6,7 @@ this module when it unpickles the loop, and those imports were part of each run'
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,26 +21,30 @@ def allreduce(values: np.ndarray, op: str = "sum") -> np.ndarray:
     return coll.allreduce(np.ascontiguousarray(values, dtype=np.float64), coll.Op.SUM if op == "sum" else coll.Op.MAX)
 
 
-def load_shard(shard: tuple[list, int], n_features: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """A worker's rows as one (rows, n_features) matrix of `dtype` and float64 labels, filled one
-    block at a time so the process never holds more than its shard plus one block."""
+def iter_batches(shard: tuple[list, int], n_features: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) per Arrow record batch of a shard's blocks: float32 views straight into
+    the object store (no copy), one block held at a time."""
     import ray
 
-    refs, rows = shard
-    X = np.empty((rows, n_features), dtype=dtype)
-    y = np.empty(rows, dtype=np.float64)
-    at = 0
-    for ref in refs:
-        block = ray.get(ref)  # zero-copy view of the object store
-        n = block.num_rows
-        if n:
-            for chunk in block["x"].chunks:  # a Ray tensor column: large_list<float32> storage
-                values = chunk.storage.flatten().to_numpy(zero_copy_only=False)
-                k = len(chunk)
-                X[at : at + k] = values.reshape(k, n_features)
-                at += k
-            y[at - n : at] = block["y"].to_numpy()
+    for ref in shard[0]:
+        block = ray.get(ref)
+        for batch in block.to_batches():  # columns aligned, zero-copy slices
+            x = batch.column("x")  # a Ray tensor column: large_list<float32> storage
+            values = x.storage.flatten().to_numpy(zero_copy_only=False)
+            yield values.reshape(len(x), n_features), batch.column("y").to_numpy(zero_copy_only=False)
         del block
+
+
+def load_shard(shard: tuple[list, int], n_features: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's rows as one (rows, n_features) matrix of `dtype` and float32 labels, filled one
+    block at a time so the process never holds more than its shard plus one block."""
+    rows = shard[1]
+    X = np.empty((rows, n_features), dtype=dtype)
+    y = np.empty(rows, dtype=np.float32)
+    at = 0
+    for xb, yb in iter_batches(shard, n_features):
+        X[at : at + len(xb)], y[at : at + len(xb)] = xb, yb
+        at += len(xb)
     if at != rows:
         raise RuntimeError(f"shard holds {at} rows, expected {rows}")
     return X, y

@@ -41,13 +41,37 @@ def _progress(key: str | None, total: int):
     return Progress()
 
 
+def _shard_iter(shard: tuple[list, int], n_features: int):
+    """An xgboost.DataIter over a shard's record batches (`worker.iter_batches`)."""
+    import xgboost
+
+    from ray_pipeline.train.worker import iter_batches
+
+    class ShardIter(xgboost.DataIter):
+        def __init__(self) -> None:
+            super().__init__(release_data=True)
+            self._batches = None
+
+        def reset(self) -> None:
+            self._batches = None
+
+        def next(self, input_data) -> bool:
+            if self._batches is None:
+                self._batches = iter_batches(shard, n_features)
+            batch = next(self._batches, None)
+            if batch is None:
+                return False
+            input_data(data=batch[0], label=batch[1])
+            return True
+
+    return ShardIter()
+
+
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop: checkpoints every `checkpoint_every` rounds, resumes from the last."""
     import ray.train
     import xgboost
     from ray.train.xgboost import RayTrainReportCallback
-
-    from ray_pipeline.train.worker import load_shard
 
     d, rank = config["n_features"], ray.train.get_context().get_world_rank()
     params = {
@@ -58,15 +82,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "seed": config["seed"],
         **config["params"],
     }
-    # float32 straight away (XGBoost's own input type), then quantised in place of a DMatrix: a
-    # DMatrix keeps a CSR copy (value + index per entry, twice the dense bytes) besides the bins;
-    # QuantileDMatrix keeps only the bins (a byte per entry), so the float rows can go at once.
-    X, y = load_shard(config["shards"]["train"][rank], d)
-    dtrain = xgboost.QuantileDMatrix(X, label=y, max_bin=int(params.get("max_bin", 256)), nthread=config["nthread"])
-    del X
-    Xv, yv = load_shard(config["shards"]["valid"][rank], d)
-    dvalid = xgboost.QuantileDMatrix(Xv, label=yv, ref=dtrain, nthread=config["nthread"])
-    del Xv
+    # A QuantileDMatrix keeps only the bins (a byte per entry); a DMatrix would add a CSR copy
+    # (value + index per entry). Built from the shard's blocks in the object store, batch by
+    # batch, so no float copy of the shard is ever made (XGBoost reads the batches twice: sketch,
+    # then bins).
+    shards = config["shards"]
+    dtrain = xgboost.QuantileDMatrix(
+        _shard_iter(shards["train"][rank], d), max_bin=int(params.get("max_bin", 256)), nthread=config["nthread"]
+    )
+    dvalid = xgboost.QuantileDMatrix(_shard_iter(shards["valid"][rank], d), ref=dtrain, nthread=config["nthread"])
 
     booster = None
     checkpoint = ray.train.get_checkpoint()
