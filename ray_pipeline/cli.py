@@ -13,6 +13,7 @@ from typing import Annotated, Callable, TypeVar
 import typer
 
 from ray_pipeline.config import ConfigError, PipelineConfig, SyntheticConfig, load_config
+from ray_pipeline.errors import UserError
 
 app = typer.Typer(
     help="ray-pipeline: data, features, training, registry, serving and monitoring on one Ray cluster.",
@@ -54,7 +55,7 @@ def _friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except (ConfigError, IngestError, RegistryError, FileNotFoundError, ValueError) as exc:
+        except (UserError, IngestError, RegistryError, FileNotFoundError) as exc:  # ConfigError is a UserError
             if kwargs.get("verbose") or os.environ.get("RAY_PIPELINE_TRACEBACK") == "1":
                 raise
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -89,7 +90,7 @@ def _parse_pairs(items: list[str], option: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"{option}: expected NAME=VALUE, got {item!r}")
+            raise UserError(f"{option}: expected NAME=VALUE, got {item!r}")
         pairs[key] = value
     return pairs
 
@@ -155,7 +156,7 @@ def generate(
     if concept:
         drift["concept_drift"] = {k: float(x) for k, x in _parse_pairs(concept, "--concept").items()}
     if drift and "start" not in drift and not (cfg and cfg.synthetic and cfg.synthetic.drift):
-        raise ValueError("--drift-start is required with --shift, --new-categories or --concept")
+        raise UserError("--drift-start is required with --shift, --new-categories or --concept")
     spec = _synthetic_spec(
         cfg,
         {"rows": rows, "seed": seed, "entities": entities, "start": start, "days": days,
@@ -164,7 +165,7 @@ def generate(
     )  # fmt: skip
     if out is None:
         if cfg is None:
-            raise ValueError("--out is required unless --config gives data.source.path")
+            raise UserError("--out is required unless --config gives data.source.path")
         out = cfg.resolve(cfg.data.source.path)
     init_ray(address)
     result = run_generate(spec, out)
@@ -189,7 +190,7 @@ def init(
     from ray_pipeline.data.infer import infer_config
 
     if out.exists() and not force:
-        raise ValueError(f"--out {out}: exists; pass --force to overwrite it")
+        raise UserError(f"--out {out}: exists; pass --force to overwrite it")
     inferred = infer_config(data, label, positive or None, threshold, str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(inferred.yaml_text)
@@ -265,10 +266,10 @@ def features_get(
     views = cfg.features.views
     if view is None:
         if len(views) != 1:
-            raise ValueError(f"--view is required: configured views are {sorted(views)}")
+            raise UserError(f"--view is required: configured views are {sorted(views)}")
         view = next(iter(views))
     if view not in views:
-        raise ValueError(f"--view {view!r}: not a configured view; expected one of {sorted(views)}")
+        raise UserError(f"--view {view!r}: not a configured view; expected one of {sorted(views)}")
     when = as_utc(now) if now is not None else None
     store = online_store(cfg)
     try:
@@ -618,7 +619,7 @@ def monitor(
     if ctx.invoked_subcommand is not None:
         return
     if config is None:
-        raise ValueError("--config is required")
+        raise UserError("--config is required")
     from ray_pipeline.features.online import as_utc
     from ray_pipeline.monitor.job import Monitor, parse_duration
     from ray_pipeline.runtime import init_ray

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 
 ENV_FLAGS = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -194,7 +195,7 @@ def write_configs(cfg: PipelineConfig, config_path: str, target: str, out: str, 
     """Write the target's files (and the Dockerfile) under `out`; returns their paths."""
     relative = os.path.relpath(os.path.abspath(config_path), os.getcwd())
     if relative.startswith(".."):
-        raise ValueError(f"--config {config_path}: must be inside the current directory, the image's build context")
+        raise UserError(f"--config {config_path}: must be inside the current directory, the image's build context")
     config_in_image = f"{IN_IMAGE}/{relative}"
     os.makedirs(out, exist_ok=True)
     files: dict[str, str] = {"Dockerfile": dockerfile()}
@@ -206,7 +207,7 @@ def write_configs(cfg: PipelineConfig, config_path: str, target: str, out: str, 
         body = launcher_config(cfg, config_in_image, spec, head_ip, worker_ips or ["WORKER_IP_1", "WORKER_IP_2"])
         files["cluster.yaml"] = header + yaml.safe_dump(body, sort_keys=False)
     else:
-        raise ValueError(f"--target {target!r}: expected kuberay or launcher")
+        raise UserError(f"--target {target!r}: expected kuberay or launcher")
     written = []
     for name, text in files.items():
         path = os.path.join(out, name)

@@ -21,8 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from ray_pipeline.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A pipeline.yaml that cannot be used; the message names the file, the key and what was expected."""
 
 
@@ -69,13 +71,13 @@ class FeatureColumn(StrictModel):
     @model_validator(mode="after")
     def _check_kind(self) -> "FeatureColumn":
         if self.type == "category" and (self.min is not None or self.max is not None):
-            raise ValueError("min/max apply to numeric columns, not to type 'category'")
+            raise UserError("min/max apply to numeric columns, not to type 'category'")
         if self.type != "category" and self.categories is not None:
-            raise ValueError(f"categories apply to type 'category', not to type '{self.type}'")
+            raise UserError(f"categories apply to type 'category', not to type '{self.type}'")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+            raise UserError(f"min ({self.min}) is greater than max ({self.max})")
         if self.categories is not None and len(set(self.categories)) != len(self.categories):
-            raise ValueError("categories has repeated values")
+            raise UserError("categories has repeated values")
         return self
 
 
@@ -101,12 +103,12 @@ class LabelMapping(StrictModel):
     @model_validator(mode="after")
     def _one_rule(self) -> "LabelMapping":
         if self.positive is not None and self.threshold is not None:
-            raise ValueError("give positive (values) or threshold (numeric), not both")
+            raise UserError("give positive (values) or threshold (numeric), not both")
         if self.negative is not None and self.positive is None:
-            raise ValueError("negative needs positive")
+            raise UserError("negative needs positive")
         both = set(map(str, self.positive or [])) & set(map(str, self.negative or []))
         if both:
-            raise ValueError(f"values listed as both positive and negative: {sorted(both)}")
+            raise UserError(f"values listed as both positive and negative: {sorted(both)}")
         return self
 
     @property
@@ -163,13 +165,13 @@ class SchemaConfig(StrictModel):
     def _check_names(self) -> "SchemaConfig":
         special = [c for c in (self.entity_key, self.event_timestamp, self.label, self.split_column) if c]
         if len(set(special)) != len(special):
-            raise ValueError("entity_key, event_timestamp, label and split_column must be different columns")
+            raise UserError("entity_key, event_timestamp, label and split_column must be different columns")
         clash = sorted(set(special) & set(self.features))
         if clash:
-            raise ValueError(f"features repeat a key/timestamp/label/split column: {clash}")
+            raise UserError(f"features repeat a key/timestamp/label/split column: {clash}")
         bad = sorted(name for name in self.features if name.startswith("_"))
         if bad:
-            raise ValueError(f"feature names may not start with '_' (reserved): {bad}")
+            raise UserError(f"feature names may not start with '_' (reserved): {bad}")
         return self
 
     @property
@@ -314,7 +316,7 @@ class NumericFeatureConfig(StrictModel):
         if self.clip_quantiles is not None:
             lo, hi = self.clip_quantiles
             if not 0.0 <= lo < hi <= 1.0:
-                raise ValueError(f"clip_quantiles must satisfy 0 <= low < high <= 1, got {list(self.clip_quantiles)}")
+                raise UserError(f"clip_quantiles must satisfy 0 <= low < high <= 1, got {list(self.clip_quantiles)}")
         return self
 
 
@@ -365,7 +367,7 @@ class FeatureViewConfig(StrictModel):
     @model_validator(mode="after")
     def _one_definition(self) -> "FeatureViewConfig":
         if (self.daily_aggregates is None) == (self.features is None):
-            raise ValueError("give exactly one of daily_aggregates or features")
+            raise UserError("give exactly one of daily_aggregates or features")
         return self
 
     @property
@@ -491,7 +493,7 @@ class AutoscalingConfig(StrictModel):
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+            raise UserError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
         return self
 
 
@@ -571,7 +573,7 @@ class DriftThreshold(StrictModel):
     @model_validator(mode="after")
     def _order(self) -> DriftThreshold:
         if self.warn > self.alert:
-            raise ValueError(f"warn ({self.warn}) is above alert ({self.alert})")
+            raise UserError(f"warn ({self.warn}) is above alert ({self.alert})")
         return self
 
 
@@ -598,7 +600,7 @@ class AlertRule(StrictModel):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in MONITOR_METRICS:
-            raise ValueError(f"unknown metric {value!r}; expected one of: {', '.join(sorted(MONITOR_METRICS))}")
+            raise UserError(f"unknown metric {value!r}; expected one of: {', '.join(sorted(MONITOR_METRICS))}")
         return value
 
 
@@ -693,13 +695,13 @@ class MonitoringConfig(StrictModel):
         names = [r.name for r in self.rules]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ValueError(f"rules: repeated rule names {repeated}")
+            raise UserError(f"rules: repeated rule names {repeated}")
         unknown = sorted(set(self.feedback.rules) - set(names))
         if unknown:
-            raise ValueError(f"feedback.rules names unknown rules {unknown}; defined rules: {sorted(names)}")
+            raise UserError(f"feedback.rules names unknown rules {unknown}; defined rules: {sorted(names)}")
         bad = sorted(set(self.thresholds) - set(MONITOR_METRICS))
         if bad:
-            raise ValueError(f"thresholds: unknown metrics {bad}")
+            raise UserError(f"thresholds: unknown metrics {bad}")
         return self
 
 
@@ -730,14 +732,14 @@ class PipelineConfig(StrictModel):
         for key, unknown, known in problems:
             if unknown:
                 hint = f"; expected any of {known}" if known else ""
-                raise ValueError(f"{key} names columns that are not such features: {unknown}{hint}")
+                raise UserError(f"{key} names columns that are not such features: {unknown}{hint}")
         clash = sorted(set(view_features) & set(schema.columns))
         if clash:
-            raise ValueError(f"features.views produce columns that already exist in the data: {clash}")
+            raise UserError(f"features.views produce columns that already exist in the data: {clash}")
         if self.features.views and not (schema.entity_key and schema.event_timestamp):
-            raise ValueError("features.views need data.schema.entity_key and data.schema.event_timestamp")
+            raise UserError("features.views need data.schema.entity_key and data.schema.event_timestamp")
         if self.training.split.by == "time" and not schema.event_timestamp:
-            raise ValueError("training.split.by: time needs data.schema.event_timestamp")
+            raise UserError("training.split.by: time needs data.schema.event_timestamp")
         return self
 
     @property

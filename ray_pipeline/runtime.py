@@ -26,12 +26,23 @@ class RayRuntime:
     num_cpus: float
 
 
+# Variables init_ray put into this process's environment (Ray's processes inherit them at start);
+# shutdown_ray takes them out again so they do not leak into later instances or child processes.
+_env_set_by_us: set[str] = set()
+
+
+def _setdefault_env(key: str, value: str) -> None:
+    if key not in os.environ:
+        os.environ[key] = value
+        _env_set_by_us.add(key)
+
+
 def _quiet_defaults() -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _setdefault_env("RAY_USAGE_STATS_ENABLED", "0")
     # Ray Train re-routes print() in workers through its logger and, since Ray redirects worker
     # stdout, also tees it to the original print: every progress line came out twice. Workers of
     # an instance we start inherit this; on a cluster set it where `ray start` runs.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    _setdefault_env("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 
 def _serve_fast_path_env(temp_dir: str) -> None:
@@ -40,27 +51,27 @@ def _serve_fast_path_env(temp_dir: str) -> None:
     # request over plain uvicorn; HAProxy forwarding straight to the replica's own HTTP server ~0.6-1.3 ms.
     # Autoscaling, max_queued_requests -> 503 and Serve's HTTP metrics keep working in this mode
     # (tests/test_serve.py, tests/test_serve_traffic.py). Export a flag as 0 to get the default proxy.
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+    _setdefault_env("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    _setdefault_env("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
     # Serve's throughput profile: user code on the replica's main loop (no thread hop per request),
     # buffered request logs, GC frozen after start. Measured -0.5..-1.5 ms p50 and +20% req/s here.
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    _setdefault_env("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] != "1":
         return
     # HAProxy's files and admin ports default to fixed, machine-wide places (/tmp/haproxy-serve,
     # 9101, 8404): two embedded instances on one box would fight over them.
     base = os.path.join(temp_dir, "haproxy")
     os.makedirs(base, exist_ok=True)
-    os.environ.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", os.path.join(base, "haproxy.cfg"))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", os.path.join(base, "admin.sock"))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", base)
-    os.environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", os.path.join(base, "server-state"))
+    _setdefault_env("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", os.path.join(base, "haproxy.cfg"))
+    _setdefault_env("RAY_SERVE_HAPROXY_SOCKET_PATH", os.path.join(base, "admin.sock"))
+    _setdefault_env("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", base)
+    _setdefault_env("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", os.path.join(base, "server-state"))
     metrics_port, stats_port = _reserved_ports(2)
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics_port))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(stats_port))
+    _setdefault_env("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics_port))
+    _setdefault_env("RAY_SERVE_HAPROXY_STATS_PORT", str(stats_port))
     # A stopping ingress replica keeps answering for this long so external load balancers can
     # drain it (default 30 s). HAProxy here runs beside the replicas and is told at once.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    _setdefault_env("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 
 def _reserved_ports(n: int, lo: int = 25000, hi: int = 30000) -> list[int]:
@@ -103,13 +114,22 @@ def _configure_data_context(quiet: bool) -> None:
     ctx.enable_progress_bars = not quiet and os.environ.get("RAY_PIPELINE_PROGRESS", "1") != "0"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    global _quiet
+    _quiet = quiet
     if quiet:
-        # Importing Serve installs its INFO-level logger ("Started Serve ...", "... is ready");
-        # import it now so the level set here sticks. Ray Data warns once that its bars are off.
-        import ray.serve  # noqa: F401
-
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        # Ray Data warns once that its bars are off.
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+_quiet = False
+
+
+def quiet_serve_logs() -> None:
+    """Once Serve is imported: keep its INFO lines ("Started Serve ...") off a quiet
+    terminal. Importing Serve installs its INFO-level logger, so this cannot be done at start-up
+    without importing Serve in every command (~0.5-1 s)."""
+    if _quiet:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def local_cpus() -> int:
@@ -173,6 +193,10 @@ def logs_dir() -> str | None:
 
 
 def shutdown_ray() -> None:
-    """Disconnect from (and stop, if embedded) the Ray instance."""
+    """Disconnect from (and stop, if embedded) the Ray instance, and take back the environment
+    variables init_ray set. The instance's temp directory stays: it holds Ray's logs, which
+    `run` links from the run root."""
     if ray.is_initialized():
         ray.shutdown()
+    while _env_set_by_us:
+        os.environ.pop(_env_set_by_us.pop(), None)

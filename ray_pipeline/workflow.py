@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import IngestResult
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.pipeline import FeatureBuild
 from ray_pipeline.registry.store import ModelVersion
 from ray_pipeline.train.data import Prepared
@@ -74,7 +75,7 @@ def check_models(models: list[str]) -> list[str]:
     """Model kinds from a --models list, checked."""
     bad = [m for m in models if m not in MODEL_KINDS]
     if bad or not models:
-        raise ValueError(f"--models: unknown model kind(s) {bad}; expected a comma-separated subset of {MODEL_KINDS}")
+        raise UserError(f"--models: unknown model kind(s) {bad}; expected a comma-separated subset of {MODEL_KINDS}")
     return list(dict.fromkeys(models))
 
 
@@ -123,7 +124,7 @@ def run_pipeline(
         ingested = ingest(cfg)
         echo(ingested.render())
         if ingested.accepted == 0:
-            raise ValueError(f"{ingested.source}: no row passed validation; see {ingested.quarantine_path}")
+            raise UserError(f"{ingested.source}: no row passed validation; see {ingested.quarantine_path}")
 
     online: dict[str, dict[str, int]] = {}
     title = "features: views, point-in-time training set" if cfg.features.views else "features: training set"
@@ -158,7 +159,7 @@ def run_pipeline(
 
         with stages.stage("serve", f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} on Ray Serve"):
             if promotion.champion is None:
-                raise ValueError(f"nothing to serve: no version holds @{cfg.serving.alias}")
+                raise UserError(f"nothing to serve: no version holds @{cfg.serving.alias}")
             url = deploy(cfg, local=local)
             echo(f"endpoint: {url}/predict  (OpenAPI: {url}/docs)")
     return PipelineRun(ingested, built, online, prepared, runs, promotion, url, dict(stages.seconds))

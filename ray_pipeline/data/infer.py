@@ -22,6 +22,7 @@ import yaml
 
 from ray_pipeline.config import DEFAULT_NULL_VALUES, PipelineConfig, SourceConfig, parse_config
 from ray_pipeline.data.sources import IngestError, SourceFiles, resolve_source
+from ray_pipeline.errors import UserError
 
 SAMPLE_ROWS = 100_000
 MAX_CATEGORIES = 20  # at most this many distinct values: a closed set, listed and one-hot encoded
@@ -135,11 +136,11 @@ def _label_rule(s: pd.Series, name: str, positive: list[str] | None, threshold: 
     notes: list[str] = []
     present = s.dropna()
     if present.empty:
-        raise ValueError(f"--label {name}: the column holds no values in the sample")
+        raise UserError(f"--label {name}: the column holds no values in the sample")
     if threshold is not None:
         numbers = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
         if numbers.notna().mean() < 0.99:
-            raise ValueError(f"--label {name} --threshold: the column is not numeric (e.g. {present.iloc[0]!r})")
+            raise UserError(f"--label {name} --threshold: the column is not numeric (e.g. {present.iloc[0]!r})")
         share = float((numbers > threshold).mean())
         return {"column": name, "threshold": threshold}, f"label: 1 when {name} > {threshold:g} ({share:.1%} of rows)", notes
     text = present.map(lambda x: ("true" if x else "false") if isinstance(x, (bool, np.bool_)) else str(x).strip())
@@ -148,10 +149,10 @@ def _label_rule(s: pd.Series, name: str, positive: list[str] | None, threshold: 
     if positive:
         missing = [p for p in positive if p not in counts.index]
         if missing:
-            raise ValueError(f"--positive {missing}: not among the values of {name}: {list(counts.index[:10])}")
+            raise UserError(f"--positive {missing}: not among the values of {name}: {list(counts.index[:10])}")
         others = counts.drop(positive)
         if others.empty:
-            raise ValueError(f"--label {name}: every value is positive {positive}; a classifier needs both classes")
+            raise UserError(f"--label {name}: every value is positive {positive}; a classifier needs both classes")
         negative = [others.index[0]]
         if len(others) > 1:
             rest = ", ".join(f"{v!r} ({n})" for v, n in others.iloc[1:6].items())
@@ -165,9 +166,9 @@ def _label_rule(s: pd.Series, name: str, positive: list[str] | None, threshold: 
     if values <= {"0", "1", "true", "false", "True", "False"}:
         return {"column": name}, f"label: already 0/1 ({len(values)} values)", notes
     if len(values) == 2:
-        raise ValueError(f"--label {name} holds {', '.join(repr(v) for v in counts.index)}: "
+        raise UserError(f"--label {name} holds {', '.join(repr(v) for v in counts.index)}: "
                          "say which value is the positive class with --positive")  # fmt: skip
-    raise ValueError(f"--label {name} holds {len(values)} values (e.g. {list(counts.index[:5])}): give --positive "
+    raise UserError(f"--label {name} holds {len(values)} values (e.g. {list(counts.index[:5])}): give --positive "
                      "VALUE (repeatable) or, for a numeric column, --threshold T")  # fmt: skip
 
 
@@ -234,7 +235,7 @@ def infer_config(
     table, ragged = read_sample(src, sample_rows)
     frame = table.to_pandas()
     if label not in frame.columns:
-        raise ValueError(f"--label {label}: no such column in {src.location}; columns: {list(frame.columns)}")
+        raise UserError(f"--label {label}: no such column in {src.location}; columns: {list(frame.columns)}")
     rows = len(frame)
     label_map, label_why, notes = _label_rule(frame[label], label, positive, threshold)
     columns = [Column(label, "label", label_why)]
@@ -243,7 +244,7 @@ def infer_config(
     ts = _first(columns, "event_timestamp", TIME_NAME)
     features = [c for c in columns if c.role == "feature"]
     if not features:
-        raise ValueError(f"{src.location}: no usable feature columns; decisions: "
+        raise UserError(f"{src.location}: no usable feature columns; decisions: "
                          + "; ".join(f"{c.name}: {c.why}" for c in columns))  # fmt: skip
     if ragged:
         notes.append(f"{ragged} row(s) in the sample have the wrong number of fields: ingest quarantines them")

@@ -27,6 +27,7 @@ from ray_pipeline.data.sources import (
     read_pieces,
     resolve_source,
 )
+from ray_pipeline.errors import UserError
 from ray_pipeline.progress import bar
 from ray_pipeline.storage import filesystem, reset_dir, write_text
 
@@ -92,7 +93,7 @@ def _parse_json_lines(batch: pa.Table, text_columns: list[str]) -> pa.Table:
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
+                raise UserError("not a JSON object")
             records.append(record)
             bad.append(None)
         except ValueError as exc:

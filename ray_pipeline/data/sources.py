@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.config import SourceConfig
 from ray_pipeline.data.validate import ORDER, ROW, SOURCE
+from ray_pipeline.errors import UserError
 
 # Row numbers within a file fit in 40 bits; the file index goes above them in ORDER.
 _ROW_BITS = 40
@@ -147,7 +148,7 @@ def file_columns(src: SourceFiles, path: str, source: SourceConfig) -> list[str]
                 return []
             record = json.loads(first)
             if not isinstance(record, dict):
-                raise ValueError("first line is not a JSON object")
+                raise UserError("first line is not a JSON object")
             return list(record)
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
         raise IngestError(f"{shown}: cannot read as {src.format}: {exc}") from None

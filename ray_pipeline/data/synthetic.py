@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ray_pipeline.config import SyntheticConfig
+from ray_pipeline.errors import UserError
 
 # Ground truth: fixed here, independent of the data seed, so every dataset shares one true model.
 # Terms use observed values only (a missing value contributes 0), so p_true is the Bayes-optimal
@@ -107,7 +108,7 @@ def _check_spec(spec: SyntheticConfig) -> None:
     for key, given, what, known in targets:
         bad = sorted(set(given) - set(known))
         if bad:
-            raise ValueError(f"synthetic.drift.{key}: unknown {what} {bad}; expected any of {known}")
+            raise UserError(f"synthetic.drift.{key}: unknown {what} {bad}; expected any of {known}")
 
 
 def num_chunks(spec: SyntheticConfig) -> int:
@@ -163,7 +164,7 @@ def generate_chunk(spec: SyntheticConfig, chunk: int) -> pa.Table:
     first = chunk * spec.chunk_rows
     n = min(spec.chunk_rows, spec.rows - first)
     if n <= 0:
-        raise ValueError(f"chunk {chunk} is past the end of {spec.rows} rows")
+        raise UserError(f"chunk {chunk} is past the end of {spec.rows} rows")
     rng = np.random.default_rng([spec.seed, chunk])
     # Every draw happens whatever the options, in a fixed order, so drift settings change only
     # the rows they target and corruption changes only the corrupted rows.

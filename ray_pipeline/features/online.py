@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ray_pipeline.errors import UserError
+
 PRESENT, EXPIRED, MISSING = "present", "expired", "missing"
 
 
@@ -104,7 +106,7 @@ class SQLiteOnlineStore(OnlineStore):
     @staticmethod
     def _table(view: str) -> str:
         if not view.replace("_", "").isalnum():
-            raise ValueError(f"feature view name {view!r}: use letters, digits and underscores")
+            raise UserError(f"feature view name {view!r}: use letters, digits and underscores")
         return f"view_{view}"
 
     def _ensure(self, view: str) -> str:
@@ -219,4 +221,4 @@ def open_store(backend: str, path: str | None = None, url: str | None = None) ->
         return SQLiteOnlineStore(path or "online.db")
     if backend == "redis":
         return RedisOnlineStore(url or "redis://localhost:6379/0")
-    raise ValueError(f"online store backend {backend!r}: expected sqlite or redis")
+    raise UserError(f"online store backend {backend!r}: expected sqlite or redis")

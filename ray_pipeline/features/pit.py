@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.partition import BLOCK, POS, default_parts, partition
 
 
@@ -136,7 +137,7 @@ def point_in_time_join(
     events = events.materialize()
     clash = sorted(set(features) & set(events.schema().names))
     if clash:
-        raise ValueError(f"feature names {clash} already exist in the events; rename them in the view")
+        raise UserError(f"feature names {clash} already exist in the events; rename them in the view")
     event_refs = events.to_arrow_refs()
     view_refs = view.materialize().to_arrow_refs()
     types = _feature_types(view_refs, features)

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ray_pipeline.errors import UserError
+
 SPEC_VERSION = 1
 
 
@@ -99,10 +101,10 @@ class FeatureSpec(_Frozen):
         data = json.loads(text)
         stated = data.pop("content_hash", None)
         if data.get("version") != SPEC_VERSION:
-            raise ValueError(f"FeatureSpec version {data.get('version')} is not supported (expected {SPEC_VERSION})")
+            raise UserError(f"FeatureSpec version {data.get('version')} is not supported (expected {SPEC_VERSION})")
         spec = cls.model_validate(data)
         if stated is not None and stated != spec.content_hash():
-            raise ValueError("FeatureSpec content does not match its content_hash: the file was changed")
+            raise UserError("FeatureSpec content does not match its content_hash: the file was changed")
         return spec
 
     def save(self, path: str | Path) -> Path:

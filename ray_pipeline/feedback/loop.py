@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 from ray_pipeline.monitor.labels import accepted_labels
 from ray_pipeline.registry.models import gate_report, load, open_registry, register_run
 from ray_pipeline.registry.store import Registry
@@ -79,7 +80,7 @@ def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None 
     schema = cfg.data.schema_
     if not (schema.entity_key and schema.event_timestamp):
         # Fed-back rows join training by entity and time, and the holdout is the latest windows.
-        raise ValueError("retrain needs data.schema.entity_key and data.schema.event_timestamp: labeled traffic "
+        raise UserError("retrain needs data.schema.entity_key and data.schema.event_timestamp: labeled traffic "
                          "becomes training rows by them (send both with each record)")  # fmt: skip
     name = cfg.registry.model_name
     run_id = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"

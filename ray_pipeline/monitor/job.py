@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 from ray_pipeline.monitor import alerts as alerting
 from ray_pipeline.monitor.collect import collect_window
 from ray_pipeline.monitor.labels import accepted_labels, label_files
@@ -74,7 +75,7 @@ def parse_duration(text: str) -> float:
     try:
         return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise ValueError(f"--window {text!r}: expected a duration such as 30s, 5m or 1h") from None
+        raise UserError(f"--window {text!r}: expected a duration such as 30s, 5m or 1h") from None
 
 
 class Monitor:
@@ -100,7 +101,7 @@ class Monitor:
         path = Path(self.cfg.resolve(self.cfg.monitoring.state))
         state = json.loads(path.read_text()) if path.exists() else {}
         if state.get("window_s") not in (None, self.window_s):
-            raise ValueError(f"{path}: the monitor ran with {state['window_s']} s windows; "
+            raise UserError(f"{path}: the monitor ran with {state['window_s']} s windows; "
                              f"remove the state to start over with {self.window_s} s")  # fmt: skip
         return {"window_s": self.window_s, "next": None, "rules": {}, "last_retrain": None, **state}
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.config import LabelMapping, PipelineConfig
 from ray_pipeline.data.validate import label_values
+from ray_pipeline.errors import UserError
 from ray_pipeline.serve.predlog import read_log
 
 LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("label", pa.int8()),
@@ -56,7 +57,7 @@ def _read(path: str) -> pa.Table:
                                                                        auto_dict_encode=False))  # fmt: skip
             t = t.cast(pa.schema([(f.name, pa.string()) for f in t.schema]))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{path}: cannot read labels: {exc}") from None
+        raise UserError(f"{path}: cannot read labels: {exc}") from None
     return t
 
 
@@ -79,12 +80,12 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
     t = _read(path)
     label_col = schema.label if schema.label in t.column_names else "label"
     if label_col not in t.column_names:
-        raise ValueError(f"{path}: no label column ({schema.label!r} or 'label'); columns: {t.column_names}")
+        raise UserError(f"{path}: no label column ({schema.label!r} or 'label'); columns: {t.column_names}")
     by_request = "request_id" in t.column_names
     if not by_request and not (schema.entity_key and schema.event_timestamp):
-        raise ValueError(f"{path}: labels need a request_id column (the data has no entity key and event time to join on)")
+        raise UserError(f"{path}: labels need a request_id column (the data has no entity key and event time to join on)")
     if not by_request and not {schema.entity_key, schema.event_timestamp} <= set(t.column_names):
-        raise ValueError(
+        raise UserError(
             f"{path}: labels need a request_id column, or {schema.entity_key!r} and {schema.event_timestamp!r}"
         )
     # The data's label column speaks the data's language (e.g. Yes/No, a delay to threshold) and

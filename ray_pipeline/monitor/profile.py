@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import _as_float, _text
 
@@ -165,5 +166,5 @@ def load_profile(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory}: no {PROFILE_FILE} (registered before monitoring existed?)")
     profile = json.loads(path.read_text())
     if profile.get("version") != PROFILE_VERSION:
-        raise ValueError(f"{path}: profile version {profile.get('version')} is not supported")
+        raise UserError(f"{path}: profile version {profile.get('version')} is not supported")
     return profile

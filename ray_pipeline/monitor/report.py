@@ -13,12 +13,10 @@ from ray_pipeline.monitor.collect import WindowData
 
 
 def _bars(path: Path, labels: list[str], ref: list[float], cur: list[float], title: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the process's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
     x = np.arange(len(labels))
     ax.bar(x - 0.2, ref, width=0.4, label="reference")
     ax.bar(x + 0.2, cur, width=0.4, label="current")
@@ -27,7 +25,6 @@ def _bars(path: Path, labels: list[str], ref: list[float], cur: list[float], tit
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _shares(counts: list[float]) -> list[float]:

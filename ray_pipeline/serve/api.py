@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 
 
@@ -35,7 +36,7 @@ def request_models(spec: FeatureSpec) -> type[BaseModel]:
         @model_validator(mode="after")
         def _exactly_one(self):
             if (self.records is None) == (self.entity_ids is None):
-                raise ValueError("give exactly one of records or entity_ids")
+                raise UserError("give exactly one of records or entity_ids")
             return self
 
     return PredictRequest

@@ -26,9 +26,11 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table, transform_table
 from ray_pipeline.registry.models import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
+from ray_pipeline.runtime import quiet_serve_logs
 from ray_pipeline.serve.api import passthrough_fields, records_from_store, request_models, split_record
 from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
@@ -353,7 +355,7 @@ def check_port_free(cfg: PipelineConfig) -> None:
         try:
             sock.bind((s.host, s.port))
         except OSError as exc:
-            raise ValueError(
+            raise UserError(
                 f"serving.port: {s.host}:{s.port} is already in use ({exc.strerror}); "
                 "stop the other endpoint or choose another port"
             ) from None
@@ -370,9 +372,10 @@ def deploy(cfg: PipelineConfig, local: bool = False) -> str:
     s = cfg.serving
     api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
     if s.api_key_env and not api_key:
-        raise ValueError(f"serving.api_key_env: environment variable {s.api_key_env} is not set")
+        raise UserError(f"serving.api_key_env: environment variable {s.api_key_env} is not set")
     if local and _get_global_client(raise_if_no_controller_running=False) is None:
         check_port_free(cfg)  # only when this call starts Serve: a running Serve already owns its port
+    quiet_serve_logs()
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(build_app(cfg, api_key), name=s.app_name, route_prefix=s.route_prefix, blocking=False)
     # Serve's HTTP options are fixed by whoever started Serve first on this cluster: report where

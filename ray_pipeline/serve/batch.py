@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from ray_pipeline.config import FeatureColumn, PipelineConfig, SourceConfig
 from ray_pipeline.data import validate as v
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
+from ray_pipeline.errors import UserError
 from ray_pipeline.progress import bar
 from ray_pipeline.registry.models import LoadedModel
 from ray_pipeline.storage import filesystem, reset_dir
@@ -88,12 +89,12 @@ def _check_out(out: str) -> None:
     fs, path = filesystem(out)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        raise ValueError(f"--out {out}: is a file; give a directory for the Parquet output")
+        raise UserError(f"--out {out}: is a file; give a directory for the Parquet output")
     if info.type == pafs.FileType.Directory:
         names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
         other = sorted(n for n in names if not (n.startswith("part-") and n.endswith(".parquet")) and n != QUARANTINE)
         if other:
-            raise ValueError(f"--out {out}: directory holds other files ({other[:3]}); give a new or empty directory")
+            raise UserError(f"--out {out}: directory holds other files ({other[:3]}); give a new or empty directory")
 
 
 def score_files(cfg: PipelineConfig, model: LoadedModel, location: str, out: str, fmt: str | None = None) -> BatchResult:

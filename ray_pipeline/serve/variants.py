@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from ray_pipeline.errors import UserError
 from ray_pipeline.registry.models import LoadedModel, load
 from ray_pipeline.registry.store import Registry
 
@@ -45,7 +46,7 @@ class ModelSet:
         self._failed: dict[str, int] = {}  # role -> version that failed to load (artifacts never change)
         self.models[CHAMPION] = self._load(CHAMPION, self._wanted(CHAMPION))
         if self.models[CHAMPION] is None:
-            raise ValueError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
+            raise UserError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
         if CHALLENGER in self.aliases:
             self.refresh()  # a broken challenger is reported, never a reason not to serve the champion
 

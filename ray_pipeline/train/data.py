@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.fit import fit
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_table
@@ -148,7 +149,7 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
     rows = {name: ds.count() for name, ds in splits.items()}
     empty = [name for name, n in rows.items() if n == 0]
     if empty:
-        raise ValueError(f"training.split: the {', '.join(empty)} split(s) are empty ({describe_split(how)}); "
+        raise UserError(f"training.split: the {', '.join(empty)} split(s) are empty ({describe_split(how)}); "
                          f"rows per split: {rows}")
     return Prepared(spec, splits["train"], splits["valid"], splits["test"], how, rows, raw["train"])
 

@@ -56,10 +56,13 @@ def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
 
 def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, p: np.ndarray, title: str) -> list[str]:
     """loss.png (train/valid per epoch or round), roc.png and calibration.png."""
-    import matplotlib
+    # Figures without pyplot: nothing global changes (a notebook keeps its own backend).
+    from matplotlib.figure import Figure
+    from sklearn.calibration import calibration_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def figure(size: tuple[float, float]):
+        fig = Figure(figsize=size)
+        return fig, fig.subplots()
 
     directory.mkdir(parents=True, exist_ok=True)
     files = []
@@ -69,11 +72,10 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
         ax.legend()
         fig.tight_layout()
         fig.savefig(directory / name, dpi=100)
-        plt.close(fig)
         files.append(name)
 
     step = "epoch" if history and "epoch" in history[0] else "round"
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure((6, 4))
     if all(h.get("train_loss") is not None for h in history):  # xgboost records it only with eval_train
         ax.plot([h[step] for h in history], [h["train_loss"] for h in history], label="train")
     ax.plot([h[step] for h in history], [h["valid_loss"] for h in history], label="valid")
@@ -81,16 +83,13 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
 
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = figure((5, 5))
         ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.4f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
         save(fig, ax, "roc.png", "false positive rate", "true positive rate", "ROC")
 
-    edges = np.linspace(0, 1, 11)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
-    mean_p = [p[idx == b].mean() for b in range(10) if (idx == b).any()]
-    rate = [y[idx == b].mean() for b in range(10) if (idx == b).any()]
-    fig, ax = plt.subplots(figsize=(5, 5))
+    rate, mean_p = calibration_curve(y, p, n_bins=10)  # the bins calibration_error uses
+    fig, ax = figure((5, 5))
     ax.plot(mean_p, rate, marker="o", label="model")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     save(fig, ax, "calibration.png", "mean predicted probability", "observed positive rate", "calibration")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
 from ray_pipeline.progress import remote_bar
@@ -157,7 +158,7 @@ def train_model(
     from ray_pipeline.features.pipeline import training_set_path
 
     if kind not in ("logreg", "xgboost"):
-        raise ValueError(f"--model {kind!r}: expected logreg or xgboost")
+        raise UserError(f"--model {kind!r}: expected logreg or xgboost")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if prepared is None:
