@@ -116,14 +116,19 @@ def test_minibatch_optimizers_converge(linear, tmp_path, optimizer):
 FULL_BATCH = ["gd", "newton", "lbfgs"]
 
 
+def _optimizer_cfg(tmp_path, optimizer: str) -> PipelineConfig:
+    minibatch = {"learning_rate": 0.05, "batch_size": 2048} if optimizer in ("sgd", "adam") else {}
+    return _cfg(tmp_path, optimizer=optimizer, **minibatch)
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(linear, tmp_path_factory):
-    """The 2-worker run of each full-batch optimizer, trained once per module."""
+    """The uninterrupted 2-worker run of each optimizer, trained once per module."""
     runs: dict[str, object] = {}
 
     def run(optimizer: str):
         if optimizer not in runs:
-            cfg = _cfg(tmp_path_factory.mktemp(f"w2-{optimizer}"), optimizer=optimizer)
+            cfg = _optimizer_cfg(tmp_path_factory.mktemp(f"w2-{optimizer}"), optimizer)
             runs[optimizer] = train_model(cfg, "logreg", workers=2, prepared=linear)
         return runs[optimizer]
 
@@ -155,12 +160,13 @@ def test_second_order_converges_to_the_maximum_likelihood_in_few_passes(linear, 
 
 
 @pytest.mark.parametrize(
-    "optimizer, checkpoint_every, fail_at", [("gd", 3, 7), ("newton", 1, 3), ("lbfgs", 2, 6)]
+    "optimizer, checkpoint_every, fail_at",
+    [("gd", 3, 7), ("newton", 1, 3), ("lbfgs", 2, 6), ("sgd", 3, 7), ("adam", 3, 7)],
 )
 def test_resumes_after_a_worker_is_killed(linear, two_worker_run, tmp_path, optimizer, checkpoint_every, fail_at):
     marker = tmp_path / "killed"
     fault = {"fail_at_epoch": fail_at, "fail_marker": str(marker)}
-    cfg = _cfg(tmp_path, optimizer=optimizer)
+    cfg = _optimizer_cfg(tmp_path, optimizer)
     cfg.training.checkpoint_every = checkpoint_every
     run = train_model(cfg, "logreg", workers=2, prepared=linear, fault=fault)
     uninterrupted = two_worker_run(optimizer)
