@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test bench clean redis-server promtool postgresql
+.PHONY: demo test bench clean redis-server promtool postgresql test-fast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP) redis-server promtool postgresql
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
+
+# The inner loop while developing (about a minute): everything not marked slow. `make test` is
+# still what guards behaviour and what CI runs.
+test-fast: $(STAMP) redis-server promtool postgresql
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not slow"
 
 # Tests start their own redis-server on a free port; install the Debian package when we can.
 redis-server:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -90,6 +91,7 @@ def test_missing_source_exits_2_naming_it(ray_session, tmp_path, demo_config_dic
     assert f"{tmp_path / 'absent'}: source not found" in result.output
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(ray_session, project_copy):
     from ray_pipeline.runtime import free_port
 

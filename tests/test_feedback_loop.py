@@ -23,6 +23,8 @@ from .loop_helpers import (
     write_labels,
 )
 
+pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
+
 PER_WINDOW = 2000
 RULES = [
     {"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25, "severity": "critical",

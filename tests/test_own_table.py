@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from ray_pipeline.cli import app
 from tests.tables import churn_table, flights_table, missing_table
 
+pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
+
 runner = CliRunner()
 
 

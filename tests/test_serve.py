@@ -26,6 +26,8 @@ from ray_pipeline.serve.predlog import read_log
 from .conftest import METRICS_PORT
 from .test_registry import make_run
 
+pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
+
 KEY = "s3cret-key"
 SENT = {"count": 0}  # records scored, to check the prediction log against
 

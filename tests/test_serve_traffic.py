@@ -14,6 +14,8 @@ from ray_pipeline.serve.predlog import read_log
 
 from .test_serve import call, scrape_until, serve_config, two_version_registry
 
+pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
+
 RECORD = {"amount": 3.0, "channel": "pos"}
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from ray_pipeline.serve import app as serve_app
 from ray_pipeline.serve.app import ModelRunner
 from ray_pipeline.serve.predlog import read_log
 from ray_pipeline.serve.variants import CHALLENGER, ModelSet
 
 from .test_serve import two_version_registry
+
+pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 
 RECORD = {"amount": 3.0, "channel": "pos"}
 

@@ -95,6 +95,7 @@ def linear(ray_session):
     return _linear_prepared()
 
 
+@pytest.mark.slow
 def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     cfg = _cfg(tmp_path, epochs=400, learning_rate=2.0, early_stopping_patience=400)
     run = train_model(cfg, "logreg", workers=0, prepared=linear)
@@ -106,6 +107,7 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     assert (run.run_dir / "model" / "model.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_minibatch_optimizers_converge(linear, tmp_path, optimizer):
     cfg = _cfg(tmp_path, optimizer=optimizer, learning_rate=0.05, epochs=15, batch_size=512, lr_schedule="cosine")
@@ -135,6 +137,7 @@ def two_worker_run(linear, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", FULL_BATCH)
 def test_full_batch_is_deterministic_across_worker_counts(linear, two_worker_run, tmp_path, optimizer):
     two = two_worker_run(optimizer)
@@ -146,6 +149,7 @@ def test_full_batch_is_deterministic_across_worker_counts(linear, two_worker_run
         assert other.model.bias == pytest.approx(two.model.bias, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["newton", "lbfgs"])
 def test_second_order_converges_to_the_maximum_likelihood_in_few_passes(linear, two_worker_run, optimizer):
     """Unpenalised here, so the answer is the maximum-likelihood fit scikit-learn finds too."""
@@ -159,6 +163,7 @@ def test_second_order_converges_to_the_maximum_likelihood_in_few_passes(linear, 
     assert run.model.bias == pytest.approx(sk.intercept_[0], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "optimizer, checkpoint_every, fail_at",
     [("gd", 3, 7), ("newton", 1, 3), ("lbfgs", 2, 6), ("sgd", 3, 7), ("adam", 3, 7)],
@@ -179,6 +184,7 @@ def test_resumes_after_a_worker_is_killed(linear, two_worker_run, tmp_path, opti
     assert run.metrics["log_loss"] == pytest.approx(uninterrupted.metrics["log_loss"], abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer, rel", [("gd", 0.005), ("newton", 0.001), ("lbfgs", 0.001)])
 def test_close_to_sklearn_on_demo_features(ray_session, tmp_path, demo_config_dict, optimizer, rel):
     """Same features, same L2 (C = 1 / (l2 * n)), same split: test log-loss within 0.5% for gradient
@@ -216,6 +222,7 @@ def test_close_to_sklearn_on_demo_features(ray_session, tmp_path, demo_config_di
     assert run.metrics["bayes_log_loss"] < run.metrics["log_loss"]
 
 
+@pytest.mark.slow
 def test_xgboost_on_two_workers_beats_linear_on_interactions(ray_session, tmp_path, demo_config_dict):
     import ray.data
     import xgboost
