@@ -259,7 +259,7 @@ def features_get(
     now: Annotated[datetime | None, typer.Option(help="Evaluate the TTL at this time (UTC); default now.")] = None,
 ) -> None:
     """Read feature values for entities from the online store, with their status."""
-    from ray_pipeline.features.online import as_utc
+    from ray_pipeline.config import as_utc
     from ray_pipeline.features.pipeline import online_store
 
     cfg = load_config(config)
@@ -620,7 +620,7 @@ def monitor(
         return
     if config is None:
         raise UserError("--config is required")
-    from ray_pipeline.features.online import as_utc
+    from ray_pipeline.config import as_utc
     from ray_pipeline.monitor.job import Monitor, parse_duration
     from ray_pipeline.runtime import init_ray
 

@@ -250,8 +250,9 @@ class DataConfig(StrictModel):
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_utc(value: datetime) -> datetime:
-    """Naive times are taken as UTC (never the machine's local zone)."""
+def as_utc(value: datetime) -> datetime:
+    """`value` in UTC: naive times (CLI options, config) are taken as UTC, never the machine's
+    local zone; aware ones are converted."""
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
@@ -274,7 +275,7 @@ class DriftConfig(StrictModel):
         default_factory=dict, description="Coefficient name -> its value after `start`."
     )
 
-    _utc_start = field_validator("start")(_as_utc)
+    _utc_start = field_validator("start")(as_utc)
 
 
 class SyntheticConfig(StrictModel):
@@ -292,7 +293,7 @@ class SyntheticConfig(StrictModel):
     )
     drift: DriftConfig | None = None
 
-    _utc_start = field_validator("start")(_as_utc)
+    _utc_start = field_validator("start")(as_utc)
 
 
 # ---------------------------------------------------------------------------------------------

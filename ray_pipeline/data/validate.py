@@ -66,7 +66,7 @@ class _Verdicts:
         if quote is None:
             self.detail[idx] = detail
         else:
-            values = _text(quote.take(pa.array(idx))).to_pylist()
+            values = as_text(quote.take(pa.array(idx))).to_pylist()
             self.detail[idx] = [f"{detail}: {'null' if x is None else repr(x)}" for x in values]
 
 
@@ -74,7 +74,7 @@ def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False))
 
 
-def _text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+def as_text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Values as text: what the quarantine keeps and what error details quote."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -85,7 +85,7 @@ def _text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _trimmed(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Whitespace-trimmed text with empty strings as null, and the mask of present values."""
-    trimmed = pc.utf8_trim_whitespace(_text(arr))
+    trimmed = pc.utf8_trim_whitespace(as_text(arr))
     trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
     return trimmed, _np(pc.is_valid(trimmed))
 
@@ -134,7 +134,7 @@ def _check_numeric(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verd
 
 
 def _check_category(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verdicts) -> pa.Array:
-    text = _text(arr)
+    text = as_text(arr)
     present = _np(pc.is_valid(text))
     if col.categories is not None:
         allowed = _np(pc.is_in(text, value_set=pa.array(col.categories, pa.string())))
@@ -283,7 +283,7 @@ def _flag_unparseable(batch: pa.Table, v: _Verdicts) -> pa.Table:
     """Flag rows the reader could not parse (their reason is in `_unparseable`); drop that column."""
     if "_unparseable" not in batch.column_names:
         return batch
-    why = _text(batch["_unparseable"])
+    why = as_text(batch["_unparseable"])
     v.flag(_np(pc.is_valid(why)), "unparseable_row", "*", "")
     v.detail[~v.open] = np.asarray(why.to_pylist(), dtype=object)[~v.open]
     return batch.drop_columns(["_unparseable"])
@@ -295,7 +295,7 @@ def _with_verdicts(out: dict[str, pa.Array], batch: pa.Table, v: _Verdicts, show
     original = np.full(batch.num_rows, None, dtype=object)
     if len(rejected):
         take = pa.array(rejected)
-        texts = {c: _text(batch[c].take(take)).to_pylist() for c in shown}
+        texts = {c: as_text(batch[c].take(take)).to_pylist() for c in shown}
         original[rejected] = [json.dumps({c: texts[c][i] for c in texts}) for i in range(len(rejected))]
     out[ORIGINAL] = pa.array(original, type=pa.string())
     out[REASON] = pa.array(v.reason, type=pa.string())
@@ -338,7 +338,7 @@ def quarantine_part(validated: pa.Table) -> pa.Table:
     stored = [json.loads(x) if x is not None else None for x in bad[ORIGINAL].to_pylist()]
     out: dict[str, pa.Array] = {}
     for c in names:
-        typed = _text(bad[c]).to_pylist()
+        typed = as_text(bad[c]).to_pylist()
         out[c] = pa.array([row.get(c) if row is not None else t for row, t in zip(stored, typed)], type=pa.string())
     for c in META_COLUMNS:
         if c in bad.column_names:

@@ -20,8 +20,9 @@ from ray_pipeline.config import (
     NumericFeatureConfig,
     SchemaConfig,
 )
+from ray_pipeline.data.validate import as_text
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, LabelSpec, NumericSpec
-from ray_pipeline.features.transform import _as_float, _text
+from ray_pipeline.features.transform import _as_float
 
 # Points of each block's quantile summary: rank error per block about 1/(QUANTILE_POINTS-1).
 QUANTILE_POINTS = 1001
@@ -41,7 +42,7 @@ def _numeric_partial(arr: pa.ChunkedArray, name: str, log1p: bool) -> dict[str, 
 
 
 def _categorical_partial(arr: pa.ChunkedArray) -> dict[str, Any]:
-    text = _text(arr)
+    text = as_text(arr)
     present = pc.filter(text, pc.fill_null(pc.not_equal(text, ""), False))
     counts = pc.value_counts(present)
     values = counts.field("values").to_pylist()

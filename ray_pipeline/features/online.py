@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ray_pipeline.config import as_utc
 from ray_pipeline.errors import UserError
 
 PRESENT, EXPIRED, MISSING = "present", "expired", "missing"
@@ -37,11 +38,6 @@ def _status(ts_us: int | None, now_us: int, ttl_seconds: float | None) -> str:
     if ttl_seconds is not None and now_us - ts_us > ttl_seconds * 1e6:
         return EXPIRED
     return PRESENT
-
-
-def as_utc(t: datetime) -> datetime:
-    """`t` with a time zone: naive datetimes (CLI options, config) are taken as UTC, not local time."""
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _now_us(now: datetime | None) -> int:

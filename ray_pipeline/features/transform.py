@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_pipeline.data.validate import as_text
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
 
 
@@ -40,15 +41,9 @@ def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[n
     return [x, missing.astype(np.float64)] if col.missing_indicator else [x]
 
 
-def _text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    return arr if pa.types.is_string(arr.type) else pc.cast(arr, pa.string())
-
-
 def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -> list[np.ndarray]:
     """Frequency or one-hot encoding with the training categories; missing = null or empty."""
-    text = _text(arr)
+    text = as_text(arr)
     missing = np.asarray(pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False), dtype=bool)
     if cat.encoding == "onehot":
         idx = np.asarray(

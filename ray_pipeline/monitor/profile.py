@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_pipeline.data.validate import as_text
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.features.transform import _as_float, _text
+from ray_pipeline.features.transform import _as_float
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_VERSION = 1
@@ -42,7 +43,7 @@ def _numeric_partial(x: np.ndarray) -> dict[str, Any]:
 
 def _category_counts(arr: pa.Array | pa.ChunkedArray) -> tuple[dict[str, int], int]:
     """Counts per non-empty category and the number of missing (null or empty) values."""
-    text = _text(arr)
+    text = as_text(arr)
     present = pc.filter(text, pc.fill_null(pc.not_equal(text, ""), False))
     counts = pc.value_counts(present)
     return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())), len(text) - len(present)

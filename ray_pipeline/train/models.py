@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 
 @dataclass
@@ -21,7 +22,7 @@ class LogisticModel:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of the positive class per row."""
         z = np.asarray(X, dtype=np.float64) @ self.weights + self.bias
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
+        return expit(z)
 
     def save(self, directory: str | Path) -> list[str]:
         """Write model.json; returns the files written."""
