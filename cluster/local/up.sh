@@ -40,12 +40,22 @@ ENV
 echo "$tmp" > "$state/temp_dir"
 
 node_ports() {  # each node's agents on their own free ports: several nodes (and other Ray instances) share this box
+  # Below the OS's ephemeral range (32768+) and above Ray's worker ports (10002-19999): a port the
+  # OS hands out as ephemeral could be taken by the raylet's own gRPC servers before the agent binds
+  # it (seen: "dashboard_agent ... Address already in use" and the node never registering).
   "$python_bin" - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-a, b, c, d = (s.getsockname()[1] for s in socks)
+import random, socket
+picked = []
+for port in random.sample(range(20000, 25000), 5000):
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+    picked.append(port)
+    if len(picked) == 4:
+        break
+a, b, c, d = picked
 print(f"--dashboard-agent-listen-port={a} --dashboard-agent-grpc-port={b} --metrics-export-port={c} --runtime-env-agent-port={d}")
 PY
 }
