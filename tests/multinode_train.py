@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_pipeline.runtime import init_ray  # noqa: E402
 from ray_pipeline.train.runner import train_model  # noqa: E402
-from tests.test_train import _cfg, _linear_prepared  # noqa: E402
+from tests.helpers import linear_cfg, linear_prepared  # noqa: E402
 
 
 def _result(run) -> dict:
@@ -25,10 +25,10 @@ def _result(run) -> dict:
 
 def placement(workdir: Path) -> dict:
     """Train on two worker nodes (spread) and on one node (packed)."""
-    prepared = _linear_prepared(rows=6_000)
+    prepared = linear_prepared(rows=6_000)
     out = {}
     for name, strategy in (("spread", "STRICT_SPREAD"), ("packed", "STRICT_PACK")):
-        out[name] = _result(train_model(_cfg(workdir / name), "logreg", workers=2, prepared=prepared,
+        out[name] = _result(train_model(linear_cfg(workdir / name), "logreg", workers=2, prepared=prepared,
                                         placement_strategy=strategy))  # fmt: skip
     return out
 

@@ -22,7 +22,7 @@ from ray_pipeline.registry.models import open_registry, register_run
 from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
 from .conftest import require_binary
-from .test_registry import SPEC, make_run
+from .helpers import SPEC, make_run
 
 T0 = datetime(2026, 11, 28, 10, 0, 0, tzinfo=timezone.utc)
 RULE = {"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25, "for_windows": 2}

@@ -16,33 +16,12 @@ from typer.testing import CliRunner
 
 from ray_pipeline.cli import app
 from ray_pipeline.config import GateRule
-from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
 from ray_pipeline.features.transform import transform_records
 from ray_pipeline.registry.models import PromotionRefused, load, promote, register_run
 from ray_pipeline.registry.store import Registry, RegistryError
 from ray_pipeline.train.models import LogisticModel
 
-SPEC = FeatureSpec(
-    rows=100,
-    numeric=[NumericSpec(name="amount", log1p=True, clip=None, fill=1.0, missing_indicator=True, mean=3.0, std=1.5,
-                         count=95, missing=5)],
-    categorical=[CategoricalSpec(name="channel", encoding="frequency", frequencies={"pos": 0.6, "online": 0.3},
-                                 missing_value=0.05, unseen_value=0.0, rare_frequency=0.0)],
-)  # fmt: skip
-
-
-def make_run(root: Path, log_loss: float, roc_auc: float, seed: int = 0) -> Path:
-    """A training-run directory like train_model writes."""
-    run = root / f"run-{log_loss}-{roc_auc}-{seed}"
-    weights = np.random.default_rng(seed).normal(size=len(SPEC.feature_names))
-    LogisticModel(weights, 0.1, SPEC.feature_names).save(run / "model")
-    SPEC.save(run / "feature_spec.json")
-    (run / "metrics.json").write_text(json.dumps({"test": {"log_loss": log_loss, "roc_auc": roc_auc}}))
-    (run / "params.json").write_text(json.dumps({"model": "logreg", "l2": 1e-4}))
-    (run / "lineage.json").write_text(
-        json.dumps({"training_set": "/data/ts", "feature_spec_hash": SPEC.content_hash()})
-    )
-    return run
+from .helpers import SPEC, make_run
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -15,50 +15,15 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.features.online import SQLiteOnlineStore
-from ray_pipeline.registry.models import load, promote, register_run
-from ray_pipeline.registry.store import Registry
-from ray_pipeline.runtime import free_port
-from ray_pipeline.serve.client import http_json
+from ray_pipeline.registry.models import load, promote
 from ray_pipeline.serve.predlog import read_log
 
-from .conftest import METRICS_PORT
-from .test_registry import make_run
+from .helpers import KEY, call, scrape_until, serve_config, two_version_registry
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 
-KEY = "s3cret-key"
 SENT = {"count": 0}  # records scored, to check the prediction log against
-
-
-def serve_config(tmp: Path, app_name: str, **serving) -> PipelineConfig:
-    """A pipeline config serving `fraud` from a registry under `tmp`, with serving overrides."""
-    return parse_config(
-        {
-            "data": {
-                "source": {"path": "unused"},
-                "schema": {"entity_key": "customer_id", "event_timestamp": "ts", "label": "y",
-                           "features": {"other": {"type": "float"}}},
-                "output": {"root": str(tmp / "out")},
-            },
-            "features": {"views": {"profile": {"entity": "customer_id", "features": ["amount", "channel"],
-                                               "ttl_seconds": 3600}},
-                         "online": {"backend": "sqlite", "path": str(tmp / "online.db")}},
-            "registry": {"db_path": str(tmp / "reg.db"), "artifact_root": str(tmp / "art"), "model_name": "fraud"},
-            "serving": {"port": free_port(), "prediction_log": str(tmp / "predlog"), "log_flush_s": 0.5,
-                        "reload_poll_s": 0.2, "app_name": app_name, "route_prefix": f"/{app_name}", **serving},
-        }
-    )  # fmt: skip
-
-
-def two_version_registry(tmp: Path) -> Registry:
-    """fraud/1 (champion) and fraud/2, two different logistic models."""
-    registry = Registry(tmp / "reg.db", tmp / "art")
-    register_run(registry, "fraud", make_run(tmp, 0.40, 0.80, seed=1))
-    register_run(registry, "fraud", make_run(tmp, 0.30, 0.90, seed=2))
-    registry.set_alias("fraud", "champion", 1, "test setup")
-    return registry
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +51,6 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
-
-
-def call(url: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, dict]:
-    """The serving API's own client, with the test's API key."""
-    return http_json(url + path, body, {"X-API-Key": key} if key else None)
-
-
-def scrape_until(done, seconds: float = 60) -> str:
-    """The node's /metrics text once `done(text)` holds (or the last one after `seconds`): Ray
-    exports metrics every few seconds, so a fresh count shows up with a delay."""
-    deadline = time.time() + seconds
-    while True:
-        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        if done(text) or time.time() > deadline:
-            return text
-        time.sleep(2)
 
 
 def predict(url: str, records: list[dict]) -> dict:

@@ -12,7 +12,7 @@ import pytest
 from ray_pipeline.registry.models import load
 from ray_pipeline.serve.predlog import read_log
 
-from .test_serve import call, scrape_until, serve_config, two_version_registry
+from .helpers import call, scrape_until, serve_config, two_version_registry
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 

@@ -13,7 +13,7 @@ from ray_pipeline.serve.app import ModelRunner
 from ray_pipeline.serve.predlog import read_log
 from ray_pipeline.serve.variants import CHALLENGER, ModelSet
 
-from .test_serve import two_version_registry
+from .helpers import two_version_registry
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 

@@ -7,14 +7,11 @@ import numpy as np
 import pytest
 
 from ray_pipeline.config import PipelineConfig, parse_config
-from ray_pipeline.features.spec import FeatureSpec, NumericSpec
 from ray_pipeline.train import evaluate
-from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.objective import shard_sums
 from ray_pipeline.train.runner import train_model
 
-TRUE_COEF = np.array([1.5, -2.0, 0.5, 0.0, 1.0])
-TRUE_BIAS = -0.7
+from .helpers import TRUE_BIAS, TRUE_COEF, linear_cfg, linear_prepared
 
 
 def test_gradient_and_hessian_match_finite_differences():
@@ -42,62 +39,14 @@ def test_gradient_and_hessian_match_finite_differences():
     assert np.isfinite(shard_sums(X * 1e4, y, w, params)[-2])
 
 
-def _linear_prepared(rows: int = 20_000, seed: int = 0) -> Prepared:
-    """A dataset whose labels come from a known logistic model (no FeatureSpec transform needed)."""
-    import ray.data
-
-    rng = np.random.default_rng(seed)
-
-    def split(n: int) -> object:
-        X = rng.normal(size=(n, len(TRUE_COEF))).astype(np.float32)
-        p = 1 / (1 + np.exp(-(X @ TRUE_COEF + TRUE_BIAS)))
-        y = (rng.random(n) < p).astype(np.float32)
-        return (
-            ray.data.from_numpy(X)
-            .zip(ray.data.from_numpy(y))
-            .map_batches(lambda b: {"x": b["data"], "y": b["data_1"]})
-            .materialize()
-        )
-
-    spec = FeatureSpec(
-        rows=rows,
-        numeric=[NumericSpec(name=f"x{i}", log1p=False, clip=None, fill=0.0, missing_indicator=False,
-                             mean=0.0, std=1.0, count=rows, missing=0) for i in range(len(TRUE_COEF))],
-        categorical=[],
-    )  # fmt: skip
-    return Prepared(spec, split(rows), split(rows // 4), split(rows // 4), {"by": "synthetic"}, {})
-
-
-def _cfg(tmp_path, **logreg) -> PipelineConfig:
-    return parse_config(
-        {
-            "data": {
-                "source": {"path": "unused"},
-                "schema": {
-                    "entity_key": "e",
-                    "event_timestamp": "t",
-                    "label": "y",
-                    "features": {"a": {"type": "float"}},
-                },
-                "output": {"root": str(tmp_path / "out")},
-            },
-            "training": {
-                "run_root": str(tmp_path / "runs"),
-                "checkpoint_every": 3,
-                "logreg": {"optimizer": "gd", "learning_rate": 1.0, "epochs": 12, "l2": 0.0, **logreg},
-            },
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def linear(ray_session):
-    return _linear_prepared()
+    return linear_prepared()
 
 
 @pytest.mark.slow
 def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
-    cfg = _cfg(tmp_path, epochs=400, learning_rate=2.0, early_stopping_patience=400)
+    cfg = linear_cfg(tmp_path, epochs=400, learning_rate=2.0, early_stopping_patience=400)
     run = train_model(cfg, "logreg", workers=0, prepared=linear)
     np.testing.assert_allclose(run.model.weights, TRUE_COEF, atol=0.12)
     assert run.model.bias == pytest.approx(TRUE_BIAS, abs=0.1)
@@ -110,7 +59,7 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_minibatch_optimizers_converge(linear, tmp_path, optimizer):
-    cfg = _cfg(tmp_path, optimizer=optimizer, learning_rate=0.05, epochs=15, batch_size=512, lr_schedule="cosine")
+    cfg = linear_cfg(tmp_path, optimizer=optimizer, learning_rate=0.05, epochs=15, batch_size=512, lr_schedule="cosine")
     run = train_model(cfg, "logreg", workers=0, prepared=linear)
     np.testing.assert_allclose(run.model.weights, TRUE_COEF, atol=0.2)
 
@@ -120,7 +69,7 @@ FULL_BATCH = ["gd", "newton", "lbfgs"]
 
 def _optimizer_cfg(tmp_path, optimizer: str) -> PipelineConfig:
     minibatch = {"learning_rate": 0.05, "batch_size": 2048} if optimizer in ("sgd", "adam") else {}
-    return _cfg(tmp_path, optimizer=optimizer, **minibatch)
+    return linear_cfg(tmp_path, optimizer=optimizer, **minibatch)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +90,8 @@ def two_worker_run(linear, tmp_path_factory):
 @pytest.mark.parametrize("optimizer", FULL_BATCH)
 def test_full_batch_is_deterministic_across_worker_counts(linear, two_worker_run, tmp_path, optimizer):
     two = two_worker_run(optimizer)
-    one = train_model(_cfg(tmp_path / "w1", optimizer=optimizer), "logreg", workers=1, prepared=linear)
-    four = train_model(_cfg(tmp_path / "w4", optimizer=optimizer), "logreg", workers=4, prepared=linear)
+    one = train_model(linear_cfg(tmp_path / "w1", optimizer=optimizer), "logreg", workers=1, prepared=linear)
+    four = train_model(linear_cfg(tmp_path / "w4", optimizer=optimizer), "logreg", workers=4, prepared=linear)
     assert len(two.worker_nodes) == 2 and len(four.worker_nodes) == 4
     for other in (one, four):
         np.testing.assert_allclose(other.model.weights, two.model.weights, atol=1e-6, rtol=0)
