@@ -36,11 +36,11 @@ def iter_batches(shard: tuple[list, int], n_features: int) -> Iterator[tuple[np.
         del block
 
 
-def load_shard(shard: tuple[list, int], n_features: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """A worker's rows as one (rows, n_features) matrix of `dtype` and float32 labels, filled one
+def load_shard(shard: tuple[list, int], n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's rows as one (rows, n_features) float32 matrix and float32 labels, filled one
     block at a time so the process never holds more than its shard plus one block."""
     rows = shard[1]
-    X = np.empty((rows, n_features), dtype=dtype)
+    X = np.empty((rows, n_features), dtype=np.float32)
     y = np.empty(rows, dtype=np.float32)
     at = 0
     for xb, yb in iter_batches(shard, n_features):
