@@ -44,16 +44,16 @@ SPEC = FeatureSpec(
 )  # fmt: skip
 
 
-def make_run(root: Path, log_loss: float, roc_auc: float, seed: int = 0) -> Path:
+def make_run(root: Path, log_loss: float, roc_auc: float, seed: int = 0, spec: FeatureSpec = SPEC) -> Path:
     """A training-run directory like train_model writes."""
     run = root / f"run-{log_loss}-{roc_auc}-{seed}"
-    weights = np.random.default_rng(seed).normal(size=len(SPEC.feature_names))
-    LogisticModel(weights, 0.1, SPEC.feature_names).save(run / "model")
-    SPEC.save(run / "feature_spec.json")
+    weights = np.random.default_rng(seed).normal(size=len(spec.feature_names))
+    LogisticModel(weights, 0.1, spec.feature_names).save(run / "model")
+    spec.save(run / "feature_spec.json")
     (run / "metrics.json").write_text(json.dumps({"test": {"log_loss": log_loss, "roc_auc": roc_auc}}))
     (run / "params.json").write_text(json.dumps({"model": "logreg", "l2": 1e-4}))
     (run / "lineage.json").write_text(
-        json.dumps({"training_set": "/data/ts", "feature_spec_hash": SPEC.content_hash()})
+        json.dumps({"training_set": "/data/ts", "feature_spec_hash": spec.content_hash()})
     )
     return run
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,14 +16,15 @@ import pyarrow.compute as pc
 import pytest
 
 from ray_pipeline.features.online import SQLiteOnlineStore
-from ray_pipeline.registry.models import load, promote
+from ray_pipeline.features.spec import NumericSpec
+from ray_pipeline.registry.models import load, promote, register_run
 from ray_pipeline.serve.predlog import read_log
 
-from .helpers import KEY, call, scrape_until, serve_config, two_version_registry
+from .helpers import KEY, SPEC, call, make_run, scrape_until, serve_config, two_version_registry, wait_until
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 
-SENT = {"count": 0}  # records scored, to check the prediction log against
+RECORD = {"amount": 3.0, "channel": "pos"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,6 @@ def monkeypatch_module():
 def predict(url: str, records: list[dict]) -> dict:
     status, body = call(url, "/predict", {"records": records})
     assert status == 200, body
-    SENT["count"] += len(records)
     return body
 
 
@@ -78,13 +78,48 @@ def test_records_are_scored_like_the_registered_model(served):
         ({"records": [{"amt": 1.0}]}, 422, "amt"),
         ({"records": [{"amount": 1.0}], "entity_ids": [1]}, 422, "exactly one of records or entity_ids"),
         ({}, 422, "exactly one"),
+        ({"records": None, "entity_ids": [7]}, 422, "records"),
         ({"records": [{"amount": 1.0}] * 51}, 413, "at most 50"),
     ],
 )
-def test_bad_requests_get_4xx_naming_the_field(served, body, status, needle):
+def test_bad_requests_get_4xx_naming_the_field_and_the_schema_refuses_them_too(served, body, status, needle):
+    import jsonschema
+
     got, detail = call(served["url"], "/predict", body)
     assert got == status
     assert needle in json.dumps(detail)
+    errors = list(jsonschema.Draft202012Validator(request_schema(served["url"])).iter_errors(body))
+    assert errors, f"the OpenAPI schema allows {body}, which the API refuses with {status}"
+
+
+def openapi(url: str) -> dict:
+    """The served OpenAPI document."""
+    with urllib.request.urlopen(url + "/openapi.json") as r:
+        return json.loads(r.read())
+
+
+def request_schema(url: str) -> dict:
+    """/predict's request-body schema from the served OpenAPI document, with what it refers to."""
+    doc = openapi(url)
+    return {**doc["components"]["schemas"]["PredictRequest"], "components": doc["components"]}
+
+
+def test_every_body_the_schema_allows_is_answered(served):
+    """Schema-based fuzzing: whatever /openapi.json says /predict takes, it answers."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis_jsonschema import from_schema
+
+    url = served["url"]
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(from_schema(request_schema(url)))
+    def answered(body: dict) -> None:
+        status, answer = call(url, "/predict", body)
+        assert status == 200, (body, answer)
+        sent = body["records"] if "records" in body else body["entity_ids"]
+        assert len(answer["predictions"]) == len(sent)
+
+    answered()
 
 
 def test_entity_ids_use_the_online_store_with_per_row_status(served):
@@ -94,7 +129,6 @@ def test_entity_ids_use_the_online_store_with_per_row_status(served):
     expected = load(served["registry"], "models:/fraud/1").predict_proba([{"amount": 20.0, "channel": "pos"}])[0]
     assert known == {"probability": pytest.approx(expected, rel=1e-12), "status": "ok"}
     assert unknown == {"probability": None, "status": "unknown_entity"}
-    SENT["count"] += 1
     status, body = call(served["url"], "/predict", {"entity_ids": ["nobody", 8]})
     assert status == 200
     assert body["predictions"] == [
@@ -114,48 +148,84 @@ def test_health_model_and_openapi(served):
     status, info = call(served["url"], "/model")
     assert status == 200 and info["version"] == 1 and len(info["feature_spec_hash"]) == 64 and info["loaded_at"]
     assert info["traffic"] == {"mode": "off"}
-    with urllib.request.urlopen(served["url"] + "/openapi.json") as r:
-        spec = json.loads(r.read())
-    assert "/predict" in spec["paths"] and "Record" in json.dumps(spec["components"])
+    assert info["inputs"] == ["amount", "channel"]
+    doc = openapi(served["url"])
+    assert set(doc["components"]["schemas"]["Record"]["properties"]) == {"amount", "channel"}
+    assert {"401", "413", "422", "503"} <= set(doc["paths"]["/predict"]["post"]["responses"])
+    assert "models:/fraud/1" in doc["info"]["description"]
     with urllib.request.urlopen(served["url"] + "/docs") as r:
         assert r.status == 200
 
 
-def test_promote_and_rollback_under_load_without_errors(served):
-    url, registry = served["url"], served["registry"]
-    errors, versions, stop = [], [], threading.Event()
+@contextmanager
+def steady_load(url: str, body: dict, threads: int = 4) -> Iterator[tuple[list, list]]:
+    """`threads` clients posting `body` until the block ends: (versions answered, failures)."""
+    versions: list[int] = []
+    errors: list = []
+    stop = threading.Event()
 
     def stream() -> None:
         while not stop.is_set():
-            status, body = call(url, "/predict", {"records": [{"amount": 3.0, "channel": "pos"}]})
+            status, answer = call(url, "/predict", body)
             if status != 200:
-                errors.append((status, body))
+                errors.append((status, answer))
             else:
-                SENT["count"] += 1
-                versions.append(body["version"])
+                versions.append(answer["version"])
 
-    workers = [threading.Thread(target=stream) for _ in range(4)]
+    workers = [threading.Thread(target=stream) for _ in range(threads)]
     for w in workers:
         w.start()
     try:
-        time.sleep(1.0)
-        promote(registry, "fraud", 2, "champion", {})
-        deadline = time.time() + 20
-        while time.time() < deadline and (not versions or versions[-1] != 2):
-            time.sleep(0.1)
-        assert versions and versions[-1] == 2, "replicas did not switch to the promoted version"
-        registry.rollback("fraud", "champion")
-        deadline = time.time() + 20
-        while time.time() < deadline and versions[-1] != 1:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        assert wait_until(lambda: len(versions) >= threads, 30, every=0.1), f"no answers under load: {errors[:3]}"
+        yield versions, errors
     finally:
         stop.set()
         for w in workers:
             w.join()
+
+
+def answered_by(versions: list[int], version: int) -> bool:
+    """Wait until the latest answer under load comes from `version`."""
+    return wait_until(lambda: versions[-1] == version, 20, every=0.1)
+
+
+def test_promote_and_rollback_under_load_without_errors(served):
+    url, registry = served["url"], served["registry"]
+    with steady_load(url, {"records": [RECORD]}) as (versions, errors):
+        promote(registry, "fraud", 2, "champion", {})
+        assert answered_by(versions, 2), "replicas did not switch to the promoted version"
+        registry.rollback("fraud", "champion")
+        assert answered_by(versions, 1), "replicas did not switch back on rollback"
     assert errors == []
-    assert versions[-1] == 1 and 2 in versions
-    assert call(url, "/model")[1]["version"] == 1
+    assert 2 in versions and call(url, "/model")[1]["version"] == 1
+
+
+def test_a_promoted_version_with_an_added_input_is_served_with_its_own_contract(served):
+    """The request model follows the served version: v3 takes `age`, v1 refuses it."""
+    url, registry = served["url"], served["registry"]
+    age = NumericSpec(name="age", log1p=False, clip=None, fill=35.0, missing_indicator=False, mean=35.0, std=10.0,
+                      count=100, missing=0)  # fmt: skip
+    spec = SPEC.model_copy(update={"numeric": [*SPEC.numeric, age]})
+    v3 = register_run(registry, "fraud", make_run(served["tmp"], 0.2, 0.95, seed=3, spec=spec)).version
+    with_age = {**RECORD, "age": 70.0}
+    status, detail = call(url, "/predict", {"records": [with_age]})
+    assert status == 422 and "age" in json.dumps(detail), "v1 does not take age"
+    with steady_load(url, {"records": [RECORD]}) as (versions, errors):  # callers that do not send age
+        promote(registry, "fraud", v3, "champion", {}, force=True)
+        assert answered_by(versions, v3)
+        status, body = call(url, "/predict", {"records": [with_age]})
+        assert status == 200 and body["version"] == v3, body
+        expected = load(registry, f"models:/fraud/{v3}").predict_proba([with_age, RECORD])
+        assert body["predictions"][0]["probability"] == pytest.approx(expected[0], rel=1e-12)
+        assert expected[0] != pytest.approx(expected[1]), "age must change the score, or the check proves nothing"
+        assert "age" in openapi(url)["components"]["schemas"]["Record"]["properties"]
+        assert "age" in call(url, "/model")[1]["inputs"]
+        registry.rollback("fraud", "champion")
+        assert answered_by(versions, 1)
+    assert errors == []
+    status, detail = call(url, "/predict", {"records": [with_age]})
+    assert status == 422 and "age" in json.dumps(detail), "back on v1, age is refused again"
+    assert "age" not in openapi(url)["components"]["schemas"]["Record"]["properties"]
 
 
 def test_metrics_are_exported(served):
@@ -199,21 +269,34 @@ def test_local_deploy_onto_a_running_serve_skips_the_port_check(served):
         serve.delete("second-app")
 
 
-def test_prediction_log_keeps_every_scored_record(served):
+def test_prediction_log_keeps_every_scored_record(ray_session, tmp_path, monkeypatch):
+    """Its own app and registry: every answered record is in the log once, refusals too."""
     from ray import serve
 
-    serve.delete(served["cfg"].serving.app_name)  # graceful: replicas flush what they buffered
-    everything = read_log(str(served["tmp"] / "predlog"))
+    from ray_pipeline.serve.app import deploy
+
+    cfg = serve_config(tmp_path, "log-app", max_records_per_request=50, api_key_env="RP_TEST_KEY")
+    registry = two_version_registry(tmp_path)
+    monkeypatch.setenv("RP_TEST_KEY", KEY)
+    url = deploy(cfg)
+    ids = [predict(url, [RECORD] * 3)["request_id"], predict(url, [RECORD, {}])["request_id"]]
+    assert call(url, "/predict", {"records": [RECORD]}, key=None)[0] == 401
+    assert call(url, "/predict", {"records": [RECORD] * 51})[0] == 413
+    assert call(url, "/predict", {"records": [{"amount": "1"}]})[0] == 422
+    promote(registry, "fraud", 2, "champion", {})
+    assert wait_until(lambda: call(url, "/model")[1]["version"] == 2, 20, every=0.1)
+    ids.append(predict(url, [RECORD])["request_id"])
+    serve.delete(cfg.serving.app_name)  # graceful: replicas flush what they buffered
+    everything = read_log(str(tmp_path / "predlog"))
     log = everything.filter(pc.not_equal(everything["variant"], "refused"))
-    assert log.num_rows == SENT["count"]
+    assert sorted(log.column("request_id").to_pylist()) == sorted([ids[0]] * 3 + [ids[1]] * 2 + [ids[2]])
+    assert log.column("model_version").to_pylist().count(2) == 1
+    assert set(log.column("variant").to_pylist()) == {"champion"}
     # refused requests are logged too (one row each, with their HTTP status) for monitoring to count
     refused = everything.filter(pc.equal(everything["variant"], "refused"))
-    assert {401, 413, 422} <= set(refused["http_status"].to_pylist())
+    assert sorted(refused["http_status"].to_pylist()) == [401, 413, 422]
     assert refused["score"].null_count == refused.num_rows
-    assert set(log.column("model_version").to_pylist()) == {1, 2}
-    assert set(log.column("variant").to_pylist()) == {"champion"}
-    assert len(set(log.column("request_id").to_pylist())) > 1
-    files = list(Path(served["tmp"] / "predlog").rglob("part-*.parquet"))
+    files = list(Path(tmp_path / "predlog").rglob("part-*.parquet"))
     assert files and all("date=" in str(f) and "hour=" in str(f) for f in files)
 
 

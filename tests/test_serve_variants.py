@@ -33,8 +33,10 @@ def _settings(tmp: Path, mode: str) -> dict:
             "prediction_log": str(tmp / "predlog"), "log_flush_rows": 100_000, "log_flush_s": 3600.0}  # fmt: skip
 
 
-def _request(i: int, variant: str) -> dict:
-    return {"records": [RECORD], "entities": [None], "request_id": f"r{i}", "variant": variant}
+def _request(i: int, variant: str, runner: ModelRunner) -> dict:
+    """A validated request as the HTTP route hands it to the runner: its variant and that version."""
+    return {"records": [RECORD], "entities": [None], "request_id": f"r{i}", "variant": variant,
+            "model": runner.models.models[variant]}  # fmt: skip
 
 
 def test_a_broken_challenger_is_reported_and_the_champion_still_serves(tmp_path):
@@ -42,14 +44,14 @@ def test_a_broken_challenger_is_reported_and_the_champion_still_serves(tmp_path)
     _tamper(registry, 2)
     registry.set_alias("fraud", "challenger", 2)
     models = ModelSet(registry, "fraud", "champion", mode="canary", canary_share=1.0)
-    assert models.models[CHALLENGER] is None and models.route() == "champion"
+    assert models.models[CHALLENGER] is None and models.pick()[0] == "champion"
     info = models.info()
     assert info["version"] == 1 and "v2:" in info["load_errors"]["challenger"]
     assert "checksum" in info["load_errors"]["challenger"]
     assert models.refresh() == []  # not retried (or re-reported) until the alias moves
     registry.set_alias("fraud", "challenger", 1)
     assert models.refresh() == ["challenger: vNone -> v1"]
-    assert models.route() == "challenger" and "load_errors" not in models.info()
+    assert models.pick()[0] == "challenger" and "load_errors" not in models.info()
 
 
 def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
@@ -61,7 +63,7 @@ def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
         raise RuntimeError("challenger exploded")
 
     runner.models.models[CHALLENGER].predict_matrix = broken  # fault injected into the loaded v2
-    requests = [_request(0, "challenger"), _request(1, "champion"), _request(2, "challenger")]
+    requests = [_request(0, "challenger", runner), _request(1, "champion", runner), _request(2, "challenger", runner)]
     out = runner.score(requests)
     for req, result in zip(requests, out):  # what the HTTP route does after answering
         runner.record(req, result, {"transform_ms": result["transform_ms"], "inference_ms": result["inference_ms"]})
@@ -88,7 +90,7 @@ def test_shadow_backlog_is_bounded_and_drained_on_close(ray_session, tmp_path, m
 
     challenger.predict_matrix = slow  # the challenger falls behind
     for i in range(6):
-        req = _request(i, "champion")
+        req = _request(i, "champion", runner)
         result = runner.score([req])[0]
         assert result["version"] == 1  # answers never wait for shadow
         runner.record(req, result, {})

@@ -1,21 +1,49 @@
-"""HTTP request models derived from the FeatureSpec, and online-store lookups for entity ids.
+"""The HTTP contract of one model version (its request model, derived from its FeatureSpec), and
+online-store lookups for entity ids.
+
+Each served version carries its own contract: replicas hot-swap versions, and a promoted version
+may take different inputs than the one that was champion at deploy time.
 
 No `from __future__ import annotations` here: pydantic must see the record model class itself
-(built per FeatureSpec at deploy time), not its name as a string.
+(built per FeatureSpec at run time), not its name as a string.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import HTTPException
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.registry.models import LoadedModel
+
+EXACTLY_ONE = "give exactly one of records or entity_ids"
 
 
-def request_models(spec: FeatureSpec) -> type[BaseModel]:
-    """Pydantic request model whose record fields come from the FeatureSpec's input columns."""
+@dataclass(frozen=True)
+class Contract:
+    """What one model version accepts: the request model and the logged-only key and time fields."""
+
+    request: type[BaseModel]
+    key: str | None
+    ts: str | None
+
+
+def contract(spec: FeatureSpec, max_records: int, entity_ids: bool) -> Contract:
+    """The request contract of a version fitted with `spec`; `entity_ids` when an online store is set."""
+    key, ts = passthrough_fields(spec)
+    return Contract(request_model(spec, max_records, entity_ids), key, ts)
+
+
+def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) -> type[BaseModel]:
+    """Pydantic request model whose record fields are the FeatureSpec's input columns.
+
+    Validated from the raw JSON body (`model_validate_json`): JSON's strict rules accept ISO 8601 strings
+    as times while still refusing "12.5" as a number.
+    """
     fields: dict[str, Any] = {c.name: (float | None, None) for c in spec.numeric}
     fields.update({c.name: (str | None, None) for c in spec.categorical})
     key, ts = passthrough_fields(spec)
@@ -24,22 +52,38 @@ def request_models(spec: FeatureSpec) -> type[BaseModel]:
     if key and key not in fields:
         fields[key] = (str | int | None, Field(default=None, description="Entity key (logged, not a model input)."))
     if ts and ts not in fields:
-        fields[ts] = (str | None, Field(default=None, description="Event time, ISO 8601 (logged, not a model input)."))
+        fields[ts] = (datetime | None, Field(default=None, description="Event time, ISO 8601; naive is UTC (logged, not a model input)."))  # fmt: skip
     # strict: "12.5" is not a number and 5 is not a category; nothing is silently coerced.
     record = create_model("Record", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+    # The row limit is documented in the schema but answered with 413, not 422 (Payload Too Large).
+    limit = {"maxItems": max_records}
+    records_doc = "Raw feature values, one object per row."
+    if not entity_ids:  # no online store: records is the only way in, so it is required
+        return create_model(
+            "PredictRequest", __config__=ConfigDict(extra="forbid"),
+            records=(list[record], Field(description=records_doc, json_schema_extra=limit)),
+        )  # fmt: skip
 
     class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        records: list[record] | None = Field(default=None, description="Raw feature values, one object per row.")  # type: ignore[valid-type]
-        entity_ids: list[str | int] | None = Field(default=None, description="Entities to score from the online store.")
+        # Exactly one of the two, said in the schema as well as checked (null is not a value for either).
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["records"]},
+                                                                               {"required": ["entity_ids"]}]})  # fmt: skip
+        records: list[record] = Field(default=None, description=records_doc, json_schema_extra=limit)  # type: ignore[valid-type]
+        entity_ids: list[str | int] = Field(default=None, description="Entities to score from the online store.",
+                                            json_schema_extra=limit)  # fmt: skip
 
         @model_validator(mode="after")
         def _exactly_one(self):
             if (self.records is None) == (self.entity_ids is None):
-                raise UserError("give exactly one of records or entity_ids")
+                raise UserError(EXACTLY_ONE)
             return self
 
     return PredictRequest
+
+
+def body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A ValidationError's errors as FastAPI reports a request body's, locations under `body`."""
+    return [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
 
 
 def records_from_store(
@@ -67,17 +111,38 @@ def passthrough_fields(spec: FeatureSpec) -> tuple[str | None, str | None]:
 
 
 def split_record(
-    record: dict[str, Any], index: int, key: str | None, ts: str | None
+    record: dict[str, Any], key: str | None, ts: str | None
 ) -> tuple[dict[str, Any], str | None, datetime | None]:
-    """A validated record without its entity key and event time, plus those two (parsed)."""
+    """A validated record without its entity key and event time, plus those two (time in UTC)."""
     entity = record.pop(key, None) if key else None
-    raw_ts = record.pop(ts, None) if ts else None
-    event_ts = None
-    if raw_ts is not None:
-        try:
-            event_ts = datetime.fromisoformat(raw_ts.replace("Z", "+00:00"))
-        except ValueError:
-            raise HTTPException(422, detail=f"records[{index}].{ts}: not an ISO 8601 time: {raw_ts!r}") from None
-        # naive times are UTC, as in ingestion
+    event_ts = record.pop(ts, None) if ts else None
+    if event_ts is not None:  # naive times are UTC, as in ingestion
         event_ts = event_ts.replace(tzinfo=timezone.utc) if event_ts.tzinfo is None else event_ts.astimezone(timezone.utc)
     return record, None if entity is None else str(entity), event_ts
+
+
+# Every status POST /predict answers besides 200 and the 422 FastAPI lists itself.
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong X-API-Key header (when serving.api_key_env is set)."},
+    413: {"description": "More records or entity ids than serving.max_records_per_request (maxItems)."},
+    503: {"description": "Overloaded: more requests queued than serving.max_queued_requests (answered by Ray Serve)."},
+}
+
+
+def openapi_for(app: FastAPI, model: LoadedModel, request: type[BaseModel]) -> dict[str, Any]:
+    """The app's OpenAPI document with /predict's body as `model`'s request model takes it."""
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                      servers=app.servers or None)  # fmt: skip
+    body = request.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(body.pop("$defs", {}))
+    schemas["PredictRequest"] = body
+    doc["paths"]["/predict"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+    }
+    doc["info"]["description"] += (
+        f" The request body below is what {model.version.uri}, the version serving now, takes;"
+        " it follows promotions and rollbacks."
+    )
+    return doc

@@ -22,6 +22,7 @@ import pyarrow as pa
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,7 +32,15 @@ from ray_pipeline.features.transform import records_table, transform_table
 from ray_pipeline.registry.models import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.runtime import quiet_serve_logs
-from ray_pipeline.serve.api import passthrough_fields, records_from_store, request_models, split_record
+from ray_pipeline.serve.api import (
+    PREDICT_RESPONSES,
+    Contract,
+    body_errors,
+    contract,
+    openapi_for,
+    records_from_store,
+    split_record,
+)
 from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
 from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
@@ -75,23 +84,25 @@ class ModelRunner:
                 print(f"reload of models:/{self.settings['model_name']} failed, still serving: {exc}")
 
     def score(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Score a batch of requests, one vectorized call per variant; schedules shadow scoring."""
+        """Score a batch of requests, one vectorized call per version; schedules shadow scoring.
+
+        Each request names the variant and the version it was validated against (`pick`); that
+        version scores it, even when an alias moved while it waited for the batch.
+        """
         out: list[dict[str, Any] | None] = [None] * len(requests)
-        models = dict(self.models.models)  # one version per variant for the whole batch
-        by_variant: dict[str, list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         for i, req in enumerate(requests):
-            variant = req["variant"] if models.get(req["variant"]) else CHAMPION  # challenger unset meanwhile
-            by_variant.setdefault(variant, []).append(i)
-        if CHALLENGER in by_variant:
-            canary = by_variant.pop(CHALLENGER)
+            groups.setdefault((req["variant"], id(req["model"])), []).append(i)
+        for (variant, _), idxs in groups.items():
             try:
-                self._answer(models[CHALLENGER], CHALLENGER, canary, requests, out)
-            except Exception as exc:  # a failing canary must not fail callers: the champion answers instead
+                self._answer(requests[idxs[0]]["model"], variant, idxs, requests, out)
+            except Exception as exc:
+                if variant != CHALLENGER:
+                    raise
+                # a failing canary must not fail callers: the champion answers instead
                 print(f"challenger failed, champion answers this batch: {exc!r}")
                 self.metrics.challenger_errors.inc(1)
-                by_variant.setdefault(CHAMPION, []).extend(canary)
-        if CHAMPION in by_variant:
-            self._answer(models[CHAMPION], CHAMPION, by_variant[CHAMPION], requests, out)
+                self._answer(self.models.pick_champion(), CHAMPION, idxs, requests, out)
         shadow = self.models.shadow()
         if shadow is not None:
             if self._shadow_slots.acquire(blocking=False):
@@ -100,8 +111,7 @@ class ModelRunner:
                 self.metrics.shadow_dropped.inc(sum(len(r["records"]) for r in requests))
         return out  # type: ignore[return-value]
 
-    def _answer(self, model: LoadedModel | None, variant: str, idxs: list[int], requests: list, out: list) -> None:
-        assert model is not None
+    def _answer(self, model: LoadedModel, variant: str, idxs: list[int], requests: list, out: list) -> None:
         chunks, timing = self._score_with(model, variant, [requests[i] for i in idxs])
         for i, (probs, inputs) in zip(idxs, chunks):
             out[i] = {"probabilities": probs, "inputs": inputs, "model": model.version.name,
@@ -183,14 +193,26 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
     from ray_pipeline.registry.models import open_registry
 
     s, r = cfg.serving, cfg.registry
-    spec = load(open_registry(cfg), f"models:/{r.model_name}@{s.alias}").spec
-    PredictRequest = request_models(spec)
+    load(open_registry(cfg), f"models:/{r.model_name}@{s.alias}")  # fail at deploy, not in every replica
     views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
     store = online_store(cfg) if views else None
     max_records = s.max_records_per_request
-    key_field, ts_field = passthrough_fields(spec)
     api = FastAPI(title="ray-pipeline", description="Binary classification served from the model registry.")
     replica: dict[str, ModelRunner] = {}  # this process's runner, for the exception handlers below
+    contracts: dict[int, Contract] = {}  # per registered version (artifacts never change)
+
+    def contract_of(model: LoadedModel) -> Contract:
+        version = model.version.version
+        if version not in contracts:
+            contracts[version] = contract(model.spec, max_records, entity_ids=store is not None)
+        return contracts[version]
+
+    def openapi() -> dict[str, Any]:
+        # The request body is what the version serving now takes: regenerated when it changes.
+        champion = replica["runner"].models.pick_champion()  # only replicas answer /openapi.json
+        return openapi_for(api, champion, contract_of(champion).request)
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
     def _refused(request: Request, status: int, detail: Any) -> None:
         runner = replica.get("runner")
@@ -221,19 +243,26 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
         async def score_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return self.runner.score(requests)
 
-        @api.post("/predict")
-        async def predict(self, body: PredictRequest, x_api_key: str | None = Header(default=None)) -> dict:  # type: ignore[valid-type]
+        @api.post("/predict", responses=PREDICT_RESPONSES)
+        async def predict(self, request: Request, x_api_key: str | None = Header(default=None)) -> dict:
             started = time.perf_counter()
             if api_key and x_api_key != api_key:
                 raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+            # Validated against the version that will answer (its own inputs), not the deploy-time one.
+            variant, model = self.runner.models.pick()
+            terms = contract_of(model)
+            try:
+                body = terms.request.model_validate_json(await request.body() or b"null")
+            except ValidationError as exc:
+                raise RequestValidationError(body_errors(exc)) from None
             request_id = new_request_id()
             lookup_ms = None
-            if body.records is not None:
+            if getattr(body, "records", None) is not None:
                 if len(body.records) > max_records:
                     raise HTTPException(413, detail=f"records: {len(body.records)} rows, at most {max_records}")
                 records, entities, event_times = [], [], []
-                for i, rec in enumerate(body.records):
-                    values, entity, event_ts = split_record(rec.model_dump(), i, key_field, ts_field)
+                for rec in body.records:
+                    values, entity, event_ts = split_record(rec.model_dump(), terms.key, terms.ts)
                     records.append(values)
                     entities.append(entity)
                     event_times.append(event_ts)
@@ -241,8 +270,6 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
             else:
                 if len(body.entity_ids) > max_records:
                     raise HTTPException(413, detail=f"entity_ids: {len(body.entity_ids)} ids, at most {max_records}")
-                if store is None:
-                    raise HTTPException(400, detail="entity_ids: no feature views are configured; send records")
                 looked_up = time.perf_counter()
                 records, statuses = records_from_store(store, views, body.entity_ids)
                 lookup_ms = (time.perf_counter() - looked_up) * 1e3
@@ -251,7 +278,7 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
             known = [i for i, st in enumerate(statuses) if st == "ok"]
             req = {"records": [records[i] for i in known], "entities": [entities[i] for i in known],
                    "event_ts": [event_times[i] for i in known], "rows": known,
-                   "request_id": request_id, "variant": self.runner.models.route()}  # fmt: skip
+                   "request_id": request_id, "variant": variant, "model": model}  # fmt: skip
             result = await self.score_batch(req)
             post_started = time.perf_counter()
             probs: list[float | None] = [None] * len(statuses)

@@ -92,11 +92,23 @@ class ModelSet:
             changes.append(f"{role}: v{have} -> v{wanted}")
         return changes
 
-    def route(self) -> str:
-        """Which variant answers the next request."""
-        if self.mode == "canary" and self.models.get(CHALLENGER) and self._rng.random() < self.canary_share:
-            return CHALLENGER
-        return CHAMPION
+    def pick(self) -> tuple[str, LoadedModel]:
+        """The variant that answers the next request and the version serving it now.
+
+        The caller validates the request against this version's inputs and has it scored by this
+        same version, even if an alias moves in between.
+        """
+        models = self.models  # refresh() swaps entries in place: read each one once
+        challenger = models.get(CHALLENGER)
+        if self.mode == "canary" and challenger and self._rng.random() < self.canary_share:
+            return CHALLENGER, challenger
+        return CHAMPION, self.pick_champion()
+
+    def pick_champion(self) -> LoadedModel:
+        """The champion version serving now."""
+        champion = self.models[CHAMPION]
+        assert champion is not None  # set in __init__ and never unset
+        return champion
 
     def shadow(self) -> LoadedModel | None:
         """The model that scores every request in shadow mode (None when off or unset)."""
@@ -125,4 +137,5 @@ def _describe(model: LoadedModel, loaded_at: str) -> dict[str, Any]:
     label = model.spec.label  # what `probability` is the probability of, in the data's own terms
     return {"name": v.name, "version": v.version, "uri": v.uri, "kind": v.kind,
             "feature_spec_hash": model.spec.content_hash(), "loaded_at": loaded_at,
+            "inputs": model.spec.input_columns,
             "label": label.model_dump(exclude_none=True) if label is not None else None}  # fmt: skip
