@@ -34,13 +34,9 @@ def _register(root: Path, spec, model) -> None:
     """Register `model` over `spec` as bench@champion in a registry under `root`."""
     from ray_pipeline.registry.models import register_run
     from ray_pipeline.registry.store import Registry
+    from ray_pipeline.train.rundir import RunArtifacts, write_run
 
-    run = root / "run"
-    model.save(run / "model")
-    spec.save(run / "feature_spec.json")
-    (run / "metrics.json").write_text(json.dumps({"test": {"log_loss": 0.4, "roc_auc": 0.8}}))
-    (run / "params.json").write_text(json.dumps({"model": model.kind}))
-    (run / "lineage.json").write_text("{}")
+    run = write_run(root / "run", model, RunArtifacts(model.kind, spec, {"log_loss": 0.4, "roc_auc": 0.8}, {}, {}))
     registry = Registry(root / "reg.db", root / "art")
     register_run(registry, "bench", run)
     registry.set_alias("bench", "champion", 1)
@@ -78,7 +74,7 @@ def demo_xgboost(root: Path) -> dict:
     features = cfg.features.model_copy(update={"views": {}})  # views need the feature store; raw inputs only
     numeric, categorical = feature_columns(cfg.data.schema_, features)
     log1p = {n: features.numeric[n].log1p if n in features.numeric else False for n in numeric}
-    stats = json.loads(partial_stats(table, log1p, categorical)["stats"][0].as_py())
+    stats = partial_stats(table, log1p, categorical)
     spec = merge_partials([stats], numeric, categorical, features, [])
     X = transform_table(table, spec)
     params = {"objective": "binary:logistic", "tree_method": "hist", "nthread": 2, **cfg.training.xgboost.params}

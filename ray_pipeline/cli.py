@@ -409,8 +409,6 @@ def models_register(
     from ray_pipeline.registry.models import open_registry, register_run
 
     cfg = load_config(config)
-    if not (run_dir / "metrics.json").is_file():
-        raise FileNotFoundError(f"--run {run_dir}: not a training run directory (no metrics.json)")
     v = register_run(open_registry(cfg), name or cfg.registry.model_name, run_dir)
     typer.echo(f"registered {v.uri} ({v.kind}): test log_loss {v.metrics.get('log_loss', float('nan')):.4f}, "
                f"roc_auc {v.metrics.get('roc_auc', float('nan')):.4f}")  # fmt: skip

@@ -3,7 +3,6 @@ with a known model, and one way to wait for something."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from ray_pipeline.runtime import free_port
 from ray_pipeline.serve.client import http_json
 from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.models import LogisticModel
+from ray_pipeline.train.rundir import RunArtifacts, write_run
 
 T = TypeVar("T")
 KEY = "s3cret-key"
@@ -46,16 +46,11 @@ SPEC = FeatureSpec(
 
 def make_run(root: Path, log_loss: float, roc_auc: float, seed: int = 0, spec: FeatureSpec = SPEC) -> Path:
     """A training-run directory like train_model writes."""
-    run = root / f"run-{log_loss}-{roc_auc}-{seed}"
     weights = np.random.default_rng(seed).normal(size=len(spec.feature_names))
-    LogisticModel(weights, 0.1, spec.feature_names).save(run / "model")
-    spec.save(run / "feature_spec.json")
-    (run / "metrics.json").write_text(json.dumps({"test": {"log_loss": log_loss, "roc_auc": roc_auc}}))
-    (run / "params.json").write_text(json.dumps({"model": "logreg", "l2": 1e-4}))
-    (run / "lineage.json").write_text(
-        json.dumps({"training_set": "/data/ts", "feature_spec_hash": spec.content_hash()})
-    )
-    return run
+    lineage = {"training_set": "/data/ts", "feature_spec_hash": spec.content_hash()}
+    run = RunArtifacts("logreg", spec, {"log_loss": log_loss, "roc_auc": roc_auc}, {"l2": 1e-4}, lineage)
+    model = LogisticModel(weights, 0.1, spec.feature_names)
+    return write_run(root / f"run-{log_loss}-{roc_auc}-{seed}", model, run)
 
 
 def serve_config(tmp: Path, app_name: str, **serving) -> PipelineConfig:
@@ -110,6 +105,14 @@ def scrape_until(done, seconds: float = 60) -> str:
 
     wait_until(probe, seconds, every=2)
     return last["text"]
+
+
+def samples(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples named `name` whose labels include `labels`, from Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]  # fmt: skip
 
 
 TRUE_COEF = np.array([1.5, -2.0, 0.5, 0.0, 1.0])

@@ -20,6 +20,7 @@ from ray_pipeline.features.store import daily_aggregates, materialize, read_view
 from ray_pipeline.runtime import free_port
 
 from .conftest import require_binary
+from .helpers import wait_until
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -151,13 +152,13 @@ def redis_url(tmp_path_factory):
     import redis
 
     client = redis.Redis(port=port)
-    for _ in range(100):
+    def up() -> bool:
         try:
-            client.ping()
-            break
+            return client.ping()
         except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
+            return False
+
+    if not wait_until(up, 5, every=0.05):
         proc.kill()
         pytest.fail("redis-server did not start")
     yield f"redis://127.0.0.1:{port}/0"

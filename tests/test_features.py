@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from datasketches import kll_doubles_sketch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from ray_pipeline.config import (
     SchemaConfig,
 )
 from ray_pipeline.features import FeatureSpec, fit, transform, transform_records, transform_table
+from ray_pipeline.features.colstats import KLL_K
 from ray_pipeline.features.fit import merge_partials, partial_stats
 
 SCHEMA = SchemaConfig(
@@ -38,9 +40,9 @@ def _fit_local(frame: pd.DataFrame, features: FeaturesConfig, blocks: int = 3) -
     table = pa.Table.from_pandas(frame, preserve_index=False)
     size = max(1, -(-len(frame) // blocks))
     partials = [
-        json.loads(partial_stats(table.slice(i, size), {"x": features.numeric.get("x", NumericFeatureConfig()).log1p,
-                                                         "k": features.numeric.get("k", NumericFeatureConfig()).log1p},
-                                 ["c", "d"])["stats"][0].as_py())
+        json.loads(json.dumps(partial_stats(table.slice(i, size), {"x": features.numeric.get("x", NumericFeatureConfig()).log1p,
+                                                                    "k": features.numeric.get("k", NumericFeatureConfig()).log1p},
+                                            ["c", "d"])))
         for i in range(0, max(len(frame), 1), size)
     ]  # fmt: skip
     return merge_partials(partials, ["x", "k"], ["c", "d"], features, [])
@@ -196,12 +198,14 @@ def test_fit_on_ray_matches_pandas(ray_session, demo_config_dict):
         assert col.count == values.notna().sum() and col.missing == values.isna().sum()
         assert col.mean == pytest.approx(values.mean(), rel=1e-9)
         assert col.std == pytest.approx(values.std(ddof=0), rel=1e-9)
+    # Quantiles from the KLL sketch: within its stated rank error (99% confidence; observed ~4x less).
+    rank_error = kll_doubles_sketch.get_normalized_rank_error(KLL_K, False)
     lo, hi = by_name["amount"].clip
     logged = np.log1p(frame["amount"])
-    assert (logged < lo).mean() == pytest.approx(0.01, abs=0.002)
-    assert (logged > hi).mean() == pytest.approx(0.01, abs=0.002)
-    median = frame["credit_score"].median()
-    assert abs(by_name["credit_score"].fill - median) <= 1.0
+    assert (logged < lo).mean() == pytest.approx(0.01, abs=rank_error)
+    assert (logged > hi).mean() == pytest.approx(0.01, abs=rank_error)
+    scores, median = frame["credit_score"].dropna(), by_name["credit_score"].fill  # integers: ties
+    assert (scores < median).mean() <= 0.5 + rank_error and (scores <= median).mean() >= 0.5 - rank_error
 
     cats = {c.name: c for c in spec.categorical}
     counts = frame["merchant_category"].value_counts()

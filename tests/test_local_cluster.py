@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from .helpers import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 UP, DOWN = ROOT / "cluster" / "local" / "up.sh", ROOT / "cluster" / "local" / "down.sh"
 
@@ -44,15 +46,15 @@ def _wait_for_job_api(dashboard: str, headers: dict[str, str], seconds: float = 
     """The job API answers once the head's agent has registered (a few seconds after `ray start`)."""
     from ray.job_submission import JobSubmissionClient
 
-    deadline = time.monotonic() + seconds
-    while True:
+    def answers() -> bool:
         try:
             JobSubmissionClient(dashboard, headers=headers).list_jobs()
-            return
+            return True
         except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+            return False
+
+    if not wait_until(answers, seconds, every=1):
+        JobSubmissionClient(dashboard, headers=headers).list_jobs()  # raise its error
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +160,8 @@ def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained):
     client = JobSubmissionClient(local_cluster.dashboard, headers=local_cluster.headers())
     job = client.submit_job(entrypoint=f"ray-pipeline run --config {config} --models xgboost",
                             runtime_env={"working_dir": str(ROOT)})  # fmt: skip
-    deadline = time.monotonic() + 900
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, "job did not finish in time"
-        time.sleep(2)
+    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    assert wait_until(lambda: client.get_job_status(job) in finished, 900, every=2), "job did not finish in time"
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     assert "registered models:/" in logs and "(xgboost)" in logs
@@ -251,20 +251,21 @@ def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trai
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
-    time.sleep(3)
+    assert wait_until(lambda: len(results) >= 20, 30, every=0.1), "no steady load before the kill"
     victim = before[0]
     killed_at = time.monotonic()
     subprocess.run([str(DOWN), "worker", victim.removeprefix("rp-worker-")], env=local_cluster.script_env,
                    check=True, timeout=60)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:  # replicas rescheduled on the nodes that are left
+
+    def rescheduled() -> list:  # replicas on the nodes that are left
         after = _actor_nodes(local_cluster, "ServeReplica:")
-        if len(after) == 2 and victim not in after:
-            break
-        assert time.monotonic() < deadline, f"replicas not rescheduled: {after}"
-        time.sleep(2)
+        return after if len(after) == 2 and victim not in after else []
+
+    after = wait_until(rescheduled, 180, every=2)
+    assert after, f"replicas not rescheduled: {_actor_nodes(local_cluster, 'ServeReplica:')}"
     rescheduled_s = time.monotonic() - killed_at
-    time.sleep(3)
+    served = len(results)  # load keeps being answered after the move
+    assert wait_until(lambda: len(results) >= served + 20, 30, every=0.1)
     stop.set()
     thread.join(30)
     failed = [t for t, code in results if code != 200]

@@ -22,7 +22,7 @@ from ray_pipeline.registry.models import open_registry, register_run
 from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
 from .conftest import require_binary
-from .helpers import SPEC, make_run
+from .helpers import SPEC, make_run, wait_until
 
 T0 = datetime(2026, 11, 28, 10, 0, 0, tzinfo=timezone.utc)
 RULE = {"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25, "for_windows": 2}
@@ -273,7 +273,6 @@ def test_gauges_are_valid_prometheus_exposition(promtool, tmp_path):
 
 
 def test_a_real_prometheus_scrapes_the_monitor_gauges(tmp_path):
-    import time
     import urllib.parse
     import urllib.request
 
@@ -292,14 +291,15 @@ def test_a_real_prometheus_scrapes_the_monitor_gauges(tmp_path):
                              f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         query = urllib.parse.quote('rp_monitor_value{metric="psi"}')
-        deadline, result = time.time() + 60, []
-        while time.time() < deadline and not result:
-            time.sleep(1)
+
+        def scraped() -> list:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/query?query={query}", timeout=5) as r:
-                    result = json.loads(r.read())["data"]["result"]
+                    return json.loads(r.read())["data"]["result"]
             except OSError:
-                continue  # not listening yet
+                return []  # not listening yet
+
+        result = wait_until(scraped, 60, every=1)
         assert result, "Prometheus never scraped the monitor's gauges"
         assert result[0]["metric"]["feature"] == "amount" and float(result[0]["value"][1]) == 0.42
     finally:

@@ -20,6 +20,7 @@ from ray_pipeline.features.transform import transform_records
 from ray_pipeline.registry.models import PromotionRefused, load, promote, register_run
 from ray_pipeline.registry.store import Registry, RegistryError
 from ray_pipeline.train.models import LogisticModel
+from ray_pipeline.train.rundir import PARAMS_FILE, SPEC_FILE, model_dir, read_run
 
 from .helpers import SPEC, make_run
 
@@ -54,7 +55,7 @@ def test_loaded_model_predicts_from_records_with_its_spec(registry, tmp_path):
     loaded = load(registry, "models:/fraud/1")
     records = [{"amount": 12.5, "channel": "pos"}, {"amount": None, "channel": "new"}]
     X, _ = transform_records(records, SPEC)
-    expected = LogisticModel.load(run / "model").predict_proba(X)
+    expected = LogisticModel.load(model_dir(run)).predict_proba(X)
     np.testing.assert_array_equal(loaded.predict_proba(records), expected)
     np.testing.assert_array_equal(loaded.predict_proba(pd.DataFrame(records)), expected)
 
@@ -63,17 +64,17 @@ def test_loaded_model_predicts_from_records_with_its_spec(registry, tmp_path):
 def test_tampered_artifacts_are_refused(registry, tmp_path, damage):
     version = register_run(registry, "fraud", make_run(tmp_path, 0.4, 0.8))
     folder = Path(version.path)
-    model = folder / "model" / "model.json"
+    model = model_dir(folder) / "model.json"
     if damage == "edit":
         model.write_text(model.read_text().replace("0.1", "0.2"))
     elif damage == "truncate":
         model.write_bytes(model.read_bytes()[:20])
     elif damage == "extra":
-        (folder / "model" / "evil.pkl").write_bytes(b"x")
+        (model_dir(folder) / "evil.pkl").write_bytes(b"x")
     elif damage == "manifest":
         (folder / "MANIFEST.json").write_text("{}")
     else:
-        (folder / "feature_spec.json").unlink()
+        (folder / SPEC_FILE).unlink()
     with pytest.raises(RegistryError):
         load(registry, version.uri)
 
@@ -207,3 +208,16 @@ def test_models_cli(tmp_path, demo_config_dict):
     assert len(history) == 3 and "rollback" in history[-1]
     bad = runner.invoke(app, ["models", "show", "--config", str(config), "models:/fraud/7"])
     assert bad.exit_code == 2 and "models:/fraud/7 does not exist" in bad.output
+
+
+def test_a_run_directory_is_checked_before_registration(registry, tmp_path):
+    run = make_run(tmp_path, 0.4, 0.8)
+    assert read_run(run).kind == "logreg" and read_run(run).spec == SPEC
+    (run / SPEC_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{run}: not a training run directory \(missing feature_spec.json\)"):
+        register_run(registry, "fraud", run)
+    run = make_run(tmp_path, 0.5, 0.8)
+    (run / PARAMS_FILE).write_text('{"model": "svm"}')
+    with pytest.raises(ValueError, match=r"params.json: model 'svm', expected one of"):
+        register_run(registry, "fraud", run)
+    assert registry.versions("fraud") == [], "nothing registered from a bad run directory"

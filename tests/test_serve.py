@@ -20,7 +20,7 @@ from ray_pipeline.features.spec import NumericSpec
 from ray_pipeline.registry.models import load, promote, register_run
 from ray_pipeline.serve.predlog import read_log
 
-from .helpers import KEY, SPEC, call, make_run, scrape_until, serve_config, two_version_registry, wait_until
+from .helpers import KEY, SPEC, call, make_run, samples, scrape_until, serve_config, two_version_registry, wait_until
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 
@@ -235,20 +235,15 @@ def test_metrics_are_exported(served):
         "ray_rp_missing_features_total", "ray_rp_model_load_seconds", "ray_serve_num_http_requests_total",
     ]  # fmt: skip
 
-    def ours(text: str) -> list[str]:
+    def ours(text: str) -> list[float]:
         # This app's prediction counter for version 1 (other apps on the cluster export too).
-        return [
-            line
-            for line in text.splitlines()
-            if line.startswith("ray_rp_predictions_total") and 'application="test-app"' in line
-            and 'model_version="1"' in line
-        ]  # fmt: skip
+        return samples(text, "ray_rp_predictions_total", application="test-app", model_version="1")
 
     text = scrape_until(lambda text: all(w in text for w in wanted) and bool(ours(text)))
     missing = [w for w in wanted if w not in text]
     assert not missing, f"not on the metrics port: {missing}"
     assert ours(text), "no ray_rp_predictions_total for application test-app, model_version 1"
-    assert float(ours(text)[0].rsplit(" ", 1)[1]) >= 5
+    assert sum(ours(text)) >= 5
 
 
 def test_local_deploy_onto_a_running_serve_skips_the_port_check(served):

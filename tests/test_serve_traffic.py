@@ -12,7 +12,7 @@ import pytest
 from ray_pipeline.registry.models import load
 from ray_pipeline.serve.predlog import read_log
 
-from .helpers import call, scrape_until, serve_config, two_version_registry
+from .helpers import call, samples, scrape_until, serve_config, two_version_registry, wait_until
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 
@@ -59,12 +59,8 @@ def test_canary_sends_a_share_to_the_challenger_with_per_version_metrics(deploye
     assert info["traffic"]["mode"] == "canary" and info["traffic"]["challenger"]["version"] == 2
 
     def counted(text: str, version: int, variant: str) -> float:
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("ray_rp_predictions_total") and 'application="canary"' in line
-            and f'model_version="{version}"' in line and f'variant="{variant}"' in line
-        )  # fmt: skip
+        return sum(samples(text, "ray_rp_predictions_total", application="canary", model_version=str(version),
+                           variant=variant))  # fmt: skip
 
     seen = (by_variant["champion"], by_variant["challenger"])
     text = scrape_until(lambda text: (counted(text, 1, "champion"), counted(text, 2, "challenger")) == seen)
@@ -77,15 +73,11 @@ def test_canary_follows_the_challenger_alias(deployed):
     # No challenger yet: everything is answered by the champion.
     assert {call(url, "/predict", {"records": [RECORD]}, key=None)[1]["variant"] for _ in range(10)} == {"champion"}
     registry.set_alias("fraud", "challenger", 2, "late challenger")
-    deadline = time.time() + 20
-    while time.time() < deadline and call(url, "/predict", {"records": [RECORD]}, key=None)[1]["version"] != 2:
-        time.sleep(0.1)
+    wait_until(lambda: call(url, "/predict", {"records": [RECORD]}, key=None)[1]["version"] == 2, 20, every=0.1)
     status, body = call(url, "/predict", {"records": [RECORD]}, key=None)
     assert (status, body["variant"], body["version"]) == (200, "challenger", 2)
     registry.delete_alias("fraud", "challenger", "canary over")
-    deadline = time.time() + 20
-    while time.time() < deadline and call(url, "/predict", {"records": [RECORD]}, key=None)[1]["version"] != 1:
-        time.sleep(0.1)
+    wait_until(lambda: call(url, "/predict", {"records": [RECORD]}, key=None)[1]["version"] == 1, 20, every=0.1)
     assert call(url, "/predict", {"records": [RECORD]}, key=None)[1]["variant"] == "champion"
 
 
@@ -150,18 +142,15 @@ def test_autoscaling_goes_up_under_load_and_back_down_without_failed_requests(de
         t.start()
     try:
         heavy.set()
-        deadline, peak = time.time() + 60, 1
-        while time.time() < deadline and peak < 2:
-            peak = max(peak, _replicas("scaling").get("RUNNING", 0))
-            time.sleep(0.25)
-        assert peak == 2, f"did not scale up: {_replicas('scaling')}"
-        time.sleep(1.0)  # requests reach the new replica
+        assert wait_until(lambda: _replicas("scaling").get("RUNNING", 0) == 2, 60, every=0.25), (
+            f"did not scale up: {_replicas('scaling')}"
+        )
+        answered = done[0]  # requests keep flowing with two replicas up
+        assert wait_until(lambda: done[0] >= answered + 20, 30, every=0.1)
         heavy.clear()
-        deadline = time.time() + 60
-        while time.time() < deadline and _replicas("scaling") != {"RUNNING": 1}:
-            time.sleep(0.25)
-        assert _replicas("scaling") == {"RUNNING": 1}, "did not scale back down"
-        time.sleep(1.0)
+        assert wait_until(lambda: _replicas("scaling") == {"RUNNING": 1}, 60, every=0.25), "did not scale back down"
+        answered = done[0]  # and after the scale-down, through the remaining replica
+        assert wait_until(lambda: done[0] >= answered + 5, 30, every=0.1)
     finally:
         stop.set()
         for t in threads:

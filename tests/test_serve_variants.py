@@ -12,6 +12,7 @@ from ray_pipeline.serve import app as serve_app
 from ray_pipeline.serve.app import ModelRunner
 from ray_pipeline.serve.predlog import read_log
 from ray_pipeline.serve.variants import CHALLENGER, ModelSet
+from ray_pipeline.train.rundir import model_dir
 
 from .helpers import two_version_registry
 
@@ -21,8 +22,8 @@ RECORD = {"amount": 3.0, "channel": "pos"}
 
 
 def _tamper(registry, version: int) -> None:
-    model_dir = Path(registry.get("fraud", version).path) / "model"
-    victim = next(p for p in sorted(model_dir.iterdir()) if p.is_file())
+    folder = model_dir(registry.get("fraud", version).path)
+    victim = next(p for p in sorted(folder.iterdir()) if p.is_file())
     victim.write_bytes(victim.read_bytes() + b"x")
 
 

@@ -9,6 +9,7 @@ import pytest
 from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.objective import shard_sums
+from ray_pipeline.train.rundir import PLOTS_DIR, model_dir, read_run
 from ray_pipeline.train.runner import train_model
 
 from .helpers import TRUE_BIAS, TRUE_COEF, linear_cfg, linear_prepared
@@ -52,8 +53,11 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     assert run.model.bias == pytest.approx(TRUE_BIAS, abs=0.1)
     assert run.metrics["log_loss"] < 0.5
     for name in ("loss.png", "roc.png", "calibration.png"):
-        assert (run.run_dir / "plots" / name).stat().st_size > 1000
-    assert (run.run_dir / "model" / "model.json").exists()
+        assert (run.run_dir / PLOTS_DIR / name).stat().st_size > 1000
+    assert (model_dir(run.run_dir) / "model.json").exists()
+    written = read_run(run.run_dir)
+    assert (written.kind, written.metrics, written.spec) == ("logreg", run.metrics, run.spec)
+    assert written.params["workers"] == 0 and len(written.history) == len(run.history)
 
 
 @pytest.mark.slow
@@ -192,7 +196,7 @@ def test_xgboost_on_two_workers_beats_linear_on_interactions(ray_session, tmp_pa
     xgb = train_model(cfg, "xgboost", workers=2, prepared=prepared)
     linear = train_model(cfg, "logreg", workers=0, prepared=prepared)
     assert xgb.metrics["log_loss"] < linear.metrics["log_loss"]
-    assert (xgb.run_dir / "model" / "model.ubj").exists() and len(xgb.history) > 5
+    assert (model_dir(xgb.run_dir) / "model.ubj").exists() and len(xgb.history) > 5
 
     # Same parameters in one process on the same rows: the distributed model is as good.
     train = prepared.train.take_batch(10**7, batch_format="numpy")

@@ -10,34 +10,13 @@ of its partition.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.data import validate as v
+from ray_pipeline.data.partition import column_hashes, scatter
 
 H1, H2, ORDER = "_h1", "_h2", "_order"
-_KEY2 = "ray-pipeline-h2!"  # a second siphash key (16 bytes) so H2 is independent of H1 on text
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def column_hashes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes per value; equal values (nulls included) hash equal."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
-        values = arr.to_numpy(zero_copy_only=False).astype(object)
-        return pd.util.hash_array(values), pd.util.hash_array(values, hash_key=_KEY2)
-    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_integer(t):
-        bits = pc.fill_null(pc.cast(arr, pa.int64()), -(2**63)).to_numpy().view(np.uint64)
-    else:
-        # Floats by bit pattern, nulls as NaN; other types through their text form.
-        num = pc.cast(arr, pa.float64()) if pa.types.is_floating(t) or pa.types.is_boolean(t) else None
-        if num is None:
-            return column_hashes(pc.cast(arr, pa.string()))
-        bits = np.asarray(pc.fill_null(num, np.nan).to_numpy(zero_copy_only=False)).view(np.uint64)
-    return pd.util.hash_array(bits), pd.util.hash_array(bits ^ _MIX)
 
 
 def add_row_hashes(batch: pa.Table, keys: list[str]) -> pa.Table:
@@ -79,13 +58,9 @@ def find_duplicates(ds, parts: int) -> np.ndarray:
     """Order numbers of every later copy in a materialized dataset that has H1, H2 and ORDER."""
     import ray
 
-    split = ray.remote(_partition).options(num_returns=parts)
     reduce = ray.remote(_later_copies)
-    block_parts = [split.remote(ref, parts) for ref in ds.to_arrow_refs()]
-    if parts == 1:
-        block_parts = [[p] for p in block_parts]
-    results = [reduce.remote(*[bp[p] for bp in block_parts]) for p in range(parts)]
-    found = ray.get(results)
+    pieces = scatter(_partition, parts, [(ref, parts) for ref in ds.to_arrow_refs()])
+    found = ray.get([reduce.remote(*piece) for piece in pieces])
     return np.sort(np.concatenate(found)) if found else np.empty(0, np.int64)
 
 

@@ -39,9 +39,11 @@ def ground_truth_summary(accepted_path: str, label: str) -> GroundTruth:
     from ray_pipeline.data.sources import read_parquet
 
     ds = read_parquet(accepted_path, columns=[label, "p_true"])
-    parts = ds.map_batches(_partial, fn_kwargs={"label": label}, batch_format="pyarrow").take_all()
-    n = sum(int(r["n"]) for r in parts)
+    from ray.data.aggregate import Sum
+
+    parts = ds.map_batches(_partial, fn_kwargs={"label": label}, batch_format="pyarrow")
+    total = parts.aggregate(*[Sum(k, alias_name=k) for k in ("n", "y", "p", "loss")])
+    n = int((total or {}).get("n") or 0)
     if n == 0:
         return GroundTruth(0, float("nan"), float("nan"), float("nan"))
-    total = {k: sum(float(r[k]) for r in parts) for k in ("y", "p", "loss")}
     return GroundTruth(n, total["y"] / n, total["p"] / n, total["loss"] / n)

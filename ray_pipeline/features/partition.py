@@ -1,17 +1,12 @@
-"""Hash partitioning of Ray Dataset blocks by a key with plain Ray tasks.
-
-Ray Data's groupby sorts every row through a shuffle, which on a small cluster costs far more
-than the work per group. Feature joins and per-entity aggregates only need rows of one entity
-to meet in one task: each block is split by a hash of the key, and partition p is the list of
-the p-th pieces of every block.
-"""
+"""Partitioning Ray Dataset blocks by an entity key (`data/partition.py` says why not groupby):
+feature joins and per-entity aggregates need the rows of one entity to meet in one task."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from ray_pipeline.data.dedup import column_hashes
+from ray_pipeline.data.partition import column_hashes, scatter
 
 BLOCK, POS = "_part_block", "_part_pos"
 
@@ -37,14 +32,7 @@ def split_block(table: pa.Table, key: str, parts: int, block: int | None = None)
 
 def partition(block_refs: list, key: str, parts: int, tag_blocks: bool = False) -> list[list]:
     """For each partition, the object refs of its piece of every block."""
-    import ray
-
-    split = ray.remote(split_block).options(num_returns=parts)
-    pieces = []
-    for i, ref in enumerate(block_refs):
-        out = split.remote(ref, key, parts, i if tag_blocks else None)
-        pieces.append(out if isinstance(out, list) else [out])
-    return [[p[i] for p in pieces] for i in range(parts)]
+    return scatter(split_block, parts, [(ref, key, parts, i if tag_blocks else None) for i, ref in enumerate(block_refs)])
 
 
 def default_parts(n_blocks: int) -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import pyarrow as pa
-
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.features.online import OnlineStore, open_store
@@ -106,15 +104,12 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
     return FeatureBuild(root, training_set_path(cfg), events.count(), list(events.schema().names), views)
 
 
-def _count_present(batch: pa.Table, column: str) -> pa.Table:
-    return pa.table({"rows": [batch.num_rows], "present": [batch.num_rows - batch[column].null_count]})
-
-
 def _present_share(ds, column: str) -> float:
     """Share of rows where `column` is not null."""
-    parts = ds.map_batches(_count_present, fn_kwargs={"column": column}, batch_format="pyarrow").take_all()
-    rows = sum(p["rows"] for p in parts)
-    return sum(p["present"] for p in parts) / rows if rows else 0.0
+    from ray.data.aggregate import Count
+
+    counts = ds.aggregate(Count(alias_name="rows"), Count(column, ignore_nulls=True, alias_name="present")) or {}
+    return counts["present"] / counts["rows"] if counts.get("rows") else 0.0
 
 
 def materialize_online(

@@ -143,6 +143,7 @@ def materialize(
     """Load the latest value per entity with timestamp in [start, end) into the online store."""
 
     from ray.data import TaskPoolStrategy
+    from ray.data.aggregate import Sum
 
     def us(t: datetime | None) -> int | None:
         return None if t is None else int(as_utc(t).timestamp() * 1e6)
@@ -161,8 +162,5 @@ def materialize(
         batch_format="pyarrow",
         # One writer at a time: SQLite serializes writers anyway, and fewer lock waits is faster.
         compute=TaskPoolStrategy(size=1),
-    ).take_all()
-    return {
-        "candidates": sum(int(r["candidates"]) for r in counts),
-        "written": sum(int(r["written"]) for r in counts),
-    }
+    ).aggregate(*[Sum(k, alias_name=k) for k in ("candidates", "written")])
+    return {k: int((counts or {}).get(k) or 0) for k in ("candidates", "written")}  # None: no blocks at all

@@ -4,7 +4,6 @@ scores); the driver merges them. A file that cannot be read is skipped, named an
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,9 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ray_pipeline.data.fold import fold_blocks
+from ray_pipeline.features.colstats import KLL_K, categorical_partial, merge_categorical
 from ray_pipeline.features.transform import _as_float
 from ray_pipeline.monitor import stats
-from ray_pipeline.monitor.profile import KLL_K, _category_counts
 from ray_pipeline.serve.predlog import REFUSED, STAGES
 
 ANSWERED = ("champion", "challenger")  # variants whose rows were returned to callers
@@ -77,11 +77,8 @@ def _version_partial(t: pa.Table, ref: dict[str, Any] | None) -> dict[str, Any]:
         x = _as_float(t[name], name) if name in t.column_names else np.full(t.num_rows, np.nan)
         part["numeric"][name] = stats.numeric_counts(x, r)
     for name in ref["categorical"]:
-        if name in t.column_names:
-            counts, nulls = _category_counts(t[name])
-        else:
-            counts, nulls = {}, t.num_rows
-        part["categorical"][name] = {"counts": counts, "nulls": nulls}
+        present = name in t.column_names
+        part["categorical"][name] = categorical_partial(t[name]) if present else {"counts": {}, "missing": t.num_rows}
     part["score"] = stats.numeric_counts(_as_float(t["score"], "score"), ref["score"])
     return part
 
@@ -100,7 +97,7 @@ def _labeled(t: pa.Table, labels: pa.Table) -> dict[str, dict[str, list[float]]]
 
 def partial_window(batch: dict[str, np.ndarray], start_us: int, end_us: int, refs: dict[str, Any],
                    labels: Any) -> dict[str, Any]:  # fmt: skip
-    """Partials of the log files in `batch` (a Ray Data UDF: one JSON row out)."""
+    """Partials of the log files in `batch` (JSON-safe), for `fold_blocks`."""
     import ray
     from datasketches import kll_doubles_sketch
 
@@ -144,7 +141,7 @@ def partial_window(batch: dict[str, np.ndarray], start_us: int, end_us: int, ref
                 into["y"] += slot["y"]
                 into["p"] += slot["p"]
     out["latency"] = {s: sk.serialize().hex() for s, sk in sketches.items() if not sk.is_empty()}
-    return {"partial": np.array([json.dumps(out)], dtype=object)}
+    return out
 
 
 def _merge_version(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +151,7 @@ def _merge_version(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any
     for k, v in b["numeric"].items():
         out["numeric"][k] = stats.merge_numeric(a["numeric"].get(k), v)
     for k, v in b["categorical"].items():
-        out["categorical"][k] = stats.merge_categorical(a["categorical"].get(k), v)
+        out["categorical"][k] = merge_categorical([a["categorical"][k], v]) if k in a["categorical"] else v
     if b["score"] is not None:
         out["score"] = stats.merge_numeric(a["score"], b["score"])
     return out
@@ -174,15 +171,11 @@ def collect_window(log_dir: str, start: datetime, end: datetime, refs: dict[str,
     label_ref = ray.put(labels) if labels is not None and labels.num_rows else None
     start_us, end_us = int(start.timestamp() * 1e6), int(end.timestamp() * 1e6)
     blocks = -(-len(files) // FILES_PER_TASK)  # ceil: FILES_PER_TASK files per read task
-    parts = (
-        ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks)
-        .map_batches(partial_window, batch_size=FILES_PER_TASK,
-                     fn_kwargs={"start_us": start_us, "end_us": end_us, "refs": refs, "labels": label_ref})
-        .take_all()
-    )  # fmt: skip
+    items = ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks)
+    kwargs = {"start_us": start_us, "end_us": end_us, "refs": refs, "labels": label_ref}
+    parts = fold_blocks(items, partial_window, list, kwargs, batch_format="numpy", batch_size=FILES_PER_TASK)
     sketches: dict[str, Any] = {}
-    for row in parts:
-        p = json.loads(row["partial"])
+    for p in parts:
         data.files += p["files"]
         data.skipped += p["skipped"]
         for v, part in p["versions"].items():

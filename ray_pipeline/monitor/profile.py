@@ -4,9 +4,9 @@ the registered version (so its checksum manifest covers it).
 Per numeric input: quantile-bin edges and the share of rows per bin, null rate, min, max, mean and
 std; per categorical input: the top categories' shares plus "other", the null rate and the share of
 values the model treats as unseen; the distribution of scores on the test split. Inputs are
-profiled in one Ray Data pass: each block yields an Apache DataSketches KLL sketch per numeric
-column (mergeable, with a stated rank error) and value counts per categorical column; the driver
-merges those partials, never rows.
+profiled in one Ray Data pass: each block yields the column statistics the FeatureSpec fit uses
+too (`features/colstats.py`: moments and a KLL sketch per numeric column, value counts per
+categorical column); the driver merges those partials, never rows.
 """
 
 from __future__ import annotations
@@ -17,74 +17,36 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from ray_pipeline.data.validate import as_text
+from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.errors import UserError
+from ray_pipeline.features.colstats import categorical_partial, merge_categorical, merge_numeric, numeric_partial
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import _as_float
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_VERSION = 1
-# KLL accuracy parameter: normalized rank error about 0.4% at k=800 (1.65/k^0.96 for the PMF).
-KLL_K = 800
 
 
-def _numeric_partial(x: np.ndarray) -> dict[str, Any]:
-    from datasketches import kll_doubles_sketch
-
-    present = x[~np.isnan(x)]
-    sketch = kll_doubles_sketch(KLL_K)
-    if present.size:
-        sketch.update(present)
-    return {"n": int(present.size), "nulls": int(x.size - present.size), "sum": float(present.sum()),
-            "sumsq": float((present * present).sum()), "sketch": sketch.serialize().hex()}  # fmt: skip
-
-
-def _category_counts(arr: pa.Array | pa.ChunkedArray) -> tuple[dict[str, int], int]:
-    """Counts per non-empty category and the number of missing (null or empty) values."""
-    text = as_text(arr)
-    present = pc.filter(text, pc.fill_null(pc.not_equal(text, ""), False))
-    counts = pc.value_counts(present)
-    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())), len(text) - len(present)
-
-
-def partial_profile(batch: pa.Table, numeric: list[str], categorical: list[str]) -> pa.Table:
-    """One block's mergeable profile as one JSON row (a Ray Data UDF)."""
-    part = {
+def partial_profile(batch: pa.Table, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
+    """One block's mergeable profile (JSON-safe), for `fold_blocks`."""
+    return {
         "rows": batch.num_rows,
-        "numeric": {c: _numeric_partial(_as_float(batch[c], c)) for c in numeric},
-        "categorical": {c: dict(zip(("counts", "nulls"), _category_counts(batch[c]))) for c in categorical},
+        "numeric": {c: numeric_partial(_as_float(batch[c], c)) for c in numeric},
+        "categorical": {c: categorical_partial(batch[c]) for c in categorical},
     }
-    return pa.table({"profile": [json.dumps(part)]})
 
 
 def _merge(parts: list[dict[str, Any]], numeric: list[str], categorical: list[str]) -> dict[str, Any]:
-    from datasketches import kll_doubles_sketch
-
-    out: dict[str, Any] = {"rows": sum(p["rows"] for p in parts), "numeric": {}, "categorical": {}}
-    for c in numeric:
-        sketch = kll_doubles_sketch(KLL_K)
-        n = nulls = 0
-        total = sumsq = 0.0
-        for p in parts:
-            q = p["numeric"][c]
-            n, nulls, total, sumsq = n + q["n"], nulls + q["nulls"], total + q["sum"], sumsq + q["sumsq"]
-            sketch.merge(kll_doubles_sketch.deserialize(bytes.fromhex(q["sketch"])))
-        out["numeric"][c] = {"n": n, "nulls": nulls, "sum": total, "sumsq": sumsq, "sketch": sketch}
-    for c in categorical:
-        counts: dict[str, int] = {}
-        nulls = 0
-        for p in parts:
-            nulls += p["categorical"][c]["nulls"]
-            for k, v in p["categorical"][c]["counts"].items():
-                counts[k] = counts.get(k, 0) + v
-        out["categorical"][c] = {"counts": counts, "nulls": nulls}
-    return out
+    return {
+        "rows": sum(p["rows"] for p in parts),
+        "numeric": {c: merge_numeric([p["numeric"][c] for p in parts]) for c in numeric},
+        "categorical": {c: merge_categorical([p["categorical"][c] for p in parts]) for c in categorical},
+    }
 
 
 def _numeric_entry(m: dict[str, Any], bins: int) -> dict[str, Any]:
-    n, nulls, sketch = m["n"], m["nulls"], m["sketch"]
+    n, nulls, sketch = m["n"], m["missing"], m["sketch"]
     total = n + nulls
     entry: dict[str, Any] = {"null_rate": nulls / total if total else 0.0, "count": n}
     if n == 0:
@@ -92,15 +54,13 @@ def _numeric_entry(m: dict[str, Any], bins: int) -> dict[str, Any]:
     edges = np.unique(sketch.get_quantiles([i / bins for i in range(1, bins)]))
     edges = edges[(edges > sketch.get_min_value()) | (edges == edges.min())]
     shares = np.asarray(sketch.get_pmf(edges.tolist()), dtype=np.float64)  # [-inf,e1), [e1,e2), ..., [ek,inf)
-    mean = m["sum"] / n
-    var = max(m["sumsq"] / n - mean * mean, 0.0)
     return {**entry, "edges": edges.tolist(), "shares": (shares / shares.sum()).tolist(),
-            "min": sketch.get_min_value(), "max": sketch.get_max_value(), "mean": mean, "std": var**0.5,
+            "min": sketch.get_min_value(), "max": sketch.get_max_value(), "mean": m["mean"], "std": m["var"] ** 0.5,
             "rank_error": sketch.normalized_rank_error(True)}  # fmt: skip
 
 
 def _categorical_entry(m: dict[str, Any], known: set[str], top_k: int) -> dict[str, Any]:
-    counts, nulls = m["counts"], m["nulls"]
+    counts, nulls = m["counts"], m["missing"]
     n = sum(counts.values())
     total = n + nulls
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -138,10 +98,8 @@ def input_profile(ds, spec: FeatureSpec, bins: int = 10, top_k: int = 20) -> dic
     """The inputs' part of the profile: one Ray Data pass over `ds` (raw training rows)."""
     numeric = [c.name for c in spec.numeric]
     categorical = [c.name for c in spec.categorical]
-    rows = ds.map_batches(
-        partial_profile, fn_kwargs={"numeric": numeric, "categorical": categorical}, batch_format="pyarrow"
-    ).take_all()
-    merged = _merge([json.loads(r["profile"]) for r in rows], numeric, categorical)
+    merged = fold_blocks(ds, partial_profile, lambda parts: _merge(parts, numeric, categorical),
+                         {"numeric": numeric, "categorical": categorical})  # fmt: skip
     known = {c.name: set(c.frequencies) | set(c.onehot) for c in spec.categorical}
     return {
         "version": PROFILE_VERSION,

@@ -38,16 +38,6 @@ def merge_numeric(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]
             "nulls": a["nulls"] + b["nulls"], "oor": a["oor"] + b["oor"]}  # fmt: skip
 
 
-def merge_categorical(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
-    """Sum two categorical partials ({counts: {category: n}, nulls})."""
-    if a is None:
-        return b
-    counts = dict(a["counts"])
-    for k, v in b["counts"].items():
-        counts[k] = counts.get(k, 0) + v
-    return {"counts": counts, "nulls": a["nulls"] + b["nulls"]}
-
-
 def _shares(counts: np.ndarray) -> np.ndarray:
     total = counts.sum()
     return counts / total if total else np.zeros_like(counts, dtype=np.float64)
@@ -94,7 +84,7 @@ def categorical_stats(ref: dict[str, Any], cur: dict[str, Any]) -> dict[str, flo
     """Chi-square (statistic and p-value), PSI and L-infinity over top categories + other; unseen rate."""
     from scipy.stats import chisquare
 
-    counts, nulls = cur["counts"], cur["nulls"]
+    counts, nulls = cur["counts"], cur["missing"]
     present = sum(counts.values())
     total = present + nulls
     out = {"null_rate": nulls / total if total else 0.0}

@@ -15,6 +15,7 @@ from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_records, transform_table
 from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError, verify_manifest
 from ray_pipeline.train.models import load_model
+from ray_pipeline.train.rundir import load_spec, model_dir, read_run
 
 # Metrics where a smaller value is better; every other metric is better when larger.
 LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss"}
@@ -32,21 +33,16 @@ def open_registry(cfg: PipelineConfig) -> Registry:
 
 def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None) -> ModelVersion:
     """Register a training run directory (model/, feature_spec.json, metrics, params, lineage)."""
-    import json
-
-    run_dir = Path(run_dir)
-    params = json.loads((run_dir / "params.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
-    lineage = json.loads((run_dir / "lineage.json").read_text())
-    spec = FeatureSpec.load(run_dir / "feature_spec.json")
+    run = read_run(run_dir)
+    spec = run.spec
     signature = {
         "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical},
         "features": spec.feature_names,
         "output": "probability of label 1",
         "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
     }
-    lineage = {**lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version()}
-    return registry.register(name, run_dir, params["model"], metrics, params, signature, lineage)
+    lineage = {**run.lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version()}
+    return registry.register(name, Path(run_dir), run.kind, run.metrics, run.params, signature, lineage)
 
 
 def _code_version() -> str | None:
@@ -89,8 +85,7 @@ def load(registry: Registry, uri: str) -> LoadedModel:
     version = registry.resolve(uri)
     directory = Path(version.path)
     verify_manifest(directory, version.manifest_sha256)
-    spec = FeatureSpec.load(directory / "feature_spec.json")
-    return LoadedModel(version, spec, load_model(directory / "model"))
+    return LoadedModel(version, load_spec(directory), load_model(model_dir(directory)))
 
 
 class PromotionRefused(RegistryError):

@@ -155,9 +155,11 @@ def prepare(training_set, cfg: PipelineConfig) -> Prepared:
 
 
 def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: float) -> tuple[dict, dict]:
-    ranges = training_set.map_batches(_time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow").take_all()
-    lo = min(r["lo"] for r in ranges if r["lo"] is not None)
-    hi = max(r["hi"] for r in ranges if r["hi"] is not None) + 1
+    from ray.data.aggregate import Max, Min
+
+    ranges = training_set.map_batches(_time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow")
+    bounds = ranges.aggregate(Min("lo", alias_name="lo"), Max("hi", alias_name="hi"))
+    lo, hi = bounds["lo"], bounds["hi"] + 1
     t_test = int(hi - (hi - lo) * test_fraction)
     t_valid = int(t_test - (hi - lo) * valid_fraction)
     windows = {"train": (None, t_valid), "valid": (t_valid, t_test), "test": (t_test, None)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +108,3 @@ def render(name: str, m: dict[str, float]) -> str:
     )
 
 
-def write_json(path: Path, body: Any) -> None:
-    """Pretty JSON."""
-    path.write_text(json.dumps(body, indent=2, default=str) + "\n")

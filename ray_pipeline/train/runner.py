@@ -21,6 +21,7 @@ from ray_pipeline.progress import remote_bar
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
+from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
 from ray_pipeline.train.worker import worker_loop
 
 
@@ -192,7 +193,21 @@ def train_model(
 
     run_dir = Path(cfg.resolve(cfg.training.run_root)) / name
     history = out.get("history", [])
-    model.save(run_dir / "model")
+    params = {k: v for k, v in config.items() if k not in ("fail_marker", "progress_key", "measure_memory")}
+    lineage = {
+        "training_set": training_set_path(cfg),
+        # the path is overwritten by every `features fit`: the digest says which rows these were
+        "training_set_sha256": prepared.source_sha256,
+        "event_time_range": prepared.split.get("event_time_range"),
+        "split": prepared.split,
+        "feature_spec_hash": prepared.spec.content_hash(),
+        "config_hash": cfg.content_hash(),
+        "ray_train_run": str(result.path),
+        "worker_nodes": out.get("worker_nodes", []),
+    }
+    artifacts = RunArtifacts(kind, prepared.spec, test_metrics, {"workers": workers, **params}, lineage,
+                             prepared.rows, history)  # fmt: skip
+    write_run(run_dir, model, artifacts)
     if prepared.raw_train is not None:  # what monitoring compares served traffic with
         t0 = time.perf_counter()
         if prepared.input_profile is None:
@@ -200,26 +215,7 @@ def train_model(
             prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
         save_profile(with_scores(prepared.input_profile, p), run_dir)
         timings["profile_s"] = time.perf_counter() - t0
-    prepared.spec.save(run_dir / "feature_spec.json")
-    evaluate.save_plots(run_dir / "plots", history, y, p, kind)
-    params = {k: v for k, v in config.items() if k not in ("fail_marker", "progress_key", "measure_memory")}
-    evaluate.write_json(run_dir / "metrics.json", {"test": test_metrics, "rows": prepared.rows})
-    evaluate.write_json(run_dir / "params.json", {"model": kind, "workers": workers, **params})
-    evaluate.write_json(run_dir / "history.json", history)
-    evaluate.write_json(
-        run_dir / "lineage.json",
-        {
-            "training_set": training_set_path(cfg),
-            # the path is overwritten by every `features fit`: the digest says which rows these were
-            "training_set_sha256": prepared.source_sha256,
-            "event_time_range": prepared.split.get("event_time_range"),
-            "split": prepared.split,
-            "feature_spec_hash": prepared.spec.content_hash(),
-            "config_hash": cfg.content_hash(),
-            "ray_train_run": str(result.path),
-            "worker_nodes": out.get("worker_nodes", []),
-        },
-    )
+    evaluate.save_plots(run_dir / PLOTS_DIR, history, y, p, kind)
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
         out.get("worker_nodes", []), out.get("resumed_from"), out.get("worker_memory_mb"),

@@ -1,0 +1,97 @@
+"""The training-run directory: the one place its layout is written, read and checked.
+
+    RUN/
+      model/                   the model (JSON or XGBoost .ubj, never pickle)
+      feature_spec.json        the FeatureSpec the model was trained with
+      metrics.json             {"test": {metric: value}, "rows": {split: count}}
+      params.json              {"model": "logreg" | "xgboost", ...training parameters}
+      lineage.json             training-data digest, event-time range, split, hashes, Ray Train run
+      history.json             per epoch / boosting round (optional)
+      reference_profile.json   what monitoring compares traffic with (optional, monitor/profile.py)
+      plots/                   PNG curves (optional, train/evaluate.py)
+
+The registry copies a run directory as it is into an immutable version, so a registered version
+has the same layout: `load_spec` and `model_dir` read both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray_pipeline.errors import UserError
+from ray_pipeline.features.spec import FeatureSpec
+
+MODEL_DIR = "model"
+SPEC_FILE = "feature_spec.json"
+METRICS_FILE = "metrics.json"
+PARAMS_FILE = "params.json"
+LINEAGE_FILE = "lineage.json"
+HISTORY_FILE = "history.json"
+PLOTS_DIR = "plots"
+REQUIRED = (MODEL_DIR, SPEC_FILE, METRICS_FILE, PARAMS_FILE, LINEAGE_FILE)
+KINDS = ("logreg", "xgboost")
+
+
+@dataclass
+class RunArtifacts:
+    """What a run directory holds besides the model files and plots."""
+
+    kind: str
+    spec: FeatureSpec
+    metrics: dict[str, float]  # on the test split
+    params: dict[str, Any]
+    lineage: dict[str, Any]
+    rows: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def write_run(run_dir: str | Path, model: Any, run: RunArtifacts) -> Path:
+    """Write `model` (anything with `save(directory)`) and `run` into `run_dir`; returns the directory."""
+    run_dir = Path(run_dir)
+    model.save(run_dir / MODEL_DIR)
+    run.spec.save(run_dir / SPEC_FILE)
+    _write_json(run_dir / METRICS_FILE, {"test": run.metrics, "rows": run.rows})
+    _write_json(run_dir / PARAMS_FILE, {**run.params, "model": run.kind})
+    _write_json(run_dir / LINEAGE_FILE, run.lineage)
+    _write_json(run_dir / HISTORY_FILE, run.history)
+    return run_dir
+
+
+def read_run(run_dir: str | Path) -> RunArtifacts:
+    """Read and check a run directory; errors name the directory and the missing or bad file."""
+    run_dir = Path(run_dir)
+    missing = [name for name in REQUIRED if not (run_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: not a training run directory (missing {', '.join(missing)})")
+    metrics, params = _read_json(run_dir / METRICS_FILE), _read_json(run_dir / PARAMS_FILE)
+    if not isinstance(metrics.get("test"), dict):
+        raise UserError(f"{run_dir / METRICS_FILE}: no 'test' metrics")
+    if params.get("model") not in KINDS:
+        raise UserError(f"{run_dir / PARAMS_FILE}: model {params.get('model')!r}, expected one of {KINDS}")
+    history = _read_json(run_dir / HISTORY_FILE) if (run_dir / HISTORY_FILE).exists() else []
+    return RunArtifacts(params["model"], load_spec(run_dir), metrics["test"], params,
+                        _read_json(run_dir / LINEAGE_FILE), metrics.get("rows", {}), history)  # fmt: skip
+
+
+def load_spec(directory: str | Path) -> FeatureSpec:
+    """The FeatureSpec of a run directory or registered version."""
+    return FeatureSpec.load(Path(directory) / SPEC_FILE)
+
+
+def model_dir(directory: str | Path) -> Path:
+    """Where a run directory or registered version keeps its model files."""
+    return Path(directory) / MODEL_DIR
+
+
+def _write_json(path: Path, body: Any) -> None:
+    path.write_text(json.dumps(body, indent=2, default=str) + "\n")  # times and paths as text
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
