@@ -173,6 +173,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             marker = Path(config["fail_marker"])
             if not marker.exists():  # fail once, like a lost node; the restarted group must resume
                 marker.write_text(f"killed rank {rank} at epoch {epoch}\n")
+                # The controller registers reported checkpoints when it polls (every 0.25 s in a
+                # fit): a few epochs of a small table take less, and a kill before any poll would
+                # restart from scratch. A real node loss comes long after the last checkpoint.
+                time.sleep(1.0)
                 os._exit(1)
         lr = learning_rate(config["learning_rate"], config["lr_schedule"], epoch, epochs)
         if second is not None:
