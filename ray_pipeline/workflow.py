@@ -116,7 +116,7 @@ def run_pipeline(
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.features.pipeline import build_features, materialize_online
     from ray_pipeline.train.data import describe_split, prepare_training_set
-    from ray_pipeline.train.runner import summary, train_model
+    from ray_pipeline.train.runner import in_process_or, summary, train_model
 
     models = check_models(list(models))
     stages = stages or Stages(5 + bool(serve), echo)
@@ -143,7 +143,9 @@ def run_pipeline(
              f"from {len(prepared.spec.input_columns)} columns")  # fmt: skip
 
     runs: list[TrainRun] = []
-    with stages.stage("train", f"training on Ray Train ({cfg.training.workers} workers): {', '.join(models)}"):
+    workers = in_process_or(cfg.training, prepared)
+    where = f"{workers} workers" if workers else "in-process: a small table"
+    with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
         for kind in models:
             run = train_model(cfg, kind, prepared=prepared)
             runs.append(run)

@@ -10,7 +10,7 @@ from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.objective import shard_sums
 from ray_pipeline.train.rundir import PLOTS_DIR, model_dir, read_run
-from ray_pipeline.train.runner import train_model
+from ray_pipeline.train.runner import in_process_or, summary, train_model
 
 from .helpers import TRUE_BIAS, TRUE_COEF, linear_cfg, linear_prepared
 
@@ -48,7 +48,7 @@ def linear(ray_session):
 @pytest.mark.slow
 def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     cfg = linear_cfg(tmp_path, epochs=400, learning_rate=2.0, early_stopping_patience=400)
-    run = train_model(cfg, "logreg", workers=0, prepared=linear)
+    run = train_model(cfg, "logreg", prepared=linear)  # a small table: in-process by default
     np.testing.assert_allclose(run.model.weights, TRUE_COEF, atol=0.12)
     assert run.model.bias == pytest.approx(TRUE_BIAS, abs=0.1)
     assert run.metrics["log_loss"] < 0.5
@@ -58,6 +58,18 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     written = read_run(run.run_dir)
     assert (written.kind, written.metrics, written.spec) == ("logreg", run.metrics, run.spec)
     assert written.params["workers"] == 0 and len(written.history) == len(run.history)
+    assert "in-process" in summary(run)
+    cfg.training.in_process_max_rows = linear.train.count() - 1  # one row more than in-process allows
+    assert in_process_or(cfg.training, linear) == cfg.training.workers == 2
+
+
+@pytest.mark.slow
+def test_xgboost_trains_in_process(linear, tmp_path):
+    cfg = linear_cfg(tmp_path)
+    cfg.training.xgboost.num_boost_round = 30
+    run = train_model(cfg, "xgboost", prepared=linear)
+    assert run.params["workers"] == 0 and 0 < len(run.history) <= 30
+    assert run.metrics["log_loss"] < 0.6 and (model_dir(run.run_dir) / "model.ubj").exists()
 
 
 @pytest.mark.slow

@@ -212,7 +212,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             state.stale += 1
             stop = state.stale >= config["patience"]
         progress(epoch + 1, epochs, force=stop or epoch == epochs - 1)
-        if rank == 0 and (epoch % config["log_every"] == 0 or stop or epoch == epochs - 1):
+        if rank == 0 and config["log_every"] and (epoch % config["log_every"] == 0 or stop or epoch == epochs - 1):
             print(f"epoch {epoch + 1:4d}  train_loss {train_loss:.6f}  valid_loss {valid_loss:.6f}  lr {lr:.4g}")
         if (epoch + 1) % config["checkpoint_every"] == 0 or stop or epoch == epochs - 1:
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss}

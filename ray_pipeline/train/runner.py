@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_pipeline.config import PipelineConfig
+from ray_pipeline.config import PipelineConfig, TrainingConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
@@ -103,6 +103,19 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
 NEWTON_MAX_FEATURES = 500
 
 
+def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
+    """`training.workers`, or 0 (in-process) when the train split has at most `in_process_max_rows`.
+
+    Starting Ray Train's controller and worker processes costs ~8 s on 2 cores (benchmarks/train.py)
+    while the training loop on 100k rows takes well under a second: a small table gains nothing
+    from workers but that wait.
+    """
+    rows = prepared.rows.get("train")
+    if rows is None:
+        rows = prepared.train.count()
+    return 0 if rows <= training.in_process_max_rows else training.workers
+
+
 def resolve_optimizer(optimizer: str, n_features: int) -> str:
     """The optimizer `auto` stands for at this many features."""
     if optimizer != "auto":
@@ -153,8 +166,12 @@ def train_model(
     placement_strategy: str = "PACK",
     measure_memory: bool = False,
 ) -> TrainRun:
-    """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it."""
-    from ray.train.xgboost import RayTrainReportCallback
+    """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
+
+    `workers`: Ray Train workers, 0 for in-process; by default `training.workers`, or in-process
+    for a train split of at most `training.in_process_max_rows` rows.
+    """
+    import xgboost
 
     from ray_pipeline.features.pipeline import training_set_path
 
@@ -166,10 +183,13 @@ def train_model(
         prepared = prepare_training_set(cfg)
     timings["prepare_s"] = time.perf_counter() - t0
 
-    workers = cfg.training.workers if workers is None else workers
+    if workers is None:
+        workers = in_process_or(cfg.training, prepared)
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
     config = {**loop_config(kind, cfg, len(names), fault), "progress_key": name, "measure_memory": measure_memory}
+    if workers == 0:  # in-process the loop's lines would land in the user's terminal: the bar says it
+        config["log_every"] = None
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
     with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):
@@ -182,7 +202,10 @@ def train_model(
         raise result.error
     out = result.return_value or {}
     if kind == "xgboost":
-        model: Any = XGBoostModel(RayTrainReportCallback.get_model(result.checkpoint), names)
+        # From the loop's return value: in-process runs keep no checkpoint to read it from.
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(out["model_ubj"]))
+        model: Any = XGBoostModel(booster, names)
     else:
         model = LogisticModel(np.asarray(out["theta"]), float(out["bias"]), names)
 
@@ -193,7 +216,8 @@ def train_model(
 
     run_dir = Path(cfg.resolve(cfg.training.run_root)) / name
     history = out.get("history", [])
-    params = {k: v for k, v in config.items() if k not in ("fail_marker", "progress_key", "measure_memory")}
+    internal = ("fail_marker", "progress_key", "measure_memory")
+    params = {"workers": workers, **{k: v for k, v in config.items() if k not in internal}}
     lineage = {
         "training_set": training_set_path(cfg),
         # the path is overwritten by every `features fit`: the digest says which rows these were
@@ -205,7 +229,7 @@ def train_model(
         "ray_train_run": str(result.path),
         "worker_nodes": out.get("worker_nodes", []),
     }
-    artifacts = RunArtifacts(kind, prepared.spec, test_metrics, {"workers": workers, **params}, lineage,
+    artifacts = RunArtifacts(kind, prepared.spec, test_metrics, params, lineage,
                              prepared.rows, history)  # fmt: skip
     write_run(run_dir, model, artifacts)
     if prepared.raw_train is not None:  # what monitoring compares served traffic with
@@ -226,11 +250,12 @@ def summary(run: TrainRun) -> str:
     """Plain-text report of a run."""
     t = run.timings
     nodes = len(set(run.worker_nodes))
+    where = f"{len(run.worker_nodes)} worker(s) on {nodes} node(s)" if run.params.get("workers") else "in-process"
     return "\n".join(
         [
             evaluate.render(run.kind, run.metrics),
             f"         {len(run.history)} {'epochs' if run.kind == 'logreg' else 'rounds'}, "
-            f"{len(run.worker_nodes)} worker(s) on {nodes} node(s); prepare {t['prepare_s']:.1f} s, "
+            f"{where}; prepare {t['prepare_s']:.1f} s, "
             f"fit {t['fit_s']:.1f} s, evaluate {t['evaluate_s']:.1f} s -> {run.run_dir}",
         ]
     )

@@ -109,7 +109,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         # (about 10% of a round on 1M rows, 2 workers).
         evals=[(dtrain, "train"), (dvalid, "valid")] if config["eval_train"] else [(dvalid, "valid")],
         early_stopping_rounds=config["early_stopping_rounds"],
-        verbose_eval=config["log_every"],
+        verbose_eval=config["log_every"] or False,
         xgb_model=booster,
         evals_result=history,
         callbacks=[
@@ -128,4 +128,5 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "best_iteration": final.best_iteration,
         "resumed_from": done or None,
         "loop_s": time.perf_counter() - started,
+        "model_ubj": bytes(final.save_raw("ubj")),  # the driver's copy (checkpoints are for resuming)
     }
