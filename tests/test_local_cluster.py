@@ -125,6 +125,7 @@ def _own_table_config(tmp_path: Path) -> Path:
     assert result.exit_code == 0, result.output
     body = yaml.safe_load(config.read_text())
     body["training"]["workers"] = 2
+    body["training"]["in_process_max_rows"] = 0  # train on Ray Train workers, as a large table would
     config.write_text(yaml.safe_dump(body, sort_keys=False))
     return config
 
