@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,10 +45,19 @@ def _postgres_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A real PostgreSQL server for this test run: initdb in a temp dir, a free port, run as a
-    non-root user (PostgreSQL refuses root); yields an admin SQLAlchemy URL."""
+@dataclass
+class Postgres:
+    """One PostgreSQL server of the tests: its admin URL, and stop / start for fault tests."""
+
+    url: str
+    stop: Callable[[], None]
+    start: Callable[[], None]
+
+
+@contextmanager
+def postgres_instance() -> Iterator[Postgres]:
+    """A real PostgreSQL server: initdb in a temp dir, a free port, run as a non-root user
+    (PostgreSQL refuses root); removed afterwards. Skips (fails when CI=true) without PostgreSQL."""
     import subprocess
     import tempfile
 
@@ -71,11 +83,27 @@ def postgres_server():
     subprocess.run([*prefix, initdb, "-D", data, "-U", "rp", "--auth=trust", "-E", "UTF8"],
                    check=True, capture_output=True)  # fmt: skip
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(base, "log"), "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
-    yield f"postgresql+psycopg://rp@127.0.0.1:{port}/postgres"
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
-    shutil.rmtree(base, ignore_errors=True)
+
+    def start() -> None:
+        subprocess.run([*prefix, pg_ctl, "-D", data, "-o", options, "-l", os.path.join(base, "log"), "-w", "start"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def stop() -> None:
+        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
+
+    start()
+    try:
+        yield Postgres(f"postgresql+psycopg://rp@127.0.0.1:{port}/postgres", stop, start)
+    finally:
+        stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The session's PostgreSQL server; yields an admin SQLAlchemy URL."""
+    with postgres_instance() as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from ray_pipeline.registry.store import Registry, RegistryError
 from ray_pipeline.train.models import LogisticModel
 from ray_pipeline.train.rundir import PARAMS_FILE, SPEC_FILE, model_dir, read_run
 
+from .conftest import postgres_instance
 from .helpers import SPEC, make_run
 
 
@@ -119,6 +120,38 @@ def test_crash_during_registration_leaves_nothing_visible(registry, tmp_path):
     assert [v.version for v in registry.versions("fraud")] == [1]
     assert register_run(registry, "fraud", run).version == 2  # the debris folder is replaced
     load(registry, "models:/fraud/2")
+
+
+def test_an_unreachable_database_is_named_and_nothing_is_registered(tmp_path):
+    from ray_pipeline.runtime import free_port
+
+    url = f"postgresql+psycopg://rp:secret@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    with pytest.raises(RegistryError, match=r"registry database postgresql\+psycopg://rp:\*\*\*@127.0.0.1:\d+/postgres: "
+                                            r".*(refused|failed)"):
+        register_run(Registry(url, tmp_path / "art"), "fraud", make_run(tmp_path, 0.4, 0.8))
+    assert list((tmp_path / "art").iterdir()) == [], "no artifacts without a registry to record them"
+
+
+@pytest.mark.slow
+def test_postgres_stopped_during_registration_leaves_no_partial_version(tmp_path):
+    """The server goes down with a registration's transaction open: a clear error, no version."""
+    run = make_run(tmp_path, 0.4, 0.8)
+    with postgres_instance() as server:
+        registry = Registry(server.url, tmp_path / "art")
+        register_run(registry, "fraud", run)
+
+        class StopsTheServer(Registry):
+            def _before_commit(self, version: int) -> None:
+                server.stop()
+
+        with pytest.raises(RegistryError, match="registry database postgresql"):
+            register_run(StopsTheServer(server.url, tmp_path / "art"), "fraud", run)
+        with pytest.raises(RegistryError, match="registry database postgresql"):
+            registry.versions("fraud")  # while it is down: an error naming it, not a hang
+        server.start()
+        assert [v.version for v in registry.versions("fraud")] == [1], "the interrupted version was not committed"
+        assert register_run(registry, "fraud", run).version == 2  # gap-free; the folder it left is replaced
+        load(registry, "models:/fraud/2")
 
 
 def test_aliases_history_and_rollback(registry, tmp_path):

@@ -43,6 +43,8 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
 MANIFEST = "MANIFEST.json"
@@ -215,11 +217,28 @@ class Registry:
     @contextmanager
     def _transaction(self, *locks: str) -> Iterator[Connection]:
         """A write transaction holding the write lock (SQLite) or each named advisory lock (PostgreSQL)."""
-        with self._writer.begin() as db:
+        with self._reachable(), self._writer.begin() as db:
             if db.dialect.name == "postgresql":
                 for name in sorted(locks):  # sorted: two writers never wait on each other in a cycle
                     db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
             yield db
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read connection."""
+        with self._reachable(), self._reader.connect() as db:
+            yield db
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Database failures (server down or unreachable, connection lost mid-transaction) as a
+        RegistryError naming the database; the transaction is rolled back or never committed."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            where = make_url(self.db).render_as_string(hide_password=True)
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise RegistryError(f"registry database {where}: {reason}") from exc
 
     # ----------------------------------------------------------------------------------- write
 
@@ -353,18 +372,18 @@ class Registry:
         query = select(VERSIONS).order_by(VERSIONS.c.name, VERSIONS.c.version)
         if name is not None:
             query = query.where(VERSIONS.c.name == name)
-        with self._reader.connect() as db:
+        with self._read() as db:
             return [_version(tuple(r)) for r in db.execute(query)]
 
     def get(self, name: str, version: int) -> ModelVersion:
         """One version's record."""
-        with self._reader.connect() as db:
+        with self._read() as db:
             return self._get(db, name, version)
 
     def aliases(self, name: str) -> dict[str, int]:
         """Alias -> version for `name`."""
         query = select(ALIASES.c.alias, ALIASES.c.version).where(ALIASES.c.name == name).order_by(ALIASES.c.alias)
-        with self._reader.connect() as db:
+        with self._read() as db:
             return {a: v for a, v in db.execute(query)}
 
     def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
@@ -373,7 +392,7 @@ class Registry:
         query = select(h.name, h.alias, h.at, h.from_version, h.to_version, h.reason, h.actor).where(h.name == name)
         if alias is not None:
             query = query.where(h.alias == alias)
-        with self._reader.connect() as db:
+        with self._read() as db:
             return [AliasChange(*r) for r in db.execute(query.order_by(h.id))]
 
     def resolve(self, uri: str) -> ModelVersion:
