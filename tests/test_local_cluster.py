@@ -170,6 +170,23 @@ def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained):
     assert Path(cfg.resolve(cfg.data.output.accepted)).is_dir()  # outputs on the shared storage
 
 
+def test_a_job_naming_a_path_the_cluster_lacks_says_it_must_be_shared(local_cluster, trained, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    body = yaml.safe_load(trained.read_text())
+    body["data"]["source"]["path"] = "/home/me/laptop-only/churn.csv"  # on the submitting machine only
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    client = JobSubmissionClient(local_cluster.dashboard, headers=local_cluster.headers())
+    job = client.submit_job(entrypoint=f"ray-pipeline run --config {config}", runtime_env={"working_dir": str(ROOT)})
+    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    assert wait_until(lambda: client.get_job_status(job) in finished, 300, every=2), "job did not finish in time"
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.FAILED
+    assert "/home/me/laptop-only/churn.csv: source not found" in logs, logs[-2000:]
+    assert "storage every node shares" in logs and "Traceback" not in logs  # one clear line, exit 2
+
+
 def _driver(local_cluster, mode: str, workdir: Path) -> subprocess.Popen:
     # a driver joins through the head's GCS port (the dashboard address is the job API's)
     env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"],

@@ -81,6 +81,18 @@ def _format_of(path: str) -> str | None:
     return None
 
 
+def _shared_storage_hint(location: str) -> str:
+    """On a multi-node Ray cluster, why a local path may be missing: it is on another machine."""
+    import socket
+
+    import ray
+
+    if "://" in location or not ray.is_initialized() or sum(n["Alive"] for n in ray.nodes()) < 2:
+        return ""
+    return (f" on {socket.gethostname()}, where this job runs: on a Ray cluster, inputs must be on storage every "
+            "node shares (an s3:// or gs:// URI, or a filesystem mounted at the same path on every node)")  # fmt: skip
+
+
 def resolve_source(source: SourceConfig, location: str) -> SourceFiles:
     """List the files behind `location` (file, directory or glob) and settle their format."""
     fs, path = _split(location)
@@ -95,7 +107,7 @@ def resolve_source(source: SourceConfig, location: str) -> SourceFiles:
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise IngestError(f"{location}: source not found (no such file or directory)")
+            raise IngestError(f"{location}: source not found (no such file or directory){_shared_storage_hint(location)}")
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             files = sorted(i.path for i in infos if i.type == pafs.FileType.File and not _is_hidden(i.path))
