@@ -36,11 +36,11 @@ def _partial(batch: pa.Table, label: str) -> pa.Table:
 
 def ground_truth_summary(accepted_path: str, label: str) -> GroundTruth:
     """Label rate, mean p_true and Bayes log-loss of the Parquet rows at `accepted_path`."""
+    from ray.data.aggregate import Sum
+
     from ray_pipeline.data.sources import read_parquet
 
     ds = read_parquet(accepted_path, columns=[label, "p_true"])
-    from ray.data.aggregate import Sum
-
     parts = ds.map_batches(_partial, fn_kwargs={"label": label}, batch_format="pyarrow")
     total = parts.aggregate(*[Sum(k, alias_name=k) for k in ("n", "y", "p", "loss")])
     n = int((total or {}).get("n") or 0)
