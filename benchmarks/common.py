@@ -11,6 +11,22 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_config_body(workdir: Path) -> dict[str, Any]:
+    """configs/demo.yaml as a dict without feature views (raw inputs only: no feature store
+    needed) and with its runs under `workdir`; a benchmark edits it, then `parse_config`s it."""
+    from ray_pipeline.config import load_config
+
+    body = load_config(ROOT / "configs" / "demo.yaml").model_dump(by_alias=True)
+    body["features"]["views"] = {}
+    body["features"]["numeric"] = {
+        k: v for k, v in body["features"]["numeric"].items() if k in body["data"]["schema"]["features"]
+    }
+    body["training"]["run_root"] = str(workdir / "runs")
+    body["training"]["checkpoint_every"] = 100
+    return body
 
 
 def machine() -> dict[str, Any]:

@@ -23,27 +23,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_results  # noqa: E402
+from common import ROOT, demo_config_body, table, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 UP, DOWN = ROOT / "cluster" / "local" / "up.sh", ROOT / "cluster" / "local" / "down.sh"
 STAGES = ("ingest", "features", "prepare (fit + transform)", "train logreg", "train xgboost")
 
 
 def _config(workdir: Path, raw: Path, nodes: int):
     """demo.yaml on the generated rows, without feature views, training on one worker per node."""
-    from ray_pipeline.config import load_config, parse_config
+    from ray_pipeline.config import parse_config
 
-    body = load_config(ROOT / "configs" / "demo.yaml").model_dump(by_alias=True)
+    body = demo_config_body(workdir)
     body["data"]["source"]["path"] = str(raw)
     body["data"]["output"]["root"] = str(workdir / "ingested")
-    body["features"]["views"] = {}
     body["features"]["store_root"] = str(workdir / "features")
-    body["features"]["numeric"] = {
-        k: v for k, v in body["features"]["numeric"].items() if k in body["data"]["schema"]["features"]
-    }
-    body["training"].update(run_root=str(workdir / "runs"), workers=nodes, cpus_per_worker=1.0,
-                            in_process_max_rows=0, checkpoint_every=100)  # fmt: skip
+    body["training"].update(workers=nodes, cpus_per_worker=1.0, in_process_max_rows=0)
     body["training"]["logreg"]["optimizer"] = "newton"
     return parse_config(body)
 

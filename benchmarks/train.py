@@ -27,24 +27,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, table, write_results  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import demo_config_body, peak_rss_mb, table, write_results  # noqa: E402
 
 
 def _config(workdir: Path):
-    from ray_pipeline.config import load_config
-
-    raw = load_config(ROOT / "configs" / "demo.yaml").model_dump(by_alias=True)
-    raw["features"]["views"] = {}
-    raw["features"]["numeric"] = {
-        k: v for k, v in raw["features"]["numeric"].items() if k in raw["data"]["schema"]["features"]
-    }
-    raw["training"]["run_root"] = str(workdir / "runs")
-    raw["training"]["checkpoint_every"] = 100
     from ray_pipeline.config import parse_config
 
-    return parse_config(raw)
+    return parse_config(demo_config_body(workdir))
 
 
 def _prepared(cfg, rows: int, seed: int):

@@ -147,7 +147,7 @@ def run_pipeline(
     where = f"{workers} workers" if workers else "in-process: a small table"
     with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
         for kind in models:
-            run = train_model(cfg, kind, prepared=prepared)
+            run = train_model(cfg, kind, workers, prepared=prepared)
             runs.append(run)
             echo(summary(run))
 

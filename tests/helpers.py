@@ -142,7 +142,8 @@ def linear_prepared(rows: int = 20_000, seed: int = 0) -> Prepared:
                              mean=0.0, std=1.0, count=rows, missing=0) for i in range(len(TRUE_COEF))],
         categorical=[],
     )  # fmt: skip
-    return Prepared(spec, split(rows), split(rows // 4), split(rows // 4), {"by": "synthetic"}, {})
+    counts = {"train": rows, "valid": rows // 4, "test": rows // 4}
+    return Prepared(spec, *(split(n) for n in counts.values()), {"by": "synthetic"}, counts)
 
 
 def linear_cfg(tmp_path, **logreg) -> PipelineConfig:

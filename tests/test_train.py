@@ -59,7 +59,7 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     assert (written.kind, written.metrics, written.spec) == ("logreg", run.metrics, run.spec)
     assert written.params["workers"] == 0 and len(written.history) == len(run.history)
     assert "in-process" in summary(run)
-    cfg.training.in_process_max_rows = linear.train.count() - 1  # one row more than in-process allows
+    cfg.training.in_process_max_rows = linear.rows["train"] - 1  # one row more than in-process allows
     assert in_process_or(cfg.training, linear) == cfg.training.workers == 2
 
 

@@ -110,10 +110,7 @@ def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
     while the training loop on 100k rows takes well under a second: a small table gains nothing
     from workers but that wait.
     """
-    rows = prepared.rows.get("train")
-    if rows is None:
-        rows = prepared.train.count()
-    return 0 if rows <= training.in_process_max_rows else training.workers
+    return 0 if prepared.rows["train"] <= training.in_process_max_rows else training.workers
 
 
 def resolve_optimizer(optimizer: str, n_features: int) -> str:
@@ -123,10 +120,14 @@ def resolve_optimizer(optimizer: str, n_features: int) -> str:
     return "newton" if n_features <= NEWTON_MAX_FEATURES else "lbfgs"
 
 
-def loop_config(kind: str, cfg: PipelineConfig, n_features: int, fault: dict[str, Any] | None) -> dict[str, Any]:
+def loop_config(kind: str, cfg: PipelineConfig, n_features: int, workers: int,
+                fault: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     """Everything the worker loop needs, as plain data."""
     training = cfg.training
-    common = {"n_features": n_features, "checkpoint_every": training.checkpoint_every, "log_every": 10, **(fault or {})}
+    # In-process the loop's lines would land in the user's terminal, where the progress bar says it.
+    log_every = 10 if workers else None
+    common = {"n_features": n_features, "checkpoint_every": training.checkpoint_every, "log_every": log_every,
+              **(fault or {})}  # fmt: skip
     if kind == "xgboost":
         x = training.xgboost
         return {
@@ -187,9 +188,8 @@ def train_model(
         workers = in_process_or(cfg.training, prepared)
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
-    config = {**loop_config(kind, cfg, len(names), fault), "progress_key": name, "measure_memory": measure_memory}
-    if workers == 0:  # in-process the loop's lines would land in the user's terminal: the bar says it
-        config["log_every"] = None
+    config = {**loop_config(kind, cfg, len(names), workers, fault), "progress_key": name,
+              "measure_memory": measure_memory}  # fmt: skip
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
     with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):
