@@ -402,7 +402,7 @@ def models_list(config: ConfigOpt, name: NameOpt = None) -> None:
 @_friendly_errors
 def models_register(
     config: ConfigOpt,
-    run_dir: Annotated[Path, typer.Option("--run", help="A training run directory (printed by `train`).")],
+    run_dir: Annotated[str, typer.Option("--run", help="A training run directory or URI (printed by `train`).")],
     name: NameOpt = None,
 ) -> None:
     """Register a training run as a new version (promote it with `models promote`)."""

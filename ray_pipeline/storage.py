@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
 
-def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding `path` and the path within it."""
+    path = str(path)
     return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
 
 
@@ -62,3 +67,76 @@ def tree_sha256(path: str) -> str:
         with fs.open_input_stream(f) as stream:
             digest.update(f"{rel}\0{hashlib.file_digest(stream, 'sha256').hexdigest()}\n".encode())
     return digest.hexdigest()
+
+
+def is_local(path: str | Path) -> bool:
+    """True for a local path or file:// URI (where rename is atomic and files can be opened in place)."""
+    return isinstance(filesystem(str(path))[0], pafs.LocalFileSystem)
+
+
+def join(root: str | Path, *parts: str) -> str:
+    """`root/part/...` for a local path or a URI alike."""
+    return "/".join([str(root).rstrip("/"), *parts])
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a file or directory exists."""
+    fs, p = filesystem(str(path))
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes; FileNotFoundError names the path."""
+    fs, p = filesystem(str(path))
+    try:
+        with fs.open_input_stream(p) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+
+
+def list_files(path: str | Path) -> dict[str, int]:
+    """Every file under a directory, recursively: relative path -> size in bytes."""
+    fs, root = filesystem(str(path))
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return {}
+    prefix = root.rstrip("/") + "/"
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return {i.path[len(prefix) :]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def copy_tree(source: str | Path, dest: str | Path) -> None:
+    """Copy a directory's files to another directory, across filesystems (local <-> s3 <-> gs)."""
+    src_fs, src = filesystem(str(source))
+    dst_fs, dst = filesystem(str(dest))
+    if src_fs.get_file_info(src).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{source}: no such directory")
+    dst_fs.create_dir(dst, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=True)
+
+
+def delete_tree(path: str | Path) -> None:
+    """Remove a directory and everything under it, if it exists."""
+    fs, p = filesystem(str(path))
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+
+
+@contextmanager
+def local_dir(path: str | Path) -> Iterator[Path]:
+    """A local directory to write `path`'s files in: `path` itself when local; otherwise a temp
+    directory uploaded to `path` when the block ends without an error (libraries that only
+    write local files, such as XGBoost and matplotlib, write there)."""
+    if is_local(path):
+        local = Path(filesystem(str(path))[1])
+        local.mkdir(parents=True, exist_ok=True)
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix="rp-upload-") as tmp:
+        yield Path(tmp)
+        copy_tree(tmp, path)
+
+
+def describe(path: str | Path) -> str:
+    """A path or URI as shown in messages: query parameters (which may hold credentials) removed."""
+    return str(path).split("?", 1)[0]

@@ -122,7 +122,70 @@ def postgres_db(postgres_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_server_or_none() -> Iterator[str | None]:
+    """An S3-compatible server (moto's server mode, a process of its own) on a free port, or None
+    without moto. AWS_ENDPOINT_URL and test credentials point this process at it, and Ray's
+    processes too: `ray_session` starts after it, so its workers inherit them."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ray_pipeline.runtime import free_port
+
+    from .helpers import wait_until
+
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(endpoint, timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        if not wait_until(up, 30):
+            raise RuntimeError(f"moto server on {endpoint} did not answer in 30 s")
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_server_or_none: str | None) -> str:
+    """The session's S3-compatible server endpoint; skips (fails when CI=true) without moto."""
+    if s3_server_or_none is None:
+        message = "moto not installed: install the dev extra (`pip install -e .[dev]`, make test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return s3_server_or_none
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh, empty bucket on the session's S3 server, as an s3:// URI."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    name = f"rp-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server_or_none):
     """The one Ray instance of this test run (started on first use, stopped at the end)."""
     from ray_pipeline.runtime import init_ray, shutdown_ray
 

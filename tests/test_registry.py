@@ -108,7 +108,7 @@ def test_crash_during_registration_leaves_nothing_visible(registry, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         register_run(crashing, "fraud", run)
     assert [v.version for v in registry.versions("fraud")] == [1]
-    assert not list((registry.root / "fraud").glob(".staging-*"))
+    assert not list((Path(registry.root) / "fraud").glob(".staging-*"))
     # A hard kill (no cleanup at all) between moving the folder and committing:
     script = (
         "import os, sys; from ray_pipeline.registry.store import Registry; "

@@ -3,6 +3,8 @@ scikit-learn, resume after a killed worker, XGBoost, evaluation outputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     assert run.model.bias == pytest.approx(TRUE_BIAS, abs=0.1)
     assert run.metrics["log_loss"] < 0.5
     for name in ("loss.png", "roc.png", "calibration.png"):
-        assert (run.run_dir / PLOTS_DIR / name).stat().st_size > 1000
+        assert (Path(run.run_dir) / PLOTS_DIR / name).stat().st_size > 1000
     assert (model_dir(run.run_dir) / "model.json").exists()
     written = read_run(run.run_dir)
     assert (written.kind, written.metrics, written.spec) == ("logreg", run.metrics, run.spec)

@@ -27,7 +27,6 @@ from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import window_rows
 from ray_pipeline.registry.models import open_registry
-from ray_pipeline.registry.store import verify_manifest
 from ray_pipeline.serve.predlog import log_files
 
 TABLE_SCHEMA = pa.schema([("window_start", pa.timestamp("us", tz="UTC")), ("window_end", pa.timestamp("us", tz="UTC")),
@@ -141,8 +140,7 @@ class Monitor:
             if v in self.refs:
                 continue
             try:
-                verify_manifest(Path(record.path), record.manifest_sha256)
-                self.refs[v] = load_profile(record.path)
+                self.refs[v] = load_profile(self.registry.checkout(record))
                 self.test_log_loss[v] = float(record.metrics.get("log_loss", float("nan")))
             except Exception as exc:
                 self.refs[v] = None

@@ -13,7 +13,7 @@ import pyarrow as pa
 from ray_pipeline.config import GateRule, PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_records, transform_table
-from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError, verify_manifest
+from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
 from ray_pipeline.train.models import load_model
 from ray_pipeline.train.rundir import load_spec, model_dir, read_run
 
@@ -42,7 +42,7 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
         "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
     }
     lineage = {**run.lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version()}
-    return registry.register(name, Path(run_dir), run.kind, run.metrics, run.params, signature, lineage)
+    return registry.register(name, run_dir, run.kind, run.metrics, run.params, signature, lineage)
 
 
 def _code_version() -> str | None:
@@ -83,8 +83,7 @@ class LoadedModel:
 def load(registry: Registry, uri: str) -> LoadedModel:
     """Load models:/NAME/VERSION or models:/NAME@ALIAS, verifying every file's checksum first."""
     version = registry.resolve(uri)
-    directory = Path(version.path)
-    verify_manifest(directory, version.manifest_sha256)
+    directory = registry.checkout(version)
     return LoadedModel(version, load_spec(directory), load_model(model_dir(directory)))
 
 

@@ -1,10 +1,13 @@
 """Model registry with MLflow's vocabulary (registered model, version, alias, models:/ URIs).
 
 Metadata lives in a SQL database through SQLAlchemy Core: a SQLite file by default, PostgreSQL
-(`postgresql+psycopg://...`) when several nodes must reach it. Each version's files live in
-`artifact_root/NAME/VERSION/` with a sha256 manifest. Registration copies into a staging folder
-first and makes the version visible in one transaction that also moves the folder into place, so
-a crash never leaves a half-registered version visible. Writers for one model are serialised
+(`postgresql+psycopg://...`) when several nodes must reach it. Each version's files live under
+`artifact_root` (a directory or an object-store URI) with a sha256 manifest. Registration copies
+into a unique staging prefix first and makes the version visible in one transaction: on a local
+disk that transaction also renames the folder to `NAME/VERSION/`; an object store has no atomic
+rename, so there the unique prefix stays where the version lives and the committed row is what
+makes it visible. Either way a crash never leaves a half-registered version visible, and files
+are checked against the manifest whenever a version is loaded (`checkout`). Writers for one model are serialised
 (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock per model name), so
 concurrent registrations get distinct, gap-free numbers and an alias move checks its gates
 against the holder it replaces.
@@ -17,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +48,19 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
+
+from ray_pipeline.storage import (
+    copy_tree,
+    delete_tree,
+    describe,
+    file_sha256,
+    filesystem,
+    is_local,
+    join,
+    list_files,
+    read_bytes,
+    write_text,
+)
 
 MANIFEST = "MANIFEST.json"
 URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9_.-]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_.-]+))$")
@@ -160,37 +175,37 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def write_manifest(directory: str | Path) -> str:
+    """Record sha256 and size of every file (path or URI); returns the manifest's own sha256."""
+    files = {rel: size for rel, size in list_files(directory).items() if rel != MANIFEST}
+    body = {rel: {"sha256": file_sha256(join(directory, rel)), "bytes": size} for rel, size in files.items()}
+    text_ = json.dumps(body, indent=2, sort_keys=True)
+    write_text(join(directory, MANIFEST), text_)
+    return hashlib.sha256(text_.encode()).hexdigest()
 
 
-def write_manifest(directory: Path) -> str:
-    """Record sha256 and size of every file; returns the manifest's own sha256."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    body = {str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
-    (directory / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
-    return _sha256(directory / MANIFEST)
-
-
-def verify_manifest(directory: Path, expected_sha256: str) -> None:
+def verify_manifest(directory: str | Path, expected_sha256: str) -> None:
     """Refuse an artifact whose files differ from what was registered."""
-    manifest = directory / MANIFEST
-    if not manifest.exists():
+    present = list_files(directory)
+    if MANIFEST not in present:
         raise RegistryError(f"{directory}: {MANIFEST} is missing")
-    if _sha256(manifest) != expected_sha256:
+    manifest = read_bytes(join(directory, MANIFEST))
+    if hashlib.sha256(manifest).hexdigest() != expected_sha256:
         raise RegistryError(f"{directory}: {MANIFEST} was modified after registration")
-    body = json.loads(manifest.read_text())
-    present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST}
-    extra = sorted(present - set(body))
+    body = json.loads(manifest)
+    extra = sorted(set(present) - set(body) - {MANIFEST})
     if extra:
         raise RegistryError(f"{directory}: files not in the manifest: {extra}")
     for rel, info in body.items():
-        path = directory / rel
-        if not path.exists():
+        if rel not in present:
             raise RegistryError(f"{directory}: {rel} is missing")
-        if path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+        if present[rel] != info["bytes"] or file_sha256(join(directory, rel)) != info["sha256"]:
             raise RegistryError(f"{directory}: {rel} does not match its checksum (tampered or truncated)")
+
+
+def _cache_root() -> Path:
+    """Where versions downloaded from an object store are kept (XDG cache directory)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ray-pipeline" / "models"
 
 
 class Registry:
@@ -198,8 +213,10 @@ class Registry:
 
     def __init__(self, db: str | Path, artifact_root: str | Path) -> None:
         self.db = db_url(db)
-        self.root = Path(artifact_root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = str(artifact_root)  # a directory or an object-store URI
+        with self._store():
+            fs, root = filesystem(self.root)
+            fs.create_dir(root, recursive=True)
         if self.db.startswith("sqlite"):
             self._writer, self._reader = _sqlite_engines(self.db)
         else:
@@ -209,7 +226,7 @@ class Registry:
 
     def __getstate__(self) -> dict[str, Any]:
         # Engines hold connections and locks: a copy in another process builds its own.
-        return {"db": self.db, "root": str(self.root)}
+        return {"db": self.db, "root": self.root}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["db"], state["root"])  # type: ignore[misc]
@@ -240,6 +257,18 @@ class Registry:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise RegistryError(f"registry database {where}: {reason}") from exc
 
+    @contextmanager
+    def _store(self) -> Iterator[None]:
+        """Artifact-store failures (unreachable endpoint, missing bucket, no permission) as a
+        RegistryError naming the store; a missing file keeps its own FileNotFoundError."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RegistryError(f"registry artifact store {describe(self.root)}: {reason}") from exc
+
     # ----------------------------------------------------------------------------------- write
 
     def register(
@@ -255,31 +284,42 @@ class Registry:
         """Copy `source_dir` in as version N+1 of `name` (N+1 visible only once complete)."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RegistryError(f"model name {name!r}: use letters, digits, '.', '_' or '-'")
-        staging = self.root / name / f".staging-{uuid.uuid4().hex}"
-        shutil.copytree(source_dir, staging)
-        manifest_sha = write_manifest(staging)
+        local = is_local(self.root)
+        # On a local disk a hidden staging folder renamed at commit; on an object store the unique
+        # prefix is where the version stays (no atomic rename), made visible by the committed row.
+        staging = join(self.root, name, f".staging-{uuid.uuid4().hex}" if local else uuid.uuid4().hex)
+        committed = False
         try:
+            with self._store():
+                copy_tree(source_dir, staging)
+                manifest_sha = write_manifest(staging)
             # One registrar per model at a time: numbers are distinct and gap-free.
             with self._transaction(f"model:{name}") as db:
                 latest = db.execute(select(func.coalesce(func.max(VERSIONS.c.version), 0))
                                     .where(VERSIONS.c.name == name)).scalar_one()  # fmt: skip
                 version = latest + 1
-                final = self.root / name / str(version)
-                if final.exists():  # debris of a crash between rename and commit: never registered
-                    shutil.rmtree(final)
-                os.replace(staging, final)
+                final = staging
+                if local:
+                    final = join(self.root, name, str(version))
+                    delete_tree(final)  # debris of a crash between rename and commit: never registered
+                    os.replace(filesystem(staging)[1], filesystem(final)[1])
                 record = ModelVersion(
-                    name, version, _now(), kind, str(final), manifest_sha, metrics, params, signature, lineage
+                    name, version, _now(), kind, final, manifest_sha, metrics, params, signature, lineage
                 )
                 db.execute(insert(VERSIONS).values(
-                    name=name, version=version, created_at=record.created_at, kind=kind, path=str(final),
+                    name=name, version=version, created_at=record.created_at, kind=kind, path=final,
                     manifest_sha256=manifest_sha, metrics=json.dumps(metrics), params=json.dumps(params),
                     signature=json.dumps(signature), lineage=json.dumps(lineage, default=str),
                 ))  # fmt: skip
                 self._before_commit(version)
+            committed = True
             return record
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if not committed or local:  # a local staging folder is gone once renamed
+                try:
+                    delete_tree(staging)
+                except OSError:
+                    pass  # the store is what failed: nothing refers to these files
 
     def _before_commit(self, version: int) -> None:
         """Hook for crash tests; does nothing."""
@@ -407,6 +447,34 @@ class Registry:
         if version is None:
             raise RegistryError(f"{uri}: alias {match['alias']!r} is not set")
         return self.get(name, version)
+
+    def checkout(self, record: ModelVersion) -> Path:
+        """A local directory holding the version's files, checked against its manifest: the
+        version's own folder on a local store, a cached download from an object store."""
+        with self._store():
+            if is_local(record.path):
+                local = Path(filesystem(record.path)[1])
+                verify_manifest(local, record.manifest_sha256)
+                return local
+            local = _cache_root() / record.name / f"{record.version}-{record.manifest_sha256[:16]}"
+            if local.exists():
+                try:
+                    verify_manifest(local, record.manifest_sha256)
+                    return local
+                except RegistryError:
+                    delete_tree(local)  # a damaged cached copy: fetch it again
+            tmp = local.with_name(f".{local.name}-{uuid.uuid4().hex}")
+            copy_tree(record.path, tmp)
+            try:
+                verify_manifest(tmp, record.manifest_sha256)
+            except RegistryError as exc:
+                delete_tree(tmp)
+                raise RegistryError(f"{record.uri} stored at {describe(record.path)}: {exc}") from None
+            try:
+                os.replace(tmp, local)
+            except OSError:  # another process put the same version there first
+                delete_tree(tmp)
+            return local
 
 
 def _version(row: tuple) -> ModelVersion:

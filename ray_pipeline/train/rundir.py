@@ -11,7 +11,9 @@
       plots/                   PNG curves (optional, train/evaluate.py)
 
 The registry copies a run directory as it is into an immutable version, so a registered version
-has the same layout: `load_spec` and `model_dir` read both.
+has the same layout: `load_spec` and `model_dir` read both. A run directory may be a local path or
+an object-store URI (s3://, gs://): it is written locally and uploaded (`storage.local_dir`), and
+read through `storage`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.storage import join, list_files, read_bytes
 
 MODEL_DIR = "model"
 SPEC_FILE = "feature_spec.json"
@@ -49,7 +52,7 @@ class RunArtifacts:
 
 
 def write_run(run_dir: str | Path, model: Any, run: RunArtifacts) -> Path:
-    """Write `model` (anything with `save(directory)`) and `run` into `run_dir`; returns the directory."""
+    """Write `model` (anything with `save(directory)`) and `run` into the local directory `run_dir`."""
     run_dir = Path(run_dir)
     model.save(run_dir / MODEL_DIR)
     run.spec.save(run_dir / SPEC_FILE)
@@ -61,28 +64,29 @@ def write_run(run_dir: str | Path, model: Any, run: RunArtifacts) -> Path:
 
 
 def read_run(run_dir: str | Path) -> RunArtifacts:
-    """Read and check a run directory; errors name the directory and the missing or bad file."""
-    run_dir = Path(run_dir)
-    missing = [name for name in REQUIRED if not (run_dir / name).exists()]
+    """Read and check a run directory (path or URI); errors name the directory and the missing or bad file."""
+    run_dir = str(run_dir)
+    present = {rel.split("/", 1)[0] for rel in list_files(run_dir)}  # top-level names; model/ is a folder
+    missing = [name for name in REQUIRED if name not in present]
     if missing:
         raise FileNotFoundError(f"{run_dir}: not a training run directory (missing {', '.join(missing)})")
-    metrics, params = _read_json(run_dir / METRICS_FILE), _read_json(run_dir / PARAMS_FILE)
+    metrics, params = _read_json(join(run_dir, METRICS_FILE)), _read_json(join(run_dir, PARAMS_FILE))
     if not isinstance(metrics.get("test"), dict):
-        raise UserError(f"{run_dir / METRICS_FILE}: no 'test' metrics")
+        raise UserError(f"{join(run_dir, METRICS_FILE)}: no 'test' metrics")
     if params.get("model") not in KINDS:
-        raise UserError(f"{run_dir / PARAMS_FILE}: model {params.get('model')!r}, expected one of {KINDS}")
-    history = _read_json(run_dir / HISTORY_FILE) if (run_dir / HISTORY_FILE).exists() else []
+        raise UserError(f"{join(run_dir, PARAMS_FILE)}: model {params.get('model')!r}, expected one of {KINDS}")
+    history = _read_json(join(run_dir, HISTORY_FILE)) if HISTORY_FILE in present else []
     return RunArtifacts(params["model"], load_spec(run_dir), metrics["test"], params,
-                        _read_json(run_dir / LINEAGE_FILE), metrics.get("rows", {}), history)  # fmt: skip
+                        _read_json(join(run_dir, LINEAGE_FILE)), metrics.get("rows", {}), history)  # fmt: skip
 
 
 def load_spec(directory: str | Path) -> FeatureSpec:
-    """The FeatureSpec of a run directory or registered version."""
-    return FeatureSpec.load(Path(directory) / SPEC_FILE)
+    """The FeatureSpec of a run directory or registered version (path or URI)."""
+    return FeatureSpec.from_json(read_bytes(join(directory, SPEC_FILE)).decode())
 
 
 def model_dir(directory: str | Path) -> Path:
-    """Where a run directory or registered version keeps its model files."""
+    """Where a local run directory or checked-out version keeps its model files."""
     return Path(directory) / MODEL_DIR
 
 
@@ -90,8 +94,8 @@ def _write_json(path: Path, body: Any) -> None:
     path.write_text(json.dumps(body, indent=2, default=str) + "\n")  # times and paths as text
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_bytes(path))
     except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None

@@ -8,7 +8,6 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
 from ray_pipeline.progress import remote_bar
+from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
@@ -31,7 +31,7 @@ class TrainRun:
 
     name: str
     kind: str
-    run_dir: Path
+    run_dir: str  # local path or object-store URI
     model: Any
     spec: FeatureSpec
     metrics: dict[str, float]
@@ -214,7 +214,7 @@ def train_model(
     test_metrics = evaluate.metrics(y, p, p_true)
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    run_dir = Path(cfg.resolve(cfg.training.run_root)) / name
+    run_dir = join(cfg.resolve(cfg.training.run_root), name)
     history = out.get("history", [])
     internal = ("fail_marker", "progress_key", "measure_memory")
     params = {"workers": workers, **{k: v for k, v in config.items() if k not in internal}}
@@ -231,15 +231,16 @@ def train_model(
     }
     artifacts = RunArtifacts(kind, prepared.spec, test_metrics, params, lineage,
                              prepared.rows, history)  # fmt: skip
-    write_run(run_dir, model, artifacts)
-    if prepared.raw_train is not None:  # what monitoring compares served traffic with
-        t0 = time.perf_counter()
-        if prepared.input_profile is None:
-            m = cfg.monitoring
-            prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
-        save_profile(with_scores(prepared.input_profile, p), run_dir)
-        timings["profile_s"] = time.perf_counter() - t0
-    evaluate.save_plots(run_dir / PLOTS_DIR, history, y, p, kind)
+    with local_dir(run_dir) as local:  # uploaded when run_root is an object-store URI
+        write_run(local, model, artifacts)
+        if prepared.raw_train is not None:  # what monitoring compares served traffic with
+            t0 = time.perf_counter()
+            if prepared.input_profile is None:
+                m = cfg.monitoring
+                prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
+            save_profile(with_scores(prepared.input_profile, p), local)
+            timings["profile_s"] = time.perf_counter() - t0
+        evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind)
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
         out.get("worker_nodes", []), out.get("resumed_from"), out.get("worker_memory_mb"),
