@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,8 @@ from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.features.colstats import KLL_K, categorical_partial, merge_categorical
 from ray_pipeline.features.transform import _as_float
 from ray_pipeline.monitor import stats
-from ray_pipeline.serve.predlog import REFUSED, STAGES
+from ray_pipeline.serve.predlog import REFUSED, STAGES, log_files
+from ray_pipeline.storage import join
 
 ANSWERED = ("champion", "challenger")  # variants whose rows were returned to callers
 FILES_PER_TASK = 8
@@ -48,8 +48,7 @@ def window_files(log_dir: str, start: datetime, end: datetime) -> list[str]:
     out: list[str] = []
     hour = start.replace(minute=0, second=0, microsecond=0)
     while hour < end:
-        folder = Path(log_dir) / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
-        out.extend(str(p) for p in sorted(folder.glob("part-*.parquet")))
+        out.extend(log_files(join(log_dir, f"date={hour:%Y-%m-%d}", f"hour={hour:%H}")))
         hour += timedelta(hours=1)
     return out
 

@@ -117,9 +117,9 @@ class Monitor:
         earliest = None
         folder = None
         for f in log_files(self.log_dir):  # the first prediction of the earliest hour partition
-            if folder is not None and f.parent != folder and earliest is not None:
+            if folder is not None and f.rsplit("/", 1)[0] != folder and earliest is not None:
                 break
-            folder = f.parent
+            folder = f.rsplit("/", 1)[0]
             try:
                 ts = pq.read_table(f, columns=["ts"])["ts"]
             except Exception:

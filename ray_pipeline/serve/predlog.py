@@ -14,11 +14,12 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ray_pipeline.storage import filesystem, is_local, join, list_files
 
 STAGES = ("lookup", "transform", "inference", "post")  # per-request latency, in milliseconds
 REFUSED = "refused"
@@ -60,7 +61,8 @@ class PredictionLog:
     """Buffers tables of rows; a background thread flushes them every `flush_s` or at `flush_rows`."""
 
     def __init__(self, directory: str, flush_rows: int = 1000, flush_s: float = 5.0) -> None:
-        self.directory = Path(directory)
+        self.directory = str(directory)  # a directory or an object-store URI
+        self.local = is_local(self.directory)
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -99,11 +101,16 @@ class PredictionLog:
             with self._lock:
                 self._seq += 1
                 seq = self._seq
-            folder = self.directory / f"date={date}" / f"hour={hour}"
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".part-{self.writer_id}-{seq:06d}.parquet.tmp"
-            pq.write_table(part, tmp)
-            os.replace(tmp, folder / f"part-{self.writer_id}-{seq:06d}.parquet")  # readers never see half a file
+            folder = join(self.directory, f"date={date}", f"hour={hour}")
+            name = f"part-{self.writer_id}-{seq:06d}.parquet"
+            if self.local:
+                os.makedirs(folder, exist_ok=True)
+                tmp = join(folder, f".{name}.tmp")
+                pq.write_table(part, tmp)
+                os.replace(tmp, join(folder, name))  # readers never see half a file
+            else:  # an object appears whole once its upload completes
+                fs, path = filesystem(join(folder, name))
+                pq.write_table(part, path, filesystem=fs)
         return table.num_rows
 
     def _loop(self) -> None:
@@ -116,9 +123,14 @@ class PredictionLog:
         return self.flush()
 
 
-def log_files(directory: str) -> list[Path]:
-    """Every committed log file, oldest partition first."""
-    return sorted(Path(directory).rglob("part-*.parquet"))
+def log_files(directory: str) -> list[str]:
+    """Every committed log file (paths or URIs), oldest partition first."""
+    return [join(directory, rel) for rel in sorted(list_files(directory)) if _is_part(rel)]
+
+
+def _is_part(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith("part-") and name.endswith(".parquet")
 
 
 def read_log(directory: str) -> pa.Table:
