@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 
 def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -27,11 +32,31 @@ def read_text(path: str) -> str | None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Write a small text file, creating its directory."""
+    """Write a small text file whole (see `write_bytes`)."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file whole, creating its directory: a reader sees the old content or the new, never
+    half (local: a temp file renamed over it; object stores: one upload, visible when complete)."""
     fs, p = filesystem(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        folder, name = os.path.split(p)
+        os.makedirs(folder or ".", exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # hidden from readers
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+        return
     with fs.open_output_stream(p) as f:
-        f.write(text.encode())
+        f.write(data)
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    """Write a (small) table as one Parquet file, whole (see `write_bytes`)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def reset_dir(path: str) -> None:
@@ -103,6 +128,13 @@ def list_files(path: str | Path) -> dict[str, int]:
     prefix = root.rstrip("/") + "/"
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     return {i.path[len(prefix) :]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def matching_files(directory: str | Path, pattern: str = "*") -> list[str]:
+    """Files under `directory` (recursively) whose name matches the glob `pattern`, as paths or
+    URIs in sorted order; hidden names (temp files being written) are left out."""
+    return [join(directory, rel) for rel in sorted(list_files(directory))
+            if not (name := rel.rsplit("/", 1)[-1]).startswith(".") and fnmatch.fnmatch(name, pattern)]  # fmt: skip
 
 
 def copy_tree(source: str | Path, dest: str | Path) -> None:

@@ -2,12 +2,15 @@
 cluster/local/up.sh started (RAY_ADDRESS and the token come from the environment).
 
     python multinode_train.py placement WORKDIR   # two worker nodes (spread) vs one node (packed)
+    python multinode_train.py nodeloss WORKDIR    # an uninterrupted run, then a slow one the test
+                                                  # kills a node under (it prints TRAINING first)
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import ray
@@ -33,9 +36,26 @@ def placement(workdir: Path) -> dict:
     return out
 
 
+def nodeloss(workdir: Path) -> dict:
+    """Full-batch gradient descent twice on the same data: uninterrupted, then paused 0.3 s per
+    epoch (checkpoint every 2) with workers spread over both worker nodes, for the test to kill one."""
+    prepared = linear_prepared(rows=6_000)
+    cfg = {"epochs": 60, "optimizer": "gd", "early_stopping_patience": 1000}
+    baseline = train_model(linear_cfg(workdir / "baseline", **cfg), "logreg", workers=2, prepared=prepared,
+                           placement_strategy="SPREAD")  # fmt: skip
+    slow = linear_cfg(workdir / "slow", **cfg)
+    slow.training.checkpoint_every = 2
+    print(f"TRAINING {workdir / 'slow' / 'runs'}", flush=True)
+    started = time.time()
+    run = train_model(slow, "logreg", workers=2, prepared=prepared, placement_strategy="SPREAD",
+                      fault={"epoch_pause_s": 0.3})  # fmt: skip
+    return {"baseline": _result(baseline), "interrupted": _result(run), "started": started,
+            "finished": time.time(), "resumed_from": run.resumed_from, "epochs": len(run.history)}
+
+
 def main(mode: str, workdir: str) -> None:
-    init_ray()  # RAY_ADDRESS: the local cluster
-    out = {"placement": placement}[mode](Path(workdir))
+    init_ray(quiet=True)  # RAY_ADDRESS: the local cluster; workers' output stays in their logs
+    out = {"placement": placement, "nodeloss": nodeloss}[mode](Path(workdir))
     out["cluster_nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     print("RESULT " + json.dumps(out), flush=True)
     ray.shutdown()

@@ -1,9 +1,7 @@
 """A real local multi-node cluster (cluster/local/up.sh: a head and two worker nodes, each its own
 `ray start`, token authentication on): jobs submitted with `ray job submit` and JobSubmissionClient,
-training placed across nodes, a replica's node lost under load, and a client without the token.
-
-Training resuming after a lost node is not here yet: it passed alone and failed in full-suite
-runs (the run finished without resuming); see the issue tracker."""
+training placed across nodes, a training worker's node lost mid-run, a replica's node lost under
+load, and a client without the token."""
 
 from __future__ import annotations
 
@@ -188,7 +186,8 @@ def test_a_job_naming_a_path_the_cluster_lacks_says_it_must_be_shared(local_clus
 
 
 def _driver(local_cluster, mode: str, workdir: Path) -> subprocess.Popen:
-    # a driver joins through the head's GCS port (the dashboard address is the job API's)
+    # a driver joins through the head's GCS port (the dashboard address is the job API's); no
+    # worker output forwarded to it (quiet), so a pipe read only at the end never fills up
     env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"],
            "RAY_PIPELINE_PROGRESS": "0"}  # fmt: skip
     return subprocess.Popen([sys.executable, str(ROOT / "tests" / "multinode_train.py"), mode, str(workdir)],
@@ -199,17 +198,6 @@ def _result(stdout: str, stderr: str) -> dict:
     line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line is not None, stderr[-4000:]
     return json.loads(line[len("RESULT "):])
-
-
-def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp_path):
-    proc = _driver(local_cluster, "placement", tmp_path)
-    out = _result(*proc.communicate(timeout=900))
-    spread, packed = out["spread"], out["packed"]
-    assert len(out["cluster_nodes"]) == 3
-    assert len(set(spread["nodes"])) == 2, "STRICT_SPREAD workers should sit on two different nodes"
-    assert len(set(packed["nodes"])) == 1
-    np.testing.assert_allclose(spread["weights"], packed["weights"], atol=1e-6, rtol=0)
-    assert abs(spread["bias"] - packed["bias"]) < 1e-6
 
 
 def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
@@ -227,6 +215,53 @@ def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
                          timeout=120)  # fmt: skip
     assert "NODES " in out.stdout, out.stderr[-2000:]
     return json.loads(out.stdout.split("NODES ", 1)[1])
+
+
+def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp_path):
+    proc = _driver(local_cluster, "placement", tmp_path)
+    out = _result(*proc.communicate(timeout=900))
+    spread, packed = out["spread"], out["packed"]
+    assert len(out["cluster_nodes"]) == 3
+    assert len(set(spread["nodes"])) == 2, "STRICT_SPREAD workers should sit on two different nodes"
+    assert len(set(packed["nodes"])) == 1
+    np.testing.assert_allclose(spread["weights"], packed["weights"], atol=1e-6, rtol=0)
+    assert abs(spread["bias"] - packed["bias"]) < 1e-6
+
+
+def test_training_resumes_when_a_worker_node_is_lost(local_cluster, tmp_path):
+    """A worker node is killed mid-run (after the controller holds a checkpoint): the worker group
+    restarts on the node that is left, resumes from the checkpoint and ends with the weights of
+    an uninterrupted run."""
+    # both worker nodes (2 CPUs each) up: after the loss, both workers fit on the one that is left
+    subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
+    proc = _driver(local_cluster, "nodeloss", tmp_path)
+    lines = []
+    while not (lines and lines[-1].startswith("TRAINING ")):  # the baseline has finished
+        lines.append(proc.stdout.readline())
+        assert lines[-1], "driver exited early:\n" + "".join(lines) + proc.stderr.read()[-4000:]
+    runs = Path(lines[-1].split("TRAINING ", 1)[1].strip())
+
+    def checkpoints() -> list[Path]:  # registered by the controller: the kill must come after two
+        return sorted(runs.glob("*/checkpoint_*"))
+
+    assert wait_until(lambda: len(checkpoints()) >= 2, 120, every=0.2), "no checkpoints before the kill"
+    nodes = _actor_nodes(local_cluster, "RayTrainWorker")
+    assert len(set(nodes)) == 2, f"workers should be spread over both worker nodes: {nodes}"
+    victim = nodes[0]
+    killed_at = time.time()
+    subprocess.run([str(DOWN), "worker", victim.removeprefix("rp-worker-")], env=local_cluster.script_env,
+                   check=True, timeout=60)  # fmt: skip
+    stdout, stderr = proc.communicate(timeout=600)
+    out = _result(stdout, stderr)
+    baseline, resumed = out["baseline"], out["interrupted"]
+    print(f"training under node loss: killed {victim} {killed_at - out['started']:.1f} s into the run, "
+          f"resumed from epoch {out['resumed_from']}, finished {out['finished'] - killed_at:.1f} s after the kill "
+          f"({out['epochs']} epochs)")  # fmt: skip
+    assert out["resumed_from"] is not None and out["resumed_from"] >= 2, "the restarted group did not resume"
+    assert victim not in resumed["nodes"] and len(resumed["nodes"]) == 2
+    np.testing.assert_allclose(resumed["weights"], baseline["weights"], atol=1e-6, rtol=0)
+    assert abs(resumed["bias"] - baseline["bias"]) < 1e-6
+    subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
 
 
 def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trained):

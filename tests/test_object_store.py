@@ -4,6 +4,7 @@ commit-by-transaction on a store without rename, checksums on load, and a store 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,63 @@ def test_cli_names_an_unreachable_store(tmp_path, s3_server):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "s3://rp-absent-bucket/artifacts" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_monitoring_on_s3_log_labels_windows_alerts_reports_and_state(ray_session, s3_bucket, tmp_path):
+    """The prediction log, labels, monitoring table, report, alerts and the monitor's position all
+    in the bucket; a second monitor resumes from the state it finds there."""
+    from datetime import timedelta
+
+    import ray.data
+
+    from ray_pipeline.config import parse_config
+    from ray_pipeline.monitor.job import Monitor
+    from ray_pipeline.monitor.labels import accepted_labels, ingest_labels
+    from ray_pipeline.monitor.profile import build_profile, save_profile
+    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.storage import read_text, write_text
+    from tests.test_monitoring import RULE, T0, _log, _rows, config
+
+    from .helpers import SPEC
+
+    body = config(tmp_path, rules=[{**RULE, "for_windows": 1}])
+    body["registry"]["artifact_root"] = f"{s3_bucket}/artifacts"
+    body["serving"]["prediction_log"] = f"{s3_bucket}/predlog"
+    body["monitoring"]["root"] = f"{s3_bucket}/mon"
+    cfg = parse_config(body)
+    rng = np.random.default_rng(0)
+    run = make_run(tmp_path, 0.40, 0.80)
+    save_profile(build_profile(ray.data.from_arrow(_rows(rng, 5000)), SPEC, rng.random(1000), bins=10), run)
+    registry = open_registry(cfg)
+    registry.set_alias("fraud", "champion", register_run(registry, "fraud", run).version)
+    _log(cfg, _rows(rng, 500), T0 + timedelta(seconds=5), rng.random(500))
+    _log(cfg, _rows(rng, 500, shift=1.5, new_share=0.3), T0 + timedelta(seconds=65), rng.random(500))
+
+    write_text(f"{s3_bucket}/incoming/labels.csv", "request_id,row,y\nr1000-0,0,1\nr1000-1,0,0\nnope,0,1\n")
+    labeled = ingest_labels(cfg, f"{s3_bucket}/incoming/labels.csv")
+    assert (labeled.accepted, labeled.quarantined) == (2, {"unknown_request": 1})
+    assert labeled.accepted_path.startswith(f"{s3_bucket}/mon/labels/accepted/part-")
+    assert sorted(accepted_labels(cfg)["request_id"].to_pylist()) == ["r1000-0", "r1000-1"]
+
+    mon = Monitor(cfg)
+    try:
+        results = mon.run(until=T0 + timedelta(minutes=2))
+    finally:
+        mon.close()
+    assert [r.rows for r in results] == [500, 500]
+    assert not results[0].events and [e["rule"] for e in results[1].events] == ["input_drift"]
+    stored = list_files(f"{s3_bucket}/mon")
+    assert {"state.json", "alerts/active.json", "alerts/log.jsonl", "metrics.prom"} <= set(stored)
+    assert sum(p.startswith("table/window=") for p in stored) == 2
+    assert results[1].report == f"{s3_bucket}/mon/reports/20261128T100100/index.html"
+    assert any(p.startswith("reports/20261128T100100/") and p.endswith(".png") for p in stored)
+    assert [a["rule"] for a in json.loads(read_text(f"{s3_bucket}/mon/alerts/active.json"))] == ["input_drift"]
+    assert len(read_text(f"{s3_bucket}/mon/alerts/log.jsonl").splitlines()) == 1
+
+    again = Monitor(cfg)  # its position comes from the bucket: nothing processed twice
+    try:
+        assert again.run(until=T0 + timedelta(minutes=2)) == []
+        assert [r.start for r in again.run(until=T0 + timedelta(minutes=3))] == [T0 + timedelta(minutes=2)]
+    finally:
+        again.close()
+    assert len(read_text(f"{s3_bucket}/mon/alerts/log.jsonl").splitlines()) >= 1

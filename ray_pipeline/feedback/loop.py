@@ -18,7 +18,6 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from ray_pipeline.monitor.labels import accepted_labels
 from ray_pipeline.registry.models import gate_report, load, open_registry, register_run
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.serve.predlog import read_log
+from ray_pipeline.storage import join, matching_files, read_bytes, write_parquet, write_text
 
 LOCK_TTL_S = 6 * 3600  # a crashed retrain's lock expires after this
 
@@ -45,7 +45,7 @@ def labeled_traffic(cfg: PipelineConfig) -> pa.Table:
 
 
 def _fed_keys(cfg: PipelineConfig) -> set[tuple[str, int]]:
-    files = sorted(Path(cfg.resolve(cfg.monitoring.feedback_runs), "fed").glob("*.parquet"))
+    files = matching_files(join(cfg.resolve(cfg.monitoring.feedback_runs), "fed"), "*.parquet")
     keys: set[tuple[str, int]] = set()
     for f in files:
         t = pq.read_table(f)
@@ -56,8 +56,8 @@ def _fed_keys(cfg: PipelineConfig) -> set[tuple[str, int]]:
 def _as_accepted(cfg: PipelineConfig, rows: pa.Table) -> pa.Table:
     """Logged rows as accepted rows of the data pipeline (the accepted files' exact schema)."""
     schema = cfg.data.schema_
-    accepted_dir = Path(cfg.resolve(cfg.data.output.accepted))
-    first = next(iter(sorted(accepted_dir.rglob("*.parquet"))), None)
+    accepted_dir = cfg.resolve(cfg.data.output.accepted)
+    first = next(iter(matching_files(accepted_dir, "*.parquet")), None)
     if first is None:
         raise FileNotFoundError(f"{accepted_dir}: no accepted rows yet; run ingest before the feedback loop")
     target = pq.read_schema(first)
@@ -136,12 +136,9 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record.update(decision="skipped", why="the holdout window has no labels of both classes")
         return
     if fresh.num_rows:  # the arrow back to the data pipeline
-        out = Path(cfg.resolve(cfg.data.output.feedback)) / f"{record['id']}.parquet"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_as_accepted(cfg, fresh), out)
-        keys = Path(cfg.resolve(cfg.monitoring.feedback_runs)) / "fed" / f"{record['id']}.parquet"
-        keys.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(fresh.select(["request_id", "row"]), keys)
+        write_parquet(_as_accepted(cfg, fresh), join(cfg.resolve(cfg.data.output.feedback), f"{record['id']}.parquet"))
+        keys = join(cfg.resolve(cfg.monitoring.feedback_runs), "fed", f"{record['id']}.parquet")
+        write_parquet(fresh.select(["request_id", "row"]), keys)
     build_features(cfg)
     training_set = read_parquet(training_set_path(cfg))
     event_col = cfg.data.schema_.event_timestamp
@@ -191,12 +188,12 @@ def _since(batch: pa.Table, col: str, since: int) -> pa.Table:
 
 
 def _write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
-    path = Path(cfg.resolve(cfg.monitoring.feedback_runs)) / "runs" / f"{record['id']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str))
+    write_text(join(cfg.resolve(cfg.monitoring.feedback_runs), "runs", f"{record['id']}.json"),
+               json.dumps(record, indent=2, default=str))  # fmt: skip
     return record
 
 
 def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Every feedback run's record, oldest first."""
-    return [json.loads(p.read_text()) for p in sorted(Path(cfg.resolve(cfg.monitoring.feedback_runs), "runs").glob("*.json"))]
+    runs = matching_files(join(cfg.resolve(cfg.monitoring.feedback_runs), "runs"), "*.json")
+    return [json.loads(read_bytes(p)) for p in runs]

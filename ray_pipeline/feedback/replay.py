@@ -75,12 +75,15 @@ def send_windows(url: str, schema: SchemaConfig, events: pa.Table, inputs: list[
     return labels
 
 
-def write_labels_csv(path: Path, labels: list[dict[str, Any]]) -> str:
-    """Labels as an upstream system would deliver them: a CSV of request_id, row, label."""
+def write_labels_csv(path: str | Path, labels: list[dict[str, Any]]) -> str:
+    """Labels as an upstream system would deliver them: a CSV of request_id, row, label (path or URI)."""
     import pyarrow.csv as pacsv
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pacsv.write_csv(pa.Table.from_pylist(labels), path)
+    from ray_pipeline.storage import write_bytes
+
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(pa.Table.from_pylist(labels), sink)
+    write_bytes(path, sink.getvalue().to_pybytes())
     return str(path)
 
 

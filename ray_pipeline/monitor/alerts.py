@@ -6,16 +6,15 @@ that serving replicas read for GET /model."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
 import urllib.request
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ray_pipeline.config import AlertRule, WebhookConfig
+from ray_pipeline.storage import read_text, write_text
 
 _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
 
@@ -80,23 +79,20 @@ def active(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def append_log(path: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Append events not already in the log (a window replayed after a crash adds nothing twice)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    seen = {json.loads(line)["id"] for line in p.read_text().splitlines() if line.strip()} if p.exists() else set()
+    """Append events not already in the log (a window replayed after a crash adds nothing twice).
+
+    The log is rewritten whole (object stores cannot append); it grows by a few lines per alert."""
+    text = read_text(path) or ""
+    seen = {json.loads(line)["id"] for line in text.splitlines() if line.strip()}
     new = [e for e in events if e["id"] not in seen]
-    with open(p, "a") as f:
-        for e in new:
-            f.write(json.dumps(e, default=str) + "\n")
+    if new:
+        write_text(path, text + "".join(json.dumps(e, default=str) + "\n" for e in new))
     return new
 
 
 def write_active(path: str, alerts: list[dict[str, Any]]) -> None:
-    """Replace the active-alerts file atomically (replicas never read half of it)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    Path(tmp).write_text(json.dumps(alerts, default=str))
-    os.replace(tmp, path)
+    """Replace the active-alerts file whole (replicas never read half of it)."""
+    write_text(path, json.dumps(alerts, default=str))
 
 
 def alertmanager_body(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,11 +6,9 @@ in `monitoring.feedback` start a retrain. The position and rule state are saved 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +26,7 @@ from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import window_rows
 from ray_pipeline.registry.models import open_registry
 from ray_pipeline.serve.predlog import log_files
+from ray_pipeline.storage import join, read_text, write_parquet, write_text
 
 TABLE_SCHEMA = pa.schema([("window_start", pa.timestamp("us", tz="UTC")), ("window_end", pa.timestamp("us", tz="UTC")),
                           ("metric", pa.string()), ("feature", pa.string()), ("model_version", pa.int64()),
@@ -89,7 +88,7 @@ class Monitor:
         self.state = self._load_state()
         self.refs: dict[str, Any] = {}
         self.test_log_loss: dict[str, float] = {}
-        self._label_files: list[Path] | None = None
+        self._label_files: list[str] | None = None
         self._label_table: pa.Table | None = None
         self.webhook = alerting.Webhook(m.webhook) if m.webhook else None
         self.gauges = MonitorGauges(m.metrics_port)
@@ -97,19 +96,17 @@ class Monitor:
     # ------------------------------------------------------------------------------ state
 
     def _load_state(self) -> dict[str, Any]:
-        path = Path(self.cfg.resolve(self.cfg.monitoring.state))
-        state = json.loads(path.read_text()) if path.exists() else {}
+        path = self.cfg.resolve(self.cfg.monitoring.state)
+        text = read_text(path)
+        state = json.loads(text) if text else {}
         if state.get("window_s") not in (None, self.window_s):
             raise UserError(f"{path}: the monitor ran with {state['window_s']} s windows; "
                              f"remove the state to start over with {self.window_s} s")  # fmt: skip
         return {"window_s": self.window_s, "next": None, "rules": {}, "last_retrain": None, **state}
 
     def _save_state(self) -> None:
-        path = Path(self.cfg.resolve(self.cfg.monitoring.state))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.state, indent=1, default=str))
-        os.replace(tmp, path)  # the position moves only once the window's outputs are written
+        # written whole, after the window's outputs: the position moves only once they exist
+        write_text(self.cfg.resolve(self.cfg.monitoring.state), json.dumps(self.state, indent=1, default=str))
 
     def _first_start(self, since: datetime | None) -> datetime | None:
         if since is not None:
@@ -165,8 +162,8 @@ class Monitor:
             self.webhook.send(new)
         alerting.write_active(self.cfg.resolve(m.active_alerts), firing)
         self.gauges.update(rows, end.timestamp(), firing, [r.name for r in self.cfg.monitoring.rules])
-        self.gauges.write_textfile(self.cfg.resolve(m.root) + "/metrics.prom")
-        report = write_report(f"{self.cfg.resolve(m.reports)}/{start:%Y%m%dT%H%M%S}", data, rows, refs, events)
+        self.gauges.write_textfile(join(self.cfg.resolve(m.root), "metrics.prom"))
+        report = write_report(join(self.cfg.resolve(m.reports), f"{start:%Y%m%dT%H%M%S}"), data, rows, refs, events)
         result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
         result.feedback = self._maybe_retrain(firing, end)
         self.state["next"] = end.isoformat()
@@ -185,11 +182,8 @@ class Monitor:
         table = pa.table({"window_start": [start] * n, "window_end": [end] * n,
                           **{c: [r[c] for r in rows] for c in ("metric", "feature", "model_version", "value", "verdict")}},
                          schema=TABLE_SCHEMA)  # fmt: skip
-        path = Path(self.cfg.resolve(self.cfg.monitoring.table)) / f"window={start:%Y%m%dT%H%M%S}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)  # a replayed window replaces its own file: never two copies
+        # a replayed window replaces its own file: never two copies
+        write_parquet(table, join(self.cfg.resolve(self.cfg.monitoring.table), f"window={start:%Y%m%dT%H%M%S}.parquet"))
 
     def _maybe_retrain(self, firing: list[dict[str, Any]], now: datetime) -> dict[str, Any] | None:
         fb = self.cfg.monitoring.feedback

@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +16,7 @@ from ray_pipeline.config import LabelMapping, PipelineConfig
 from ray_pipeline.data.validate import label_values
 from ray_pipeline.errors import UserError
 from ray_pipeline.serve.predlog import read_log
+from ray_pipeline.storage import exists, filesystem, join, matching_files, write_parquet
 
 LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("label", pa.int8()),
                           ("labeled_at", pa.timestamp("us", tz="UTC"))])  # fmt: skip
@@ -44,16 +44,16 @@ def _read(path: str) -> pa.Table:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 
-    p = Path(path)
-    if not p.exists():
+    if not exists(path):
         raise FileNotFoundError(f"{path}: labels file not found")
+    fs, p = filesystem(path)
     try:
-        if p.suffix == ".parquet":
-            t = pq.read_table(p)
-        elif p.suffix in (".json", ".jsonl"):
-            t = pajson.read_json(p)
+        if p.endswith(".parquet"):
+            t = pq.read_table(p, filesystem=fs)
+        elif p.endswith((".json", ".jsonl")):
+            t = pajson.read_json(fs.open_input_stream(p))
         else:  # every column as text: the label is checked here, not coerced by the reader
-            t = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True,
+            t = pacsv.read_csv(fs.open_input_stream(p), convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True,
                                                                        auto_dict_encode=False))  # fmt: skip
             t = t.cast(pa.schema([(f.name, pa.string()) for f in t.schema]))
     except (pa.ArrowInvalid, OSError) as exc:
@@ -61,9 +61,9 @@ def _read(path: str) -> pa.Table:
     return t
 
 
-def label_files(cfg: PipelineConfig) -> list[Path]:
+def label_files(cfg: PipelineConfig) -> list[str]:
     """The accepted-label files (each ingest adds one; files never change)."""
-    return sorted(Path(cfg.resolve(cfg.monitoring.labels), "accepted").glob("part-*.parquet"))
+    return matching_files(join(cfg.resolve(cfg.monitoring.labels), "accepted"), "part-*.parquet")
 
 
 def accepted_labels(cfg: PipelineConfig) -> pa.Table:
@@ -117,17 +117,17 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
             continue
         seen.add(key)
         good.append((key[0], key[1], int(mapped[i - 1])))
-    root = Path(cfg.resolve(cfg.monitoring.labels))
+    root = cfg.resolve(cfg.monitoring.labels)
     accepted_path = quarantine_path = None
     now = datetime.now(timezone.utc)
     if good:
-        accepted_path = str(root / "accepted" / f"part-{uuid.uuid4().hex}.parquet")
+        accepted_path = join(root, "accepted", f"part-{uuid.uuid4().hex}.parquet")
         table = pa.table({"request_id": [g[0] for g in good], "row": [g[1] for g in good],
                           "label": [g[2] for g in good], "labeled_at": [now] * len(good)}, schema=LABEL_SCHEMA)  # fmt: skip
-        _write(table, accepted_path)
+        write_parquet(table, accepted_path)
     if bad:
-        quarantine_path = str(root / "quarantine" / f"part-{uuid.uuid4().hex}.parquet")
-        _write(pa.Table.from_pylist(bad), quarantine_path)
+        quarantine_path = join(root, "quarantine", f"part-{uuid.uuid4().hex}.parquet")
+        write_parquet(pa.Table.from_pylist(bad), quarantine_path)
     reasons: dict[str, int] = {}
     for b in bad:
         reasons[str(b["_reason"])] = reasons.get(str(b["_reason"]), 0) + 1
@@ -176,9 +176,3 @@ def _check(rec, label_col, fits, mapping, by_request, by_id, by_event, schema): 
         return "invalid_label", f"{label_col}: expected a label where 1 means {mapping.describe()}, got {raw!r}", None
     return None, None, key
 
-
-def _write(table: pa.Table, path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    pq.write_table(table, tmp)
-    Path(tmp).replace(path)

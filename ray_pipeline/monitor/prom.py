@@ -3,11 +3,10 @@ node_exporter) and the alert rules as a Prometheus alerting-rule file."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from ray_pipeline.config import MonitoringConfig
+from ray_pipeline.storage import write_bytes
 
 GAUGE = "rp_monitor_value"
 
@@ -45,10 +44,7 @@ class MonitorGauges:
         """The same gauges in the text exposition format (node_exporter's textfile collector)."""
         from prometheus_client import generate_latest
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        Path(tmp).write_bytes(generate_latest(self.registry))
-        os.replace(tmp, path)
+        write_bytes(path, generate_latest(self.registry))
 
     def close(self) -> None:
         """Stop the HTTP endpoint."""

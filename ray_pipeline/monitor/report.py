@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.monitor.collect import WindowData
+from ray_pipeline.storage import join, local_dir
 
 
 def _bars(path: Path, labels: list[str], ref: list[float], cur: list[float], title: str) -> None:
@@ -34,9 +35,14 @@ def _shares(counts: list[float]) -> list[float]:
 
 def write_report(directory: str, data: WindowData, rows: list[dict[str, Any]], refs: dict[str, Any],
                  alerts: list[dict[str, Any]]) -> str:  # fmt: skip
-    """Write `index.html` and its PNGs into `directory`; returns the HTML path."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write `index.html` and its PNGs into `directory` (path or URI); returns the HTML path."""
+    with local_dir(directory) as out:  # matplotlib writes local files: uploaded for a URI
+        _write_report(out, data, rows, refs, alerts)
+    return join(directory, "index.html")
+
+
+def _write_report(out: Path, data: WindowData, rows: list[dict[str, Any]], refs: dict[str, Any],
+                  alerts: list[dict[str, Any]]) -> None:  # fmt: skip
     parts = [f"<h1>Window {data.start.isoformat()} .. {data.end.isoformat()}</h1>",
              f"<p>{data.rows:,} predictions from {data.files} log file(s)"
              f"{'; EMPTY window' if data.rows == 0 else ''}; skipped files: {len(data.skipped)}</p>"]  # fmt: skip
@@ -83,6 +89,4 @@ def write_report(directory: str, data: WindowData, rows: list[dict[str, Any]], r
                      f"<td>{r['model_version'] if r['model_version'] is not None else ''}</td>"
                      f"<td>{r['value']:.6g}</td><td>{r['verdict'] or ''}</td></tr>")  # fmt: skip
     parts.append("</table>")
-    path = out / "index.html"
-    path.write_text("<html><body>" + "\n".join(parts) + "</body></html>")
-    return str(path)
+    (out / "index.html").write_text("<html><body>" + "\n".join(parts) + "</body></html>")

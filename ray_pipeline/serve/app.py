@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -44,6 +43,7 @@ from ray_pipeline.serve.api import (
 from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
 from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
+from ray_pipeline.storage import read_text
 
 DEPLOYMENT = "predictor"
 MAX_SHADOW_BATCHES = 64  # beyond this backlog, shadow scoring skips batches (counted in rp_shadow_dropped)
@@ -176,7 +176,8 @@ class ModelRunner:
         if not path:
             return
         try:
-            self.alerts = json.loads(Path(path).read_text()) if os.path.exists(path) else []
+            text = read_text(path)
+            self.alerts = json.loads(text) if text else []
         except (OSError, ValueError) as exc:  # a half-written or unreadable file: keep the last good list
             print(f"cannot read active alerts {path}: {exc}")
 

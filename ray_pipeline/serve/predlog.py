@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_pipeline.storage import filesystem, is_local, join, list_files
+from ray_pipeline.storage import join, matching_files, write_parquet
 
 STAGES = ("lookup", "transform", "inference", "post")  # per-request latency, in milliseconds
 REFUSED = "refused"
@@ -62,7 +62,6 @@ class PredictionLog:
 
     def __init__(self, directory: str, flush_rows: int = 1000, flush_s: float = 5.0) -> None:
         self.directory = str(directory)  # a directory or an object-store URI
-        self.local = is_local(self.directory)
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.writer_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -101,16 +100,8 @@ class PredictionLog:
             with self._lock:
                 self._seq += 1
                 seq = self._seq
-            folder = join(self.directory, f"date={date}", f"hour={hour}")
             name = f"part-{self.writer_id}-{seq:06d}.parquet"
-            if self.local:
-                os.makedirs(folder, exist_ok=True)
-                tmp = join(folder, f".{name}.tmp")
-                pq.write_table(part, tmp)
-                os.replace(tmp, join(folder, name))  # readers never see half a file
-            else:  # an object appears whole once its upload completes
-                fs, path = filesystem(join(folder, name))
-                pq.write_table(part, path, filesystem=fs)
+            write_parquet(part, join(self.directory, f"date={date}", f"hour={hour}", name))  # readers never see half
         return table.num_rows
 
     def _loop(self) -> None:
@@ -125,12 +116,7 @@ class PredictionLog:
 
 def log_files(directory: str) -> list[str]:
     """Every committed log file (paths or URIs), oldest partition first."""
-    return [join(directory, rel) for rel in sorted(list_files(directory)) if _is_part(rel)]
-
-
-def _is_part(rel: str) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return name.startswith("part-") and name.endswith(".parquet")
+    return matching_files(directory, "part-*.parquet")
 
 
 def read_log(directory: str) -> pa.Table:

@@ -222,6 +222,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
+        if config.get("epoch_pause_s"):  # fault tests: an epoch long enough to lose a node in
+            time.sleep(config["epoch_pause_s"])
         if stop:
             break
     if rank != 0:
