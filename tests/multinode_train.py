@@ -50,7 +50,7 @@ def nodeloss(workdir: Path) -> dict:
     run = train_model(slow, "logreg", workers=2, prepared=prepared, placement_strategy="SPREAD",
                       fault={"epoch_pause_s": 0.3})  # fmt: skip
     return {"baseline": _result(baseline), "interrupted": _result(run), "started": started,
-            "finished": time.time(), "resumed_from": run.resumed_from, "epochs": len(run.history)}
+            "finished": time.time(), "resumed_from": run.resumed_from, "resumed_at": run.resumed_at, "epochs": len(run.history)}
 
 
 def main(mode: str, workdir: str) -> None:

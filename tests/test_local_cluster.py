@@ -254,10 +254,10 @@ def test_training_resumes_when_a_worker_node_is_lost(local_cluster, tmp_path):
     stdout, stderr = proc.communicate(timeout=600)
     out = _result(stdout, stderr)
     baseline, resumed = out["baseline"], out["interrupted"]
-    print(f"training under node loss: killed {victim} {killed_at - out['started']:.1f} s into the run, "
-          f"resumed from epoch {out['resumed_from']}, finished {out['finished'] - killed_at:.1f} s after the kill "
-          f"({out['epochs']} epochs)")  # fmt: skip
     assert out["resumed_from"] is not None and out["resumed_from"] >= 2, "the restarted group did not resume"
+    print(f"training under node loss: killed {victim} {killed_at - out['started']:.1f} s into the run; "
+          f"resumed from epoch {out['resumed_from']} {out['resumed_at'] - killed_at:.1f} s after the kill "
+          f"(recovery), finished {out['finished'] - killed_at:.1f} s after it ({out['epochs']} epochs)")  # fmt: skip
     assert victim not in resumed["nodes"] and len(resumed["nodes"]) == 2
     np.testing.assert_allclose(resumed["weights"], baseline["weights"], atol=1e-6, rtol=0)
     assert abs(resumed["bias"] - baseline["bias"]) < 1e-6

@@ -152,9 +152,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     w = class_weights(config["class_weight"], counts[0], counts[1])
 
     checkpoint = ray.train.get_checkpoint()
+    resumed_at = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = _State.load(directory)
+        resumed_at = time.time()  # a restarted group: when it picked the run up again
     else:
         state = _State.fresh(d)
 
@@ -236,5 +238,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "converged": state.converged,
         "history": state.history,
         "resumed_from": state.resumed_from,
+        "resumed_at": resumed_at,
         "loop_s": time.perf_counter() - loop_started,
     }

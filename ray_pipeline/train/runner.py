@@ -40,6 +40,7 @@ class TrainRun:
     timings: dict[str, float]
     worker_nodes: list[str] = field(default_factory=list)
     resumed_from: int | None = None
+    resumed_at: float | None = None  # wall-clock time (epoch s) the restarted worker group resumed
     worker_memory_mb: list[list[float]] | None = None  # per rank: private MB at start, peak private, VmHWM
 
 
@@ -243,7 +244,7 @@ def train_model(
         evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind)
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
-        out.get("worker_nodes", []), out.get("resumed_from"), out.get("worker_memory_mb"),
+        out.get("worker_nodes", []), out.get("resumed_from"), out.get("resumed_at"), out.get("worker_memory_mb"),
     )  # fmt: skip
 
 
