@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
 test: $(STAMP) redis-server promtool postgresql
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests --durations=30
 
 # The inner loop while developing (about a minute): everything not marked slow. `make test` is
 # still what guards behaviour and what CI runs.

@@ -96,7 +96,7 @@ def tree_sha256(path: str) -> str:
 
 def is_local(path: str | Path) -> bool:
     """True for a local path or file:// URI (where rename is atomic and files can be opened in place)."""
-    return isinstance(filesystem(str(path))[0], pafs.LocalFileSystem)
+    return isinstance(filesystem(path)[0], pafs.LocalFileSystem)
 
 
 def join(root: str | Path, *parts: str) -> str:
@@ -106,13 +106,13 @@ def join(root: str | Path, *parts: str) -> str:
 
 def exists(path: str | Path) -> bool:
     """Whether a file or directory exists."""
-    fs, p = filesystem(str(path))
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
 def read_bytes(path: str | Path) -> bytes:
     """A file's bytes; FileNotFoundError names the path."""
-    fs, p = filesystem(str(path))
+    fs, p = filesystem(path)
     try:
         with fs.open_input_stream(p) as f:
             return f.read()
@@ -122,7 +122,7 @@ def read_bytes(path: str | Path) -> bytes:
 
 def list_files(path: str | Path) -> dict[str, int]:
     """Every file under a directory, recursively: relative path -> size in bytes."""
-    fs, root = filesystem(str(path))
+    fs, root = filesystem(path)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return {}
     prefix = root.rstrip("/") + "/"
@@ -139,8 +139,8 @@ def matching_files(directory: str | Path, pattern: str = "*") -> list[str]:
 
 def copy_tree(source: str | Path, dest: str | Path) -> None:
     """Copy a directory's files to another directory, across filesystems (local <-> s3 <-> gs)."""
-    src_fs, src = filesystem(str(source))
-    dst_fs, dst = filesystem(str(dest))
+    src_fs, src = filesystem(source)
+    dst_fs, dst = filesystem(dest)
     if src_fs.get_file_info(src).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{source}: no such directory")
     dst_fs.create_dir(dst, recursive=True)
@@ -149,7 +149,7 @@ def copy_tree(source: str | Path, dest: str | Path) -> None:
 
 def delete_tree(path: str | Path) -> None:
     """Remove a directory and everything under it, if it exists."""
-    fs, p = filesystem(str(path))
+    fs, p = filesystem(path)
     if fs.get_file_info(p).type == pafs.FileType.Directory:
         fs.delete_dir(p)
 
@@ -160,7 +160,7 @@ def local_dir(path: str | Path) -> Iterator[Path]:
     directory uploaded to `path` when the block ends without an error (libraries that only
     write local files, such as XGBoost and matplotlib, write there)."""
     if is_local(path):
-        local = Path(filesystem(str(path))[1])
+        local = Path(filesystem(path)[1])
         local.mkdir(parents=True, exist_ok=True)
         yield local
         return

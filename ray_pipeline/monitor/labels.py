@@ -51,10 +51,12 @@ def _read(path: str) -> pa.Table:
         if p.endswith(".parquet"):
             t = pq.read_table(p, filesystem=fs)
         elif p.endswith((".json", ".jsonl")):
-            t = pajson.read_json(fs.open_input_stream(p))
+            with fs.open_input_stream(p) as f:
+                t = pajson.read_json(f)
         else:  # every column as text: the label is checked here, not coerced by the reader
-            t = pacsv.read_csv(fs.open_input_stream(p), convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True,
-                                                                       auto_dict_encode=False))  # fmt: skip
+            options = pacsv.ConvertOptions(column_types={}, strings_can_be_null=True, auto_dict_encode=False)
+            with fs.open_input_stream(p) as f:
+                t = pacsv.read_csv(f, convert_options=options)
             t = t.cast(pa.schema([(f.name, pa.string()) for f in t.schema]))
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{path}: cannot read labels: {exc}") from None

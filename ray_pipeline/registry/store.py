@@ -7,10 +7,11 @@ into a unique staging prefix first and makes the version visible in one transact
 disk that transaction also renames the folder to `NAME/VERSION/`; an object store has no atomic
 rename, so there the unique prefix stays where the version lives and the committed row is what
 makes it visible. Either way a crash never leaves a half-registered version visible, and files
-are checked against the manifest whenever a version is loaded (`checkout`). Writers for one model are serialised
-(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock per model name), so
-concurrent registrations get distinct, gap-free numbers and an alias move checks its gates
-against the holder it replaces.
+are checked against the manifest whenever a version is loaded (`checkout`).
+
+Writers for one model are serialised (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a
+transaction-scoped advisory lock per model name), so concurrent registrations get distinct,
+gap-free numbers and an alias move checks its gates against the holder it replaces.
 """
 
 from __future__ import annotations
