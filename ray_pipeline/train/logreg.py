@@ -1,8 +1,8 @@
 """Logistic regression (binary cross-entropy) by data-parallel optimisation on Ray Train.
 
 Every worker holds its shard as float32 numpy and computes its share of the loss and gradient
-(`objective.shard_sums`); one allreduce (XGBoost's collective, set up by Ray Train's XGBoostConfig
-backend) sums them, so all workers apply the same update and stay identical. Optimizers:
+(`objective.shard_sums`); one allreduce (`collective.py`, a TCP star through rank 0) sums them, so
+all workers apply the same update and stay identical. Optimizers:
 - `gd`: theta <- theta - alpha * grad L (the baseline), `sgd` with momentum, `adam` (mini-batch);
 - `newton` (IRLS, the Hessian rides along in the same allreduce) and `lbfgs` (two-loop recursion
   on every worker), both full batch with an allreduced backtracking line search
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.train import optimizers as opt
+from ray_pipeline.train.collective import allreduce
 from ray_pipeline.train.objective import global_objective, mean_loss
-from ray_pipeline.train.worker import allreduce
 
 STATE_JSON, STATE_NPZ = "state.json", "arrays.npz"
 SECOND_ORDER = ("newton", "lbfgs")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ray_pipeline.train.worker import allreduce
+from ray_pipeline.train.collective import allreduce
 
 ClassWeights = tuple[float, float]  # weight of a row labelled 0, labelled 1
 

@@ -13,15 +13,6 @@ from typing import Any
 import numpy as np
 
 
-def allreduce(values: np.ndarray, op: str = "sum") -> np.ndarray:
-    """Sum (or max) across Ray Train workers; the identity outside a distributed run."""
-    import xgboost.collective as coll
-
-    if not coll.is_distributed():
-        return values
-    return coll.allreduce(np.ascontiguousarray(values, dtype=np.float64), coll.Op.SUM if op == "sum" else coll.Op.MAX)
-
-
 def iter_batches(shard: tuple[list, int], n_features: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features, labels) per Arrow record batch of a shard's blocks: float32 views straight into
     the object store (no copy), one block held at a time."""
@@ -54,6 +45,8 @@ def load_shard(shard: tuple[list, int], n_features: int) -> tuple[np.ndarray, np
 def gather_rows(values: list[float]) -> list[list[float]]:
     """Each worker's row of numbers, gathered on every worker with the allreduce."""
     import ray.train
+
+    from ray_pipeline.train.collective import allreduce
 
     ctx = ray.train.get_context()
     rows = np.zeros((ctx.get_world_size(), len(values)))
