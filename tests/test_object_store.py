@@ -104,7 +104,8 @@ def test_pipeline_on_s3_from_csv_to_predictions(ray_session, s3_bucket, tmp_path
     body = yaml.safe_load(config.read_text())
     body["data"]["output"]["root"] = f"{s3_bucket}/ingest"
     body.setdefault("features", {})["store_root"] = f"{s3_bucket}/features"
-    body.setdefault("training", {}).update(run_root=f"{s3_bucket}/runs", in_process_max_rows=0)
+    # checkpoints every step (a converged run keeps none from its last step)
+    body.setdefault("training", {}).update(run_root=f"{s3_bucket}/runs", in_process_max_rows=0, checkpoint_every=1)
     body.setdefault("registry", {})["artifact_root"] = f"{s3_bucket}/artifacts"
     config.write_text(yaml.safe_dump(body, sort_keys=False))
 

@@ -17,7 +17,9 @@ def _callback(frequency: int):
         def _report_metrics(self, report_dict: dict) -> None:
             return None
 
-    return CheckpointEveryN(frequency=frequency, checkpoint_at_end=True)
+    # Not at the end: the driver builds the model from the loop's return value (`model_ubj`),
+    # and a finished run is never resumed.
+    return CheckpointEveryN(frequency=frequency, checkpoint_at_end=False)
 
 
 def _progress(key: str | None, total: int):
