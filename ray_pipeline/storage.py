@@ -24,11 +24,10 @@ def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
 
 def read_text(path: str) -> str | None:
     """A small text file's content, or None if it does not exist."""
-    fs, p = filesystem(path)
-    if fs.get_file_info(p).type != pafs.FileType.File:
+    try:
+        return read_bytes(path).decode()
+    except FileNotFoundError:
         return None
-    with fs.open_input_stream(p) as f:
-        return f.read().decode()
 
 
 def write_text(path: str, text: str) -> None:

@@ -92,7 +92,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
             worker_loop("xgboost"), train_loop_config=loop_config, xgboost_config=XGBoostConfig(),
             scaling_config=scaling, run_config=run,
         )  # fmt: skip
-    # No backend: the loop brings its own allreduce (train/collective.py), ~2 s cheaper to start.
+    # No backend: the loop brings its own allreduce (train/collective.py), ~1 s cheaper to start.
     return DataParallelTrainer(
         worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run,
     )  # fmt: skip
