@@ -38,6 +38,11 @@ def test_gradient_and_hessian_match_finite_differences():
     # float32 rows (as on Train workers) give the same sums to float32 precision.
     g32 = shard_sums(X.astype(np.float32), y, w, params)
     np.testing.assert_allclose(g32[: d + 1], grad, rtol=1e-4, atol=1e-2)
+    # So does float32 arithmetic (the first-order optimizers), Hessian and loss included.
+    grad32, hess32, loss32 = unpack(shard_sums(X.astype(np.float32), y.astype(np.float32), w, params, True, dtype=np.float32))
+    np.testing.assert_allclose(grad32, grad, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(hess32, hess, rtol=1e-4, atol=1e-2)
+    assert loss32 == pytest.approx(loss, rel=1e-6)
     # Extreme logits stay finite.
     assert np.isfinite(shard_sums(X * 1e4, y, w, params)[-2])
 

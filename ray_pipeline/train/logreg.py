@@ -1,8 +1,9 @@
 """Logistic regression (binary cross-entropy) by data-parallel optimisation on Ray Train.
 
 Every worker holds its shard as float32 numpy and computes its share of the loss and gradient
-(`objective.shard_sums`); one allreduce (`collective.py`, a TCP star through rank 0) sums them, so
-all workers apply the same update and stay identical. Optimizers:
+(`objective.shard_sums`: float32 arithmetic for the first-order optimizers, float64 for Newton
+and L-BFGS); one allreduce (`collective.py`, a TCP star through rank 0) sums them, so all workers
+apply the same update and stay identical. Optimizers:
 - `gd`: theta <- theta - alpha * grad L (the baseline), `sgd` with momentum, `adam` (mini-batch);
 - `newton` (IRLS, the Hessian rides along in the same allreduce) and `lbfgs` (two-loop recursion
   on every worker), both full batch with an allreduced backtracking line search
@@ -161,7 +162,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         state = _State.fresh(d)
 
     optimizer, epochs, l2 = config["optimizer"], config["epochs"], config["l2"]
-    f = global_objective((X, y, w), (Xv, yv, w), l2)
+    # Line searches need a loss smooth far below float32's precision; gradient steps do not.
+    dtype = np.float64 if optimizer in SECOND_ORDER else np.float32
+    f = global_objective((X, y, w), (Xv, yv, w), l2, dtype)
     no_rows = (np.empty((0, d), np.float32), np.empty(0, np.float32), w)
     second = _SecondOrder(optimizer, f, state, config["gtol"], config["memory"]) if optimizer in SECOND_ORDER else None
     local_batch = max(1, config["batch_size"] // ctx.get_world_size())
@@ -195,11 +198,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             losses = []
             for s in range(steps):
                 idx = order[s * local_batch : (s + 1) * local_batch]
-                batch = global_objective((X[idx], y[idx], w), no_rows, l2)(state.params)
+                batch = global_objective((X[idx], y[idx], w), no_rows, l2, dtype)(state.params)
                 _apply(state, batch.grad, lr, config)
                 losses.append(batch.loss)
             train_loss = float(np.mean(losses)) if losses else math.nan
-            valid_loss, scored = mean_loss(Xv, yv, w, state.params), state.params
+            valid_loss, scored = mean_loss(Xv, yv, w, state.params, dtype), state.params
         state.epoch = epoch + 1
         state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "lr": lr})
         if second is not None:

@@ -67,8 +67,9 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
              workers: int, strategy: str):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-    from ray.train.xgboost import XGBoostConfig, XGBoostTrainer
+    from ray.train.xgboost import XGBoostConfig
+
+    from ray_pipeline.train.trainer import Trainer, XGBoostTrainer
 
     training = cfg.training
     scaling = ScalingConfig(
@@ -93,9 +94,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
             scaling_config=scaling, run_config=run,
         )  # fmt: skip
     # No backend: the loop brings its own allreduce (train/collective.py), ~1 s cheaper to start.
-    return DataParallelTrainer(
-        worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run,
-    )  # fmt: skip
+    return Trainer(worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run)
 
 
 # Newton's pass builds a (d+1)^2 Hessian (n d^2 work); measured at 700k x 18 it converged in 6
