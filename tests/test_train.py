@@ -156,6 +156,56 @@ def test_resumes_after_a_worker_is_killed(linear, two_worker_run, tmp_path, opti
     assert run.metrics["log_loss"] == pytest.approx(uninterrupted.metrics["log_loss"], abs=1e-9)
 
 
+def _processes(prefix: str) -> list[int]:
+    """Pids of this machine's processes whose command line starts with `prefix`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(prefix.encode()):
+                pids.append(int(entry.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return pids
+
+
+@pytest.mark.slow
+def test_a_controller_that_dies_leaves_no_placement_group(linear, tmp_path):
+    """Ray Train's per-run cleaner actor is gone (train/trainer.py): when the controller dies
+    mid-run, the driver removes the workers' placement group itself."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    before = set(placement_group_table())
+    killed: list[int] = []
+
+    def kill_controller_once_workers_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            controllers = _processes("ray::TrainController")
+            if controllers and len(_processes("ray::RayTrainWorker")) >= 2:
+                time.sleep(1.0)  # the training function is running on the workers
+                for pid in controllers:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(controllers)
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_controller_once_workers_run, daemon=True)
+    killer.start()
+    cfg = _optimizer_cfg(tmp_path, "gd")
+    with pytest.raises(ray.exceptions.RayActorError):
+        train_model(cfg, "logreg", workers=2, prepared=linear, fault={"epoch_pause_s": 0.2})  # ~60 s unkilled
+    killer.join()
+    assert killed, "the controller was never seen"
+    job = ray.get_runtime_context().get_job_id()
+    left = {k: v["state"] for k, v in placement_group_table().items() if k not in before and k.endswith(job)}
+    assert left and set(left.values()) == {"REMOVED"}, left
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer, rel", [("gd", 0.005), ("newton", 0.001), ("lbfgs", 0.001)])
 def test_close_to_sklearn_on_demo_features(ray_session, tmp_path, demo_config_dict, optimizer, rel):
