@@ -31,10 +31,11 @@ def _weight(y: np.ndarray, w: ClassWeights) -> float:
     return w[0] * (len(y) - positives) + w[1] * positives
 
 
-# Rows per chunk: 8k rows of tens of features stay in cache from the forward product (X @ theta)
-# to the backward one (X.T @ r). Measured on 350k x 18 (float64): 5.6 ms per pass at 8k rows,
-# 6.4 ms at 4k, 15.6 ms at 64k; np.logaddexp alone was 6.3 ms.
-CHUNK_ROWS = 8192
+# Bytes per feature column of a chunk: 8k rows in float64, 16k in float32. A chunk of tens of
+# features stays in cache from the forward product (X @ theta) to the backward one (X.T @ r).
+# Measured on 350k x 18 (float64): 5.6 ms per pass at 8k rows, 6.4 ms at 4k, 15.6 ms at 64k;
+# float32 with the validation rows: 3.07 ms at 16k rows, 3.26 ms at 8k.
+CHUNK_BYTES = 65536
 
 
 def shard_sums(
@@ -57,16 +58,19 @@ def shard_sums(
     grad = np.zeros(d + 1)
     hess = np.zeros((d + 1, d + 1)) if hessian else None
     loss = 0.0
-    for s in range(0, len(y), CHUNK_ROWS):
-        Xc = X[s : s + CHUNK_ROWS].astype(dt, copy=False)  # a view when the shard is already in dt
-        yc = y[s : s + CHUNK_ROWS].astype(dt, copy=False)
+    rows = CHUNK_BYTES // dt.itemsize
+    for s in range(0, len(y), rows):
+        Xc = X[s : s + rows].astype(dt, copy=False)  # a view when the shard is already in dt
+        yc = y[s : s + rows].astype(dt, copy=False)
         wc = np.where(yc > 0.5, dt.type(w[1]), dt.type(w[0])) if weighted else None
         z = Xc @ theta
         z += bias
         # One exp per row serves both the loss and the probability, without overflow:
-        # BCE = softplus(z) - y z = max(z, 0) + log1p(e^-|z|) - y z.
-        e = np.exp(-np.abs(z))
-        term = np.maximum(z, 0)
+        # BCE = softplus(z) - y z = max(z, 0) + log1p(e^-|z|) - y z, and max(z, 0) = (z + |z|) / 2.
+        a = np.abs(z)
+        e = np.exp(-a)
+        term = z + a
+        term *= 0.5
         term += np.log1p(e)
         term -= yc * z
         if wc is not None:
@@ -74,8 +78,12 @@ def shard_sums(
         loss += float(np.add.reduce(term, dtype=np.float64))
         if not gradient:
             continue
+        # sigmoid(z) = q = 1 / (1 + e) for z >= 0, else 1 - q: as q >= 0.5, p = 0.5 + sign(z) (q - 0.5),
+        # exact up to half an ulp of 0.5 (np.where(z >= 0, q, e q) made the whole pass 35% slower).
         q = 1 / (1 + e)
-        p = np.where(z >= 0, q, e * q)
+        q -= 0.5
+        p = np.copysign(q, z)
+        p += 0.5
         r = p - yc
         if wc is not None:
             r *= wc
