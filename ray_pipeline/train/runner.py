@@ -106,7 +106,7 @@ NEWTON_MAX_FEATURES = 500
 def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
     """`training.workers`, or 0 (in-process) when the train split has at most `in_process_max_rows`.
 
-    Starting Ray Train's controller and worker processes costs ~8 s on 2 cores (benchmarks/train.py)
+    Starting Ray Train's controller and worker processes costs ~4.5-5.5 s on 2 cores (benchmarks/train.py)
     while the training loop on 100k rows takes well under a second: a small table gains nothing
     from workers but that wait.
     """
