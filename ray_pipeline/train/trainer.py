@@ -11,7 +11,9 @@ the end added 0.33 s more (0.48 s vs 0.15 s from the loop's return to `fit()` re
 The case it covers, a controller that dies while the driver lives on, is handled in the driver
 instead: `fit()` raising means the controller died, and the placement groups this job created
 during the fit that are still there are removed. A driver that dies takes its job's placement
-groups with it (Ray removes them when the job ends).
+groups with it (Ray removes them when the job ends). This assumes one fit at a time per driver,
+as everywhere in ray-pipeline: a fit failing beside another in the same job would take the other's
+placement group too.
 """
 
 from __future__ import annotations
