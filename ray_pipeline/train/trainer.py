@@ -18,12 +18,15 @@ placement group too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.xgboost import XGBoostTrainer as _XGBoostTrainer
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -40,9 +43,12 @@ def placement_groups_removed_on_failure() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for pg_id, info in placement_group_table().items():
-            if pg_id not in before and pg_id.endswith(job) and info.get("state") != "REMOVED":
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        try:
+            for pg_id, info in placement_group_table().items():
+                if pg_id not in before and pg_id.endswith(job) and info.get("state") != "REMOVED":
+                    remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        except Exception as cleanup:  # an unreachable GCS must not hide why the fit failed
+            log.warning("could not remove the failed run's placement groups: %s", cleanup)
         raise
 
 
