@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -42,25 +40,6 @@ class TrainRun:
     resumed_from: int | None = None
     resumed_at: float | None = None  # wall-clock time (epoch s) the restarted worker group resumed
     worker_memory_mb: list[list[float]] | None = None  # per rank: private MB at start, peak private, VmHWM
-
-
-# Ray Train's controller notices that the workers finished only at its next poll, every 2 s by
-# default: about 3.5 s of every run's fixed cost on 2 cores (two polls), against ~0.2 s at 0.25 s.
-# The controller reads the variable from the environment the driver propagates to it.
-_HEALTH_CHECK = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-
-
-@contextmanager
-def _fast_polling():
-    """Poll the worker group every 0.25 s for the duration of one fit (unless the user set it)."""
-    if _HEALTH_CHECK in os.environ:
-        yield
-        return
-    os.environ[_HEALTH_CHECK] = "0.25"
-    try:
-        yield
-    finally:
-        os.environ.pop(_HEALTH_CHECK, None)
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
@@ -193,9 +172,7 @@ def train_model(
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
     with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):
-        trainer = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy)
-        with _fast_polling():
-            result = trainer.fit()
+        result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
     timings["fit_s"] = time.perf_counter() - t0
     timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:

@@ -1,24 +1,29 @@
-"""The Ray Train trainers every distributed run uses: Ray's own, minus its per-run cleaner actor.
+"""The Ray Train trainers every distributed run uses: Ray's own, with two changes around `fit()`.
 
-Ray Train V2 starts a detached `PlacementGroupCleaner` actor with every run, to remove the run's
-placement group should the controller die without doing so itself. On 2 cores that actor costs
-about 0.6 s of every run: its process starts and imports Ray Train while the worker processes
-start, and when the run ends the controller waits for it to stop (it looks between 1 s waits).
-Measured in one process, 8 interleaved runs each of an empty 2-worker loop (ray 2.60): fit
-4.55 s median with the cleaner (not waited for at the end), 3.89 s without; waiting for it at
-the end added 0.33 s more (0.48 s vs 0.15 s from the loop's return to `fit()` returning).
+- The controller polls the workers every 0.25 s during a fit instead of every 2 s (unless the
+  user set `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`). It notices that the workers finished only at its
+  next poll: about 3.5 s of every run's fixed cost on 2 cores at 2 s (two polls), ~0.2 s at
+  0.25 s. The controller reads the variable from the environment the driver propagates to it.
+- No per-run placement-group cleaner actor. Ray Train V2 starts a detached
+  `PlacementGroupCleaner` with every run, to remove the run's placement group should the
+  controller die without doing so itself. On 2 cores it costs about 0.6 s of every run: its
+  process starts and imports Ray Train while the worker processes start, and at the end the
+  controller waits for it to stop (it looks between 1 s waits). Measured in one process, 8
+  interleaved runs each of an empty 2-worker loop (ray 2.60): fit 4.55 s median with the cleaner
+  (not waited for at the end), 3.89 s without; waiting for it at the end added 0.33 s more.
 
-The case it covers, a controller that dies while the driver lives on, is handled in the driver
-instead: `fit()` raising means the controller died, and the placement groups this job created
-during the fit that are still there are removed. A driver that dies takes its job's placement
-groups with it (Ray removes them when the job ends). This assumes one fit at a time per driver,
-as everywhere in ray-pipeline: a fit failing beside another in the same job would take the other's
-placement group too.
+The case the cleaner covers, a controller that dies while the driver lives on, is handled in the
+driver instead: `fit()` raising means the controller died, and the placement groups this job
+created during the fit that are still there are removed. A driver that dies takes its job's
+placement groups with it (Ray removes them when the job ends). This assumes one fit at a time
+per driver, as everywhere in ray-pipeline: a fit failing beside another in the same job would
+take the other's placement group too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,6 +32,20 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.xgboost import XGBoostTrainer as _XGBoostTrainer
 
 log = logging.getLogger(__name__)
+_HEALTH_CHECK = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextmanager
+def _fast_polling() -> Iterator[None]:
+    """Poll the worker group every 0.25 s for the duration of one fit (unless the user set it)."""
+    if _HEALTH_CHECK in os.environ:
+        yield
+        return
+    os.environ[_HEALTH_CHECK] = "0.25"
+    try:
+        yield
+    finally:
+        os.environ.pop(_HEALTH_CHECK, None)
 
 
 @contextmanager
@@ -53,14 +72,15 @@ def placement_groups_removed_on_failure() -> Iterator[None]:
 
 
 class _NoCleanerActor:
-    """Mixin for a DataParallelTrainer: no per-run cleaner actor; the driver cleans up instead."""
+    """Mixin for a DataParallelTrainer: fast polling during the fit, and no per-run cleaner actor
+    (the driver cleans up instead)."""
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()  # type: ignore[misc]
         return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
 
     def fit(self):
-        with placement_groups_removed_on_failure():
+        with _fast_polling(), placement_groups_removed_on_failure():
             return super().fit()  # type: ignore[misc]
 
 
