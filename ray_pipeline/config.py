@@ -66,6 +66,12 @@ class FeatureColumn(StrictModel):
         default=None, description="Allowed values (category only); unset allows any value."
     )
     nullable: bool = Field(default=True, description="Missing values allowed (imputed later).")
+    seasonal: bool = Field(
+        default=False,
+        description="A calendar or seasonal input (month, weekday, hour, year, a temperature, ...): its drift "
+        "is reported but no rule without a feature fires on it (a month outside the training range is the "
+        "calendar moving on, not a fault).",
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -471,6 +477,15 @@ class GateRule(StrictModel):
     max_regression: float | None = Field(default=None, ge=0, description="Allowed relative regression.")
 
 
+class GateTestConfig(StrictModel):
+    """How a feedback retrain's gates compare challenger and champion on the same holdout rows: a
+    paired bootstrap of the per-row loss (and of the AUC), so a tie or noise never passes."""
+
+    resamples: int = Field(default=1000, ge=100, description="Bootstrap resamples of the holdout rows.")
+    level: float = Field(default=0.95, gt=0.5, lt=1, description="Two-sided confidence level of the interval.")
+    seed: int = Field(default=0, description="Seed of the resampling (same rows, same interval).")
+
+
 class RegistryConfig(StrictModel):
     """Model registry: metadata in SQLite or PostgreSQL, plus an artifact directory."""
 
@@ -484,8 +499,11 @@ class RegistryConfig(StrictModel):
     model_name: str = Field(default="model", pattern=r"^[A-Za-z0-9_.-]+$")
     gates: dict[str, GateRule] = Field(
         default_factory=lambda: {"log_loss": GateRule(min_improvement=0.0), "roc_auc": GateRule(max_regression=0.01)},
-        description="Metric -> rule; lower is better for log_loss, brier, calibration_error.",
+        description="Metric -> rule; lower is better for log_loss, brier, calibration_error. min_improvement: "
+        "the candidate must be strictly better by more than this (on a holdout: the interval's lower bound "
+        "is); max_regression: non-inferiority, the candidate may be worse by at most this.",
     )
+    gate_test: GateTestConfig = Field(default_factory=GateTestConfig)
 
 
 class AutoscalingConfig(StrictModel):
@@ -629,10 +647,14 @@ class FeedbackConfig(StrictModel):
 
     rules: list[str] = Field(default_factory=list, description="Alert rules whose firing starts a retrain.")
     min_labeled_rows: int = Field(default=500, ge=1)
+    min_new_labels: int = Field(
+        default=200, ge=1, description="Labels ingested since the last retrain that a new retrain needs."
+    )
     cooldown_s: float = Field(default=3600.0, ge=0, description="Shortest time between two automatic retrains.")
     models: list[Literal["logreg", "xgboost"]] = Field(default_factory=lambda: ["logreg"], min_length=1)
     holdout_windows: int = Field(
-        default=1, ge=1, description="Most recent labeled windows kept out of training to compare the models."
+        default=1, ge=1, description="Most recent complete labeled windows kept out of training to compare the "
+        "models; everything labeled before them trains (validation: a random slice of it)."
     )
     lookback_s: float | None = Field(
         default=None, gt=0, description="Train on events this recent (before the newest labeled one); unset: all."

@@ -19,9 +19,12 @@ from ray_pipeline.storage import read_text, write_text
 _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
 
 
-def rule_value(rule: AlertRule, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The row a rule looks at: the worst value of its metric (and feature), or None when absent."""
-    match = [r for r in rows if r["metric"] == rule.metric and (rule.feature is None or r["feature"] == rule.feature)]
+def rule_value(rule: AlertRule, rows: list[dict[str, Any]], quiet: frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """The row a rule looks at: the worst value of its metric (and feature), or None when absent.
+    A rule without a feature skips the `quiet` features (calendar inputs: their drift is the
+    calendar moving on); a rule that names one still sees it."""
+    match = [r for r in rows if r["metric"] == rule.metric
+             and (r["feature"] == rule.feature if rule.feature is not None else r["feature"] not in quiet)]  # fmt: skip
     if not match:
         return None
     pick = max if rule.op in (">", ">=") else min
@@ -29,16 +32,19 @@ def rule_value(rule: AlertRule, rows: list[dict[str, Any]]) -> dict[str, Any] | 
 
 
 def evaluate(rules: list[AlertRule], rows: list[dict[str, Any]], state: dict[str, Any], start: datetime,
-             end: datetime) -> list[dict[str, Any]]:  # fmt: skip
-    """Advance each rule's state by one window; returns the fired and resolved events."""
+             end: datetime, quiet: frozenset[str] = frozenset()) -> list[dict[str, Any]]:  # fmt: skip
+    """Advance each rule's state by one window; returns the fired and resolved events. A rule's
+    `held_at` is the end of the last window whose own values met its condition (new evidence)."""
     events = []
     for rule in rules:
         s = state.setdefault(rule.name, {"streak": 0, "firing": False})
-        row = rule_value(rule, rows)
+        row = rule_value(rule, rows, quiet)
         if row is None:
             continue  # no value this window (no traffic, no labels yet): an absent metric neither fires nor resolves
         holds = _OPS[rule.op](row["value"], rule.threshold)
         s["streak"] = s["streak"] + 1 if holds else 0
+        if holds:
+            s["held_at"] = end.isoformat()
         if holds and not s["firing"] and s["streak"] >= rule.for_windows:
             s.update(firing=True, since=end.isoformat(), alert=_alert(rule, row, start, end))
             events.append({**s["alert"], "status": "firing"})

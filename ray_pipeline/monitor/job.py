@@ -1,15 +1,20 @@
 """`ray-pipeline monitor`: process the prediction log window by window. Each window's rows go to the
-monitoring table, the Prometheus gauges and an HTML report; alert rules advance; firing rules named
-in `monitoring.feedback` start a retrain. The position and rule state are saved after each window
-(atomically), so a killed monitor resumes where it stopped: no window twice, none skipped."""
+monitoring table, the Prometheus gauges and an HTML report; alert rules advance; a rule named in
+`monitoring.feedback` that fires on a window with traffic starts a retrain. The position and rule
+state are saved after each window (atomically) and before a retrain starts, so a killed monitor
+resumes where it stopped: no window twice, none skipped, an interrupted retrain redone under its
+own id. A retrain that fails raises the `feedback_failed` alert; the monitor keeps watching."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +67,33 @@ class WindowResult:
         return "\n".join(lines)
 
 
+def _run_id(end: datetime) -> str:
+    return f"feedback-{end:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+FEEDBACK_FAILED = "feedback_failed"
+
+
+def feedback_events(rules: dict[str, Any], record: dict[str, Any], at: datetime) -> list[dict[str, Any]]:
+    """The `feedback_failed` alert: fires when a retrain fails, resolves when one completes."""
+    s = rules.setdefault(FEEDBACK_FAILED, {"streak": 0, "firing": False})
+    failed = record.get("decision") == "failed"
+    if failed and not s["firing"]:
+        alert = {"id": f"{FEEDBACK_FAILED}:{record['id']}:firing", "rule": FEEDBACK_FAILED, "severity": "critical",
+                 "labels": {}, "summary": f"feedback run failed in stage {record.get('stage')}: {record.get('error')}",
+                 "metric": "feedback", "feature": record.get("stage"), "model_version": None, "value": 1.0,
+                 "threshold": 0.0, "op": ">", "window_start": at.isoformat(), "window_end": at.isoformat(),
+                 "starts_at": at.isoformat(), "feedback_run": record["id"]}  # fmt: skip
+        s.update(firing=True, since=at.isoformat(), alert=alert)
+        return [{**alert, "status": "firing"}]
+    if s["firing"] and record.get("decision") not in ("failed", "skipped"):
+        alert = s.pop("alert")
+        s.update(firing=False, since=None)
+        return [{**alert, "status": "resolved", "ends_at": at.isoformat(), "value": 0.0,
+                 "id": f"{FEEDBACK_FAILED}:{record['id']}:resolved"}]  # fmt: skip
+    return []
+
+
 def _floor(t: datetime, seconds: float) -> datetime:
     epoch = t.timestamp()
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=timezone.utc)
@@ -92,6 +124,8 @@ class Monitor:
         self._label_table: pa.Table | None = None
         self.webhook = alerting.Webhook(m.webhook) if m.webhook else None
         self.gauges = MonitorGauges(m.metrics_port)
+        # Calendar and seasonal inputs: drift reported, never what a rule without a feature fires on.
+        self.seasonal = frozenset(n for n, c in cfg.data.schema_.features.items() if c.seasonal)
 
     # ------------------------------------------------------------------------------ state
 
@@ -155,20 +189,52 @@ class Monitor:
             rows.append({"metric": "skipped_files", "feature": "all", "model_version": None,
                          "value": float(len(data.skipped)), "verdict": None})  # fmt: skip
         self._write_table(start, end, rows)
-        events = alerting.evaluate(self.cfg.monitoring.rules, rows, self.state["rules"], start, end)
-        firing = alerting.active(self.state["rules"])
+        events = alerting.evaluate(self.cfg.monitoring.rules, rows, self.state["rules"], start, end, self.seasonal)
+        self._publish(events)
+        report = write_report(join(self.cfg.resolve(m.reports), f"{start:%Y%m%dT%H%M%S}"), data, rows, refs, events)
+        self.gauges.update(rows, end.timestamp(), alerting.active(self.state["rules"]),
+                           [r.name for r in self.cfg.monitoring.rules] + [FEEDBACK_FAILED])  # fmt: skip
+        self.gauges.write_textfile(join(self.cfg.resolve(m.root), "metrics.prom"))
+        result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
+        self.state["next"] = end.isoformat()
+        trigger = self._trigger(data.rows, end)
+        if trigger is not None:
+            # Saved before the retrain starts: a monitor killed during it redoes that retrain (under
+            # the same id, so nothing is written twice) and never this window again.
+            until = max(end, self._complete_until())  # windows after this one may be complete (catching up)
+            self.state["pending_retrain"] = {"id": _run_id(end), "reason": trigger, "until": until.isoformat(),
+                                             "window_end": end.isoformat()}  # fmt: skip
+        self._save_state()
+        if trigger is not None:
+            result.feedback, fb_events = self.finish_retrain()
+            result.events = result.events + fb_events
+        return result
+
+    def _publish(self, events: list[dict[str, Any]]) -> None:
+        """Alert events to the log (once each), the webhook and the active-alerts file."""
+        m = self.cfg.monitoring
         new = alerting.append_log(self.cfg.resolve(m.alert_log), events)
         if self.webhook:
             self.webhook.send(new)
-        alerting.write_active(self.cfg.resolve(m.active_alerts), firing)
-        self.gauges.update(rows, end.timestamp(), firing, [r.name for r in self.cfg.monitoring.rules])
-        self.gauges.write_textfile(join(self.cfg.resolve(m.root), "metrics.prom"))
-        report = write_report(join(self.cfg.resolve(m.reports), f"{start:%Y%m%dT%H%M%S}"), data, rows, refs, events)
-        result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
-        result.feedback = self._maybe_retrain(firing, end)
-        self.state["next"] = end.isoformat()
+        alerting.write_active(self.cfg.resolve(m.active_alerts), alerting.active(self.state["rules"]))
+
+    def finish_retrain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Run the retrain the state says is pending (a new one, or one a killed monitor left), then
+        raise or resolve the `feedback_failed` alert; returns its record and the alert events."""
+        pending = self.state.get("pending_retrain")
+        if not pending:
+            return None, []
+        from ray_pipeline.feedback.loop import retrain
+
+        until, at = datetime.fromisoformat(pending["until"]), datetime.fromisoformat(pending["window_end"])
+        record = retrain(self.cfg, reason=pending["reason"], window_s=self.window_s, until=until, run_id=pending["id"])
+        events = feedback_events(self.state["rules"], record, at)
+        if record.get("decision") not in ("skipped", "failed"):  # skipped: not enough new labels yet
+            self.state["last_retrain"] = at.isoformat()
+        self.state.pop("pending_retrain", None)
+        self._publish(events)
         self._save_state()
-        return result
+        return record, events
 
     def _labels(self) -> pa.Table:
         """Accepted labels, read again only when new label files arrived (not once per window)."""
@@ -185,21 +251,25 @@ class Monitor:
         # a replayed window replaces its own file: never two copies
         write_parquet(table, join(self.cfg.resolve(self.cfg.monitoring.table), f"window={start:%Y%m%dT%H%M%S}.parquet"))
 
-    def _maybe_retrain(self, firing: list[dict[str, Any]], now: datetime) -> dict[str, Any] | None:
+    def _complete_until(self) -> datetime:
+        """End of the newest window complete now (its grace passed)."""
+        return _floor(datetime.now(timezone.utc) - timedelta(seconds=self.cfg.monitoring.grace_s), self.window_s)
+
+    def _trigger(self, rows: int, end: datetime) -> str | None:
+        """Why this window starts a retrain, or None. A firing rule counts only with new evidence:
+        this window had traffic and the rule's condition held on it (an alert left active through
+        quiet windows does not keep retraining)."""
         fb = self.cfg.monitoring.feedback
-        triggers = [a for a in firing if a["rule"] in fb.rules]
+        if rows == 0:
+            return None
+        rules = self.state["rules"]
+        triggers = [n for n in fb.rules if rules.get(n, {}).get("firing") and rules[n].get("held_at") == end.isoformat()]
         if not triggers:
             return None
         last = self.state.get("last_retrain")
-        if last and (now - datetime.fromisoformat(last)).total_seconds() < fb.cooldown_s:
+        if last and (end - datetime.fromisoformat(last)).total_seconds() < fb.cooldown_s:
             return None
-        from ray_pipeline.feedback.loop import retrain
-
-        reason = "alert " + ", ".join(a["rule"] for a in triggers)
-        record = retrain(self.cfg, reason=reason, window_s=self.window_s)
-        if record.get("decision") != "skipped":  # not enough labels yet: try again next window
-            self.state["last_retrain"] = now.isoformat()
-        return record
+        return "alert " + ", ".join(triggers)
 
     def pending(self, since: datetime | None = None, now: datetime | None = None) -> list[tuple[datetime, datetime]]:
         """Complete windows not processed yet (a window is complete `grace_s` after it ends)."""
@@ -215,16 +285,26 @@ class Monitor:
         return out
 
     def run(self, since: datetime | None = None, until: datetime | None = None) -> list[WindowResult]:
-        """Process every complete window (ending at or before `until`, default now)."""
+        """Process every complete window (ending at or before `until`, default now), after finishing
+        a retrain an earlier monitor was killed in."""
+        self.finish_retrain()
         return [self.process(s, e) for s, e in self.pending(since, until)]
 
-    def watch(self, since: datetime | None = None, echo=print, stop_after: float | None = None) -> None:
-        """Process windows as they complete, forever (or for `stop_after` seconds)."""
+    def watch(self, since: datetime | None = None, echo=print, stop_after: float | None = None,
+              stop: threading.Event | None = None) -> None:  # fmt: skip
+        """Process windows as they complete, until `stop` is set (checked between windows) or for
+        `stop_after` seconds."""
+        stop = stop or threading.Event()
         deadline = time.time() + stop_after if stop_after else None
-        while deadline is None or time.time() < deadline:
+        record, _ = self.finish_retrain()
+        if record is not None:
+            echo(f"finished the interrupted feedback run {record['id']}: {record.get('decision')}")
+        while not stop.is_set() and (deadline is None or time.time() < deadline):
             for s, e in self.pending(since):
+                if stop.is_set():
+                    break
                 echo(self.process(s, e).render())
-            time.sleep(min(5.0, self.window_s / 4))
+            stop.wait(min(5.0, self.window_s / 4))
 
     def close(self) -> None:
         """Deliver queued webhook events, stop the metrics endpoint."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +18,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.serve.predlog import read_log
 from ray_pipeline.storage import exists, filesystem, join, matching_files, write_parquet
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("label", pa.int8()),
                           ("labeled_at", pa.timestamp("us", tz="UTC"))])  # fmt: skip
 
@@ -166,7 +167,8 @@ def _check(rec, label_col, fits, mapping, by_request, by_id, by_event, schema): 
         except ValueError:
             return "bad_timestamp", f"{schema.event_timestamp}: not ISO 8601: {ts!r}", None
         when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
-        matches = by_event.get((str(ent), int(when.timestamp() * 1e6)))
+        # exact integer microseconds: timestamp() * 1e6 is a float and misses ~80% of keys by 1 us
+        matches = by_event.get((str(ent), (when - EPOCH) // timedelta(microseconds=1)))
         if not matches:
             return "unknown_request", f"no logged prediction for {schema.entity_key}={ent} at {ts}", None
         if len(matches) > 1:

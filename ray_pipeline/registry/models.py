@@ -41,8 +41,22 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
         "output": "probability of label 1",
         "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
     }
-    lineage = {**run.lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version()}
+    lineage = {**run.lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version(),
+               "model_sha256": model_sha256(run_dir)}  # fmt: skip
     return registry.register(name, run_dir, run.kind, run.metrics, run.params, signature, lineage)
+
+
+def model_sha256(run_dir: str | Path) -> str:
+    """Digest of a run's model files: two runs that learned the same model have the same digest."""
+    from ray_pipeline.storage import join, tree_sha256
+    from ray_pipeline.train.rundir import MODEL_DIR
+
+    return tree_sha256(join(str(run_dir), MODEL_DIR))  # join, not Path: run_dir may be a URI
+
+
+def same_model(registry: Registry, name: str, digest: str) -> ModelVersion | None:
+    """The registered version of `name` whose model has this digest, if any."""
+    return next((v for v in registry.versions(name) if v.lineage.get("model_sha256") == digest), None)
 
 
 def _code_version() -> str | None:
@@ -105,13 +119,12 @@ def gate_report(candidate: ModelVersion, current: ModelVersion | None, gates: di
         lower = metric in LOWER_IS_BETTER
         # Relative improvement, positive when the candidate is better.
         gain = (old - new) / abs(old) if lower else (new - old) / abs(old)
-        if gain >= 0:
-            passed = gain >= rule.min_improvement
-            need = f"needs >= {rule.min_improvement:.2%} improvement"
-        else:
-            allowed = rule.max_regression if rule.max_regression is not None else 0.0
-            passed = -gain <= allowed and rule.min_improvement == 0.0
-            need = f"allows {allowed:.2%} regression" + (", requires improvement" if rule.min_improvement else "")
+        if rule.max_regression is not None and rule.min_improvement == 0.0:  # non-inferiority
+            passed = -gain <= rule.max_regression
+            need = f"allows {rule.max_regression:.2%} regression"
+        else:  # strictly better: a tie is no reason to move the alias
+            passed = gain > rule.min_improvement
+            need = f"needs > {rule.min_improvement:.2%} improvement"
         ok &= passed
         direction = "lower" if lower else "higher"
         lines.append(

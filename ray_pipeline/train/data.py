@@ -86,9 +86,10 @@ def _in_split(batch: pa.Table, column: str, name: str) -> pa.Table:
     return batch.filter(pc.fill_null(pc.equal(batch[column], name), False))
 
 
-def _random_windows(training_set, cfg: PipelineConfig) -> tuple[dict[str, tuple], dict]:
+def _random_windows(training_set, cfg: PipelineConfig, test_fraction: float | None = None) -> tuple[dict[str, tuple], dict]:
     """Per-class hash cutoffs so each split holds the configured share of each label value."""
     split, label = cfg.training.split, cfg.data.schema_.label
+    test_fraction = split.test_fraction if test_fraction is None else test_fraction
     hashed = training_set.map_batches(
         _hash_label, fn_kwargs={"seed": split.seed, "label": label}, batch_format="pyarrow"
     ).to_pandas()  # 9 bytes per row on the driver, to place the cutoffs exactly
@@ -98,7 +99,7 @@ def _random_windows(training_set, cfg: PipelineConfig) -> tuple[dict[str, tuple]
         mine = np.sort(u[y == cls])
         n = len(mine)
         # cut between sorted values so the counts are exact: the first n_train rows train, ...
-        n_test, n_valid = round(n * split.test_fraction), round(n * split.valid_fraction)
+        n_test, n_valid = round(n * test_fraction), round(n * split.valid_fraction)
         cut = [mine[k] if k < n else 1.0 for k in (n - n_test - n_valid, n - n_test)]
         bounds["train"][cls] = (0.0, cut[0])
         bounds["valid"][cls] = (cut[0], cut[1])
@@ -133,13 +134,40 @@ def split_rows(training_set, cfg: PipelineConfig) -> tuple[dict[str, object], di
     return raw, how
 
 
-def prepare(training_set, cfg: PipelineConfig) -> Prepared:
-    """Split (`split_rows`), fit the FeatureSpec on train, transform all three."""
+def holdout_split(training_set, cfg: PipelineConfig) -> tuple[dict[str, object], dict]:
+    """Train and valid when the test rows come from elsewhere (a feedback retrain's holdout window):
+    valid is a random slice stratified by label, so the newest rows train too; a slice by time would
+    keep exactly the freshest labels out of the model again."""
+    schema = cfg.data.schema_
+    bounds, how = _random_windows(training_set, cfg, test_fraction=0.0)
+    raw = {
+        name: training_set.map_batches(
+            _in_hash_range, fn_kwargs={"seed": cfg.training.split.seed, "label": schema.label, "bounds": bounds[name]},
+            batch_format="pyarrow",
+        )
+        for name in ("train", "valid")
+    }
+    return raw, {**how, "test": "holdout"}
+
+
+def with_columns(table: pa.Table, columns: list[str]) -> pa.Table:
+    """`table` holding `columns` (a column it lacks as nulls, e.g. an input older log rows did not carry)."""
+    return pa.table({c: table[c] if c in table.column_names else pa.nulls(table.num_rows, pa.float64())
+                     for c in columns})  # fmt: skip
+
+
+def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None) -> Prepared:
+    """Split (`split_rows`), fit the FeatureSpec on train, transform all three. With `holdout` (raw
+    rows with the label), those rows are the test split and the training set is train and valid."""
+    import ray.data
+
     schema = cfg.data.schema_
     # Read once: the split bounds, the spec fit and the three splits all pass over these rows.
     training_set = training_set.materialize()
-    raw, how = split_rows(training_set, cfg)
+    raw, how = split_rows(training_set, cfg) if holdout is None else holdout_split(training_set, cfg)
     spec = fit(raw["train"], schema, cfg.features)
+    if holdout is not None:
+        raw["test"] = ray.data.from_arrow(with_columns(holdout, [*spec.input_columns, schema.label]))
     splits = {
         name: ds.map_batches(
             to_xy, fn_kwargs={"spec": spec, "label": schema.label}, batch_format="pyarrow"

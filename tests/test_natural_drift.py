@@ -1,0 +1,188 @@
+"""The loop on natural drift (issue: the loop on real data). A year of subscriber records
+(`data/seasonal.py`: a calendar input, a seasonal input, gradual concept drift, a two-period
+campaign that shifts the plan mix and ends); the first six periods train the base model, later ones
+are served one period per monitoring window through the registry's @champion into the real
+prediction log, with one window without traffic. Labels arrive by entity and event time after each
+window; the monitor alerts and the feedback loop retrains, gates by paired bootstrap and promotes.
+
+Scoring goes through the champion alias in-process rather than over HTTP, so the log's times can
+be the records' event times (a window per period) and the test takes a minute, not a year; the
+HTTP path into the same log is what tests/test_feedback_loop.py drives."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ray_pipeline.config import parse_config
+from ray_pipeline.data.seasonal import FEATURES, seasonal_period
+
+pytestmark = pytest.mark.slow
+
+ROWS = 2500
+SEED = 3
+PERIOD_S = 86400.0
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+BASE_PERIODS = range(6)
+SERVED = [6, 7, 8, 10, 11, 12, 13]  # period 9: a window without traffic
+RULES = [
+    {"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25, "severity": "critical"},
+    {"name": "performance", "metric": "log_loss_ratio", "op": ">", "threshold": 1.05},
+]  # fmt: skip
+FEEDBACK = {"rules": ["input_drift", "performance"], "min_labeled_rows": 500, "min_new_labels": 500,
+            "cooldown_s": 0, "holdout_windows": 1}  # fmt: skip
+
+
+def drift_config(tmp: Path) -> object:
+    """A pipeline over the seasonal table with day-long windows (one period each)."""
+    return parse_config({
+        "data": {"source": {"path": str(tmp / "raw"), "format": "parquet"},
+                 "schema": {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": "label",
+                            "features": FEATURES},
+                 "output": {"root": str(tmp / "ingested")}},
+        "features": {"store_root": str(tmp / "features")},
+        "training": {"run_root": str(tmp / "runs"), "workers": 1, "checkpoint_every": 500,
+                     "logreg": {"optimizer": "newton", "epochs": 50}},
+        "registry": {"db_path": str(tmp / "registry.db"), "artifact_root": str(tmp / "artifacts"),
+                     "model_name": "churn"},
+        "serving": {"prediction_log": str(tmp / "predlog")},
+        "monitoring": {"root": str(tmp / "monitoring"), "window_s": PERIOD_S, "grace_s": 0, "min_rows": 200,
+                       "rules": RULES, "feedback": FEEDBACK},
+    })  # fmt: skip
+
+
+def period(k: int) -> pa.Table:
+    """Period k of the table (deterministic)."""
+    return seasonal_period(k, ROWS, SEED, START, PERIOD_S)
+
+
+def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
+    """Score a period with the model @champion serves and log it at the records' own times."""
+    from ray_pipeline.registry.models import load
+    from ray_pipeline.serve.predlog import PredictionLog, rows_table
+
+    model = load(registry, "models:/churn@champion")
+    inputs = rows.select(model.spec.input_columns)
+    n = rows.num_rows
+    base = {"request_id": [f"p{k}-{i // 100}" for i in range(n)], "row": [i % 100 for i in range(n)],
+            "entity": rows["customer_id"].to_pylist(), "event_ts": rows["event_ts"].to_pylist(),
+            "score": model.predict_table(inputs).tolist(), "model_name": ["churn"] * n,
+            "model_version": [model.version.version] * n, "variant": ["champion"] * n, "http_status": [200] * n}  # fmt: skip
+    table = rows_table(base, inputs, START)
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", rows["event_ts"])
+    log = PredictionLog(cfg.resolve(cfg.serving.prediction_log), flush_rows=10 * n)  # written by close() itself
+    log.append_table(table)
+    log.close()
+    return model.version.version
+
+
+def deliver_labels(cfg, rows: pa.Table, path: Path) -> None:
+    """Labels by entity and event time, as an upstream system sends them after the period."""
+    from ray_pipeline.feedback.replay import write_labels_csv
+    from ray_pipeline.monitor.labels import ingest_labels
+
+    labels = [{"customer_id": e, "event_ts": t.isoformat(), "label": y}
+              for e, t, y in zip(*(rows[c].to_pylist() for c in ("customer_id", "event_ts", "label")))]  # fmt: skip
+    result = ingest_labels(cfg, write_labels_csv(path, labels))
+    assert result.accepted == rows.num_rows, result.render()
+
+
+def oracle_auc(k: int) -> float:
+    """scikit-learn logistic regression (impute, scale, one-hot) retrained on every earlier labeled period."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    num = [c for c, f in FEATURES.items() if f["type"] != "category"]
+    cat = [c for c, f in FEATURES.items() if f["type"] == "category"]
+    earlier = pd.concat([period(j).to_pandas() for j in [*BASE_PERIODS, *SERVED] if j < k])
+    prep = ColumnTransformer([("n", make_pipeline(SimpleImputer(), StandardScaler()), num),
+                              ("c", OneHotEncoder(handle_unknown="ignore"), cat)])  # fmt: skip
+    model = make_pipeline(prep, LogisticRegression(max_iter=2000)).fit(earlier[num + cat], earlier["label"])
+    test = period(k).to_pandas()
+    return float(roc_auc_score(test["label"], model.predict_proba(test[num + cat])[:, 1]))
+
+
+def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
+    from ray_pipeline.data.ingest import ingest
+    from ray_pipeline.feedback.loop import feedback_runs
+    from ray_pipeline.features.pipeline import build_features
+    from ray_pipeline.monitor.job import Monitor
+    from ray_pipeline.registry.models import open_registry, register_run
+    from ray_pipeline.storage import write_parquet
+    from ray_pipeline.train.runner import train_model
+
+    cfg = drift_config(tmp_path)
+    write_parquet(pa.concat_tables([period(k) for k in BASE_PERIODS]).drop_columns(["p_true"]),
+                  str(tmp_path / "raw" / "part-0.parquet"))  # fmt: skip
+    ingest(cfg)
+    build_features(cfg)
+    registry = open_registry(cfg)
+    base = register_run(registry, "churn", train_model(cfg, "logreg").run_dir)
+    registry.set_alias("churn", "champion", base.version, "base model")
+
+    table, results, fired, resolved = [], [], set(), set()
+    mon = Monitor(cfg)
+    try:
+        for k in SERVED:
+            rows = period(k)
+            served = serve_period(cfg, registry, rows, k)
+            deliver_labels(cfg, rows, tmp_path / f"labels-{k}.csv")
+            end = START + timedelta(seconds=(k + 1) * PERIOD_S)
+            done = mon.run(since=START + timedelta(seconds=SERVED[0] * PERIOD_S), until=end)
+            results += done
+            busy = [r for r in done if r.rows]
+            assert len(busy) == 1 and busy[0].rows == ROWS, [r.render() for r in done]
+            live = {m["metric"]: m["value"] for m in busy[0].metrics if m["feature"] == f"v{served}/champion"}
+            for r in done:
+                fired |= {e["rule"] for e in r.events if e["status"] == "firing"}
+                resolved |= {e["rule"] for e in r.events if e["status"] == "resolved"}
+            fb = busy[0].feedback or {}
+            lower = next((g["lower"] for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
+            table.append({"period": k, "served": served, "auc": live["roc_auc"], "log_loss": live["log_loss"],
+                          "oracle_auc": oracle_auc(k), "alerts": sorted(e["rule"] for e in busy[0].events),
+                          "decision": fb.get("decision"), "log_loss_gain_lower": lower})  # fmt: skip
+    finally:
+        mon.close()
+    for row in table:
+        print(row)
+
+    records = feedback_runs(cfg)
+    assert records, "the drift never started a retrain"
+    assert not [r for r in records if r.get("decision") == "failed"], records
+    # no retrain on nothing new, none started by a window without traffic
+    empty_windows = [r for r in results if r.rows == 0]
+    assert empty_windows and not any(r.feedback for r in empty_windows)
+    trained = [r for r in records if r.get("decision") not in ("skipped", None)]
+    assert all(r["new_labels"] >= FEEDBACK["min_new_labels"] for r in trained)
+    # every promotion cleared the bootstrap; no version is registered twice
+    for r in records:
+        if r["decision"] == "promoted":
+            assert all(g["passed"] and g["lower"] > (0 if g["metric"] == "log_loss" else -0.011) for g in r["gates"]), r
+    versions = registry.versions("churn")
+    digests = [v.lineage["model_sha256"] for v in versions]
+    assert len(digests) == len(set(digests))
+    assert len(versions) == 1 + sum(1 for r in records if r.get("challenger"))
+    # the newest fed-back labels train: each retrain's training events reach the window before its holdout
+    for r in trained:
+        holdout_from = datetime.fromisoformat(r["data"]["holdout"]["from"])
+        train_to = datetime.fromisoformat(r["data"]["train"]["events_to"])
+        assert holdout_from - train_to < timedelta(seconds=2 * PERIOD_S), r["data"]
+        assert r["data"]["holdout"]["rows"] == ROWS
+    assert any(r["decision"] == "promoted" for r in records)
+    # quality: the served model keeps up with an oracle retrained on all earlier periods
+    served_auc, oracle = np.mean([t["auc"] for t in table]), np.mean([t["oracle_auc"] for t in table])
+    assert served_auc >= oracle - 0.02, (served_auc, oracle)
+    # alerts have a lifecycle: the seasonal inputs never fire one; whatever fired resolved
+    assert "input_drift" in fired
+    seasonal = {n for n, f in FEATURES.items() if f.get("seasonal")}
+    assert not [e for r in results for e in r.events if e["status"] == "firing" and e["feature"] in seasonal]
+    assert fired <= resolved, (fired, resolved)
