@@ -148,7 +148,7 @@ def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
             fb = busy[0].feedback or {}
             lower = next((g["lower"] for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
             table.append({"period": k, "served": served, "auc": live["roc_auc"], "log_loss": live["log_loss"],
-                          "oracle_auc": oracle_auc(k), "alerts": sorted(e["rule"] for e in busy[0].events),
+                          "oracle_auc": oracle_auc(k), "alerts": sorted(f"{e['rule']} {e['status']}" for r in done for e in r.events),
                           "decision": fb.get("decision"), "log_loss_gain_lower": lower})  # fmt: skip
     finally:
         mon.close()
