@@ -79,10 +79,27 @@ def _start_ray(address: str | None, verbose: bool = False):
     """Connect to Ray; without --verbose Ray's per-worker output stays in its log files and our
     progress bars show instead."""
     from ray_pipeline.progress import set_enabled
-    from ray_pipeline.runtime import init_ray
 
     set_enabled(not verbose)
     return init_ray(address, quiet=not verbose)
+
+
+def _stop_on_signals(echo: Callable[[str], object]):
+    """An event SIGTERM and SIGINT set instead of interrupting: a long-lived job stops between two
+    units of work (a window, a retrain) with its state saved, never in the middle of one."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            echo(f"{signal.Signals(signum).name}: stopping after the current step")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
 
 
 def _parse_pairs(items: list[str], option: str) -> dict[str, str]:
@@ -137,10 +154,10 @@ def generate(
         list[str], typer.Option(help="COEFFICIENT=VALUE of the true model after drift start; repeatable.")
     ] = [],
     address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Generate synthetic transactions with a known label probability (p_true) in parallel."""
     from ray_pipeline.data.synthetic import generate as run_generate
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config) if config else None
     drift: dict[str, object] = {}
@@ -167,7 +184,7 @@ def generate(
         if cfg is None:
             raise UserError("--out is required unless --config gives data.source.path")
         out = cfg.resolve(cfg.data.source.path)
-    init_ray(address)
+    _start_ray(address, verbose)
     result = run_generate(spec, out)
     typer.echo(f"generated {result.rows:,} rows ({result.format}) in {result.seconds:.1f} s -> {result.path}")
 
@@ -185,6 +202,7 @@ def init(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pipeline config.")] = Path("pipeline.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Infer a pipeline.yaml from a sample of your table: types, nullability, categories, key, time, label."""
     from ray_pipeline.data.infer import infer_config
@@ -204,13 +222,13 @@ def ingest(
     config: ConfigOpt,
     address: AddressOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Read and validate the configured source; write accepted rows and a quarantine of bad rows."""
     from ray_pipeline.data.ingest import ingest as run_ingest
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
-    init_ray(address)
+    _start_ray(address, verbose, cfg)
     result = run_ingest(cfg)
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
 
@@ -221,13 +239,12 @@ app.add_typer(features_app, name="features")
 
 @features_app.command("fit")
 @_friendly_errors
-def features_fit(config: ConfigOpt, address: AddressOpt = None) -> None:
+def features_fit(config: ConfigOpt, address: AddressOpt = None, verbose: VerboseOpt = False) -> None:
     """Build the feature views, join the training set point-in-time and fit the FeatureSpec."""
     from ray_pipeline.features.pipeline import build_features
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
-    init_ray(address)
+    _start_ray(address, verbose, cfg)
     typer.echo(build_features(cfg).render())
 
 
@@ -239,13 +256,13 @@ def features_materialize(
     end: Annotated[datetime | None, typer.Option(help="Only values before this time (UTC).")] = None,
     view: Annotated[list[str], typer.Option(help="Views to materialize (default: all); repeatable.")] = [],
     address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Load the latest value per entity of each feature view into the online store."""
     from ray_pipeline.features.pipeline import materialize_online
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
-    init_ray(address)
+    _start_ray(address, verbose, cfg)
     for name, counts in materialize_online(cfg, start, end, view or None).items():
         typer.echo(f"{name}: {counts['candidates']:,} entity values considered, {counts['written']:,} written")
 
@@ -257,6 +274,7 @@ def features_get(
     entity: Annotated[list[str], typer.Option("--entity", "-e", help="Entity id; repeatable.")],
     view: Annotated[str | None, typer.Option(help="Feature view (default: the only one configured).")] = None,
     now: Annotated[datetime | None, typer.Option(help="Evaluate the TTL at this time (UTC); default now.")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Read feature values for entities from the online store, with their status."""
     from ray_pipeline.config import as_utc
@@ -299,7 +317,7 @@ def train(
     from ray_pipeline.workflow import register_and_promote
 
     cfg = load_config(config)
-    _start_ray(address, verbose)
+    _start_ray(address, verbose, cfg)
     run = train_model(cfg, model, workers)
     typer.echo(summary(run))
     if register:
@@ -341,7 +359,18 @@ def run(
     if champion is not None:
         typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")
     if serve:
-        _serve_until_stopped(cfg, wait if wait is not None else runtime.local)
+        wait = wait if wait is not None else runtime.local
+        if runtime.local and wait:
+            from ray_pipeline.runtime import announce_ray
+
+            with announce_ray(_attach_file(cfg), runtime.address):
+                typer.echo(f"Ray: {runtime.address} (local, started by this command); `monitor`, `retrain`, "
+                           f"`predict` and `serve` with this config attach to it while it serves "
+                           f"(or pass --address {runtime.address})")  # fmt: skip
+                _serve_until_stopped(cfg, wait)
+        else:
+            typer.echo(f"Ray: {runtime.address}")
+            _serve_until_stopped(cfg, wait)
 
 
 @app.command()
@@ -364,7 +393,7 @@ def predict(
     cfg = load_config(config)
     uri = model or f"models:/{cfg.registry.model_name}@{cfg.serving.alias}"
     loaded = load(open_registry(cfg), uri)
-    _start_ray(address, verbose)
+    _start_ray(address, verbose, cfg)
     typer.echo(score_files(cfg, loaded, input_path, out, fmt).render())
 
 
@@ -375,7 +404,7 @@ NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Registered mo
 
 @models_app.command("list")
 @_friendly_errors
-def models_list(config: ConfigOpt, name: NameOpt = None) -> None:
+def models_list(config: ConfigOpt, name: NameOpt = None, verbose: VerboseOpt = False) -> None:
     """List versions with their key metrics and aliases."""
     from ray_pipeline.registry.models import open_registry, registry_db
 
@@ -404,6 +433,7 @@ def models_register(
     config: ConfigOpt,
     run_dir: Annotated[str, typer.Option("--run", help="A training run directory or URI (printed by `train`).")],
     name: NameOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Register a training run as a new version (promote it with `models promote`)."""
     from ray_pipeline.registry.models import open_registry, register_run
@@ -417,7 +447,8 @@ def models_register(
 @models_app.command("show")
 @_friendly_errors
 def models_show(
-    config: ConfigOpt, uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS")]
+    config: ConfigOpt, uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS")],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Show one version: metrics, params, signature, lineage, files."""
     from dataclasses import asdict
@@ -435,6 +466,7 @@ def models_promote(
     alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
     name: NameOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Promote even if a gate fails (recorded).")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Move an alias to a version if it passes the configured gates against the current holder."""
     from ray_pipeline.registry.models import open_registry, promote
@@ -453,6 +485,7 @@ def models_rollback(
     config: ConfigOpt,
     alias: Annotated[str, typer.Option(help="Alias to roll back.")] = "champion",
     name: NameOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Move an alias back to the version it held before its last change."""
     from ray_pipeline.registry.models import open_registry
@@ -465,7 +498,8 @@ def models_rollback(
 @models_app.command("history")
 @_friendly_errors
 def models_history(
-    config: ConfigOpt, alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None, name: NameOpt = None
+    config: ConfigOpt, alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None, name: NameOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Every alias change: time, alias, from -> to, reason, actor."""
     from ray_pipeline.registry.models import open_registry
@@ -487,13 +521,13 @@ def serve_deploy(
     wait: Annotated[
         bool | None, typer.Option(help="Keep serving until Ctrl-C (default: yes on an embedded local Ray).")
     ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Deploy models:/NAME@ALIAS behind the HTTP API (POST /predict, GET /healthz, /model, /docs)."""
-    from ray_pipeline.runtime import init_ray
     from ray_pipeline.serve.app import deploy
 
     cfg = load_config(config)
-    runtime = init_ray(address)
+    runtime = _start_ray(address, verbose, cfg)
     url = deploy(cfg, local=runtime.local)
     typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {url}/predict (docs: {url}/docs)")
     _serve_until_stopped(cfg, wait if wait is not None else runtime.local)
@@ -522,13 +556,12 @@ def _serve_until_stopped(cfg: PipelineConfig, wait: bool) -> None:
 
 @serve_app.command("status")
 @_friendly_errors
-def serve_status(address: AddressOpt = None) -> None:
+def serve_status(address: AddressOpt = None, verbose: VerboseOpt = False) -> None:
     """Applications and deployments on the cluster, with their status."""
     from ray import serve
 
-    from ray_pipeline.runtime import init_ray
 
-    init_ray(address)
+    _start_ray(address, verbose)
     for name, application in serve.status().applications.items():
         typer.echo(f"{name}: {application.status}")
         for dep_name, dep in application.deployments.items():
@@ -537,14 +570,13 @@ def serve_status(address: AddressOpt = None) -> None:
 
 @serve_app.command("shutdown")
 @_friendly_errors
-def serve_shutdown(config: ConfigOpt, address: AddressOpt = None) -> None:
+def serve_shutdown(config: ConfigOpt, address: AddressOpt = None, verbose: VerboseOpt = False) -> None:
     """Delete the application (replicas flush their prediction logs)."""
     from ray import serve
 
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
-    init_ray(address)
+    _start_ray(address, verbose, cfg)
     serve.delete(cfg.serving.app_name)
     typer.echo(f"deleted {cfg.serving.app_name}")
 
@@ -554,6 +586,7 @@ def serve_shutdown(config: ConfigOpt, address: AddressOpt = None) -> None:
 def serve_config(
     config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the serve deploy config.")],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write a `serve deploy`-compatible config for this pipeline (validated against Serve's schema)."""
     import yaml
@@ -584,6 +617,7 @@ def cluster_config(
     worker_memory: Annotated[str, typer.Option(help="Memory per worker pod (Kubernetes quantity).")] = "8Gi",
     head_ip: Annotated[str, typer.Option(help="launcher: the head machine's address.")] = "HEAD_IP",
     worker_ip: Annotated[list[str], typer.Option(help="launcher: a worker machine's address; repeatable.")] = [],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write KubeRay manifests or a cluster-launcher config (validated) for this pipeline."""
     from ray_pipeline.clusterconfig import ClusterSpec, default_image, write_configs
@@ -612,6 +646,7 @@ def monitor(
     until: Annotated[datetime | None, typer.Option(help="Stop at windows ending after this time (UTC); default now.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep processing windows as they complete (a long-lived job).")] = False,
     address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Process every complete window of the prediction log (monitoring table, gauges, report, alerts)."""
     if ctx.invoked_subcommand is not None:
@@ -620,19 +655,17 @@ def monitor(
         raise UserError("--config is required")
     from ray_pipeline.config import as_utc
     from ray_pipeline.monitor.job import Monitor, parse_duration
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
-    init_ray(address)
+    _start_ray(address, verbose, cfg)
     mon = Monitor(cfg, parse_duration(window) if window else None)
     start = as_utc(since) if since else None
     try:
         if watch:
-            typer.echo(f"watching {cfg.resolve(cfg.serving.prediction_log)} every {mon.window_s:g} s (Ctrl-C stops)")
-            try:
-                mon.watch(start, echo=typer.echo)
-            except KeyboardInterrupt:
-                pass
+            typer.echo(f"watching {cfg.resolve(cfg.serving.prediction_log)} every {mon.window_s:g} s "
+                       "(Ctrl-C or SIGTERM stops after the window in hand)")  # fmt: skip
+            mon.watch(start, echo=typer.echo, stop=_stop_on_signals(typer.echo))
+            typer.echo(f"stopped; state saved, next window starts {mon.state['next']}")
         else:
             results = mon.run(start, as_utc(until) if until else None)
             for r in results:
@@ -647,6 +680,7 @@ def monitor(
 def monitor_rules(
     config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the Prometheus alerting-rule file.")],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Export monitoring.rules as a Prometheus alerting-rule file (check it with `promtool check rules`)."""
     import yaml
@@ -669,6 +703,7 @@ app.add_typer(labels_app, name="labels")
 def labels_ingest(
     config: ConfigOpt,
     path: Annotated[str, typer.Option("--path", "-p", help="CSV, Parquet or JSON-lines file of labels.")],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Validate labels keyed by request_id (and row) or by entity and event time; quarantine bad ones."""
     from ray_pipeline.monitor.labels import ingest_labels
@@ -682,15 +717,19 @@ def retrain(
     config: ConfigOpt,
     reason: Annotated[str, typer.Option(help="Why (recorded with the run).")] = "manual",
     address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Feed labeled traffic back, retrain, compare with the champion on a holdout, promote through the gates."""
     from ray_pipeline.feedback.loop import retrain as run_retrain
-    from ray_pipeline.runtime import init_ray
 
     cfg = load_config(config)
-    init_ray(address)
+    _start_ray(address, verbose, cfg)
     record = run_retrain(cfg, reason=reason)
     typer.echo(json.dumps(record, indent=2, default=str))
+    if record.get("decision") == "failed":
+        typer.secho(f"error: the retrain failed in stage {record.get('stage')}: {record.get('error')} "
+                    "(the record above; --verbose shows the traceback in the log)", fg=typer.colors.RED, err=True)  # fmt: skip
+        raise typer.Exit(code=1)
 
 
 @app.command()

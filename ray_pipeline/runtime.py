@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -184,6 +188,31 @@ def init_ray(
         local=address is None,
         num_cpus=float(resources.get("CPU", 0.0)),
     )
+
+
+@contextmanager
+def announce_ray(path: Path, address: str) -> Iterator[None]:
+    """Say, in `path`, that this process runs a local Ray at `address` (other commands attach to it),
+    for as long as the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def serving_ray(path: Path) -> str | None:
+    """The address in `path` if the process that wrote it is still alive (a stale file is removed)."""
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)  # signal 0: only asks whether the process exists
+        return str(info["address"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
 
 
 def logs_dir() -> str | None:

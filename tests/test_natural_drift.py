@@ -37,9 +37,14 @@ FEEDBACK = {"rules": ["input_drift", "performance"], "min_labeled_rows": 500, "m
             "cooldown_s": 0, "holdout_windows": 1}  # fmt: skip
 
 
-def drift_config(tmp: Path) -> object:
+def drift_config(tmp: Path, **monitoring: object) -> object:
     """A pipeline over the seasonal table with day-long windows (one period each)."""
-    return parse_config({
+    return parse_config(drift_config_body(tmp, **monitoring))
+
+
+def drift_config_body(tmp: Path, **monitoring: object) -> dict:
+    """drift_config as a plain mapping (to write a pipeline.yaml for the CLI)."""
+    return {
         "data": {"source": {"path": str(tmp / "raw"), "format": "parquet"},
                  "schema": {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": "label",
                             "features": FEATURES},
@@ -51,13 +56,31 @@ def drift_config(tmp: Path) -> object:
                      "model_name": "churn"},
         "serving": {"prediction_log": str(tmp / "predlog")},
         "monitoring": {"root": str(tmp / "monitoring"), "window_s": PERIOD_S, "grace_s": 0, "min_rows": 200,
-                       "rules": RULES, "feedback": FEEDBACK},
-    })  # fmt: skip
+                       "rules": RULES, "feedback": FEEDBACK, **monitoring},
+    }  # fmt: skip
 
 
-def period(k: int) -> pa.Table:
+def period(k: int, rows: int = ROWS, start: datetime = START, period_s: float = PERIOD_S) -> pa.Table:
     """Period k of the table (deterministic)."""
-    return seasonal_period(k, ROWS, SEED, START, PERIOD_S)
+    return seasonal_period(k, rows, SEED, start, period_s)
+
+
+def base_model(cfg, tables: list[pa.Table]):
+    """Ingest `tables`, build features, train and register the base model as @champion."""
+    from ray_pipeline.data.ingest import ingest
+    from ray_pipeline.features.pipeline import build_features
+    from ray_pipeline.registry.models import open_registry, register_run
+    from ray_pipeline.storage import write_parquet
+    from ray_pipeline.train.runner import train_model
+
+    raw = pa.concat_tables(tables).drop_columns(["p_true"])
+    write_parquet(raw, cfg.resolve(cfg.data.source.path) + "/part-0.parquet")
+    ingest(cfg)
+    build_features(cfg)
+    registry = open_registry(cfg)
+    base = register_run(registry, "churn", train_model(cfg, "logreg").run_dir)
+    registry.set_alias("churn", "champion", base.version, "base model")
+    return registry
 
 
 def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
@@ -112,22 +135,11 @@ def oracle_auc(k: int) -> float:
 
 
 def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
-    from ray_pipeline.data.ingest import ingest
     from ray_pipeline.feedback.loop import feedback_runs
-    from ray_pipeline.features.pipeline import build_features
     from ray_pipeline.monitor.job import Monitor
-    from ray_pipeline.registry.models import open_registry, register_run
-    from ray_pipeline.storage import write_parquet
-    from ray_pipeline.train.runner import train_model
 
     cfg = drift_config(tmp_path)
-    write_parquet(pa.concat_tables([period(k) for k in BASE_PERIODS]).drop_columns(["p_true"]),
-                  str(tmp_path / "raw" / "part-0.parquet"))  # fmt: skip
-    ingest(cfg)
-    build_features(cfg)
-    registry = open_registry(cfg)
-    base = register_run(registry, "churn", train_model(cfg, "logreg").run_dir)
-    registry.set_alias("churn", "champion", base.version, "base model")
+    registry = base_model(cfg, [period(k) for k in BASE_PERIODS])
 
     table, results, fired, resolved = [], [], set(), set()
     mon = Monitor(cfg)

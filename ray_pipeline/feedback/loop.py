@@ -225,6 +225,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     record["stage"] = "prepare"
     test_rows = holdout.rename_columns([cfg.data.schema_.label if c == "label" else c for c in holdout.column_names])
     prepared = prepare(training_set, cfg, holdout=test_rows)
+    prepared.input_profile = _reference(cfg, holdout, prepared.spec)
     event_range = training_set.map_batches(_event_range, fn_kwargs={"col": event_col}, batch_format="pyarrow")
     lo, hi = event_range.min("lo"), event_range.max("hi")
     record["data"]["train"] = {"rows": prepared.rows["train"], "events_from": _iso(lo), "events_to": _iso(hi)}
@@ -263,6 +264,19 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
     else:
         record["decision"] = "refused" if not passed else "registered (promotion off)"
+
+
+def _reference(cfg: PipelineConfig, holdout: pa.Table, spec: Any) -> dict[str, Any]:
+    """The drift reference of a retrained version: the holdout window, the newest traffic its
+    promotion is decided on. Its training rows are mostly older: against them the traffic that
+    started the retrain would keep its input-drift alert firing after the promotion."""
+    import ray.data
+
+    from ray_pipeline.monitor.profile import input_profile
+    from ray_pipeline.train.data import with_columns
+
+    m = cfg.monitoring
+    return input_profile(ray.data.from_arrow(with_columns(holdout, spec.input_columns)), spec, m.bins, m.top_k)
 
 
 def holdout_gates(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, cfg: PipelineConfig,
