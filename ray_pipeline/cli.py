@@ -75,13 +75,24 @@ def _heading(text: str) -> None:
     typer.secho(text, bold=True)
 
 
-def _start_ray(address: str | None, verbose: bool = False):
+def _start_ray(address: str | None, verbose: bool = False, cfg: PipelineConfig | None = None):
     """Connect to Ray; without --verbose Ray's per-worker output stays in its log files and our
-    progress bars show instead."""
+    progress bars show instead. Without an address, a local Ray that `run --serve` started for the
+    same config is attached to instead of starting a second one beside it."""
     from ray_pipeline.progress import set_enabled
+    from ray_pipeline.runtime import init_ray, serving_ray
 
     set_enabled(not verbose)
+    if not (address or os.environ.get("RAY_ADDRESS")) and cfg is not None:
+        address = serving_ray(_attach_file(cfg))
+        if address:
+            typer.echo(f"attached to the local Ray that `run --serve` started: {address}")
     return init_ray(address, quiet=not verbose)
+
+
+def _attach_file(cfg: PipelineConfig) -> Path:
+    """Where `run --serve` says which local Ray it started for this config (beside the config)."""
+    return cfg.base_dir / ".ray-pipeline" / "ray.json"
 
 
 def _stop_on_signals(echo: Callable[[str], object]):
