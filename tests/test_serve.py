@@ -339,3 +339,30 @@ def test_a_taken_port_is_named_before_serve_tries_it(tmp_path):
         with pytest.raises(ValueError, match=rf"serving.port: 127.0.0.1:{cfg.serving.port} is already in use"):
             check_port_free(cfg)
     check_port_free(cfg)  # free again once the listener is gone
+
+
+def test_missing_nullable_inputs_are_answered_with_the_inputs_imputed(served):
+    body = predict(served["url"], [{"amount": None, "channel": "pos"}, {}, RECORD])
+    assert [p.get("imputed") for p in body["predictions"]] == [["amount"], ["amount", "channel"], None]
+    assert all(p["status"] == "ok" for p in body["predictions"])
+
+
+def test_a_non_nullable_input_is_required_by_the_contract_and_the_schema():
+    """What ingest would quarantine (a missing non-nullable input) serving refuses, naming the field."""
+    import jsonschema
+    from pydantic import ValidationError
+
+    from ray_pipeline.serve.api import request_model
+
+    strict = request_model(SPEC.model_copy(update={"required": ["channel"]}), 10, entity_ids=False)
+    for record, needle in (({}, "missing"), ({"amount": 1.0, "channel": None}, "string_type")):
+        with pytest.raises(ValidationError) as refused:
+            strict.model_validate_json(json.dumps({"records": [record]}))
+        assert refused.value.errors()[0]["loc"] == ("records", 0, "channel") and refused.value.errors()[0]["type"] == needle
+    strict.model_validate_json(json.dumps({"records": [{"channel": "pos"}]}))  # amount stays optional (imputed)
+    schema = strict.model_json_schema()
+    record_schema = schema["$defs"]["Record"]
+    assert record_schema["required"] == ["channel"] and "default" not in record_schema["properties"]["channel"]
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors({"records": [{}]}))
+    # specs written before `required` existed keep their content hash
+    assert SPEC.content_hash() == SPEC.model_copy(update={"required": []}).content_hash()

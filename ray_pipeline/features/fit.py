@@ -132,7 +132,10 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
         passthrough = [*schema.keys, schema.label]
     spec = merge_partials(partials, numeric, categorical, features, passthrough)
     label = schema.label_mapping
+    inputs = set(spec.input_columns)
     return spec.model_copy(update={
+        # what ingest quarantines when missing, serving refuses when missing (never imputed in silence)
+        "required": [n for n, c in schema.features.items() if not c.nullable and n in inputs],
         "entity_key": schema.entity_key,
         "event_timestamp": schema.event_timestamp,
         "label": LabelSpec(column=label.column, positive=label.positive_text or None,

@@ -64,6 +64,9 @@ class FeatureSpec(_Frozen):
     entity_key: str | None = Field(default=None, description="The data's entity key column, if it has one.")
     event_timestamp: str | None = Field(default=None, description="The data's event time column, if it has one.")
     label: LabelSpec | None = None
+    required: list[str] = Field(
+        default_factory=list, description="Inputs the schema marks non-nullable: a request must give a value."
+    )
 
     @property
     def input_columns(self) -> list[str]:
@@ -85,14 +88,18 @@ class FeatureSpec(_Frozen):
                 names.extend(f"{cat.name}={value}" for value in cat.onehot)
         return names
 
+    def _body(self) -> dict:
+        # `required` came later: left out when empty, so specs written before it keep their hash
+        return self.model_dump(mode="json", exclude=None if self.required else {"required"})
+
     def content_hash(self) -> str:
         """sha256 of the canonical JSON: equal hashes mean identical transforms."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        payload = json.dumps(self._body(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def to_json(self) -> str:
         """Readable JSON with the content hash alongside (not part of what it hashes)."""
-        body = self.model_dump(mode="json")
+        body = self._body()
         return json.dumps({"content_hash": self.content_hash(), **body}, indent=2, sort_keys=False)
 
     @classmethod

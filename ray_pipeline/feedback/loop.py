@@ -158,8 +158,11 @@ def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None 
         _run(cfg, record, registry, window_s, until)
         record.pop("stage", None)
     except Exception as exc:  # recorded, not raised: the monitor alerts on it and keeps watching
-        log.exception("feedback run %s failed in stage %s", run_id, record.get("stage"))
-        record.update(decision="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        import traceback
+
+        log.warning("feedback run %s failed in stage %s: %s", run_id, record.get("stage"), exc)
+        record.update(decision="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+                      traceback=traceback.format_exc()[-8000:])  # fmt: skip
     finally:
         registry.release_lock(f"retrain:{name}", run_id)
         record["wall_s"] = round(time.perf_counter() - started, 2)

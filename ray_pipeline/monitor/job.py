@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-
-import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -44,8 +44,11 @@ def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) 
     Validated from the raw JSON body (`model_validate_json`): JSON's strict rules accept ISO 8601 strings
     as times while still refusing "12.5" as a number.
     """
-    fields: dict[str, Any] = {c.name: (float | None, None) for c in spec.numeric}
-    fields.update({c.name: (str | None, None) for c in spec.categorical})
+    # A non-nullable input (ingest quarantines a row without it) is required and may not be null:
+    # 422 naming the field. A nullable one may be left out and is imputed (the response says so).
+    required = set(spec.required)
+    fields: dict[str, Any] = {c.name: (float, ...) if c.name in required else (float | None, None) for c in spec.numeric}
+    fields.update({c.name: (str, ...) if c.name in required else (str | None, None) for c in spec.categorical})
     key, ts = passthrough_fields(spec)
     # Optional: the caller's entity key and event time are logged with the prediction, so delayed
     # labels can be joined by (entity, event time) and labeled traffic can flow back into training.

@@ -292,6 +292,11 @@ def build_app(cfg: PipelineConfig, api_key: str | None = None):
                 "variant": result["variant"],
                 "predictions": [{"probability": p, "status": st} for p, st in zip(probs, statuses)],
             }
+            inputs = model.spec.input_columns
+            for i in known:  # which inputs were missing and got the training fill value
+                imputed = [c for c in inputs if records[i].get(c) is None]
+                if imputed:
+                    answer["predictions"][i]["imputed"] = imputed
             timing = {"lookup_ms": lookup_ms, "transform_ms": result["transform_ms"],
                       "inference_ms": result["inference_ms"], "post_ms": (time.perf_counter() - post_started) * 1e3}  # fmt: skip
             self.runner.metrics.stages(timing, (time.perf_counter() - started) * 1e3)
