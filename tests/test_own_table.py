@@ -257,3 +257,27 @@ def test_tree_digest_follows_content_not_names(tmp_path):
     assert tree_sha256(str(tmp_path / "a")) == tree_sha256(str(tmp_path / "b"))
     (tmp_path / "b" / "part-0.parquet").write_bytes(b"other rows")
     assert tree_sha256(str(tmp_path / "a")) != tree_sha256(str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_init_samples_the_whole_table_and_marks_calendar_inputs(tmp_path, fmt):
+    """A year of records in order: a sample of the first rows would see only January."""
+    from ray_pipeline.data.infer import infer_config
+
+    n = 6000
+    rng = np.random.default_rng(0)
+    ts = pd.date_range("2013-01-01", "2013-12-31", periods=n, tz="UTC")
+    frame = pd.DataFrame({"ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "month": ts.month, "year": 2013,
+                          "days_since_launch": (ts - ts[0]).days, "amount": rng.gamma(2.0, 30.0, n).round(2),
+                          "store_id": rng.integers(0, 50, n), "sold": rng.integers(0, 2, n)})  # fmt: skip
+    path = tmp_path / f"sales.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False, row_group_size=500)
+    inference = infer_config(str(path), "sold", sample_rows=600, out=str(tmp_path / "pipeline.yaml"))
+    assert inference.rows_sampled == 600
+    by = {c.name: c for c in inference.columns}
+    assert by["month"].sample_range == (1.0, 12.0), by["month"].why  # rows from every month, not the first
+    assert by["month"].spec["seasonal"] and "calendar-like name" in by["month"].why
+    assert by["days_since_launch"].spec["seasonal"] and "values follow ts" in by["days_since_launch"].why
+    assert not by["amount"].spec.get("seasonal") and not by["store_id"].spec.get("seasonal")
+    assert by["year"].role == "left out" and "constant (2013)" in by["year"].why  # a plain value, not np.int64(2013)
+    assert inference.config.data.schema_.features["month"].seasonal

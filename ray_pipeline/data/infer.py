@@ -28,6 +28,9 @@ SAMPLE_ROWS = 100_000
 MAX_CATEGORIES = 20  # at most this many distinct values: a closed set, listed and one-hot encoded
 ID_NAME = re.compile(r"(?i:(^|_)(id|uuid|guid|key)$)|[a-z]I[Dd]$")  # id, user_id, customerID, userId
 TIME_NAME = re.compile(r"(time|date|_ts$|^ts$|timestamp|_at$)", re.IGNORECASE)
+CALENDAR_NAME = re.compile(
+    r"(?i)(^|_)(month|mnth|day|dayofweek|weekday|dow|hour|hr|minute|year|yr|week|quarter|season)(_of_[a-z]+)?$"
+)
 
 
 @dataclass
@@ -61,53 +64,83 @@ class Inference:
         return "\n".join(lines)
 
 
-def read_sample(src: SourceFiles, rows: int = SAMPLE_ROWS) -> tuple[pa.Table, int]:
-    """Up to `rows` rows from the first files, with pyarrow's type inference; and the ragged CSV
-    rows skipped while reading (ingest will quarantine them)."""
-    tables: list[pa.Table] = []
+def read_sample(src: SourceFiles, rows: int = SAMPLE_ROWS, seed: int = 0) -> tuple[pa.Table, int]:
+    """A uniform sample of up to `rows` rows from every file and row group (in table order), with
+    pyarrow's type inference; and the ragged CSV rows skipped while reading (ingest quarantines
+    them). The first rows of a table with a year of records describe its first months only."""
+    sampler = _BottomK(rows, seed)
     ragged = 0
-    have = 0
     for path in src.files:
-        if have >= rows:
-            break
         try:
             if src.format == "parquet":
-                for rb in pq.ParquetFile(path, filesystem=src.filesystem).iter_batches(batch_size=rows - have):
-                    tables.append(pa.Table.from_batches([rb]))
-                    have += rb.num_rows
-                    break
+                for rb in pq.ParquetFile(path, filesystem=src.filesystem).iter_batches(batch_size=65_536):
+                    sampler.add(pa.Table.from_batches([rb]))
                 continue
             with src.filesystem.open_input_stream(path, compression="detect") as stream:
                 if src.format == "json":
-                    head = stream.read(64 << 20)
-                    cut = head.rfind(b"\n") if len(head) == 64 << 20 else len(head)
-                    t = pajson.read_json(io.BytesIO(head[:cut]))
-                else:
+                    sampler.add(pajson.read_json(stream))
+                    continue
 
-                    def skip(row: Any) -> str:
-                        nonlocal ragged
-                        ragged += 1
-                        return "skip"
+                def skip(row: Any) -> str:
+                    nonlocal ragged
+                    ragged += 1
+                    return "skip"
 
-                    reader = pacsv.open_csv(
-                        stream,
-                        parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
-                        convert_options=pacsv.ConvertOptions(null_values=DEFAULT_NULL_VALUES, strings_can_be_null=True),
-                    )
-                    parts = []
-                    for rb in reader:
-                        parts.append(pa.Table.from_batches([rb]))
-                        if sum(p.num_rows for p in parts) >= rows - have:
-                            break
-                    t = pa.concat_tables(parts) if parts else reader.schema.empty_table()
+                # Text first: a column's type is inferred from the sample below, not from the first
+                # block (a later block that disagrees would stop the read).
+                reader = pacsv.open_csv(
+                    stream,
+                    parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+                    convert_options=pacsv.ConvertOptions(null_values=DEFAULT_NULL_VALUES, strings_can_be_null=True,
+                                                         column_types=_all_text(path, src)),  # fmt: skip
+                )
+                for rb in reader:
+                    sampler.add(pa.Table.from_batches([rb]))
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise IngestError(f"{src.display(path)}: cannot read as {src.format}: {exc}") from None
-        t = t.slice(0, rows - have)
-        tables.append(t)
-        have += t.num_rows
-    if not tables:
+    sample = sampler.table()
+    if sample is None or sample.num_rows == 0:
         raise IngestError(f"{src.location}: no rows to sample")
-    return pa.concat_tables(tables, promote_options="permissive"), ragged
+    if src.format == "csv":  # infer types on the sample, as pyarrow would on the file
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(sample, sink)
+        sample = pacsv.read_csv(pa.BufferReader(sink.getvalue()), convert_options=pacsv.ConvertOptions(
+            null_values=DEFAULT_NULL_VALUES, strings_can_be_null=True))  # fmt: skip
+    return sample, ragged
+
+
+def _all_text(path: str, src: SourceFiles) -> dict[str, pa.DataType]:
+    """Every column of a CSV file as text (its header read once more)."""
+    with src.filesystem.open_input_stream(path, compression="detect") as head:
+        options = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+        names = pacsv.open_csv(head, parse_options=options).schema.names
+    return {n: pa.string() for n in names}
+
+
+class _BottomK:
+    """Uniform sampling without replacement over a stream of tables: every row gets a seeded random
+    key and the `k` smallest keys are kept (a reservoir that takes whole batches)."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k, self.rng, self.seen = k, np.random.default_rng(seed), 0
+        self.kept: pa.Table | None = None
+
+    def add(self, batch: pa.Table) -> None:
+        """Offer a batch of rows."""
+        n = batch.num_rows
+        keyed = batch.append_column("__key", pa.array(self.rng.random(n))).append_column(
+            "__pos", pa.array(np.arange(self.seen, self.seen + n, dtype=np.int64)))  # fmt: skip
+        self.seen += n
+        both = keyed if self.kept is None else pa.concat_tables([self.kept, keyed], promote_options="permissive")
+        if both.num_rows > self.k:
+            both = both.take(np.argsort(both["__key"].to_numpy(), kind="stable")[: self.k])
+        self.kept = both
+
+    def table(self) -> pa.Table | None:
+        """The sample in table order."""
+        if self.kept is None:
+            return None
+        return self.kept.sort_by("__pos").drop_columns(["__key", "__pos"])
 
 
 def _numbers_in_text(s: pd.Series) -> pd.Series | None:
@@ -184,7 +217,7 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
         return Column(name, "left out", "every value is missing in the sample")
     distinct = present.nunique()
     if distinct == 1:
-        return Column(name, "left out", f"constant ({present.iloc[0]!r}): carries no signal")
+        return Column(name, "left out", f"constant ({_plain(present.iloc[0])!r}): carries no signal")
     if _is_time(s):
         return Column(name, "event_timestamp", f"timestamps ({present.min()} .. {present.max()})")
     is_text = not pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
@@ -211,6 +244,30 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
     how = "numbers stored as text" if numbers is not None else "numeric"
     return Column(name, "feature", f"{how} ({kind}), {values.min():g} .. {values.max():g}{null_note}",
                   {"type": kind, "nullable": nullable}, sample_range=(float(values.min()), float(values.max())))  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (printed as 2013, not np.int64(2013))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _mark_seasonal(c: Column, why: str) -> None:
+    c.spec["seasonal"] = True
+    c.why += f"; {why}: its drift is reported, never a retrain trigger"
+
+
+def _calendar_columns(features: list[Column], frame: pd.DataFrame, ts: Column | None) -> None:
+    """Mark calendar-like inputs: a calendar name (month, hour, ...) or integers that follow the event time."""
+    times = pd.to_datetime(frame[ts.name], errors="coerce", utc=True, format="ISO8601") if ts is not None else None
+    for c in features:
+        if c.spec.get("type") != "int":
+            continue
+        if CALENDAR_NAME.search(c.name):
+            _mark_seasonal(c, "calendar-like name")
+        elif times is not None:
+            both = pd.DataFrame({"v": pd.to_numeric(frame[c.name], errors="coerce"), "t": times}).dropna()
+            if len(both) > 10 and both["v"].nunique() > 1 and both["v"].corr(both["t"].astype("int64"), "spearman") >= 0.95:
+                _mark_seasonal(c, f"values follow {ts.name}")
 
 
 def _first(columns: list[Column], role: str, prefer: re.Pattern) -> Column | None:
@@ -243,11 +300,12 @@ def infer_config(
     key = _first(columns, "entity_key", ID_NAME)
     ts = _first(columns, "event_timestamp", TIME_NAME)
     features = [c for c in columns if c.role == "feature"]
+    _calendar_columns(features, frame, ts)
     if not features:
         raise UserError(f"{src.location}: no usable feature columns; decisions: "
                          + "; ".join(f"{c.name}: {c.why}" for c in columns))  # fmt: skip
     if ragged:
-        notes.append(f"{ragged} row(s) in the sample have the wrong number of fields: ingest quarantines them")
+        notes.append(f"{ragged} row(s) have the wrong number of fields: ingest quarantines them")
     text = _yaml(src, data, out, label_map, key, ts, features, columns, rows)
     cfg = parse_config(yaml.safe_load(text), os.path.abspath(out))  # what init writes must validate
     return Inference(text, columns, rows, notes, cfg)
