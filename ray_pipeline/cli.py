@@ -731,12 +731,14 @@ def retrain(
     verbose: VerboseOpt = False,
 ) -> None:
     """Feed labeled traffic back, retrain, compare with the champion on a holdout, promote through the gates."""
+    from ray_pipeline.feedback.loop import describe_record, record_path
     from ray_pipeline.feedback.loop import retrain as run_retrain
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
     record = run_retrain(cfg, reason=reason)
-    typer.echo(json.dumps(record, indent=2, default=str))
+    typer.echo(describe_record(record))
+    typer.echo(f"record: {record_path(cfg, record['id'])}")
     if record.get("decision") == "failed":
         typer.secho(f"error: the retrain failed in stage {record.get('stage')}: {record.get('error')} "
                     "(the record above; --verbose shows the traceback in the log)", fg=typer.colors.RED, err=True)  # fmt: skip

@@ -6,7 +6,6 @@ every column left out is named with why, so a user can check the guess before th
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from dataclasses import dataclass, field

@@ -317,10 +317,31 @@ def _since(batch: pa.Table, col: str, since: int) -> pa.Table:
     return batch.filter(pc.greater_equal(pc.cast(batch[col], pa.int64()), since))
 
 
+def record_path(cfg: PipelineConfig, run_id: str) -> str:
+    """Where a feedback run's record is written."""
+    return join(cfg.resolve(cfg.monitoring.feedback_runs), "runs", f"{run_id}.json")
+
+
 def _write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
-    write_text(join(cfg.resolve(cfg.monitoring.feedback_runs), "runs", f"{record['id']}.json"),
-               json.dumps(record, indent=2, default=str))  # fmt: skip
+    write_text(record_path(cfg, record["id"]), json.dumps(record, indent=2, default=str))
     return record
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """A feedback run for people: decision, the data it used, the gates with their intervals."""
+    lines = [f"feedback {record.get('id')}: {record.get('decision')}"
+             + (f" ({record['promoted']})" if record.get("promoted") else "")
+             + (f": {record['why']}" if record.get("why") else "")]  # fmt: skip
+    if record.get("decision") == "failed":
+        lines.append(f"  failed in stage {record.get('stage')}: {record.get('error')}")
+    data = record.get("data", {})
+    if "train" in data:
+        t, v, h = data["train"], data["valid"], data["holdout"]
+        lines.append(f"  train {t['rows']:,} rows (events {t['events_from']} .. {t['events_to']}); "
+                     f"valid {v['rows']:,} ({v['how']}); holdout {h['rows']:,} (served {h['from']} .. {h['to']}); "
+                     f"fed back this run {data.get('fed_back_rows', 0):,}")  # fmt: skip
+    lines += [f"  {line}" for line in record.get("gate_report", "").splitlines()]
+    return "\n".join(lines)
 
 
 def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:

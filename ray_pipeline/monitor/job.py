@@ -62,7 +62,9 @@ class WindowResult:
                   for e in self.events]  # fmt: skip
         lines += [f"  {n}" for n in self.notes]
         if self.feedback:
-            lines.append(f"  feedback: {self.feedback.get('decision')} ({self.feedback.get('id')})")
+            from ray_pipeline.feedback.loop import describe_record
+
+            lines += [f"  {line}" for line in describe_record(self.feedback).splitlines()]
         return "\n".join(lines)
 
 
