@@ -19,11 +19,13 @@ demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
 test: $(STAMP) redis-server promtool postgresql
+	$(BIN)/lint-imports
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests --durations=30
 
 # The inner loop while developing (about a minute): everything not marked slow. `make test` is
 # still what guards behaviour and what CI runs.
 test-fast: $(STAMP) redis-server promtool postgresql
+	$(BIN)/lint-imports
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not slow"
 
 # Tests start their own redis-server on a free port; install the Debian package when we can.

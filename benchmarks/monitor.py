@@ -86,7 +86,7 @@ def reference(rng: np.random.Generator) -> dict:
     """The reference profile, built by the platform's own code from 200k undrifted rows."""
     import ray.data
 
-    from ray_pipeline.monitor.profile import build_profile
+    from ray_pipeline.features.profile import build_profile
 
     cols = rows(rng, 200_000, False)
     scores = cols.pop("score")

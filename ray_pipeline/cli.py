@@ -669,7 +669,9 @@ def monitor(
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
-    mon = Monitor(cfg, parse_duration(window) if window else None)
+    from ray_pipeline.feedback.loop import retrain
+
+    mon = Monitor(cfg, parse_duration(window) if window else None, retrain=retrain)
     start = as_utc(since) if since else None
     try:
         if watch:
@@ -731,13 +733,14 @@ def retrain(
     verbose: VerboseOpt = False,
 ) -> None:
     """Feed labeled traffic back, retrain, compare with the champion on a holdout, promote through the gates."""
-    from ray_pipeline.feedback.loop import describe_record, record_path
+    from ray_pipeline.feedback.loop import record_path
+    from ray_pipeline.monitor.job import describe_feedback
     from ray_pipeline.feedback.loop import retrain as run_retrain
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
     record = run_retrain(cfg, reason=reason)
-    typer.echo(describe_record(record))
+    typer.echo(describe_feedback(record))
     typer.echo(f"record: {record_path(cfg, record['id'])}")
     if record.get("decision") == "failed":
         typer.secho(f"error: the retrain failed in stage {record.get('stage')}: {record.get('error')} "

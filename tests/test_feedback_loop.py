@@ -70,9 +70,10 @@ def _scenario(base, tmp_path, name: str):
 
 
 def _monitor(cfg):
+    from ray_pipeline.feedback.loop import retrain
     from ray_pipeline.monitor.job import Monitor
 
-    mon = Monitor(cfg)
+    mon = Monitor(cfg, retrain=retrain)
     try:
         return mon.run()
     finally:

@@ -17,7 +17,7 @@ import pytest
 
 from ray_pipeline.config import ConfigError, parse_config
 from ray_pipeline.monitor import alerts
-from ray_pipeline.monitor.profile import build_profile, save_profile
+from ray_pipeline.features.profile import build_profile, save_profile
 from ray_pipeline.registry.models import open_registry, register_run
 from ray_pipeline.serve.predlog import PredictionLog, rows_table
 

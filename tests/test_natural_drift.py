@@ -136,13 +136,14 @@ def oracle_auc(k: int) -> float:
 
 def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
     from ray_pipeline.feedback.loop import feedback_runs
+    from ray_pipeline.feedback.loop import retrain
     from ray_pipeline.monitor.job import Monitor
 
     cfg = drift_config(tmp_path)
     registry = base_model(cfg, [period(k) for k in BASE_PERIODS])
 
     table, results, fired, resolved = [], [], set(), set()
-    mon = Monitor(cfg)
+    mon = Monitor(cfg, retrain=retrain)
     try:
         for k in SERVED:
             rows = period(k)

@@ -157,7 +157,7 @@ def test_monitoring_on_s3_log_labels_windows_alerts_reports_and_state(ray_sessio
     from ray_pipeline.config import parse_config
     from ray_pipeline.monitor.job import Monitor
     from ray_pipeline.monitor.labels import accepted_labels, ingest_labels
-    from ray_pipeline.monitor.profile import build_profile, save_profile
+    from ray_pipeline.features.profile import build_profile, save_profile
     from ray_pipeline.registry.models import open_registry
     from ray_pipeline.storage import read_text, write_text
     from tests.test_monitoring import RULE, T0, _log, _rows, config

@@ -275,7 +275,7 @@ def _reference(cfg: PipelineConfig, holdout: pa.Table, spec: Any) -> dict[str, A
     started the retrain would keep its input-drift alert firing after the promotion."""
     import ray.data
 
-    from ray_pipeline.monitor.profile import input_profile
+    from ray_pipeline.features.profile import input_profile
     from ray_pipeline.train.data import with_columns
 
     m = cfg.monitoring
@@ -325,23 +325,6 @@ def record_path(cfg: PipelineConfig, run_id: str) -> str:
 def _write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
     write_text(record_path(cfg, record["id"]), json.dumps(record, indent=2, default=str))
     return record
-
-
-def describe_record(record: dict[str, Any]) -> str:
-    """A feedback run for people: decision, the data it used, the gates with their intervals."""
-    lines = [f"feedback {record.get('id')}: {record.get('decision')}"
-             + (f" ({record['promoted']})" if record.get("promoted") else "")
-             + (f": {record['why']}" if record.get("why") else "")]  # fmt: skip
-    if record.get("decision") == "failed":
-        lines.append(f"  failed in stage {record.get('stage')}: {record.get('error')}")
-    data = record.get("data", {})
-    if "train" in data:
-        t, v, h = data["train"], data["valid"], data["holdout"]
-        lines.append(f"  train {t['rows']:,} rows (events {t['events_from']} .. {t['events_to']}); "
-                     f"valid {v['rows']:,} ({v['how']}); holdout {h['rows']:,} (served {h['from']} .. {h['to']}); "
-                     f"fed back this run {data.get('fed_back_rows', 0):,}")  # fmt: skip
-    lines += [f"  {line}" for line in record.get("gate_report", "").splitlines()]
-    return "\n".join(lines)
 
 
 def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:

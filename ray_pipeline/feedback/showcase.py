@@ -63,6 +63,7 @@ def _live(results: list, metric: str, version: int) -> list[float]:
 def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callable[[str], None] = print,
              window_s: float = 10.0, per_window: int = 3000) -> LoopReport:  # fmt: skip
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
+    from ray_pipeline.feedback.loop import retrain
     from ray_pipeline.monitor.job import Monitor
     from ray_pipeline.monitor.labels import ingest_labels
     from ray_pipeline.registry.models import load, open_registry
@@ -105,7 +106,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
     labeled = ingest_labels(cfg, write_labels_csv(join(cfg.resolve(cfg.monitoring.root), "incoming", "labels-1.csv"), labels))
     echo(f"labels arrived: {labeled.accepted:,} accepted")
-    mon = Monitor(cfg, window_s)
+    mon = Monitor(cfg, window_s, retrain=retrain)
     try:
         results = mon.run(since=datetime.fromtimestamp(first, tz=timezone.utc))
         busy = [r for r in results if r.rows]

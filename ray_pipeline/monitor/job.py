@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +24,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.monitor import alerts as alerting
 from ray_pipeline.monitor.collect import collect_window
 from ray_pipeline.monitor.labels import accepted_labels, label_files
-from ray_pipeline.monitor.profile import load_profile
+from ray_pipeline.features.profile import load_profile
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import window_rows
@@ -62,10 +62,32 @@ class WindowResult:
                   for e in self.events]  # fmt: skip
         lines += [f"  {n}" for n in self.notes]
         if self.feedback:
-            from ray_pipeline.feedback.loop import describe_record
-
-            lines += [f"  {line}" for line in describe_record(self.feedback).splitlines()]
+            lines += [f"  {line}" for line in describe_feedback(self.feedback).splitlines()]
         return "\n".join(lines)
+
+
+class Retrain(Protocol):
+    """What the monitor calls when a feedback rule fires (feedback.loop.retrain)."""
+
+    def __call__(self, cfg: PipelineConfig, reason: str, window_s: float, until: datetime,
+                 run_id: str) -> dict[str, Any]: ...  # fmt: skip
+
+
+def describe_feedback(record: dict[str, Any]) -> str:
+    """A feedback run's record for people: decision, the data it used, the gates with their intervals."""
+    lines = [f"feedback {record.get('id')}: {record.get('decision')}"
+             + (f" ({record['promoted']})" if record.get("promoted") else "")
+             + (f": {record['why']}" if record.get("why") else "")]  # fmt: skip
+    if record.get("decision") == "failed":
+        lines.append(f"  failed in stage {record.get('stage')}: {record.get('error')}")
+    data = record.get("data", {})
+    if "train" in data:
+        t, v, h = data["train"], data["valid"], data["holdout"]
+        lines.append(f"  train {t['rows']:,} rows (events {t['events_from']} .. {t['events_to']}); "
+                     f"valid {v['rows']:,} ({v['how']}); holdout {h['rows']:,} (served {h['from']} .. {h['to']}); "
+                     f"fed back this run {data.get('fed_back_rows', 0):,}")  # fmt: skip
+    lines += [f"  {line}" for line in record.get("gate_report", "").splitlines()]
+    return "\n".join(lines)
 
 
 def _run_id(end: datetime) -> str:
@@ -112,8 +134,11 @@ def parse_duration(text: str) -> float:
 class Monitor:
     """Processes complete windows of the prediction log in order, keeping its position on disk."""
 
-    def __init__(self, cfg: PipelineConfig, window_s: float | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, window_s: float | None = None, retrain: Retrain | None = None) -> None:
+        """`retrain`: what a firing feedback rule runs (`feedback.loop.retrain`, given by whoever runs
+        the monitor: monitoring reports, it does not import the stage above it); None: alerts only."""
         m = cfg.monitoring
+        self.retrain = retrain
         self.cfg = cfg
         self.window_s = window_s or m.window_s
         self.registry = open_registry(cfg)
@@ -223,12 +248,11 @@ class Monitor:
         """Run the retrain the state says is pending (a new one, or one a killed monitor left), then
         raise or resolve the `feedback_failed` alert; returns its record and the alert events."""
         pending = self.state.get("pending_retrain")
-        if not pending:
+        if not pending or self.retrain is None:
             return None, []
-        from ray_pipeline.feedback.loop import retrain
-
         until, at = datetime.fromisoformat(pending["until"]), datetime.fromisoformat(pending["window_end"])
-        record = retrain(self.cfg, reason=pending["reason"], window_s=self.window_s, until=until, run_id=pending["id"])
+        record = self.retrain(self.cfg, reason=pending["reason"], window_s=self.window_s, until=until,
+                              run_id=pending["id"])  # fmt: skip
         events = feedback_events(self.state["rules"], record, at)
         if record.get("decision") not in ("skipped", "failed"):  # skipped: not enough new labels yet
             self.state["last_retrain"] = at.isoformat()
@@ -261,7 +285,7 @@ class Monitor:
         this window had traffic and the rule's condition held on it (an alert left active through
         quiet windows does not keep retraining)."""
         fb = self.cfg.monitoring.feedback
-        if rows == 0:
+        if rows == 0 or self.retrain is None:
             return None
         rules = self.state["rules"]
         triggers = [n for n in fb.rules if rules.get(n, {}).get("firing") and rules[n].get("held_at") == end.isoformat()]

@@ -7,7 +7,7 @@
       params.json              {"model": "logreg" | "xgboost", ...training parameters}
       lineage.json             training-data digest, event-time range, split, hashes, Ray Train run
       history.json             per epoch / boosting round (optional)
-      reference_profile.json   what monitoring compares traffic with (optional, monitor/profile.py)
+      reference_profile.json   what monitoring compares traffic with (optional, features/profile.py)
       plots/                   PNG curves (optional, train/evaluate.py)
 
 The registry copies a run directory as it is into an immutable version, so a registered version

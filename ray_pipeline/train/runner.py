@@ -13,14 +13,14 @@ import numpy as np
 from ray_pipeline.config import PipelineConfig, TrainingConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.monitor.profile import input_profile, save_profile, with_scores
+from ray_pipeline.features.profile import input_profile, save_profile, with_scores
 from ray_pipeline.progress import remote_bar
 from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
-from ray_pipeline.train.worker import worker_loop
+from ray_pipeline.train.entry import worker_loop
 
 
 @dataclass

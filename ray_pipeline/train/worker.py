@@ -8,7 +8,6 @@ fixed cost of a run, but there is no reason to load pydantic and matplotlib on e
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
@@ -113,24 +112,3 @@ class MemoryProbe:
         self._stop.set()
         self._thread.join()
         return [self.start_mb, max(self.peak_mb, _status_mb("RssAnon")), _status_mb("VmHWM")]
-
-
-def worker_loop(kind: str):
-    """The worker loop for `kind`, returning rank 0's result plus every worker's node id (and
-    memory figures when `measure_memory` is set)."""
-
-    def loop(config: dict[str, Any]) -> dict[str, Any] | None:
-        quiet_report_log()
-        if kind == "xgboost":
-            from ray_pipeline.train.xgb import train_loop
-        else:
-            from ray_pipeline.train.logreg import train_loop
-        nodes = node_ids()
-        probe = MemoryProbe() if config.get("measure_memory") else None
-        out = train_loop(config)
-        memory = gather_rows(probe.stop()) if probe is not None else None
-        if out is None:
-            return None
-        return {**out, "worker_nodes": nodes, **({"worker_memory_mb": memory} if memory else {})}
-
-    return loop
