@@ -14,6 +14,8 @@ from pathlib import Path
 
 import ray
 
+from ray_pipeline.raycompat import DATA_PROGRESS_LOGGER, node_logs_dir
+
 log = logging.getLogger(__name__)
 
 # Ray's own loggers print an INFO line per dataset execution; on a laptop that drowns the
@@ -122,7 +124,7 @@ def _configure_data_context(quiet: bool) -> None:
     _quiet = quiet
     if quiet:
         # Ray Data warns once that its bars are off.
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        logging.getLogger(DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
 
 
 _quiet = False
@@ -217,8 +219,7 @@ def serving_ray(path: Path) -> str | None:
 
 def logs_dir() -> str | None:
     """Where this node's Ray processes write their logs (None when not connected)."""
-    node = getattr(ray._private.worker.global_worker, "node", None)
-    return node.get_logs_dir_path() if node is not None else None
+    return node_logs_dir()
 
 
 def shutdown_ray() -> None:

@@ -30,6 +30,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table, transform_table
 from ray_pipeline.registry.models import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
+from ray_pipeline.raycompat import serve_client
 from ray_pipeline.runtime import quiet_serve_logs
 from ray_pipeline.serve.api import (
     PREDICT_RESPONSES,
@@ -400,20 +401,18 @@ def deploy(cfg: PipelineConfig, local: bool = False) -> str:
     `local`: the cluster is an embedded instance on this machine, so a taken HTTP port can be
     named here before Serve's own start fails on it.
     """
-    from ray.serve.context import _get_global_client
-
     s = cfg.serving
     api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
     if s.api_key_env and not api_key:
         raise UserError(f"serving.api_key_env: environment variable {s.api_key_env} is not set")
-    if local and _get_global_client(raise_if_no_controller_running=False) is None:
+    if local and serve_client(required=False) is None:
         check_port_free(cfg)  # only when this call starts Serve: a running Serve already owns its port
     quiet_serve_logs()
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(build_app(cfg, api_key), name=s.app_name, route_prefix=s.route_prefix, blocking=False)
     # Serve's HTTP options are fixed by whoever started Serve first on this cluster: report where
     # the proxy really listens rather than where the config asked for.
-    http = _get_global_client().http_config
+    http = serve_client().http_config
     host = s.host if http.host in ("0.0.0.0", "::") else http.host
     url = f"http://{host}:{http.port}{s.route_prefix.rstrip('/')}"
     # serve.run returns once replicas run, but the front door learns the new route a moment later

@@ -27,9 +27,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.xgboost import XGBoostTrainer as _XGBoostTrainer
+
+from ray_pipeline.raycompat import placement_group_cleaner_callback
 
 log = logging.getLogger(__name__)
 _HEALTH_CHECK = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -75,9 +76,10 @@ class _NoCleanerActor:
     """Mixin for a DataParallelTrainer: fast polling during the fit, and no per-run cleaner actor
     (the driver cleans up instead)."""
 
-    def _create_default_callbacks(self):
+    def _create_default_callbacks(self):  # a private hook of DataParallelTrainer: see raycompat.py
         callbacks = super()._create_default_callbacks()  # type: ignore[misc]
-        return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+        cleaner = placement_group_cleaner_callback()
+        return callbacks if cleaner is None else [c for c in callbacks if not isinstance(c, cleaner)]
 
     def fit(self):
         with _fast_polling(), placement_groups_removed_on_failure():

@@ -66,13 +66,13 @@ def quiet_report_log() -> None:
     """Silence Ray Train's per-report INFO line (the whole checkpoint repr, every report, every worker)."""
     import logging
 
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # a Ray version without that module has its own logging
-        return
+    from ray_pipeline.raycompat import train_context_logger
+
     # That logger is named by file path, so RunConfig's LoggingConfig, which filters only "ray.train.*"
-    # records, does not reach it (ray 2.60).
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    # records, does not reach it.
+    logger = train_context_logger()
+    if logger is not None:  # a Ray version without it has its own logging
+        logger.setLevel(logging.WARNING)
 
 
 def _status_mb(field: str) -> float:

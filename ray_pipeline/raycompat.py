@@ -1,0 +1,71 @@
+"""Every use of Ray's private APIs, in one place. Written for ray 2.60.0.
+
+On a Ray upgrade, re-check each function below (tests/test_raycompat.py exercises every one):
+
+- `placement_group_cleaner_callback`: Ray Train V2's `PlacementGroupCleanerCallback` class, which
+  train/trainer.py drops from `DataParallelTrainer._create_default_callbacks()` (a private hook
+  too) to skip the per-run cleaner actor. If the class moves, the trainers keep Ray's default
+  callbacks (correct, ~0.6 s slower per run).
+- `train_context_logger`: the logger Ray Train's worker context logs each report with (named by
+  file path, so Ray's LoggingConfig does not reach it). If it moves, report lines come back.
+- `serve_client`: Serve's controller client (`ray.serve.context._get_global_client`): whether
+  Serve runs on the cluster, and where its HTTP proxy really listens.
+- `node_logs_dir`: the connected node's log directory (`ray._private.worker.global_worker`).
+- `DATA_PROGRESS_LOGGER`: Ray Data's logger that warns once that progress bars are off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+WRITTEN_FOR = "2.60.0"
+DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+
+log = logging.getLogger(__name__)
+
+
+def check_version() -> str | None:
+    """A warning text when the installed Ray is not the version this module was written for."""
+    if ray.__version__ == WRITTEN_FOR:
+        return None
+    return (f"ray {ray.__version__} is installed; ray_pipeline/raycompat.py was written for ray {WRITTEN_FOR}: "
+            "re-check the private APIs it lists (tests/test_raycompat.py)")  # fmt: skip
+
+
+def placement_group_cleaner_callback() -> type | None:
+    """Ray Train V2's per-run placement-group cleaner callback class, or None if it moved."""
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return None
+    return PlacementGroupCleanerCallback
+
+
+def train_context_logger() -> logging.Logger | None:
+    """The logger of Ray Train's worker context (one INFO line per report), or None if it moved."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return None
+    return logging.getLogger(context.__file__)
+
+
+def serve_client(required: bool = True) -> Any:
+    """Serve's controller client; with `required=False`, None when Serve is not running."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client(raise_if_no_controller_running=required)
+
+
+def node_logs_dir() -> str | None:
+    """Where the connected node's Ray processes write their logs (None when not connected)."""
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    return node.get_logs_dir_path() if node is not None else None
+
+
+_warning = check_version()
+if _warning:
+    log.warning(_warning)

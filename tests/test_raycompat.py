@@ -1,0 +1,48 @@
+"""Each private Ray API the project uses (ray_pipeline/raycompat.py) still does what the code
+relies on: run on a Ray upgrade before trusting the rest."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+from ray_pipeline import raycompat
+
+
+def test_the_installed_ray_is_the_one_the_adapter_was_written_for():
+    assert raycompat.check_version() is None, raycompat.check_version()
+
+
+def test_the_placement_group_cleaner_is_a_default_train_callback(ray_session):
+    from ray.train import ScalingConfig
+
+    from ray_pipeline.train.trainer import Trainer
+
+    cleaner = raycompat.placement_group_cleaner_callback()
+    assert cleaner is not None
+    trainer = Trainer(lambda: None, scaling_config=ScalingConfig(num_workers=1))
+    ray_defaults = super(type(trainer).__mro__[1], trainer)._create_default_callbacks()  # DataParallelTrainer's own
+    assert any(isinstance(c, cleaner) for c in ray_defaults), "Ray no longer adds the cleaner: drop the override"
+    assert not any(isinstance(c, cleaner) for c in trainer._create_default_callbacks())
+
+
+def test_the_train_context_logger_is_the_report_logger():
+    logger = raycompat.train_context_logger()
+    assert logger is not None and os.path.exists(logger.name) and logger.name.endswith("context.py")
+
+
+def test_the_serve_client_says_whether_serve_runs(ray_session):
+    client = raycompat.serve_client(required=False)
+    if client is None:  # Serve not started in this session (yet): the required form says so
+        with pytest.raises(Exception, match="(?i)serve|controller"):
+            raycompat.serve_client()
+    else:
+        assert client.http_config.port > 0
+
+
+def test_the_node_log_dir_and_data_progress_logger_exist(ray_session):
+    logs = raycompat.node_logs_dir()
+    assert logs and os.path.isdir(logs) and any(name.startswith("raylet") for name in os.listdir(logs))
+    importlib.import_module(raycompat.DATA_PROGRESS_LOGGER)  # the logger is named after this module
