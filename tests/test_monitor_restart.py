@@ -83,10 +83,11 @@ def test_killed_monitor_resumes_without_losing_or_duplicating(ray_session, tmp_p
     # 2. SIGKILL mid-retrain: the position and the pending retrain are saved before it starts
     proc = _watch(config, ray_session.address)
     pending = _until(lambda: _state(tmp_path).get("pending_retrain"), proc)
-    time.sleep(1.0)  # inside the retrain (feeding back, building features)
+    interrupted = pending["id"]
+    fed_file = tmp_path / "ingested" / "feedback" / f"{interrupted}.parquet"
+    _until(fed_file.exists, proc)  # inside the retrain: rows fed back, features being rebuilt
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    interrupted = pending["id"]
 
     # 3. restarted: finishes that retrain under its own id, then the windows left; SIGTERM stops it
     proc = _watch(config, ray_session.address)

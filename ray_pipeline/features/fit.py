@@ -20,11 +20,11 @@ from ray_pipeline.config import (
 from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.features.colstats import categorical_partial, merge_categorical, merge_numeric, numeric_partial
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, LabelSpec, NumericSpec
-from ray_pipeline.features.transform import _as_float
+from ray_pipeline.features.transform import as_float
 
 
 def _numeric_partial(arr: pa.ChunkedArray, name: str, log1p: bool) -> dict[str, Any]:
-    x = _as_float(arr, name)
+    x = as_float(arr, name)
     return numeric_partial(np.log1p(np.maximum(x, 0.0)) if log1p else x)
 
 

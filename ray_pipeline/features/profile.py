@@ -22,7 +22,7 @@ from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.colstats import categorical_partial, merge_categorical, merge_numeric, numeric_partial
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.features.transform import _as_float
+from ray_pipeline.features.transform import as_float
 
 PROFILE_FILE = "reference_profile.json"
 PROFILE_VERSION = 1
@@ -32,7 +32,7 @@ def partial_profile(batch: pa.Table, numeric: list[str], categorical: list[str])
     """One block's mergeable profile (JSON-safe), for `fold_blocks`."""
     return {
         "rows": batch.num_rows,
-        "numeric": {c: numeric_partial(_as_float(batch[c], c)) for c in numeric},
+        "numeric": {c: numeric_partial(as_float(batch[c], c)) for c in numeric},
         "categorical": {c: categorical_partial(batch[c]) for c in categorical},
     }
 

@@ -17,7 +17,7 @@ from ray_pipeline.data.validate import as_text
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
 
 
-def _as_float(arr: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+def as_float(arr: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
     """float64 values, NaN where missing or not finite."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -30,7 +30,7 @@ def _as_float(arr: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
 
 def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[np.ndarray]:
     """log1p -> clip -> impute -> standardize, plus the missing indicator if configured."""
-    x = _as_float(arr, col.name)
+    x = as_float(arr, col.name)
     if col.log1p:
         x = np.log1p(np.maximum(x, 0.0))  # negatives count as 0; NaN stays NaN
     if col.clip is not None:

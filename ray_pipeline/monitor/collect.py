@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.features.colstats import KLL_K, categorical_partial, merge_categorical
-from ray_pipeline.features.transform import _as_float
+from ray_pipeline.features.transform import as_float
 from ray_pipeline.monitor import stats
 from ray_pipeline.serve.predlog import REFUSED, STAGES, log_files
 from ray_pipeline.storage import join
@@ -73,12 +73,12 @@ def _version_partial(t: pa.Table, ref: dict[str, Any] | None) -> dict[str, Any]:
     if ref is None:
         return part
     for name, r in ref["numeric"].items():
-        x = _as_float(t[name], name) if name in t.column_names else np.full(t.num_rows, np.nan)
+        x = as_float(t[name], name) if name in t.column_names else np.full(t.num_rows, np.nan)
         part["numeric"][name] = stats.numeric_counts(x, r)
     for name in ref["categorical"]:
         present = name in t.column_names
         part["categorical"][name] = categorical_partial(t[name]) if present else {"counts": {}, "missing": t.num_rows}
-    part["score"] = stats.numeric_counts(_as_float(t["score"], "score"), ref["score"])
+    part["score"] = stats.numeric_counts(as_float(t["score"], "score"), ref["score"])
     return part
 
 
@@ -129,7 +129,7 @@ def partial_window(batch: dict[str, np.ndarray], start_us: int, end_us: int, ref
             out["versions"][str(version)] = _merge_version(out["versions"].get(str(version)), part)
         first = answered.filter(pc.equal(answered["row"], 0))  # latency is per request: its first row
         for s in STAGES:
-            v = _as_float(first[f"latency_{s}_ms"], s)
+            v = as_float(first[f"latency_{s}_ms"], s)
             v = v[~np.isnan(v)]
             if v.size:
                 sketches[s].update(v)
