@@ -159,14 +159,18 @@ def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
                 fired |= {e["rule"] for e in r.events if e["status"] == "firing"}
                 resolved |= {e["rule"] for e in r.events if e["status"] == "resolved"}
             fb = busy[0].feedback or {}
-            lower = next((g["lower"] for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
+            gate = next((g for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
+            interval = None if gate is None else f"{gate['gain']:+.2%} [{gate['lower']:+.2%}, {gate['upper']:+.2%}]"
             table.append({"period": k, "served": served, "auc": live["roc_auc"], "log_loss": live["log_loss"],
                           "oracle_auc": oracle_auc(k), "alerts": sorted(f"{e['rule']} {e['status']}" for r in done for e in r.events),
-                          "decision": fb.get("decision"), "log_loss_gain_lower": lower})  # fmt: skip
+                          "decision": fb.get("decision"), "log_loss_gain": interval})  # fmt: skip
     finally:
         mon.close()
-    for row in table:
-        print(row)
+    print(f"{'period':>6} {'served':>6} {'auc':>6} {'logloss':>7} {'oracle':>6}  decision (log-loss gain, 95% interval)  alerts")
+    for t in table:
+        print(f"{t['period']:>6} {'v' + str(t['served']):>6} {t['auc']:.4f} {t['log_loss']:.4f}  {t['oracle_auc']:.4f}  "
+              f"{(t['decision'] or '-') + (' ' + t['log_loss_gain'] if t['log_loss_gain'] else ''):<40} {', '.join(t['alerts'])}")
+    print(f"mean live AUC {np.mean([t['auc'] for t in table]):.4f}, oracle {np.mean([t['oracle_auc'] for t in table]):.4f}")
 
     records = feedback_runs(cfg)
     assert records, "the drift never started a retrain"
