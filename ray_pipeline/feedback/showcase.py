@@ -61,7 +61,7 @@ def _live(results: list, metric: str, version: int) -> list[float]:
 
 
 def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callable[[str], None] = print,
-             window_s: float = 10.0, per_window: int = 3000) -> LoopReport:  # fmt: skip
+             window_s: float = 10.0, per_window: int = 6000) -> LoopReport:  # fmt: skip
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
     from ray_pipeline.feedback.loop import retrain
     from ray_pipeline.monitor.job import Monitor
