@@ -743,8 +743,10 @@ def retrain(
     typer.echo(describe_feedback(record))
     typer.echo(f"record: {record_path(cfg, record['id'])}")
     if record.get("decision") == "failed":
+        if verbose:
+            typer.echo(record.get("traceback", ""), err=True)
         typer.secho(f"error: the retrain failed in stage {record.get('stage')}: {record.get('error')} "
-                    "(the record above; --verbose shows the traceback in the log)", fg=typer.colors.RED, err=True)  # fmt: skip
+                    "(--verbose prints the traceback the record keeps)", fg=typer.colors.RED, err=True)  # fmt: skip
         raise typer.Exit(code=1)
 
 

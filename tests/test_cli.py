@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -185,3 +186,20 @@ def test_features_get_unknown_view(project_copy):
     config = project_copy / "configs" / "demo.yaml"
     result = runner.invoke(app, ["features", "get", "--config", str(config), "-e", "1", "--view", "nope"])
     assert result.exit_code == 2 and "not a configured view" in result.output
+
+
+def test_commands_attach_to_the_ray_that_run_serve_announced(tmp_path):
+    """`run --serve` names its local Ray beside the config while it serves; a stale note is dropped."""
+    from ray_pipeline.runtime import announce_ray, serving_ray
+
+    note = tmp_path / ".ray-pipeline" / "ray.json"
+    assert serving_ray(note) is None
+    with announce_ray(note, "127.0.0.1:6379"):
+        assert serving_ray(note) == "127.0.0.1:6379"
+    assert not note.exists()  # gone when serving stops
+    child = subprocess.Popen(["true"])  # a process that has exited: its pid is free
+    child.wait()
+    note.write_text(json.dumps({"address": "127.0.0.1:6379", "pid": child.pid}))
+    assert serving_ray(note) is None and not note.exists()
+    note.write_text("not json")
+    assert serving_ray(note) is None and not note.exists()

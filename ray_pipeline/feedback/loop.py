@@ -181,7 +181,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     """The steps of one feedback run, filling `record` (`stage` says where it is)."""
     from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.pipeline import build_features, training_set_path
-    from ray_pipeline.train.data import prepare
+    from ray_pipeline.train.data import prepare, time_range
     from ray_pipeline.train.runner import train_model
 
     fb = cfg.monitoring.feedback
@@ -193,7 +193,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record.update(decision="skipped", why=f"{labeled.num_rows} labeled rows, need {fb.min_labeled_rows}")
         return
     since = _labels_through(cfg, record["id"])
-    new = labeled if since is None else labeled.filter(pc.greater(labeled["labeled_at"], pd_ts(since)))
+    new = labeled if since is None else labeled.filter(pc.greater(labeled["labeled_at"], _utc_scalar(since)))
     record["new_labels"] = new.num_rows
     if new.num_rows < fb.min_new_labels:
         record.update(decision="skipped", why=f"{new.num_rows} labels ingested since the last retrain's "
@@ -229,7 +229,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     test_rows = holdout.rename_columns([cfg.data.schema_.label if c == "label" else c for c in holdout.column_names])
     prepared = prepare(training_set, cfg, holdout=test_rows)
     prepared.input_profile = _reference(cfg, holdout, prepared.spec)
-    event_range = training_set.map_batches(_event_range, fn_kwargs={"col": event_col}, batch_format="pyarrow")
+    event_range = training_set.map_batches(time_range, fn_kwargs={"ts": event_col}, batch_format="pyarrow")
     lo, hi = event_range.min("lo"), event_range.max("hi")
     record["data"]["train"] = {"rows": prepared.rows["train"], "events_from": _iso(lo), "events_to": _iso(hi)}
     record["data"]["valid"] = {"rows": prepared.rows["valid"], "how": "random slice of the same range, "
@@ -292,14 +292,9 @@ def holdout_gates(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, cfg: Pipe
     return all(c.passed for c in checks), "\n".join(lines), [asdict(c) for c in checks]
 
 
-def pd_ts(iso: str) -> pa.Scalar:
+def _utc_scalar(iso: str) -> pa.Scalar:
     """An ISO time as an Arrow UTC timestamp scalar (to compare with `labeled_at`)."""
     return pa.scalar(datetime.fromisoformat(iso), pa.timestamp("us", tz="UTC"))
-
-
-def _event_range(batch: pa.Table, col: str) -> pa.Table:
-    t = pc.cast(batch[col], pa.int64())
-    return pa.table({"lo": [pc.min(t).as_py()], "hi": [pc.max(t).as_py()]}, schema=pa.schema([("lo", pa.int64()), ("hi", pa.int64())]))
 
 
 def _iso(us: int | None) -> str | None:

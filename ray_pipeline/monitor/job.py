@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
+from ray_pipeline.features.profile import load_profile
 from ray_pipeline.monitor import alerts as alerting
 from ray_pipeline.monitor.collect import collect_window
 from ray_pipeline.monitor.labels import accepted_labels, label_files
-from ray_pipeline.features.profile import load_profile
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import window_rows

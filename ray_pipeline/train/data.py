@@ -33,7 +33,8 @@ class Prepared:
     source_sha256: str | None = None  # content digest of the training set these rows came from
 
 
-def _time_range(batch: pa.Table, ts: str) -> pa.Table:
+def time_range(batch: pa.Table, ts: str) -> pa.Table:
+    """One row: the smallest and largest value of time column `ts` (microseconds) in `batch`."""
     t = pc.cast(batch[ts], pa.int64())
     return pa.table({"lo": [pc.min(t).as_py()], "hi": [pc.max(t).as_py()]})
 
@@ -185,7 +186,7 @@ def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None) 
 def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: float) -> tuple[dict, dict]:
     from ray.data.aggregate import Max, Min
 
-    ranges = training_set.map_batches(_time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow")
+    ranges = training_set.map_batches(time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow")
     bounds = ranges.aggregate(Min("lo", alias_name="lo"), Max("hi", alias_name="hi"))
     lo, hi = bounds["lo"], bounds["hi"] + 1
     t_test = int(hi - (hi - lo) * test_fraction)
