@@ -88,8 +88,8 @@ def test_up_is_idempotent_and_nodes_have_their_own_resources(local_cluster):
              "print('NODES', json.dumps(sorted(n['NodeName'] + ':' + ','.join(sorted(n['Resources'])) "
              "for n in ray.nodes() if n['Alive'])))")  # fmt: skip
     env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120).stdout
-    nodes = json.loads(out.split("NODES ", 1)[1])
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    nodes = _tagged("NODES", out.stdout, out.stderr)
     assert len(nodes) == 3
     assert any(n.startswith("rp-worker-1:") and "worker_1" in n for n in nodes)
     assert any(n.startswith("rp-worker-2:") and "worker_2" in n for n in nodes)
@@ -194,10 +194,15 @@ def _driver(local_cluster, mode: str, workdir: Path) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def _tagged(tag: str, stdout: str, stderr: str = ""):
+    """The JSON after `tag` on its own line: Ray can print (raylet) lines to the same stdout."""
+    line = next((x for x in stdout.splitlines() if x.startswith(tag + " ")), None)
+    assert line is not None, stdout[-2000:] + stderr[-4000:]
+    return json.loads(line[len(tag) + 1:])
+
+
 def _result(stdout: str, stderr: str) -> dict:
-    line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert line is not None, stderr[-4000:]
-    return json.loads(line[len("RESULT "):])
+    return _tagged("RESULT", stdout, stderr)
 
 
 def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
@@ -213,8 +218,7 @@ def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
     env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
     out = subprocess.run([sys.executable, "-c", probe, class_prefix], env=env, capture_output=True, text=True,
                          timeout=120)  # fmt: skip
-    assert "NODES " in out.stdout, out.stderr[-2000:]
-    return json.loads(out.stdout.split("NODES ", 1)[1])
+    return _tagged("NODES", out.stdout, out.stderr)
 
 
 def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp_path):
