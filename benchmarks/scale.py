@@ -55,7 +55,7 @@ def _cluster_env(state: Path) -> dict[str, str]:
 def _stages(nodes: int, raw: Path, workdir: Path) -> dict[str, float]:
     """Seconds per stage, in a driver joined to the running cluster (this process: `--nodes`)."""
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.features.pipeline import build_features
+    from ray_pipeline.features.build import build_features
     from ray_pipeline.runtime import init_ray, shutdown_ray
     from ray_pipeline.train.data import prepare_training_set
     from ray_pipeline.train.runner import train_model

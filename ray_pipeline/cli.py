@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Callable, TypeVar
 
@@ -252,7 +252,7 @@ app.add_typer(features_app, name="features")
 @_friendly_errors
 def features_fit(config: ConfigOpt, address: AddressOpt = None, verbose: VerboseOpt = False) -> None:
     """Build the feature views, join the training set point-in-time and fit the FeatureSpec."""
-    from ray_pipeline.features.pipeline import build_features
+    from ray_pipeline.features.build import build_features
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
@@ -270,7 +270,7 @@ def features_materialize(
     verbose: VerboseOpt = False,
 ) -> None:
     """Load the latest value per entity of each feature view into the online store."""
-    from ray_pipeline.features.pipeline import materialize_online
+    from ray_pipeline.features.build import materialize_online
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
@@ -289,7 +289,7 @@ def features_get(
 ) -> None:
     """Read feature values for entities from the online store, with their status."""
     from ray_pipeline.config import as_utc
-    from ray_pipeline.features.pipeline import online_store
+    from ray_pipeline.features.build import online_store
 
     cfg = load_config(config)
     views = cfg.features.views
@@ -325,7 +325,7 @@ def train(
 ) -> None:
     """Train a model on the feature store's training set with Ray Train; print the evaluation."""
     from ray_pipeline.train.runner import summary, train_model
-    from ray_pipeline.workflow import register_and_promote
+    from ray_pipeline.workflow.pipeline import register_and_promote
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
@@ -349,7 +349,7 @@ def run(
 ) -> None:
     """Ingest, features, train each model, register, promote through the gates, optionally serve."""
     from ray_pipeline.runtime import logs_dir
-    from ray_pipeline.workflow import Stages, check_models, run_pipeline
+    from ray_pipeline.workflow.pipeline import Stages, check_models, run_pipeline
 
     cfg = load_config(config)
     kinds = check_models([m.strip() for m in models.split(",") if m.strip()])
@@ -398,7 +398,7 @@ def predict(
     verbose: VerboseOpt = False,
 ) -> None:
     """Score a file or directory in batch with Ray Data and a registered model (its own FeatureSpec)."""
-    from ray_pipeline.registry.models import load, open_registry
+    from ray_pipeline.registry.versions import load, open_registry
     from ray_pipeline.serve.batch import score_files
 
     cfg = load_config(config)
@@ -417,7 +417,7 @@ NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Registered mo
 @_friendly_errors
 def models_list(config: ConfigOpt, name: NameOpt = None, verbose: VerboseOpt = False) -> None:
     """List versions with their key metrics and aliases."""
-    from ray_pipeline.registry.models import open_registry, registry_db
+    from ray_pipeline.registry.versions import open_registry, registry_db
 
     cfg = load_config(config)
     registry = open_registry(cfg)
@@ -447,7 +447,7 @@ def models_register(
     verbose: VerboseOpt = False,
 ) -> None:
     """Register a training run as a new version (promote it with `models promote`)."""
-    from ray_pipeline.registry.models import open_registry, register_run
+    from ray_pipeline.registry.versions import open_registry, register_run
 
     cfg = load_config(config)
     v = register_run(open_registry(cfg), name or cfg.registry.model_name, run_dir)
@@ -464,7 +464,7 @@ def models_show(
     """Show one version: metrics, params, signature, lineage, files."""
     from dataclasses import asdict
 
-    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.registry.versions import open_registry
 
     typer.echo(json.dumps(asdict(open_registry(load_config(config)).resolve(uri)), indent=2))
 
@@ -480,7 +480,8 @@ def models_promote(
     verbose: VerboseOpt = False,
 ) -> None:
     """Move an alias to a version if it passes the configured gates against the current holder."""
-    from ray_pipeline.registry.models import open_registry, promote
+    from ray_pipeline.registry.gates import promote
+    from ray_pipeline.registry.versions import open_registry
 
     cfg = load_config(config)
     change, report = promote(
@@ -499,7 +500,7 @@ def models_rollback(
     verbose: VerboseOpt = False,
 ) -> None:
     """Move an alias back to the version it held before its last change."""
-    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.registry.versions import open_registry
 
     cfg = load_config(config)
     change = open_registry(cfg).rollback(name or cfg.registry.model_name, alias)
@@ -513,7 +514,7 @@ def models_history(
     verbose: VerboseOpt = False,
 ) -> None:
     """Every alias change: time, alias, from -> to, reason, actor."""
-    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.registry.versions import open_registry
 
     cfg = load_config(config)
     for c in open_registry(cfg).history(name or cfg.registry.model_name, alias):
@@ -669,7 +670,7 @@ def monitor(
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
-    from ray_pipeline.feedback.loop import retrain
+    from ray_pipeline.workflow.retrain import retrain
 
     mon = Monitor(cfg, parse_duration(window) if window else None, retrain=retrain)
     start = as_utc(since) if since else None
@@ -733,9 +734,9 @@ def retrain(
     verbose: VerboseOpt = False,
 ) -> None:
     """Feed labeled traffic back, retrain, compare with the champion on a holdout, promote through the gates."""
-    from ray_pipeline.feedback.loop import record_path
+    from ray_pipeline.feedback.records import record_path
     from ray_pipeline.monitor.job import describe_feedback
-    from ray_pipeline.feedback.loop import retrain as run_retrain
+    from ray_pipeline.workflow.retrain import retrain as run_retrain
 
     cfg = load_config(config)
     _start_ray(address, verbose, cfg)
@@ -760,15 +761,7 @@ def demo(
 ) -> None:
     """Run the end-to-end job: synthetic data, then `run` (ingest, features, online store, training,
     registry, serving), then the closed loop (drift, monitoring, alert, retrain, promotion)."""
-    from ray import serve
-
-    from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.data.summary import ground_truth_summary
-    from ray_pipeline.data.synthetic import generate as run_generate
-    from ray_pipeline.features.pipeline import online_store, training_set_path
-    from ray_pipeline.registry.models import load, open_registry
-    from ray_pipeline.serve.client import http_json
-    from ray_pipeline.workflow import Stages, run_pipeline
+    from ray_pipeline.demo.run import STEPS, run_demo
 
     cfg = load_config(config)
     if cfg.synthetic is None:
@@ -776,61 +769,8 @@ def demo(
     spec = _synthetic_spec(cfg, {"rows": rows}, {})
     runtime = _start_ray(address, verbose)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
-    _heading(f"[1/9] {where}, {runtime.num_cpus:g} CPUs")
-
-    raw = cfg.resolve(cfg.data.source.path)
-    result = run_generate(spec, raw)
-    _heading(f"[2/9] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}")
-
-    stages = Stages(9, typer.echo, _heading, first=3)
-    done = run_pipeline(cfg, serve=True, local=runtime.local, echo=typer.echo, stages=stages)
-    typer.secho("what the demo can check that real data cannot: ground truth, online lookups", bold=True)
-    typer.echo(ground_truth_summary(done.ingest.accepted_path, cfg.data.schema_.label).render())
-    store = online_store(cfg)
-    end = spec.start + timedelta(days=spec.days)  # TTL evaluated at the end of the data, as a replay would
-    key = cfg.data.schema_.entity_key
-    try:
-        for name, view in cfg.features.views.items():
-            for row in store.get(name, [1, 2, 10**9], view.feature_names, view.ttl_seconds, end):
-                typer.echo(f"  {key}={row.entity}: {row.status} {json.dumps(row.values)}")
-    finally:
-        store.close()
-
-    name = cfg.registry.model_name
-    champion = load(open_registry(cfg), f"models:/{name}@champion")
-    sample = read_parquet(training_set_path(cfg)).take(3)
-    probs = champion.predict_proba(sample)
-    typer.echo(f"models:/{name}@champion = {champion.version.uri} ({champion.version.kind}); sample predictions:")
-    label = cfg.data.schema_.label
-    for row, p in zip(sample, probs):
-        typer.echo(f"  {key}={row[key]}  p={p:.4f}  label={row[label]}")
-    url = done.url
-    inputs = champion.spec.input_columns
-    records = [{k: v for k, v in row.items() if k in inputs} for row in sample]
-    # Entity lookups: the demo's events are from 2024, so their online values are past the view's
-    # TTL today and come back "expired"; live data would be "ok".
-    for body in ({"records": records}, {"entity_ids": [1, 2, 10**9]}):
-        status, answer = http_json(url + "/predict", body)
-        typer.echo(f"POST {url}/predict {json.dumps(body, default=str)[:100]}...\n  -> {status} {json.dumps(answer)}")
-
-    typer.secho("[9/9] closing the loop: drift, monitoring, alert, retrain, promotion, hot reload", bold=True)
-    from ray_pipeline.feedback.showcase import run_loop
-
-    loop = run_loop(cfg, url, spec, echo=typer.echo)
-    typer.echo(
-        f"loop: alert {loop.windows_to_alert} window(s) after the drift; decision {loop.decision} {loop.promoted or ''}; "
-        f"live log-loss on drifted traffic {loop.log_loss_before:.4f} before -> {loop.log_loss_after or float('nan'):.4f} "
-        f"after (Bayes-optimal {loop.bayes_after or float('nan'):.4f}); "
-        f"last drifted request -> new version served in {loop.loop_s or float('nan'):.0f} s"
-    )
-    if loop.false_alarms:
-        typer.echo(f"alerts before the drift (false alarms): {', '.join(loop.false_alarms)}")
-    typer.echo(f"monitoring table, reports and alerts: {cfg.resolve(cfg.monitoring.root)}")
-    typer.echo("the demo stops the endpoint on exit; `ray-pipeline serve deploy` keeps it up")
-    if runtime.local:
-        serve.shutdown()  # the demo's own Serve instance, so a later deploy may choose its port
-    else:
-        serve.delete(cfg.serving.app_name)  # a shared cluster: remove only the demo's application
+    _heading(f"[1/{STEPS}] {where}, {runtime.num_cpus:g} CPUs")
+    run_demo(cfg, spec, runtime, typer.echo, _heading)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ class RayRuntime:
     address: str
     local: bool
     num_cpus: float
+    started: bool = False  # this call started the Ray instance (so stopping it stops only ours)
 
 
 # Variables init_ray put into this process's environment (Ray's processes inherit them at start);
@@ -158,6 +159,7 @@ def init_ray(
     """
     _quiet_defaults()
     address = address or os.environ.get("RAY_ADDRESS") or None
+    started = not ray.is_initialized() and not address
     if not ray.is_initialized():
         if address:
             log.info("connecting to Ray cluster at %s", address)
@@ -189,6 +191,7 @@ def init_ray(
         address=ctx.gcs_address,
         local=address is None,
         num_cpus=float(resources.get("CPU", 0.0)),
+        started=started,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from ray_pipeline.config import PipelineConfig, SyntheticConfig, parse_config
-from ray_pipeline.feedback import replay
+from ray_pipeline.demo import replay
 from ray_pipeline.runtime import free_port
 
 FEATURES = {

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ray_pipeline.config import parse_config
-from ray_pipeline.feedback.loop import select_rows, span
+from ray_pipeline.feedback.selection import select_rows, span
 from ray_pipeline.monitor.collect import WindowData
 from ray_pipeline.monitor.window import window_rows
 
@@ -85,8 +85,8 @@ def test_labels_ingest_takes_empty_files_and_all_null_columns_without_an_empty_l
 
 def test_build_features_takes_fed_back_rows_with_all_null_inputs(ray_session, tmp_path):
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.features.pipeline import build_features
-    from ray_pipeline.feedback.loop import _as_accepted
+    from ray_pipeline.features.build import build_features
+    from ray_pipeline.feedback.selection import _as_accepted
     from ray_pipeline.storage import write_parquet
 
     body = config(tmp_path)
@@ -103,20 +103,21 @@ def test_build_features_takes_fed_back_rows_with_all_null_inputs(ray_session, tm
 
 
 def test_a_failed_retrain_records_its_error_and_stage(ray_session, tmp_path, monkeypatch):
-    from ray_pipeline.feedback import loop
+    from ray_pipeline.feedback.records import feedback_runs
     from ray_pipeline.monitor.job import feedback_events
+    from ray_pipeline.workflow import retrain
 
     cfg = parse_config(config(tmp_path, feedback={"min_labeled_rows": 1, "min_new_labels": 1}))
     labeled = _labeled([(i * 1000, "c1", 1.0, i % 2, False) for i in range(10)])
-    monkeypatch.setattr(loop, "labeled_traffic", lambda cfg, until=None: labeled)
+    monkeypatch.setattr(retrain, "labeled_traffic", lambda cfg, until=None: labeled)
 
     def broken(cfg):
         raise OSError("disk full")
 
-    monkeypatch.setattr("ray_pipeline.features.pipeline.build_features", broken)
-    record = loop.retrain(cfg, until=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    monkeypatch.setattr(retrain, "build_features", broken)
+    record = retrain.retrain(cfg, until=datetime(2030, 1, 1, tzinfo=timezone.utc))
     assert record["decision"] == "failed" and record["stage"] == "features" and "disk full" in record["error"]
-    assert loop.feedback_runs(cfg)[-1]["error"] == record["error"]
+    assert feedback_runs(cfg)[-1]["error"] == record["error"]
     state: dict = {}
     fired = feedback_events(state, record, T0)
     assert [e["status"] for e in fired] == ["firing"] and fired[0]["rule"] == "feedback_failed"
@@ -125,7 +126,7 @@ def test_a_failed_retrain_records_its_error_and_stage(ray_session, tmp_path, mon
 
 
 def test_labeled_traffic_of_an_empty_log_is_empty(tmp_path):
-    from ray_pipeline.feedback.loop import labeled_traffic
+    from ray_pipeline.feedback.selection import labeled_traffic
 
     cfg = parse_config(config(tmp_path))
     assert labeled_traffic(cfg, until=T0).num_rows == 0

@@ -46,7 +46,7 @@ def base(ray_session, tmp_path_factory):
     """20k pre-drift rows ingested, features built, a logistic model trained once."""
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.data.synthetic import generate
-    from ray_pipeline.features.pipeline import build_features
+    from ray_pipeline.features.build import build_features
     from ray_pipeline.train.runner import train_model
 
     shared = tmp_path_factory.mktemp("loop-shared")
@@ -60,7 +60,7 @@ def base(ray_session, tmp_path_factory):
 
 
 def _scenario(base, tmp_path, name: str):
-    from ray_pipeline.registry.models import open_registry, register_run
+    from ray_pipeline.registry.versions import open_registry, register_run
 
     cfg = loop_config(tmp_path, base["shared"], name, rules=RULES, feedback=FEEDBACK)
     registry = open_registry(cfg)
@@ -70,7 +70,7 @@ def _scenario(base, tmp_path, name: str):
 
 
 def _monitor(cfg):
-    from ray_pipeline.feedback.loop import retrain
+    from ray_pipeline.workflow.retrain import retrain
     from ray_pipeline.monitor.job import Monitor
 
     mon = Monitor(cfg, retrain=retrain)

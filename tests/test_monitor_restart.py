@@ -59,7 +59,7 @@ def _state(tmp: Path) -> dict:
 
 def test_killed_monitor_resumes_without_losing_or_duplicating(ray_session, tmp_path):
     from ray_pipeline.config import parse_config
-    from ray_pipeline.feedback.loop import feedback_runs
+    from ray_pipeline.feedback.records import feedback_runs
 
     body = drift_config_body(tmp_path, rules=RULES, feedback=FEEDBACK, window_s=WINDOW_S)
     config = tmp_path / "pipeline.yaml"

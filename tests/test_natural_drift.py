@@ -68,8 +68,8 @@ def period(k: int, rows: int = ROWS, start: datetime = START, period_s: float = 
 def base_model(cfg, tables: list[pa.Table]):
     """Ingest `tables`, build features, train and register the base model as @champion."""
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.features.pipeline import build_features
-    from ray_pipeline.registry.models import open_registry, register_run
+    from ray_pipeline.features.build import build_features
+    from ray_pipeline.registry.versions import open_registry, register_run
     from ray_pipeline.storage import write_parquet
     from ray_pipeline.train.runner import train_model
 
@@ -85,7 +85,7 @@ def base_model(cfg, tables: list[pa.Table]):
 
 def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
     """Score a period with the model @champion serves and log it at the records' own times."""
-    from ray_pipeline.registry.models import load
+    from ray_pipeline.registry.versions import load
     from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
     model = load(registry, "models:/churn@champion")
@@ -105,7 +105,7 @@ def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
 
 def deliver_labels(cfg, rows: pa.Table, path: Path) -> None:
     """Labels by entity and event time, as an upstream system sends them after the period."""
-    from ray_pipeline.feedback.replay import write_labels_csv
+    from ray_pipeline.demo.replay import write_labels_csv
     from ray_pipeline.monitor.labels import ingest_labels
 
     labels = [{"customer_id": e, "event_ts": t.isoformat(), "label": y}
@@ -135,8 +135,8 @@ def oracle_auc(k: int) -> float:
 
 
 def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
-    from ray_pipeline.feedback.loop import feedback_runs
-    from ray_pipeline.feedback.loop import retrain
+    from ray_pipeline.feedback.records import feedback_runs
+    from ray_pipeline.workflow.retrain import retrain
     from ray_pipeline.monitor.job import Monitor
 
     cfg = drift_config(tmp_path)

@@ -62,7 +62,7 @@ def _same_split_baseline(config: Path) -> float:
     """scikit-learn's test AUC on exactly the rows the platform trained and tested on."""
     from ray_pipeline.config import load_config
     from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.features.pipeline import training_set_path
+    from ray_pipeline.features.build import training_set_path
     from ray_pipeline.train.data import split_rows
 
     cfg = load_config(config)
@@ -78,7 +78,7 @@ def _same_split_baseline(config: Path) -> float:
 
 def _best_auc(config: Path) -> float:
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.registry.versions import open_registry
 
     cfg = load_config(config)
     return max(v.metrics["roc_auc"] for v in open_registry(cfg).versions(cfg.registry.model_name))
@@ -211,8 +211,8 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
     assert _best_auc(config) >= _same_split_baseline(config) - 0.02
     # the label mapping travels with the model version
     from ray_pipeline.config import load_config
-    from ray_pipeline.features.pipeline import training_set_path
-    from ray_pipeline.registry.models import load, open_registry
+    from ray_pipeline.features.build import training_set_path
+    from ray_pipeline.registry.versions import load, open_registry
     from ray_pipeline.storage import tree_sha256
 
     cfg = load_config(config)

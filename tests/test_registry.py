@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from ray_pipeline.cli import app
 from ray_pipeline.config import GateRule
 from ray_pipeline.features.transform import transform_records
-from ray_pipeline.registry.models import PromotionRefused, load, promote, register_run
+from ray_pipeline.registry.gates import PromotionRefused, promote
+from ray_pipeline.registry.versions import load, register_run
 from ray_pipeline.registry.store import Registry, RegistryError
 from ray_pipeline.train.models import LogisticModel
 from ray_pipeline.train.rundir import PARAMS_FILE, SPEC_FILE, model_dir, read_run
@@ -112,7 +113,7 @@ def test_crash_during_registration_leaves_nothing_visible(registry, tmp_path):
     # A hard kill (no cleanup at all) between moving the folder and committing:
     script = (
         "import os, sys; from ray_pipeline.registry.store import Registry; "
-        "from ray_pipeline.registry.models import register_run\n"
+        "from ray_pipeline.registry.versions import register_run\n"
         "class R(Registry):\n    def _before_commit(self, v): os._exit(9)\n"
         f"register_run(R({str(registry.db)!r}, {str(registry.root)!r}), 'fraud', {str(run)!r})"
     )
@@ -193,7 +194,7 @@ def test_gates_are_checked_against_the_holder_the_move_replaces(registry, tmp_pa
     import threading
     import time
 
-    from ray_pipeline.registry.models import gate_report
+    from ray_pipeline.registry.gates import gate_report
 
     gates = {"log_loss": GateRule(min_improvement=0.0)}
     for loss in (0.40, 0.38, 0.39):

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.data import validate as v
-from ray_pipeline.data.partition import column_hashes, scatter
+from ray_pipeline.data.scatter import column_hashes, scatter
 
 H1, H2, ORDER = "_h1", "_h2", "_order"
 

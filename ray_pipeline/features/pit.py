@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.partition import BLOCK, POS, default_parts, partition
+from ray_pipeline.features.entity_parts import BLOCK, POS, default_parts, partition
 
 
 def asof_match(

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ray_pipeline.config import FeatureViewConfig
 from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.features.online import OnlineStore, as_utc
-from ray_pipeline.features.partition import default_parts, partition
+from ray_pipeline.features.entity_parts import default_parts, partition
 from ray_pipeline.storage import read_text, write_text
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")

@@ -28,7 +28,7 @@ from ray_pipeline.monitor.labels import accepted_labels, label_files
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import window_rows
-from ray_pipeline.registry.models import open_registry
+from ray_pipeline.registry.versions import open_registry
 from ray_pipeline.serve.predlog import log_files
 from ray_pipeline.storage import join, read_text, write_parquet, write_text
 
@@ -67,7 +67,7 @@ class WindowResult:
 
 
 class Retrain(Protocol):
-    """What the monitor calls when a feedback rule fires (feedback.loop.retrain)."""
+    """What the monitor calls when a feedback rule fires (workflow.retrain.retrain)."""
 
     def __call__(self, cfg: PipelineConfig, reason: str, window_s: float, until: datetime,
                  run_id: str) -> dict[str, Any]: ...  # fmt: skip
@@ -135,7 +135,7 @@ class Monitor:
     """Processes complete windows of the prediction log in order, keeping its position on disk."""
 
     def __init__(self, cfg: PipelineConfig, window_s: float | None = None, retrain: Retrain | None = None) -> None:
-        """`retrain`: what a firing feedback rule runs (`feedback.loop.retrain`, given by whoever runs
+        """`retrain`: what a firing feedback rule runs (`workflow.retrain.retrain`, given by whoever runs
         the monitor: monitoring reports, it does not import the stage above it); None: alerts only."""
         m = cfg.monitoring
         self.retrain = retrain

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table, transform_table
-from ray_pipeline.registry.models import LoadedModel, load, registry_db
+from ray_pipeline.registry.versions import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.raycompat import serve_client
 from ray_pipeline.runtime import quiet_serve_logs
@@ -191,8 +191,8 @@ class ModelRunner:
 
 def build_app(cfg: PipelineConfig, api_key: str | None = None):
     """The bound Serve application for `cfg`."""
-    from ray_pipeline.features.pipeline import online_store
-    from ray_pipeline.registry.models import open_registry
+    from ray_pipeline.features.build import online_store
+    from ray_pipeline.registry.versions import open_registry
 
     s, r = cfg.serving, cfg.registry
     load(open_registry(cfg), f"models:/{r.model_name}@{s.alias}")  # fail at deploy, not in every replica

@@ -20,7 +20,7 @@ from ray_pipeline.data import validate as v
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
 from ray_pipeline.errors import UserError
 from ray_pipeline.progress import bar
-from ray_pipeline.registry.models import LoadedModel
+from ray_pipeline.registry.versions import LoadedModel
 from ray_pipeline.storage import filesystem, reset_dir
 
 QUARANTINE = "_quarantine"  # under the output directory; the leading _ keeps Parquet readers out of it

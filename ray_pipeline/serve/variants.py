@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ray_pipeline.errors import UserError
-from ray_pipeline.registry.models import LoadedModel, load
+from ray_pipeline.registry.versions import LoadedModel, load
 from ray_pipeline.registry.store import Registry
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"

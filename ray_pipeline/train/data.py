@@ -39,6 +39,19 @@ def time_range(batch: pa.Table, ts: str) -> pa.Table:
     return pa.table({"lo": [pc.min(t).as_py()], "hi": [pc.max(t).as_py()]})
 
 
+def event_bounds(training_set, ts: str) -> tuple[int, int]:
+    """Smallest and largest value (microseconds) of time column `ts` over a dataset."""
+    from ray.data.aggregate import Max, Min
+
+    ranges = training_set.map_batches(time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow")
+    bounds = ranges.aggregate(Min("lo", alias_name="lo"), Max("hi", alias_name="hi"))
+    return bounds["lo"], bounds["hi"]
+
+
+def _iso_us(us: int) -> str:
+    return np.datetime64(int(us), "us").astype(str) + "Z"
+
+
 def _in_window(batch: pa.Table, ts: str, lo: int | None, hi: int | None) -> pa.Table:
     t = pc.cast(batch[ts], pa.int64())
     keep = pc.is_valid(t)
@@ -148,7 +161,10 @@ def holdout_split(training_set, cfg: PipelineConfig) -> tuple[dict[str, object],
         )
         for name in ("train", "valid")
     }
-    return raw, {**how, "test": "holdout"}
+    how = {**how, "test": "holdout"}
+    if schema.event_timestamp:
+        how["event_time_range"] = [_iso_us(t) for t in event_bounds(training_set, schema.event_timestamp)]
+    return raw, how
 
 
 def with_columns(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -184,11 +200,8 @@ def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None) 
 
 
 def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: float) -> tuple[dict, dict]:
-    from ray.data.aggregate import Max, Min
-
-    ranges = training_set.map_batches(time_range, fn_kwargs={"ts": ts}, batch_format="pyarrow")
-    bounds = ranges.aggregate(Min("lo", alias_name="lo"), Max("hi", alias_name="hi"))
-    lo, hi = bounds["lo"], bounds["hi"] + 1
+    lo, hi = event_bounds(training_set, ts)
+    hi += 1
     t_test = int(hi - (hi - lo) * test_fraction)
     t_valid = int(t_test - (hi - lo) * valid_fraction)
     windows = {"train": (None, t_valid), "valid": (t_valid, t_test), "test": (t_test, None)}
@@ -196,7 +209,7 @@ def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: flo
         name: training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": a, "hi": b}, batch_format="pyarrow")
         for name, (a, b) in windows.items()
     }
-    iso = [np.datetime64(t, "us").astype(str) + "Z" for t in (t_valid, t_test, lo, hi - 1)]
+    iso = [_iso_us(t) for t in (t_valid, t_test, lo, hi - 1)]
     return raw, {"by": "time", "column": ts, "cutoffs": iso[:2], "event_time_range": iso[2:]}
 
 
@@ -209,15 +222,22 @@ def describe_split(how: dict) -> str:
     return f"random split stratified by {how['stratified_by']} (seed {how['seed']})"
 
 
-def prepare_training_set(cfg: PipelineConfig) -> Prepared:
-    """`prepare` the feature store's training set, recording its content digest for lineage."""
+def prepare_training_set(cfg: PipelineConfig, holdout: pa.Table | None = None, since_us: int | None = None) -> Prepared:
+    """`prepare` the feature store's training set, recording its content digest for lineage.
+
+    `holdout`, `since_us` (a feedback retrain): the test rows, and the first event time to train on."""
     from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.features.pipeline import training_set_path
+    from ray_pipeline.features.build import training_set_path
     from ray_pipeline.storage import tree_sha256
 
     path = training_set_path(cfg)
     digest = tree_sha256(path)  # before reading: the digest names exactly the files prepared
-    prepared = prepare(read_parquet(path), cfg)
+    training_set = read_parquet(path)
+    if since_us is not None:
+        ts = cfg.data.schema_.event_timestamp
+        training_set = training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": since_us, "hi": None},
+                                                batch_format="pyarrow")  # fmt: skip
+    prepared = prepare(training_set, cfg, holdout=holdout)
     prepared.source_sha256 = digest
     return prepared
 

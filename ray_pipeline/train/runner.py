@@ -153,7 +153,7 @@ def train_model(
     """
     import xgboost
 
-    from ray_pipeline.features.pipeline import training_set_path
+    from ray_pipeline.features.build import training_set_path
 
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ray_pipeline.config import DriftConfig, PipelineConfig, SyntheticConfig
-from ray_pipeline.feedback.replay import (
+from ray_pipeline.demo.replay import (
     generated_events,
     send_windows,
     wait_for_version,
@@ -63,10 +63,10 @@ def _live(results: list, metric: str, version: int) -> list[float]:
 def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callable[[str], None] = print,
              window_s: float = 10.0, per_window: int = 6000) -> LoopReport:  # fmt: skip
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
-    from ray_pipeline.feedback.loop import retrain
+    from ray_pipeline.workflow.retrain import retrain
     from ray_pipeline.monitor.job import Monitor
     from ray_pipeline.monitor.labels import ingest_labels
-    from ray_pipeline.registry.models import load, open_registry
+    from ray_pipeline.registry.versions import load, open_registry
     from ray_pipeline.serve.client import http_json
 
     report = LoopReport()

@@ -1,4 +1,6 @@
-"""Register training runs, load registered models by URI, and promote through metric gates."""
+"""Registered versions: register a training run, open the configured registry, load a version by URI.
+
+Promotion (alias moves through gates) is registry/gates.py."""
 
 from __future__ import annotations
 
@@ -10,15 +12,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ray_pipeline.config import GateRule, PipelineConfig
+from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_records, transform_table
-from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
+from ray_pipeline.registry.store import ModelVersion, Registry
 from ray_pipeline.train.models import load_model
 from ray_pipeline.train.rundir import load_spec, model_dir, read_run
-
-# Metrics where a smaller value is better; every other metric is better when larger.
-LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss"}
 
 
 def registry_db(cfg: PipelineConfig) -> str:
@@ -99,63 +98,3 @@ def load(registry: Registry, uri: str) -> LoadedModel:
     version = registry.resolve(uri)
     directory = registry.checkout(version)
     return LoadedModel(version, load_spec(directory), load_model(model_dir(directory)))
-
-
-class PromotionRefused(RegistryError):
-    """A gate failed; the message is the readable gate report."""
-
-
-def gate_report(candidate: ModelVersion, current: ModelVersion | None, gates: dict[str, GateRule]) -> tuple[bool, str]:
-    """Check each gate; returns (passed, report text)."""
-    if current is None:
-        return True, f"{candidate.uri}: no current holder, gates do not apply"
-    lines, ok = [f"{candidate.uri} vs {current.uri}:"], True
-    for metric, rule in gates.items():
-        new, old = candidate.metrics.get(metric), current.metrics.get(metric)
-        if new is None or old is None:
-            lines.append(f"  FAIL {metric}: missing on {'candidate' if new is None else 'current'}")
-            ok = False
-            continue
-        lower = metric in LOWER_IS_BETTER
-        # Relative improvement, positive when the candidate is better.
-        gain = (old - new) / abs(old) if lower else (new - old) / abs(old)
-        if rule.max_regression is not None and rule.min_improvement == 0.0:  # non-inferiority
-            passed = -gain <= rule.max_regression
-            need = f"allows {rule.max_regression:.2%} regression"
-        else:  # strictly better: a tie is no reason to move the alias
-            passed = gain > rule.min_improvement
-            need = f"needs > {rule.min_improvement:.2%} improvement"
-        ok &= passed
-        direction = "lower" if lower else "higher"
-        lines.append(
-            f"  {'PASS' if passed else 'FAIL'} {metric} ({direction} is better): {new:.6g} vs {old:.6g} "
-            f"({gain:+.2%}; {need})"
-        )
-    return ok, "\n".join(lines)
-
-
-def promote(
-    registry: Registry,
-    name: str,
-    version: int,
-    alias: str,
-    gates: dict[str, GateRule],
-    force: bool = False,
-    actor: str = "",
-) -> tuple[AliasChange, str]:
-    """Point `alias` at `version` if it passes the gates against the current holder (or `force`).
-
-    The gates are checked inside the transaction that moves the alias, against the holder it
-    replaces: a promotion that lands in between cannot be overtaken by a stale comparison.
-    """
-    reports: list[str] = []
-
-    def check(candidate: ModelVersion, current: ModelVersion | None) -> str:
-        passed, report = gate_report(candidate, current, gates)
-        reports.append(report)
-        if not passed and not force:
-            raise PromotionRefused(f"promotion of {candidate.uri} to @{alias} refused:\n{report}")
-        return "promoted: gates passed" if passed else "FORCED past failing gates"
-
-    change = registry.set_alias(name, alias, version, actor=actor, check=check)
-    return change, reports[-1]

@@ -1,7 +1,8 @@
 """The whole pipeline as one call: ingest, features, train each model, register, promote, serve.
 
-`ray-pipeline run`, `ray-pipeline demo` and the notebook all go through `run_pipeline` (or its
-`register_and_promote` step), so what a user runs on their own table is what the demo shows.
+`ray-pipeline run`, the demo and the notebook go through `run_pipeline`; `ray-pipeline train` and a
+feedback retrain (workflow/retrain.py) through its steps (`train_models`, `register_and_promote`),
+so what a user runs on their own table is what the demo shows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import IngestResult
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.pipeline import FeatureBuild
+from ray_pipeline.features.build import FeatureBuild
 from ray_pipeline.registry.store import ModelVersion
 from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.runner import TrainRun
@@ -79,13 +80,27 @@ def check_models(models: list[str]) -> list[str]:
     return list(dict.fromkeys(models))
 
 
+def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepared: Prepared,
+                 workers: int | None = None, echo: Echo | None = None) -> list[TrainRun]:  # fmt: skip
+    """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)."""
+    from ray_pipeline.train.runner import summary, train_model
+
+    runs = []
+    for kind in kinds:
+        runs.append(train_model(cfg, kind, workers, prepared=prepared))
+        if echo is not None:
+            echo(summary(runs[-1]))
+    return runs
+
+
 def register_and_promote(cfg: PipelineConfig, runs: list[TrainRun], alias: str = "champion") -> Promotion:
     """Register every run, then offer them to `alias` best test log-loss first, through the gates.
 
     The best run becomes the holder if it beats the current one (or there is none); the others
     are then checked against it, so the report shows each gate decision.
     """
-    from ray_pipeline.registry.models import PromotionRefused, open_registry, promote, register_run
+    from ray_pipeline.registry.gates import PromotionRefused, promote
+    from ray_pipeline.registry.versions import open_registry, register_run
 
     registry = open_registry(cfg)
     name = cfg.registry.model_name
@@ -114,9 +129,9 @@ def run_pipeline(
     """Ingest, build features (and the online store when views exist), train each model kind on
     one prepared split, register, promote through the gates, and optionally deploy on Ray Serve."""
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.features.pipeline import build_features, materialize_online
+    from ray_pipeline.features.build import build_features, materialize_online
     from ray_pipeline.train.data import describe_split, prepare_training_set
-    from ray_pipeline.train.runner import in_process_or, summary, train_model
+    from ray_pipeline.train.runner import in_process_or
 
     models = check_models(list(models))
     stages = stages or Stages(5 + bool(serve), echo)
@@ -142,14 +157,10 @@ def run_pipeline(
         echo(f"FeatureSpec {prepared.spec.content_hash()[:12]}: {len(prepared.spec.feature_names)} model inputs "
              f"from {len(prepared.spec.input_columns)} columns")  # fmt: skip
 
-    runs: list[TrainRun] = []
     workers = in_process_or(cfg.training, prepared)
     where = f"{workers} workers" if workers else "in-process: a small table"
     with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
-        for kind in models:
-            run = train_model(cfg, kind, workers, prepared=prepared)
-            runs.append(run)
-            echo(summary(run))
+        runs = train_models(cfg, models, prepared, workers, echo)
 
     with stages.stage("registry", "model registry: register, promote through the gates"):
         promotion = register_and_promote(cfg, runs, cfg.serving.alias)

@@ -1,4 +1,4 @@
-"""Partitioning Ray Dataset blocks by an entity key (`data/partition.py` says why not groupby):
+"""Partitioning Ray Dataset blocks by an entity key (`data/scatter.py` says why not groupby):
 feature joins and per-entity aggregates need the rows of one entity to meet in one task."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ray_pipeline.data.partition import column_hashes, scatter
+from ray_pipeline.data.scatter import column_hashes, scatter
 
 BLOCK, POS = "_part_block", "_part_pos"
 

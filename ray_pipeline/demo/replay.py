@@ -27,7 +27,7 @@ def with_view_features(cfg: PipelineConfig, events: pa.Table) -> pa.Table:
     """Events with each configured feature view's values as of their time (the training set's join)."""
     import ray.data
 
-    from ray_pipeline.features.pipeline import store_root
+    from ray_pipeline.features.build import store_root
     from ray_pipeline.features.pit import point_in_time_join
     from ray_pipeline.features.store import read_view
 

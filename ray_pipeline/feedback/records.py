@@ -1,0 +1,27 @@
+"""Feedback run records: one JSON per retrain under `monitoring.feedback_runs`/runs/ (trigger, the
+data it used, metrics, gate report, decision, or the error and the stage it failed in)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.storage import join, matching_files, read_bytes, write_text
+
+
+def record_path(cfg: PipelineConfig, run_id: str) -> str:
+    """Where a feedback run's record is written."""
+    return join(cfg.resolve(cfg.monitoring.feedback_runs), "runs", f"{run_id}.json")
+
+
+def write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
+    """Write (or replace) a run's record; returns it."""
+    write_text(record_path(cfg, record["id"]), json.dumps(record, indent=2, default=str))
+    return record
+
+
+def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Every feedback run's record, oldest first."""
+    runs = matching_files(join(cfg.resolve(cfg.monitoring.feedback_runs), "runs"), "*.json")
+    return [json.loads(read_bytes(p)) for p in runs]

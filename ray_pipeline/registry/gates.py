@@ -1,0 +1,137 @@
+"""Promotion: an alias moves to a candidate only when every configured gate passes against the
+version it replaces, checked inside the transaction that moves it.
+
+Two kinds of evidence, one rule and one `promote`:
+- `metric_gates`: the test metrics each version was registered with (`promote`, `run`, the console);
+- `HoldoutGates`: both versions scored on the same holdout rows and compared by a paired bootstrap
+  (registry/bootstrap.py), so a tie or a gain the rows cannot tell from noise never passes (the
+  feedback loop's retrain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ray_pipeline.config import GateRule, GateTestConfig
+from ray_pipeline.registry.bootstrap import GateCheck, paired_gates
+from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
+
+# Metrics where a smaller value is better; every other metric is better when larger.
+LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss"}
+
+# (candidate, current holder or None) -> (passed, report)
+Gate = Callable[[ModelVersion, ModelVersion | None], tuple[bool, str]]
+
+
+class PromotionRefused(RegistryError):
+    """A gate failed; the message is the readable gate report."""
+
+
+def gate_report(candidate: ModelVersion, current: ModelVersion | None, gates: dict[str, GateRule]) -> tuple[bool, str]:
+    """Check each gate; returns (passed, report text)."""
+    if current is None:
+        return True, f"{candidate.uri}: no current holder, gates do not apply"
+    lines, ok = [f"{candidate.uri} vs {current.uri}:"], True
+    for metric, rule in gates.items():
+        new, old = candidate.metrics.get(metric), current.metrics.get(metric)
+        if new is None or old is None:
+            lines.append(f"  FAIL {metric}: missing on {'candidate' if new is None else 'current'}")
+            ok = False
+            continue
+        lower = metric in LOWER_IS_BETTER
+        # Relative improvement, positive when the candidate is better.
+        gain = (old - new) / abs(old) if lower else (new - old) / abs(old)
+        if rule.max_regression is not None and rule.min_improvement == 0.0:  # non-inferiority
+            passed = -gain <= rule.max_regression
+            need = f"allows {rule.max_regression:.2%} regression"
+        else:  # strictly better: a tie is no reason to move the alias
+            passed = gain > rule.min_improvement
+            need = f"needs > {rule.min_improvement:.2%} improvement"
+        ok &= passed
+        direction = "lower" if lower else "higher"
+        lines.append(
+            f"  {'PASS' if passed else 'FAIL'} {metric} ({direction} is better): {new:.6g} vs {old:.6g} "
+            f"({gain:+.2%}; {need})"
+        )
+    return ok, "\n".join(lines)
+
+
+def metric_gates(gates: dict[str, GateRule]) -> Gate:
+    """The gates on the test metrics both versions were registered with."""
+    return lambda candidate, current: gate_report(candidate, current, gates)
+
+
+@dataclass
+class HoldoutGates:
+    """The gates on one holdout both versions were scored on, by paired bootstrap.
+
+    Decided against `current_version`, the holder whose scores are `p_old`: if another promotion
+    moved the alias in between, the comparison is stale and does not pass."""
+
+    y: np.ndarray
+    p_new: np.ndarray
+    p_old: np.ndarray
+    current_version: int
+    gates: dict[str, GateRule]
+    test: GateTestConfig
+    title: str
+    checks: list[GateCheck] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.checks = paired_gates(self.y, self.p_new, self.p_old, self.gates, self.test)
+
+    @property
+    def passed(self) -> bool:
+        """Every gate's interval clears its rule."""
+        return all(c.passed for c in self.checks)
+
+    def report(self) -> str:
+        """The comparison for people: one line per gate with its interval."""
+        t = self.test
+        lines = [f"{self.title} on {len(self.y):,} holdout rows (paired bootstrap, {t.resamples} resamples, seed {t.seed}):"]
+        return "\n".join(lines + [c.line(t.level) for c in self.checks])
+
+    def records(self) -> list[dict[str, Any]]:
+        """The checks as plain data (the feedback record)."""
+        return [asdict(c) for c in self.checks]
+
+    def __call__(self, candidate: ModelVersion, current: ModelVersion | None) -> tuple[bool, str]:
+        if current is None or current.version != self.current_version:
+            now = current.uri if current is not None else "no holder"
+            return False, f"{self.report()}\n  FAIL the alias moved to {now} after the holdout was scored"
+        return self.passed, self.report()
+
+
+def promote(
+    registry: Registry,
+    name: str,
+    version: int,
+    alias: str,
+    gates: dict[str, GateRule] | Gate,
+    force: bool = False,
+    actor: str = "",
+    reason: str = "",
+) -> tuple[AliasChange, str]:
+    """Point `alias` at `version` if it passes the gates against the current holder (or `force`).
+
+    `gates`: the metric rules (`metric_gates`) or any `Gate`, such as `HoldoutGates`. They are
+    checked inside the transaction that moves the alias, against the holder it replaces: a
+    promotion that lands in between cannot be overtaken by a stale comparison.
+    """
+    gate = metric_gates(gates) if isinstance(gates, dict) else gates
+    reports: list[str] = []
+
+    def check(candidate: ModelVersion, current: ModelVersion | None) -> str:
+        passed, report = gate(candidate, current)
+        reports.append(report)
+        if not passed and not force:
+            raise PromotionRefused(f"promotion of {candidate.uri} to @{alias} refused:\n{report}")
+        outcome = "promoted: gates passed" if passed else "FORCED past failing gates"
+        return f"{reason}: {outcome}" if reason else outcome
+
+    change = registry.set_alias(name, alias, version, actor=actor, check=check)
+    return change, reports[-1]

@@ -1,0 +1,194 @@
+"""A feedback retrain: the pipeline's own steps run again on the labeled traffic the feedback stage
+selects, with the holdout as the test split and the paired-bootstrap gates deciding the promotion.
+
+1. `feedback.selection` picks the rows: the newest labeled windows are the holdout, every labeled
+   row before them feeds back once as accepted rows of the data pipeline (the arrow back).
+2. The feature step rebuilds views and the training set; the train step retrains each configured
+   model kind on everything before the holdout, newest rows included (validation for early
+   stopping: a random slice of it).
+3. Challenger and champion are scored on the holdout, which neither trained on. A challenger that
+   is a registered model again (same model files) or scores every row as the champion does is not
+   registered. Otherwise it is registered as @challenger and offered to the serving alias through
+   `registry.gates.promote` with `HoldoutGates`. Serving replicas hot-reload the alias move.
+4. A record of every run (`feedback.records`), also when it fails: the error and the stage.
+Two retrains never run at once: a lock in the registry database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
+from ray_pipeline.feedback.records import write_record
+from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic, new_labels, select_rows, span
+from ray_pipeline.registry.bootstrap import identical
+from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, promote
+from ray_pipeline.registry.store import Registry
+from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
+from ray_pipeline.train import evaluate
+from ray_pipeline.features.build import build_features
+from ray_pipeline.train.data import prepare_training_set, with_columns
+from ray_pipeline.workflow.pipeline import train_models
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL_S = 6 * 3600  # a crashed retrain's lock expires after this
+
+
+def retrain(cfg: PipelineConfig, reason: str = "manual", window_s: float | None = None,
+            until: datetime | None = None, run_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """One feedback run; returns (and writes) its record. A run that fails records its error and the
+    stage it failed in (decision "failed") instead of raising.
+
+    `until`: end of the newest complete window (default: now less `grace_s`, floored to a window);
+    labeled traffic after it is still arriving and never used. `run_id`: to redo an interrupted run
+    under its own name (its files are replaced, nothing is written twice)."""
+    schema = cfg.data.schema_
+    if not (schema.entity_key and schema.event_timestamp):
+        # Fed-back rows join training by entity and time, and the holdout is the latest windows.
+        raise UserError("retrain needs data.schema.entity_key and data.schema.event_timestamp: labeled traffic "
+                         "becomes training rows by them (send both with each record)")  # fmt: skip
+    window_s = window_s or cfg.monitoring.window_s
+    if until is None:
+        now = datetime.now(timezone.utc).timestamp() - cfg.monitoring.grace_s
+        until = datetime.fromtimestamp(now - now % window_s, tz=timezone.utc)
+    name = cfg.registry.model_name
+    run_id = run_id or f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    record: dict[str, Any] = {"id": run_id, "trigger": reason, "started_at": datetime.now(timezone.utc).isoformat(),
+                              "until": until.isoformat()}  # fmt: skip
+    registry = open_registry(cfg)
+    holder = registry.acquire_lock(f"retrain:{name}", run_id, LOCK_TTL_S)
+    if holder is not None:
+        record.update(decision="skipped", why=f"another retrain holds the lock: {holder}")
+        return write_record(cfg, record)
+    started = time.perf_counter()
+    try:
+        _run(cfg, record, registry, window_s, until)
+        record.pop("stage", None)
+    except Exception as exc:  # recorded, not raised: the monitor alerts on it and keeps watching
+        log.warning("feedback run %s failed in stage %s: %s", run_id, record.get("stage"), exc)
+        record.update(decision="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+                      traceback=traceback.format_exc()[-8000:])  # fmt: skip
+    finally:
+        registry.release_lock(f"retrain:{name}", run_id)
+        record["wall_s"] = round(time.perf_counter() - started, 2)
+        write_record(cfg, record)
+    return record
+
+
+def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window_s: float, until: datetime) -> None:
+    """The steps of one feedback run, filling `record` (`stage` says where it is)."""
+    fb = cfg.monitoring.feedback
+    name, alias = cfg.registry.model_name, cfg.serving.alias
+    record["stage"] = "select"
+    labeled = labeled_traffic(cfg, until)
+    record["labeled_rows"] = labeled.num_rows
+    if labeled.num_rows < fb.min_labeled_rows:
+        record.update(decision="skipped", why=f"{labeled.num_rows} labeled rows, need {fb.min_labeled_rows}")
+        return
+    new, since = new_labels(cfg, labeled, record["id"])
+    record["new_labels"] = new.num_rows
+    if new.num_rows < fb.min_new_labels:
+        record.update(decision="skipped", why=f"{new.num_rows} labels ingested since the last retrain's "
+                                              f"(through {since}), need {fb.min_new_labels}")  # fmt: skip
+        return
+    chosen = select_rows(labeled, int(window_s * 1e6), fb.holdout_windows, fed_keys(cfg))
+    holdout = chosen.holdout
+    record["data"] = {
+        "labels_through": pc.max(labeled["labeled_at"]).as_py().isoformat(),
+        "holdout": {**span(holdout, "ts"), "events": span(holdout, "event_ts")},
+        "fed_back_rows": chosen.fresh.num_rows,
+        "not_fed_without_entity": chosen.no_entity,
+    }
+    if len(set(holdout["label"].to_pylist())) < 2:
+        record.update(decision="skipped", why="the holdout window has no labels of both classes")
+        return
+    record["stage"] = "feed_back"
+    feed_back(cfg, chosen.fresh, record["id"])
+    record["stage"] = "features"
+    label = cfg.data.schema_.label
+    test_rows = holdout.rename_columns([label if c == "label" else c for c in holdout.column_names])
+    since_us = None
+    if fb.lookback_s is not None:
+        fed_events = pc.cast(pc.coalesce(labeled["event_ts"], labeled["ts"]), pa.int64())
+        since_us = pc.max(fed_events).as_py() - int(fb.lookback_s * 1e6)
+        record["data"]["training_events_since"] = _iso(since_us)
+    build_features(cfg)
+    record["stage"] = "prepare"
+    prepared = prepare_training_set(cfg, holdout=test_rows, since_us=since_us)
+    prepared.input_profile = _reference(cfg, holdout, prepared.spec)
+    events = prepared.split.get("event_time_range") or [None, None]
+    record["data"]["train"] = {"rows": prepared.rows["train"], "events_from": events[0], "events_to": events[1]}
+    record["data"]["valid"] = {"rows": prepared.rows["valid"], "how": "random slice of the same range, "
+                               f"stratified by label (seed {cfg.training.split.seed})"}  # fmt: skip
+    y = np.asarray(holdout["label"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    record["stage"] = "train"
+    champion = load(registry, f"models:/{name}@{alias}")
+    p_champ = champion.predict_table(with_columns(holdout, champion.spec.input_columns))
+    candidates = []
+    for run in train_models(cfg, fb.models, prepared):
+        p = run.model.predict_proba(evaluate_inputs(holdout, run))
+        candidates.append((evaluate.metrics(y, p), p, run))
+    record["models"] = {"champion": {"version": champion.version.version, "holdout": evaluate.metrics(y, p_champ)}}
+    for m, _, run in candidates:
+        record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
+    _, p_best, best = min(candidates, key=lambda c: c[0]["log_loss"])
+    record["stage"] = "compare"
+    twin = same_model(registry, name, model_sha256(best.run_dir))
+    if twin is not None or identical(p_best, p_champ):
+        same = twin.uri if twin is not None else champion.version.uri
+        record.update(decision="identical", why=f"the retrained {best.kind} model is {same} again (same "
+                      f"{'model files' if twin is not None else 'score on every holdout row'}); not registered")  # fmt: skip
+        return
+    gates = HoldoutGates(y, p_best, p_champ, champion.version.version, cfg.registry.gates, cfg.registry.gate_test,
+                         f"{best.name} vs {champion.version.uri}")  # fmt: skip
+    record.update(gate_report=gates.report(), gates=gates.records(), gates_passed=gates.passed)
+    record["stage"] = "register"
+    version = register_run(registry, name, best.run_dir)
+    registry.set_alias(name, cfg.serving.traffic.challenger_alias, version.version, f"{record['id']}: {record['trigger']}",
+                       "feedback")  # fmt: skip
+    record["challenger"] = version.uri
+    if not fb.promote:
+        record["decision"] = "registered (promotion off)"
+        return
+    record["stage"] = "promote"
+    try:  # through the same promote as every alias move, the gate being the holdout comparison
+        change, report = promote(registry, name, version.version, alias, gates, actor="feedback",
+                                 reason=f"{record['id']} on holdout")  # fmt: skip
+    except PromotionRefused as refused:
+        record.update(decision="refused", gate_report=str(refused).split("\n", 1)[1])
+        return
+    record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
+
+
+def _reference(cfg: PipelineConfig, holdout: pa.Table, spec: Any) -> dict[str, Any]:
+    """The drift reference of a retrained version: the holdout window, the newest traffic its
+    promotion is decided on. Its training rows are mostly older: against them the traffic that
+    started the retrain would keep its input-drift alert firing after the promotion."""
+    import ray.data
+
+    from ray_pipeline.features.profile import input_profile
+
+    m = cfg.monitoring
+    return input_profile(ray.data.from_arrow(with_columns(holdout, spec.input_columns)), spec, m.bins, m.top_k)
+
+
+def evaluate_inputs(rows: pa.Table, run: Any) -> np.ndarray:
+    """A new run's feature matrix for logged rows."""
+    from ray_pipeline.features.transform import transform_table
+
+    return transform_table(with_columns(rows, run.spec.input_columns), run.spec)
+
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
