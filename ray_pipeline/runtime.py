@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # Ray's own loggers print an INFO line per dataset execution; on a laptop that drowns the
 # summaries the CLI prints. Warnings and errors still come through.
 _NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve")
+# Ray Data warnings a CLI user cannot act on, kept for --verbose: "Replacing contents" of the
+# directories the feature stage rewrites on purpose, and "no available CPUs" while Serve replicas
+# hold them (the job waits for a CPU and goes on).
+_QUIET_DATA_LOGGERS = ("ray.data.datasource.file_datasink", "ray.data.dataset")
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def _configure_data_context(quiet: bool) -> None:
     _quiet = quiet
     if quiet:
         # Ray Data warns once that its bars are off.
-        logging.getLogger(DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
+        for name in (DATA_PROGRESS_LOGGER, *_QUIET_DATA_LOGGERS):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 _quiet = False

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ray_pipeline.serve import app as serve_app
-from ray_pipeline.serve.app import ModelRunner
+from ray_pipeline.serve.api import ScoreRequest
+from ray_pipeline.serve.app import ModelRunner, ServingSettings
 from ray_pipeline.serve.predlog import read_log
 from ray_pipeline.serve.variants import CHALLENGER, ModelSet
 from ray_pipeline.train.rundir import model_dir
@@ -27,17 +28,16 @@ def _tamper(registry, version: int) -> None:
     victim.write_bytes(victim.read_bytes() + b"x")
 
 
-def _settings(tmp: Path, mode: str) -> dict:
-    return {"db_path": str(tmp / "reg.db"), "artifact_root": str(tmp / "art"), "model_name": "fraud",
-            "alias": "champion", "traffic_mode": mode, "challenger_alias": "challenger", "canary_share": 1.0,
-            "max_batch_size": 8, "batch_wait_timeout_s": 0.0, "reload_poll_s": 3600.0,
-            "prediction_log": str(tmp / "predlog"), "log_flush_rows": 100_000, "log_flush_s": 3600.0}  # fmt: skip
+def _settings(tmp: Path, mode: str) -> ServingSettings:
+    return ServingSettings(db_path=str(tmp / "reg.db"), artifact_root=str(tmp / "art"), model_name="fraud",
+                           alias="champion", prediction_log=str(tmp / "predlog"), traffic_mode=mode,
+                           canary_share=1.0, max_batch_size=8, batch_wait_timeout_s=0.0, reload_poll_s=3600.0,
+                           log_flush_rows=100_000, log_flush_s=3600.0)  # fmt: skip
 
 
-def _request(i: int, variant: str, runner: ModelRunner) -> dict:
+def _request(i: int, variant: str, runner: ModelRunner) -> ScoreRequest:
     """A validated request as the HTTP route hands it to the runner: its variant and that version."""
-    return {"records": [RECORD], "entities": [None], "request_id": f"r{i}", "variant": variant,
-            "model": runner.models.models[variant]}  # fmt: skip
+    return ScoreRequest(f"r{i}", variant, runner.models.models[variant], [RECORD], [None])
 
 
 def test_a_broken_challenger_is_reported_and_the_champion_still_serves(tmp_path):
@@ -67,9 +67,9 @@ def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
     requests = [_request(0, "challenger", runner), _request(1, "champion", runner), _request(2, "challenger", runner)]
     out = runner.score(requests)
     for req, result in zip(requests, out):  # what the HTTP route does after answering
-        runner.record(req, result, {"transform_ms": result["transform_ms"], "inference_ms": result["inference_ms"]})
-    assert [(o["variant"], o["version"]) for o in out] == [("champion", 1)] * 3
-    assert all(len(o["probabilities"]) == 1 for o in out)
+        runner.record(req, result, {"transform_ms": result.transform_ms, "inference_ms": result.inference_ms})
+    assert [(o.variant, o.version) for o in out] == [("champion", 1)] * 3
+    assert all(len(o.probabilities) == 1 for o in out)
     runner.close()
     log = read_log(str(tmp_path / "predlog"))
     assert sorted(log.column("request_id").to_pylist()) == ["r0", "r1", "r2"]
@@ -93,7 +93,7 @@ def test_shadow_backlog_is_bounded_and_drained_on_close(ray_session, tmp_path, m
     for i in range(6):
         req = _request(i, "champion", runner)
         result = runner.score([req])[0]
-        assert result["version"] == 1  # answers never wait for shadow
+        assert result.version == 1  # answers never wait for shadow
         runner.record(req, result, {})
     gate.set()
     runner.close()

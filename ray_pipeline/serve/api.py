@@ -1,5 +1,7 @@
-"""The HTTP contract of one model version (its request model, derived from its FeatureSpec), and
-online-store lookups for entity ids.
+"""The HTTP API's types and parsing: the contract of one model version (its request model, derived
+from its FeatureSpec), a /predict body parsed into the rows to score (`parse_predict`, with
+online-store lookups for entity ids), the typed request a replica scores (`ScoreRequest`), what
+scoring returns (`Scored`) and the answer the caller gets (`answer`).
 
 Each served version carries its own contract: replicas hot-swap versions, and a promoted version
 may take different inputs than the one that was champion at deploy time.
@@ -8,11 +10,14 @@ No `from __future__ import annotations` here: pydantic must see the record model
 (built per FeatureSpec at run time), not its name as a string.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import FastAPI
+import pyarrow as pa
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -149,3 +154,89 @@ def openapi_for(app: FastAPI, model: LoadedModel, request: type[BaseModel]) -> d
         " it follows promotions and rollbacks."
     )
     return doc
+
+
+@dataclass
+class ParsedRows:
+    """A /predict body as rows: raw records (from the body or the online store) and a status per row."""
+
+    records: list[dict[str, Any]]
+    entities: list[str | None]
+    event_ts: list[datetime | None]
+    statuses: list[str]  # ok / expired / unknown_entity
+    lookup_ms: float | None = None  # online-store lookup time, for entity ids
+
+
+@dataclass
+class ScoreRequest:
+    """One request's rows to score, as the route hands them to the batcher: only the rows with
+    features (`rows` are their positions in the request), and the version validated against."""
+
+    request_id: str
+    variant: str
+    model: LoadedModel
+    records: list[dict[str, Any]]
+    entities: list[str | None]
+    event_ts: list[datetime | None] | None = None
+    rows: list[int] | None = None  # None: every row, in order
+
+
+@dataclass
+class Scored:
+    """A scored request: a probability per scored row, its typed inputs, and who scored it how fast."""
+
+    probabilities: list[float]
+    inputs: pa.Table
+    model: str
+    version: int
+    variant: str
+    transform_ms: float
+    inference_ms: float
+
+
+def parse_predict(raw: bytes, terms: Contract, max_records: int, store: Any,
+                  views: dict[str, tuple[list[str], int | None]]) -> ParsedRows:  # fmt: skip
+    """Validate a /predict body against `terms` (422 naming the field), enforce the row limit (413),
+    and turn it into rows: the records given, or the online store's values for the entity ids."""
+    try:
+        body = terms.request.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        raise RequestValidationError(body_errors(exc)) from None
+    if getattr(body, "records", None) is not None:
+        if len(body.records) > max_records:
+            raise HTTPException(413, detail=f"records: {len(body.records)} rows, at most {max_records}")
+        parsed = ParsedRows([], [], [], ["ok"] * len(body.records))
+        for rec in body.records:
+            values, entity, event_ts = split_record(rec.model_dump(), terms.key, terms.ts)
+            parsed.records.append(values)
+            parsed.entities.append(entity)
+            parsed.event_ts.append(event_ts)
+        return parsed
+    if len(body.entity_ids) > max_records:
+        raise HTTPException(413, detail=f"entity_ids: {len(body.entity_ids)} ids, at most {max_records}")
+    started = time.perf_counter()
+    records, statuses = records_from_store(store, views, body.entity_ids)
+    lookup_ms = (time.perf_counter() - started) * 1e3
+    return ParsedRows(records, [str(e) for e in body.entity_ids], [None] * len(records), statuses, lookup_ms)
+
+
+def score_request(parsed: ParsedRows, request_id: str, variant: str, model: LoadedModel) -> ScoreRequest:
+    """The rows of `parsed` that have features, as one request to score."""
+    known = [i for i, st in enumerate(parsed.statuses) if st == "ok"]
+    return ScoreRequest(request_id, variant, model, [parsed.records[i] for i in known],
+                        [parsed.entities[i] for i in known], [parsed.event_ts[i] for i in known], known)  # fmt: skip
+
+
+def answer(parsed: ParsedRows, req: ScoreRequest, scored: Scored) -> dict[str, Any]:
+    """The response body: a probability (or null) and a status per row, the inputs that were imputed."""
+    probs: list[float | None] = [None] * len(parsed.statuses)
+    for i, p in zip(req.rows or [], scored.probabilities):
+        probs[i] = p
+    predictions: list[dict[str, Any]] = [{"probability": p, "status": st} for p, st in zip(probs, parsed.statuses)]
+    inputs = req.model.spec.input_columns
+    for i in req.rows or []:  # which inputs were missing and got the training fill value
+        imputed = [c for c in inputs if parsed.records[i].get(c) is None]
+        if imputed:
+            predictions[i]["imputed"] = imputed
+    return {"request_id": req.request_id, "model": scored.model, "version": scored.version, "variant": scored.variant,
+            "predictions": predictions}  # fmt: skip

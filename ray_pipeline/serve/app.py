@@ -1,7 +1,10 @@
-"""The Ray Serve application: one autoscaled deployment that is both the FastAPI ingress and the
-batched model server for `models:/NAME@champion` (plus a challenger for canary or shadow traffic).
+"""The Ray Serve application: one autoscaled deployment (`Predictor`) that is both the FastAPI
+ingress and the batched model server for `models:/NAME@champion` (plus a challenger for canary or
+shadow traffic). A /predict reads top to bottom: `Predictor.predict` parses the body with the
+answering version's contract (serve/api.py), `ModelRunner.score` scores a dynamic batch with each
+version's FeatureSpec (features/transform.py) and model, and the answer is logged.
 
-One deployment, not ingress + model: on this hardware each extra Serve hop cost ~5 ms per request
+One deployment, not ingress + model: each extra Serve hop costs a few ms per request
 (benchmarks/serve.py), and ingress and model scale together anyway. Each replica polls the registry
 every `reload_poll_s` in a background thread, loads a new version beside the old one and swaps it in
 with one assignment, so requests never fail during a promote or a rollback.
@@ -14,6 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,25 +25,26 @@ import pyarrow as pa
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table, transform_table
-from ray_pipeline.registry.versions import LoadedModel, load, registry_db
-from ray_pipeline.registry.store import Registry
 from ray_pipeline.raycompat import serve_client
+from ray_pipeline.registry.store import Registry
+from ray_pipeline.registry.versions import LoadedModel, load, registry_db
 from ray_pipeline.runtime import quiet_serve_logs
 from ray_pipeline.serve.api import (
     PREDICT_RESPONSES,
     Contract,
-    body_errors,
+    ScoreRequest,
+    Scored,
+    answer,
     contract,
     openapi_for,
-    records_from_store,
-    split_record,
+    parse_predict,
+    score_request,
 )
 from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
@@ -50,22 +55,63 @@ DEPLOYMENT = "predictor"
 MAX_SHADOW_BATCHES = 64  # beyond this backlog, shadow scoring skips batches (counted in rp_shadow_dropped)
 
 
+@dataclass(frozen=True)
+class ServingSettings:
+    """What a replica needs, resolved from the pipeline config on the driver (paths absolute)."""
+
+    db_path: str
+    artifact_root: str
+    model_name: str
+    alias: str
+    prediction_log: str
+    traffic_mode: str = "off"
+    challenger_alias: str = "challenger"
+    canary_share: float = 0.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    reload_poll_s: float = 2.0
+    log_flush_rows: int = 1000
+    log_flush_s: float = 5.0
+    alerts_file: str | None = None
+    api_key: str | None = None
+    max_records: int = 1000
+    views: dict[str, tuple[list[str], int | None]] = field(default_factory=dict)  # view -> (features, TTL)
+    store: Any = None  # the online store (features/online.py), when views are configured
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, api_key: str | None = None) -> "ServingSettings":
+        """The settings of `cfg`'s serving section (opens the online store when views exist)."""
+        from ray_pipeline.features.build import online_store
+
+        s, t, r = cfg.serving, cfg.serving.traffic, cfg.registry
+        views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
+        return cls(
+            db_path=registry_db(cfg), artifact_root=cfg.resolve(r.artifact_root), model_name=r.model_name,
+            alias=s.alias, prediction_log=cfg.resolve(s.prediction_log), traffic_mode=t.mode,
+            challenger_alias=t.challenger_alias, canary_share=t.canary_share, max_batch_size=s.max_batch_size,
+            batch_wait_timeout_s=s.batch_wait_timeout_s, reload_poll_s=s.reload_poll_s,
+            log_flush_rows=s.log_flush_rows, log_flush_s=s.log_flush_s,
+            alerts_file=cfg.resolve(cfg.monitoring.active_alerts), api_key=api_key,
+            max_records=s.max_records_per_request, views=views, store=online_store(cfg) if views else None,
+        )  # fmt: skip
+
+
 class ModelRunner:
     """Replica state shared by the HTTP routes: models, metrics, prediction log, alias watcher."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.metrics = ServeMetrics()
         self.models = ModelSet(
-            Registry(settings["db_path"], settings["artifact_root"]),
-            settings["model_name"],
-            settings["alias"],
-            mode=settings["traffic_mode"],
-            challenger_alias=settings["challenger_alias"],
-            canary_share=settings["canary_share"],
+            Registry(settings.db_path, settings.artifact_root),
+            settings.model_name,
+            settings.alias,
+            mode=settings.traffic_mode,
+            challenger_alias=settings.challenger_alias,
+            canary_share=settings.canary_share,
             on_load=self.metrics.loaded,
         )
-        self.log = PredictionLog(settings["prediction_log"], settings["log_flush_rows"], settings["log_flush_s"])
+        self.log = PredictionLog(settings.prediction_log, settings.log_flush_rows, settings.log_flush_s)
         # Shadow scoring runs here, after the caller's answer is on its way; one thread keeps it ordered.
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         # Batches submitted and not finished: bounded, so a slow challenger cannot pile work up.
@@ -76,27 +122,27 @@ class ModelRunner:
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.settings["reload_poll_s"]):
+        while not self._stop.wait(self.settings.reload_poll_s):
             self._read_alerts()
             try:
                 for change in self.models.refresh():
-                    print(f"models:/{self.settings['model_name']} {change}")
+                    print(f"models:/{self.settings.model_name} {change}")
             except Exception as exc:  # keep serving what is loaded; report and retry next poll
-                print(f"reload of models:/{self.settings['model_name']} failed, still serving: {exc}")
+                print(f"reload of models:/{self.settings.model_name} failed, still serving: {exc}")
 
-    def score(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def score(self, requests: list[ScoreRequest]) -> list[Scored]:
         """Score a batch of requests, one vectorized call per version; schedules shadow scoring.
 
         Each request names the variant and the version it was validated against (`pick`); that
         version scores it, even when an alias moved while it waited for the batch.
         """
-        out: list[dict[str, Any] | None] = [None] * len(requests)
+        out: list[Scored | None] = [None] * len(requests)
         groups: dict[tuple[str, int], list[int]] = {}
         for i, req in enumerate(requests):
-            groups.setdefault((req["variant"], id(req["model"])), []).append(i)
+            groups.setdefault((req.variant, id(req.model)), []).append(i)
         for (variant, _), idxs in groups.items():
             try:
-                self._answer(requests[idxs[0]]["model"], variant, idxs, requests, out)
+                self._answer(requests[idxs[0]].model, variant, idxs, requests, out)
             except Exception as exc:
                 if variant != CHALLENGER:
                     raise
@@ -109,16 +155,16 @@ class ModelRunner:
             if self._shadow_slots.acquire(blocking=False):
                 self._shadow_pool.submit(self._shadow, shadow, requests)
             else:
-                self.metrics.shadow_dropped.inc(sum(len(r["records"]) for r in requests))
+                self.metrics.shadow_dropped.inc(sum(len(r.records) for r in requests))
         return out  # type: ignore[return-value]
 
-    def _answer(self, model: LoadedModel, variant: str, idxs: list[int], requests: list, out: list) -> None:
+    def _answer(self, model: LoadedModel, variant: str, idxs: list[int], requests: list[ScoreRequest],
+                out: list[Scored | None]) -> None:  # fmt: skip
         chunks, timing = self._score_with(model, variant, [requests[i] for i in idxs])
         for i, (probs, inputs) in zip(idxs, chunks):
-            out[i] = {"probabilities": probs, "inputs": inputs, "model": model.version.name,
-                      "version": model.version.version, "variant": variant, **timing}  # fmt: skip
+            out[i] = Scored(probs, inputs, model.version.name, model.version.version, variant, **timing)
 
-    def _shadow(self, model: LoadedModel, requests: list[dict[str, Any]]) -> None:
+    def _shadow(self, model: LoadedModel, requests: list[ScoreRequest]) -> None:
         try:
             chunks, timing = self._score_with(model, SHADOW, requests)
             now = datetime.now(timezone.utc)
@@ -132,10 +178,10 @@ class ModelRunner:
             self._shadow_slots.release()
 
     def _score_with(
-        self, model: LoadedModel, variant: str, requests: list[dict[str, Any]]
+        self, model: LoadedModel, variant: str, requests: list[ScoreRequest]
     ) -> tuple[list[tuple[list[float], pa.Table]], dict[str, float]]:
         """Per request its probabilities and typed inputs; the batch's transform and inference times."""
-        records = [r for req in requests for r in req["records"]]
+        records = [r for req in requests for r in req.records]
         started = time.perf_counter()
         inputs = records_table(records, model.spec)
         X = transform_table(inputs, model.spec) if records else None
@@ -147,33 +193,33 @@ class ModelRunner:
             self.metrics.missing_values(records, model.spec.input_columns)
         chunks, i = [], 0
         for req in requests:
-            n = len(req["records"])
+            n = len(req.records)
             chunks.append((probs[i : i + n], inputs.slice(i, n)))
             i += n
         return chunks, timing
 
-    def record(self, req: dict[str, Any], result: dict[str, Any], timing: dict[str, float | None]) -> None:
+    def record(self, req: ScoreRequest, result: Scored, timing: dict[str, float | None]) -> None:
         """Log an answered request's scored rows with its latency per stage (the table is built by
         the log's flusher, not on the request path)."""
         at = datetime.now(timezone.utc)
 
         def build() -> pa.Table:
-            inputs = set(result["inputs"].column_names)
-            rows = {**req, "extra": [_extra(r, inputs) for r in req["records"]]}
-            return log_rows(rows, result["probabilities"], result["inputs"], result["model"], result["version"],
-                            result["variant"], timing, at)  # fmt: skip
+            inputs = set(result.inputs.column_names)
+            extra = [_extra(r, inputs) for r in req.records]
+            return log_rows(req, result.probabilities, result.inputs, result.model, result.version, result.variant,
+                            timing, at, extra)  # fmt: skip
 
-        self.log.append_table(build, len(result["probabilities"]))
+        self.log.append_table(build, len(result.probabilities))
 
     def refused(self, status: int, detail: str) -> None:
         """Log and count a request the API refused (monitoring reports them per status)."""
         self.metrics.refused.inc(1, tags={"status": str(status)})
-        base = {"request_id": [new_request_id()], "row": [0], "model_name": [self.settings["model_name"]],
+        base = {"request_id": [new_request_id()], "row": [0], "model_name": [self.settings.model_name],
                 "variant": [REFUSED], "http_status": [status], "extra": [detail[:2000]]}  # fmt: skip
         self.log.append_table(rows_table(base, None, datetime.now(timezone.utc)))
 
     def _read_alerts(self) -> None:
-        path = self.settings.get("alerts_file")
+        path = self.settings.alerts_file
         if not path:
             return
         try:
@@ -189,173 +235,143 @@ class ModelRunner:
         self.log.close()
 
 
+
+api = FastAPI(title="ray-pipeline", description="Binary classification served from the model registry.")
+# The replica this process runs. The routes below are plain functions over it: with the app given to
+# `serve.ingress`, Serve serves a frozen copy of it taken at import, which a replica's own OpenAPI
+# document (its champion's request contract) and error handlers could not reach.
+_replica: dict[str, "Predictor"] = {}
+
+
+@api.post("/predict", responses=PREDICT_RESPONSES)
+async def predict(request: Request, x_api_key: str | None = Header(default=None)) -> dict:
+    """Score records (or entities from the online store) with the version that validates them."""
+    return await _replica["predictor"].predict(request, x_api_key)
+
+
+@api.get("/healthz")
+def healthz() -> dict:
+    """Liveness."""
+    return {"status": "ok"}
+
+
+@api.get("/model")
+def model_info() -> dict:
+    """The versions served (champion, challenger), when they loaded, and the active alerts."""
+    return _replica["predictor"].model_info()
+
+
+def _refused(request: Request, status: int, detail: Any) -> None:
+    replica = _replica.get("predictor")
+    if replica is not None and request.url.path.endswith("/predict"):
+        replica.runner.refused(status, json.dumps(detail, default=str))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    _refused(request, 422, exc.errors())
+    return await request_validation_exception_handler(request, exc)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    _refused(request, exc.status_code, exc.detail)
+    return await http_exception_handler(request, exc)
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress()
+class Predictor:
+    """One replica: HTTP API (validation, auth, online features, request ids) over dynamically
+    batched models."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.runner = ModelRunner(settings)
+        self.contracts: dict[int, Contract] = {}  # per registered version (artifacts never change)
+        self.score_batch.set_max_batch_size(settings.max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # This class reaches the replica pickled by value (its module name now holds the
+        # deployment), with its own copy of the globals it uses: bind the imported module's routes.
+        import ray_pipeline.serve.app as module
+
+        module._replica["predictor"] = self
+        module.api.openapi = self.openapi  # type: ignore[method-assign]
+        self.api = module.api
+        return module.api
+
+    def contract_of(self, model: LoadedModel) -> Contract:
+        """The request contract of the version `model` (built once per version)."""
+        version = model.version.version
+        if version not in self.contracts:
+            self.contracts[version] = contract(model.spec, self.settings.max_records, self.settings.store is not None)
+        return self.contracts[version]
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, its request body being what the version serving now takes."""
+        champion = self.runner.models.pick_champion()
+        return openapi_for(self.api, champion, self.contract_of(champion).request)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def score_batch(self, requests: list[ScoreRequest]) -> list[Scored]:
+        return self.runner.score(requests)
+
+    async def predict(self, request: Request, x_api_key: str | None) -> dict:
+        """POST /predict: auth, parse against the answering version, score in a batch, answer, log."""
+        started = time.perf_counter()
+        s = self.settings
+        if s.api_key and x_api_key != s.api_key:
+            raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+        # Validated against the version that will answer (its own inputs), not the deploy-time one.
+        variant, model = self.runner.models.pick()
+        parsed = parse_predict(await request.body(), self.contract_of(model), s.max_records, s.store, s.views)
+        req = score_request(parsed, new_request_id(), variant, model)
+        scored = await self.score_batch(req)
+        post_started = time.perf_counter()
+        body = answer(parsed, req, scored)
+        timing = {"lookup_ms": parsed.lookup_ms, "transform_ms": scored.transform_ms,
+                  "inference_ms": scored.inference_ms, "post_ms": (time.perf_counter() - post_started) * 1e3}  # fmt: skip
+        self.runner.metrics.stages(timing, (time.perf_counter() - started) * 1e3)
+        self.runner.record(req, scored, timing)
+        return body
+
+    def model_info(self) -> dict:
+        """GET /model, with the alerts about the served version (or about no version in particular)."""
+        info = self.runner.models.info()
+        info["alerts"] = [a for a in self.runner.alerts if a.get("model_version") in (None, info["version"])]
+        return info
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful shutdown: nothing buffered is lost.
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.close()
+
+
 def build_app(cfg: PipelineConfig, api_key: str | None = None):
     """The bound Serve application for `cfg`."""
-    from ray_pipeline.features.build import online_store
     from ray_pipeline.registry.versions import open_registry
 
-    s, r = cfg.serving, cfg.registry
-    load(open_registry(cfg), f"models:/{r.model_name}@{s.alias}")  # fail at deploy, not in every replica
-    views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
-    store = online_store(cfg) if views else None
-    max_records = s.max_records_per_request
-    api = FastAPI(title="ray-pipeline", description="Binary classification served from the model registry.")
-    replica: dict[str, ModelRunner] = {}  # this process's runner, for the exception handlers below
-    contracts: dict[int, Contract] = {}  # per registered version (artifacts never change)
-
-    def contract_of(model: LoadedModel) -> Contract:
-        version = model.version.version
-        if version not in contracts:
-            contracts[version] = contract(model.spec, max_records, entity_ids=store is not None)
-        return contracts[version]
-
-    def openapi() -> dict[str, Any]:
-        # The request body is what the version serving now takes: regenerated when it changes.
-        champion = replica["runner"].models.pick_champion()  # only replicas answer /openapi.json
-        return openapi_for(api, champion, contract_of(champion).request)
-
-    api.openapi = openapi  # type: ignore[method-assign]
-
-    def _refused(request: Request, status: int, detail: Any) -> None:
-        runner = replica.get("runner")
-        if runner is not None and request.url.path.endswith("/predict"):
-            runner.refused(status, json.dumps(detail, default=str))
-
-    @api.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        _refused(request, 422, exc.errors())
-        return await request_validation_exception_handler(request, exc)
-
-    @api.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        _refused(request, exc.status_code, exc.detail)
-        return await http_exception_handler(request, exc)
-
-    @serve.ingress(api)
-    class Predictor:
-        """HTTP API (validation, auth, online features, request ids) over dynamically batched models."""
-
-        def __init__(self, settings: dict[str, Any]) -> None:
-            self.runner = ModelRunner(settings)
-            replica["runner"] = self.runner
-            self.score_batch.set_max_batch_size(settings["max_batch_size"])
-            self.score_batch.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
-
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-        async def score_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return self.runner.score(requests)
-
-        @api.post("/predict", responses=PREDICT_RESPONSES)
-        async def predict(self, request: Request, x_api_key: str | None = Header(default=None)) -> dict:
-            started = time.perf_counter()
-            if api_key and x_api_key != api_key:
-                raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
-            # Validated against the version that will answer (its own inputs), not the deploy-time one.
-            variant, model = self.runner.models.pick()
-            terms = contract_of(model)
-            try:
-                body = terms.request.model_validate_json(await request.body() or b"null")
-            except ValidationError as exc:
-                raise RequestValidationError(body_errors(exc)) from None
-            request_id = new_request_id()
-            lookup_ms = None
-            if getattr(body, "records", None) is not None:
-                if len(body.records) > max_records:
-                    raise HTTPException(413, detail=f"records: {len(body.records)} rows, at most {max_records}")
-                records, entities, event_times = [], [], []
-                for rec in body.records:
-                    values, entity, event_ts = split_record(rec.model_dump(), terms.key, terms.ts)
-                    records.append(values)
-                    entities.append(entity)
-                    event_times.append(event_ts)
-                statuses = ["ok"] * len(records)
-            else:
-                if len(body.entity_ids) > max_records:
-                    raise HTTPException(413, detail=f"entity_ids: {len(body.entity_ids)} ids, at most {max_records}")
-                looked_up = time.perf_counter()
-                records, statuses = records_from_store(store, views, body.entity_ids)
-                lookup_ms = (time.perf_counter() - looked_up) * 1e3
-                entities = [str(e) for e in body.entity_ids]
-                event_times = [None] * len(records)
-            known = [i for i, st in enumerate(statuses) if st == "ok"]
-            req = {"records": [records[i] for i in known], "entities": [entities[i] for i in known],
-                   "event_ts": [event_times[i] for i in known], "rows": known,
-                   "request_id": request_id, "variant": variant, "model": model}  # fmt: skip
-            result = await self.score_batch(req)
-            post_started = time.perf_counter()
-            probs: list[float | None] = [None] * len(statuses)
-            for i, p in zip(known, result["probabilities"]):
-                probs[i] = p
-            answer = {
-                "request_id": request_id,
-                "model": result["model"],
-                "version": result["version"],
-                "variant": result["variant"],
-                "predictions": [{"probability": p, "status": st} for p, st in zip(probs, statuses)],
-            }
-            inputs = model.spec.input_columns
-            for i in known:  # which inputs were missing and got the training fill value
-                imputed = [c for c in inputs if records[i].get(c) is None]
-                if imputed:
-                    answer["predictions"][i]["imputed"] = imputed
-            timing = {"lookup_ms": lookup_ms, "transform_ms": result["transform_ms"],
-                      "inference_ms": result["inference_ms"], "post_ms": (time.perf_counter() - post_started) * 1e3}  # fmt: skip
-            self.runner.metrics.stages(timing, (time.perf_counter() - started) * 1e3)
-            self.runner.record(req, result, timing)
-            return answer
-
-        @api.get("/healthz")
-        def healthz(self) -> dict:
-            return {"status": "ok"}
-
-        @api.get("/model")
-        def model_info(self) -> dict:
-            info = self.runner.models.info()
-            # Alerts from `ray-pipeline monitor` about the served version (or about no version in particular).
-            info["alerts"] = [a for a in self.runner.alerts if a.get("model_version") in (None, info["version"])]
-            return info
-
-        def __del__(self) -> None:
-            # Serve calls this on graceful shutdown: nothing buffered is lost.
-            runner = getattr(self, "runner", None)
-            if runner is not None:
-                runner.close()
-
-    t = s.traffic
-    deployment = serve.deployment(
-        Predictor,
-        name=DEPLOYMENT,
+    s = cfg.serving
+    load(open_registry(cfg), f"models:/{cfg.registry.model_name}@{s.alias}")  # fail at deploy, not in every replica
+    deployment = Predictor.options(
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         autoscaling_config=autoscaling_config(cfg),
     )
-    return deployment.bind(
-        {
-            "db_path": registry_db(cfg),
-            "artifact_root": cfg.resolve(r.artifact_root),
-            "model_name": r.model_name,
-            "alias": s.alias,
-            "traffic_mode": t.mode,
-            "challenger_alias": t.challenger_alias,
-            "canary_share": t.canary_share,
-            "max_batch_size": s.max_batch_size,
-            "batch_wait_timeout_s": s.batch_wait_timeout_s,
-            "reload_poll_s": s.reload_poll_s,
-            "prediction_log": cfg.resolve(s.prediction_log),
-            "log_flush_rows": s.log_flush_rows,
-            "log_flush_s": s.log_flush_s,
-            "alerts_file": cfg.resolve(cfg.monitoring.active_alerts),
-        }
-    )
+    return deployment.bind(ServingSettings.from_config(cfg, api_key))
 
 
-def log_rows(req: dict[str, Any], probs: list[float], inputs: pa.Table, name: str, version: int, variant: str,
-             timing: dict[str, float | None], at: datetime) -> pa.Table:  # fmt: skip
+def log_rows(req: ScoreRequest, probs: list[float], inputs: pa.Table, name: str, version: int, variant: str,
+             timing: dict[str, float | None], at: datetime, extra: list[str | None] | None = None) -> pa.Table:  # fmt: skip
     """Prediction-log rows of one scored request (only its records that were scored)."""
     n = len(probs)
-    base = {"request_id": [req["request_id"]] * n, "row": req.get("rows", list(range(n))), "entity": req["entities"],
-            "event_ts": req.get("event_ts", [None] * n), "score": probs, "model_name": [name] * n, "model_version": [version] * n,
-            "variant": [variant] * n, "http_status": [200] * n, "extra": req.get("extra", [None] * n)}  # fmt: skip
+    base = {"request_id": [req.request_id] * n, "row": req.rows if req.rows is not None else list(range(n)),
+            "entity": req.entities, "event_ts": req.event_ts or [None] * n, "score": probs, "model_name": [name] * n,
+            "model_version": [version] * n, "variant": [variant] * n, "http_status": [200] * n,
+            "extra": extra or [None] * n}  # fmt: skip
     for stage in STAGES:
         base[f"latency_{stage}_ms"] = [timing.get(f"{stage}_ms")] * n
     return rows_table(base, inputs, at)

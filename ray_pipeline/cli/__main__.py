@@ -1,0 +1,5 @@
+"""`python -m ray_pipeline.cli` (how cluster jobs run commands)."""
+
+from ray_pipeline.cli import main
+
+main()

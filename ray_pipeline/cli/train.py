@@ -1,0 +1,119 @@
+"""Commands that train: `train` one model, `run` the whole pipeline, `predict` in batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ray_pipeline.cli.context import (
+    AddressOpt,
+    ConfigOpt,
+    VerboseOpt,
+    attach_file,
+    friendly_errors,
+    heading,
+    serve_until_stopped,
+    start,
+    start_ray,
+)
+from ray_pipeline.config import load_config
+
+app = typer.Typer()
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: ConfigOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="logreg or xgboost.")] = "logreg",
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers (default: training.workers).")] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register the run and offer it to the served alias through the gates.")
+    ] = False,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a model on the feature store's training set with Ray Train; print the evaluation."""
+    from ray_pipeline.train.runner import summary, train_model
+    from ray_pipeline.workflow.pipeline import register_and_promote
+
+    cfg = start(config, address, verbose).cfg
+    run = train_model(cfg, model, workers)
+    typer.echo(summary(run))
+    if register:
+        typer.echo("\n".join(register_and_promote(cfg, [run], cfg.serving.alias).lines))
+
+
+@app.command()
+@friendly_errors
+def run(
+    config: ConfigOpt,
+    models: Annotated[str, typer.Option(help="Comma-separated model kinds to train.")] = "logreg,xgboost",
+    serve: Annotated[bool, typer.Option("--serve", help="Deploy the champion on Ray Serve.")] = False,
+    wait: Annotated[
+        bool | None, typer.Option(help="With --serve: keep serving until Ctrl-C (default: yes on an embedded Ray).")
+    ] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Ingest, features, train each model, register, promote through the gates, optionally serve."""
+    from ray_pipeline.runtime import logs_dir
+    from ray_pipeline.workflow.pipeline import Stages, check_models, run_pipeline
+
+    cfg = load_config(config)
+    kinds = check_models([m.strip() for m in models.split(",") if m.strip()])
+    runtime = start_ray(address, verbose)
+    stages = Stages(5 + serve, typer.echo, heading)
+    done = run_pipeline(cfg, kinds, serve=serve, local=runtime.local, echo=typer.echo, stages=stages)
+    typer.echo(done.timing_line())
+    logs = logs_dir()
+    run_root = cfg.resolve(cfg.training.run_root)
+    if runtime.local and logs and "://" not in run_root:
+        # The embedded Ray's logs live in its temp dir (socket paths must stay short): link them
+        # beside the runs they belong to.
+        link = Path(run_root) / "ray-logs"
+        link.unlink(missing_ok=True)
+        link.symlink_to(logs, target_is_directory=True)
+        typer.echo(f"Ray's own logs (workers' epoch lines, Ray Data): {link} -> {logs}")
+    champion = done.promotion.champion
+    if champion is not None:
+        typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")
+    if serve:
+        wait = wait if wait is not None else runtime.local
+        if runtime.local and wait:
+            from ray_pipeline.runtime import announce_ray
+
+            with announce_ray(attach_file(cfg), runtime.address):
+                typer.echo(f"Ray: {runtime.address} (local, started by this command); `monitor`, `retrain`, "
+                           f"`predict` and `serve` with this config attach to it while it serves "
+                           f"(or pass --address {runtime.address})")  # fmt: skip
+                serve_until_stopped(cfg, wait)
+        else:
+            typer.echo(f"Ray: {runtime.address}")
+            serve_until_stopped(cfg, wait)
+
+
+@app.command()
+@friendly_errors
+def predict(
+    config: ConfigOpt,
+    input_path: Annotated[str, typer.Option("--input", "-i", help="File, directory, glob or URI to score.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (Parquet), replaced if it holds scores.")],
+    model: Annotated[
+        str | None, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the served alias).")
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, parquet or json (default: from extensions).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score a file or directory in batch with Ray Data and a registered model (its own FeatureSpec)."""
+    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.serve.batch import score_files
+
+    cfg = load_config(config)
+    uri = model or f"models:/{cfg.registry.model_name}@{cfg.serving.alias}"
+    loaded = load(open_registry(cfg), uri)
+    start_ray(address, verbose, cfg)
+    typer.echo(score_files(cfg, loaded, input_path, out, fmt).render())
