@@ -22,9 +22,26 @@ def test_demo_config_loads_and_resolves_paths_against_its_directory():
     cfg = load_config(DEMO_CONFIG)
     assert cfg.data.schema_.entity_key == "customer_id"
     assert cfg.synthetic is not None and cfg.synthetic.rows > 0
-    resolved = Path(cfg.resolve(cfg.data.source.path))
+    resolved = Path(cfg.data.source.path)
     assert resolved == (DEMO_CONFIG.parent / "../data/demo/raw").resolve()
     assert cfg.resolve("s3://bucket/x") == "s3://bucket/x"
+
+
+def test_every_path_is_absolute_once_loaded_and_the_hash_is_the_file_as_written(tmp_path, demo_config_dict):
+    demo_config_dict["features"]["views"]["customer_daily"]["source"] = "views/daily"  # a path, not `accepted`
+    demo_config_dict["training"]["run_root"] = "runs"
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = load_config(_write(tmp_path / "a", demo_config_dict)), load_config(_write(tmp_path / "b", demo_config_dict))
+    for cfg, home in ((a, tmp_path / "a"), (b, tmp_path / "b")):
+        paths = [cfg.data.source.path, cfg.data.output.accepted, cfg.data.output.feedback, cfg.features.store_root,
+                 cfg.features.online.path, cfg.features.views["customer_daily"].source, cfg.training.run_root,
+                 cfg.registry.db_path, cfg.registry.artifact_root, cfg.serving.prediction_log, cfg.monitoring.table,
+                 cfg.monitoring.active_alerts, cfg.monitoring.feedback_runs]  # fmt: skip
+        assert all(Path(p).is_absolute() for p in paths), paths
+        assert Path(cfg.training.run_root) == home / "runs"
+    assert a.training.run_root != b.training.run_root
+    assert a.content_hash() == b.content_hash()  # lineage names the config, not where it was checked out
+    assert parse_config({**demo_config_dict, "monitoring": {"root": "s3://bucket/mon"}}).monitoring.table == "s3://bucket/mon/table"
 
 
 def test_unknown_key_names_file_path_and_allowed_keys(tmp_path, demo_config_dict):

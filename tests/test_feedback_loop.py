@@ -203,7 +203,7 @@ def test_control_without_drift_raises_nothing_and_promotes_nothing(base, tmp_pat
         assert not any(r.events for r in results)
         assert not any(r.feedback for r in results)
         assert registry.aliases("control") == {"champion": 1}
-        log = read_log(cfg.resolve(cfg.serving.prediction_log))
+        log = read_log(cfg.serving.prediction_log)
         assert log.num_rows == 3 * PER_WINDOW
         assert log.schema.field("amount").type == pa.float64() and log.schema.field("channel").type == pa.string()
         assert set(log["variant"].to_pylist()) == {"champion"}

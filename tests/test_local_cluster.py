@@ -165,7 +165,7 @@ def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained):
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     assert "registered models:/" in logs and "(xgboost)" in logs
     assert [v.kind for v in registry.versions(cfg.registry.model_name)] == ["logreg", "xgboost"]
-    assert Path(cfg.resolve(cfg.data.output.accepted)).is_dir()  # outputs on the shared storage
+    assert Path(cfg.data.output.accepted).is_dir()  # outputs on the shared storage
 
 
 def test_a_job_naming_a_path_the_cluster_lacks_says_it_must_be_shared(local_cluster, trained, tmp_path):

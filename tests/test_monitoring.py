@@ -73,7 +73,7 @@ def monitored(ray_session, tmp_path):
 
 
 def _log(cfg, table: pa.Table, at: datetime, scores: np.ndarray) -> None:
-    log = PredictionLog(cfg.resolve(cfg.serving.prediction_log), flush_rows=10**9, flush_s=3600)
+    log = PredictionLog(cfg.serving.prediction_log, flush_rows=10**9, flush_s=3600)
     n = table.num_rows
     base = {"request_id": [f"r{at:%H%M}-{i}" for i in range(n)], "row": [0] * n, "score": scores.tolist(),
             "model_name": ["fraud"] * n, "model_version": [1] * n, "variant": ["champion"] * n,
@@ -92,7 +92,7 @@ def test_window_statistics_match_scipy_and_bad_files_and_empty_windows_are_repor
     _log(cfg, _rows(rng, 2000), T0 + timedelta(seconds=5), rng.random(2000))
     drifted = _rows(rng, 2000, shift=1.5, new_share=0.3)
     _log(cfg, drifted, T0 + timedelta(seconds=125), rng.random(2000))
-    log_dir = Path(cfg.resolve(cfg.serving.prediction_log))
+    log_dir = Path(cfg.serving.prediction_log)
     corrupt = next(log_dir.rglob("part-*.parquet")).parent / "part-corrupt.parquet"
     corrupt.write_bytes(b"PAR1 truncated")
     mon = Monitor(cfg)
@@ -105,7 +105,7 @@ def test_window_statistics_match_scipy_and_bad_files_and_empty_windows_are_repor
     assert "(empty)" in results[1].render()
     assert not [m for m in results[1].metrics if m["metric"] not in ("rows", "skipped_files")]
     assert not results[0].events and not results[2].events  # for_windows=2: one drifted window is not enough
-    rule_state = json.loads(Path(cfg.resolve(cfg.monitoring.root), "state.json").read_text())["rules"]["input_drift"]
+    rule_state = json.loads(Path(cfg.monitoring.root, "state.json").read_text())["rules"]["input_drift"]
     assert rule_state["streak"] == 1  # the empty window neither reset nor advanced it
 
     # the same statistics computed directly from the rows with numpy/scipy
@@ -131,7 +131,7 @@ def test_window_statistics_match_scipy_and_bad_files_and_empty_windows_are_repor
     assert values[("unseen_rate", "channel")] == pytest.approx(unseen / len(ch), abs=1e-12)
     assert values[("psi", "amount")] > 0.25 and values[("psi", "channel")] > 0.25
     assert values[("null_rate", "amount")] == pytest.approx(1 - x.size / 2000, abs=1e-12)
-    table = pa.concat_tables([pa.parquet.read_table(f) for f in sorted(Path(cfg.resolve(cfg.monitoring.table)).glob("*.parquet"))])
+    table = pa.concat_tables([pa.parquet.read_table(f) for f in sorted(Path(cfg.monitoring.table).glob("*.parquet"))])
     assert set(table["verdict"].to_pylist()) >= {"drift", None}
     assert (Path(results[2].report)).exists() and list(Path(results[2].report).parent.glob("*.png"))
 

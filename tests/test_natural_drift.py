@@ -74,7 +74,7 @@ def base_model(cfg, tables: list[pa.Table]):
     from ray_pipeline.train.runner import train_model
 
     raw = pa.concat_tables(tables).drop_columns(["p_true"])
-    write_parquet(raw, cfg.resolve(cfg.data.source.path) + "/part-0.parquet")
+    write_parquet(raw, cfg.data.source.path + "/part-0.parquet")
     ingest(cfg)
     build_features(cfg)
     registry = open_registry(cfg)
@@ -97,7 +97,7 @@ def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
             "model_version": [model.version.version] * n, "variant": ["champion"] * n, "http_status": [200] * n}  # fmt: skip
     table = rows_table(base, inputs, START)
     table = table.set_column(table.schema.get_field_index("ts"), "ts", rows["event_ts"])
-    log = PredictionLog(cfg.resolve(cfg.serving.prediction_log), flush_rows=10 * n)  # written by close() itself
+    log = PredictionLog(cfg.serving.prediction_log, flush_rows=10 * n)  # written by close() itself
     log.append_table(table)
     log.close()
     return model.version.version

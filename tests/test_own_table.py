@@ -126,7 +126,7 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     # a Serve already running in this test session keeps its own port: take the URL run printed
     url = re.search(r"endpoint: (\S+)/predict", out).group(1)
     cfg = load_config(config)
-    quarantine = pd.read_parquet(cfg.resolve(cfg.data.output.quarantine)).set_index("_row")
+    quarantine = pd.read_parquet(cfg.data.output.quarantine).set_index("_row")
     assert quarantine.loc[3, "_reason"] == "invalid_label" and "'Maybe'" in quarantine.loc[3, "_detail"]
     assert quarantine.loc[5, "_reason"] == "unparseable_row" and "row has 4 fields" in quarantine.loc[5, "_detail"]
     assert len(quarantine) == 2

@@ -86,7 +86,7 @@ def generate(
     if out is None:
         if cfg is None:
             raise UserError("--out is required unless --config gives data.source.path")
-        out = cfg.resolve(cfg.data.source.path)
+        out = cfg.data.source.path
     start_ray(address, verbose)
     result = run_generate(spec, out)
     typer.echo(f"generated {result.rows:,} rows ({result.format}) in {result.seconds:.1f} s -> {result.path}")

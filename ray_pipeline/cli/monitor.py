@@ -45,7 +45,7 @@ def monitor(
     first = as_utc(since) if since else None
     try:
         if watch:
-            typer.echo(f"watching {cfg.resolve(cfg.serving.prediction_log)} every {mon.window_s:g} s "
+            typer.echo(f"watching {cfg.serving.prediction_log} every {mon.window_s:g} s "
                        "(Ctrl-C or SIGTERM stops after the window in hand)")  # fmt: skip
             mon.watch(first, echo=typer.echo, stop=stop_on_signals(typer.echo))
             typer.echo(f"stopped; state saved, next window starts {mon.state['next']}")

@@ -69,7 +69,7 @@ def run(
     done = run_pipeline(cfg, kinds, serve=serve, local=runtime.local, echo=typer.echo, stages=stages)
     typer.echo(done.timing_line())
     logs = logs_dir()
-    run_root = cfg.resolve(cfg.training.run_root)
+    run_root = cfg.training.run_root
     if runtime.local and logs and "://" not in run_root:
         # The embedded Ray's logs live in its temp dir (socket paths must stay short): link them
         # beside the runs they belong to.

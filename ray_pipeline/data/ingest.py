@@ -164,7 +164,7 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
     data = cfg.data
     schema = data.schema_
     started = time.perf_counter()
-    src = resolve_source(data.source, cfg.resolve(data.source.path))
+    src = resolve_source(data.source, data.source.path)
     columns_by_file = check_columns(src, data.source, schema.columns)
 
     extras = sorted({c for names in columns_by_file.values() for c in names} - set(schema.columns))
@@ -187,8 +187,8 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
         fn_kwargs={"schema": schema, "keep_extra": policy == "keep"},
         batch_format="pyarrow",
     )
-    accepted_path = cfg.resolve(data.output.accepted)
-    quarantine_path = cfg.resolve(data.output.quarantine)
+    accepted_path = data.output.accepted
+    quarantine_path = data.output.quarantine
     reset_dir(accepted_path)
     reset_dir(quarantine_path)
     try:
@@ -253,7 +253,7 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
         by_field=dict(sorted(counts.items())),
         accepted_path=accepted_path,
         quarantine_path=quarantine_path,
-        summary_path=cfg.resolve(data.output.summary),
+        summary_path=data.output.summary,
         seconds=time.perf_counter() - started,
         finished_at=datetime.now(timezone.utc).isoformat(),
         config_hash=cfg.content_hash(),

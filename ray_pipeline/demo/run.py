@@ -20,7 +20,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     from ray_pipeline.data.synthetic import generate
     from ray_pipeline.workflow.pipeline import Stages, run_pipeline
 
-    raw = cfg.resolve(cfg.data.source.path)
+    raw = cfg.data.source.path
     result = generate(spec, raw)
     heading(f"[2/{STEPS}] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}")
     stages = Stages(STEPS, echo, heading, first=3)
@@ -41,7 +41,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     )
     if loop.false_alarms:
         echo(f"alerts before the drift (false alarms): {', '.join(loop.false_alarms)}")
-    echo(f"monitoring table, reports and alerts: {cfg.resolve(cfg.monitoring.root)}")
+    echo(f"monitoring table, reports and alerts: {cfg.monitoring.root}")
     echo("the demo stops the endpoint on exit; `ray-pipeline serve deploy` keeps it up")
     _stop_serving(cfg, runtime)
 

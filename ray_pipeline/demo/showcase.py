@@ -70,7 +70,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     from ray_pipeline.serve.client import http_json
 
     report = LoopReport()
-    delete_tree(cfg.resolve(cfg.monitoring.root))  # the demo's own monitoring starts afresh
+    delete_tree(cfg.monitoring.root)  # the demo's own monitoring starts afresh
     end = base.start + timedelta(days=base.days)
     # Inputs drift (the alert) and so does the relationship (the reason to retrain). Measured here:
     # under covariate shift alone the champion's p(y|x) stays right and a model fitted on a few
@@ -104,7 +104,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     labels += send_windows(url, cfg.data.schema_, during, inputs, per_window, window_s)
     sent = time.time()
     wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
-    labeled = ingest_labels(cfg, write_labels_csv(join(cfg.resolve(cfg.monitoring.root), "incoming", "labels-1.csv"), labels))
+    labeled = ingest_labels(cfg, write_labels_csv(join(cfg.monitoring.root, "incoming", "labels-1.csv"), labels))
     echo(f"labels arrived: {labeled.accepted:,} accepted")
     mon = Monitor(cfg, window_s, retrain=retrain)
     try:
@@ -130,7 +130,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
         echo(f"serving v{info['version']} after hot reload; active alerts: {[a['rule'] for a in info.get('alerts', [])]}")
         more = send_windows(url, cfg.data.schema_, with_view_features(cfg, after), inputs, per_window, window_s)
         wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
-        ingest_labels(cfg, write_labels_csv(join(cfg.resolve(cfg.monitoring.root), "incoming", "labels-2.csv"), more))
+        ingest_labels(cfg, write_labels_csv(join(cfg.monitoring.root, "incoming", "labels-2.csv"), more))
         post = [r for r in mon.run() if r.rows]
         for r in post:
             echo(r.render())

@@ -39,7 +39,7 @@ class FeatureBuild:
 
 def store_root(cfg: PipelineConfig) -> str:
     """The offline store's root, resolved against the config file."""
-    return cfg.resolve(cfg.features.store_root)
+    return cfg.features.store_root
 
 
 def training_set_path(cfg: PipelineConfig) -> str:
@@ -62,7 +62,7 @@ def _has_parquet(location: str) -> bool:
 def online_store(cfg: PipelineConfig) -> OnlineStore:
     """The configured online store."""
     online = cfg.features.online
-    return open_store(online.backend, path=cfg.resolve(online.path), url=online.url)
+    return open_store(online.backend, path=online.path, url=online.url)
 
 
 def build_features(cfg: PipelineConfig) -> FeatureBuild:
@@ -71,8 +71,8 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
 
     schema = cfg.data.schema_
     root = store_root(cfg)
-    accepted = read_parquet(cfg.resolve(cfg.data.output.accepted))
-    fed_back = cfg.resolve(cfg.data.output.feedback)
+    accepted = read_parquet(cfg.data.output.accepted)
+    fed_back = cfg.data.output.feedback
     if _has_parquet(fed_back):  # labeled traffic the feedback loop turned into accepted rows
         accepted = accepted.union(read_parquet(fed_back))
     accepted = accepted.materialize()
@@ -82,7 +82,7 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
         if view.daily_aggregates is not None:
             rows = daily_aggregates(accepted, view.entity, schema.event_timestamp, view)
         else:
-            rows = read_parquet(cfg.resolve(view.source))
+            rows = read_parquet(view.source)
         stored = rows.materialize()  # computed once: written to the store and joined from memory
         version = write_view(stored, root, name, view)
         events = point_in_time_join(

@@ -12,7 +12,7 @@ from ray_pipeline.storage import join, matching_files, read_bytes, write_text
 
 def record_path(cfg: PipelineConfig, run_id: str) -> str:
     """Where a feedback run's record is written."""
-    return join(cfg.resolve(cfg.monitoring.feedback_runs), "runs", f"{run_id}.json")
+    return join(cfg.monitoring.feedback_runs, "runs", f"{run_id}.json")
 
 
 def write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -23,5 +23,5 @@ def write_record(cfg: PipelineConfig, record: dict[str, Any]) -> dict[str, Any]:
 
 def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Every feedback run's record, oldest first."""
-    runs = matching_files(join(cfg.resolve(cfg.monitoring.feedback_runs), "runs"), "*.json")
+    runs = matching_files(join(cfg.monitoring.feedback_runs, "runs"), "*.json")
     return [json.loads(read_bytes(p)) for p in runs]

@@ -26,7 +26,7 @@ from ray_pipeline.storage import join, matching_files, write_parquet
 
 def labeled_traffic(cfg: PipelineConfig, until: datetime | None = None) -> pa.Table:
     """Answered predictions made before `until` with their labels (inputs as logged), oldest first."""
-    log = read_log(cfg.resolve(cfg.serving.prediction_log))
+    log = read_log(cfg.serving.prediction_log)
     log = log.filter(pc.is_in(log["variant"], pa.array(["champion", "challenger"], pa.string())))
     log = log.filter(pc.is_valid(log["ts"]))
     if until is not None:
@@ -75,7 +75,7 @@ def span(table: pa.Table, column: str) -> dict[str, Any]:
 
 def fed_keys(cfg: PipelineConfig) -> set[tuple[str, int]]:
     """(request_id, row) of every labeled row an earlier feedback run fed back."""
-    files = matching_files(join(cfg.resolve(cfg.monitoring.feedback_runs), "fed"), "*.parquet")
+    files = matching_files(join(cfg.monitoring.feedback_runs, "fed"), "*.parquet")
     keys: set[tuple[str, int]] = set()
     for f in files:
         t = pq.read_table(f)
@@ -86,7 +86,7 @@ def fed_keys(cfg: PipelineConfig) -> set[tuple[str, int]]:
 def _as_accepted(cfg: PipelineConfig, rows: pa.Table) -> pa.Table:
     """Logged rows as accepted rows of the data pipeline (the accepted files' exact schema)."""
     schema = cfg.data.schema_
-    accepted_dir = cfg.resolve(cfg.data.output.accepted)
+    accepted_dir = cfg.data.output.accepted
     first = next(iter(matching_files(accepted_dir, "*.parquet")), None)
     if first is None:
         raise FileNotFoundError(f"{accepted_dir}: no accepted rows yet; run ingest before the feedback loop")
@@ -104,8 +104,8 @@ def feed_back(cfg: PipelineConfig, fresh: pa.Table, run_id: str) -> None:
     """Write `fresh` as accepted rows of the data pipeline, and its keys so no later run feeds them again."""
     if not fresh.num_rows:
         return
-    write_parquet(_as_accepted(cfg, fresh), join(cfg.resolve(cfg.data.output.feedback), f"{run_id}.parquet"))
-    write_parquet(fresh.select(["request_id", "row"]), join(cfg.resolve(cfg.monitoring.feedback_runs), "fed", f"{run_id}.parquet"))
+    write_parquet(_as_accepted(cfg, fresh), join(cfg.data.output.feedback, f"{run_id}.parquet"))
+    write_parquet(fresh.select(["request_id", "row"]), join(cfg.monitoring.feedback_runs, "fed", f"{run_id}.parquet"))
 
 
 def new_labels(cfg: PipelineConfig, labeled: pa.Table, run_id: str) -> tuple[pa.Table, str | None]:

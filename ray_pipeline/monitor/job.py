@@ -142,7 +142,7 @@ class Monitor:
         self.cfg = cfg
         self.window_s = window_s or m.window_s
         self.registry = open_registry(cfg)
-        self.log_dir = cfg.resolve(cfg.serving.prediction_log)
+        self.log_dir = cfg.serving.prediction_log
         self.state = self._load_state()
         self.refs: dict[str, Any] = {}
         self.test_log_loss: dict[str, float] = {}
@@ -156,7 +156,7 @@ class Monitor:
     # ------------------------------------------------------------------------------ state
 
     def _load_state(self) -> dict[str, Any]:
-        path = self.cfg.resolve(self.cfg.monitoring.state)
+        path = self.cfg.monitoring.state
         text = read_text(path)
         state = json.loads(text) if text else {}
         if state.get("window_s") not in (None, self.window_s):
@@ -166,7 +166,7 @@ class Monitor:
 
     def _save_state(self) -> None:
         # written whole, after the window's outputs: the position moves only once they exist
-        write_text(self.cfg.resolve(self.cfg.monitoring.state), json.dumps(self.state, indent=1, default=str))
+        write_text(self.cfg.monitoring.state, json.dumps(self.state, indent=1, default=str))
 
     def _first_start(self, since: datetime | None) -> datetime | None:
         if since is not None:
@@ -217,10 +217,10 @@ class Monitor:
         self._write_table(start, end, rows)
         events = alerting.evaluate(self.cfg.monitoring.rules, rows, self.state["rules"], start, end, self.seasonal)
         self._publish(events)
-        report = write_report(join(self.cfg.resolve(m.reports), f"{start:%Y%m%dT%H%M%S}"), data, rows, refs, events)
+        report = write_report(join(m.reports, f"{start:%Y%m%dT%H%M%S}"), data, rows, refs, events)
         self.gauges.update(rows, end.timestamp(), alerting.active(self.state["rules"]),
                            [r.name for r in self.cfg.monitoring.rules] + [FEEDBACK_FAILED])  # fmt: skip
-        self.gauges.write_textfile(join(self.cfg.resolve(m.root), "metrics.prom"))
+        self.gauges.write_textfile(join(m.root, "metrics.prom"))
         result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
         self.state["next"] = end.isoformat()
         trigger = self._trigger(data.rows, end)
@@ -239,10 +239,10 @@ class Monitor:
     def _publish(self, events: list[dict[str, Any]]) -> None:
         """Alert events to the log (once each), the webhook and the active-alerts file."""
         m = self.cfg.monitoring
-        new = alerting.append_log(self.cfg.resolve(m.alert_log), events)
+        new = alerting.append_log(m.alert_log, events)
         if self.webhook:
             self.webhook.send(new)
-        alerting.write_active(self.cfg.resolve(m.active_alerts), alerting.active(self.state["rules"]))
+        alerting.write_active(m.active_alerts, alerting.active(self.state["rules"]))
 
     def finish_retrain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Run the retrain the state says is pending (a new one, or one a killed monitor left), then
@@ -274,7 +274,7 @@ class Monitor:
                           **{c: [r[c] for r in rows] for c in ("metric", "feature", "model_version", "value", "verdict")}},
                          schema=TABLE_SCHEMA)  # fmt: skip
         # a replayed window replaces its own file: never two copies
-        write_parquet(table, join(self.cfg.resolve(self.cfg.monitoring.table), f"window={start:%Y%m%dT%H%M%S}.parquet"))
+        write_parquet(table, join(self.cfg.monitoring.table, f"window={start:%Y%m%dT%H%M%S}.parquet"))
 
     def _complete_until(self) -> datetime:
         """End of the newest window complete now (its grace passed)."""

@@ -66,7 +66,7 @@ def _read(path: str) -> pa.Table:
 
 def label_files(cfg: PipelineConfig) -> list[str]:
     """The accepted-label files (each ingest adds one; files never change)."""
-    return matching_files(join(cfg.resolve(cfg.monitoring.labels), "accepted"), "part-*.parquet")
+    return matching_files(join(cfg.monitoring.labels, "accepted"), "part-*.parquet")
 
 
 def accepted_labels(cfg: PipelineConfig) -> pa.Table:
@@ -95,7 +95,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
     # is mapped as ingest maps it; a column named `label` holds 0/1.
     mapping = schema.label_mapping if label_col == schema.label else LabelMapping(column="label")
     mapped, _, fits = label_values(t[label_col], mapping)
-    log = read_log(cfg.resolve(cfg.serving.prediction_log))
+    log = read_log(cfg.serving.prediction_log)
     log = log.filter(pc.is_in(log["variant"], pa.array(["champion", "challenger"])))
     by_id: dict[str, list[int]] = {}
     for rid, row in zip(log["request_id"].to_pylist(), log["row"].to_pylist()):
@@ -120,7 +120,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
             continue
         seen.add(key)
         good.append((key[0], key[1], int(mapped[i - 1])))
-    root = cfg.resolve(cfg.monitoring.labels)
+    root = cfg.monitoring.labels
     accepted_path = quarantine_path = None
     now = datetime.now(timezone.utc)
     if good:

@@ -22,12 +22,12 @@ from ray_pipeline.train.rundir import load_spec, model_dir, read_run
 
 def registry_db(cfg: PipelineConfig) -> str:
     """The registry's database: `registry.db_url`, else the SQLite file at `registry.db_path`."""
-    return cfg.registry.db_url or cfg.resolve(cfg.registry.db_path)
+    return cfg.registry.db_url or cfg.registry.db_path
 
 
 def open_registry(cfg: PipelineConfig) -> Registry:
     """The configured registry."""
-    return Registry(registry_db(cfg), cfg.resolve(cfg.registry.artifact_root))
+    return Registry(registry_db(cfg), cfg.registry.artifact_root)
 
 
 def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None) -> ModelVersion:

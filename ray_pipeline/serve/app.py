@@ -86,12 +86,12 @@ class ServingSettings:
         s, t, r = cfg.serving, cfg.serving.traffic, cfg.registry
         views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
         return cls(
-            db_path=registry_db(cfg), artifact_root=cfg.resolve(r.artifact_root), model_name=r.model_name,
-            alias=s.alias, prediction_log=cfg.resolve(s.prediction_log), traffic_mode=t.mode,
+            db_path=registry_db(cfg), artifact_root=r.artifact_root, model_name=r.model_name,
+            alias=s.alias, prediction_log=s.prediction_log, traffic_mode=t.mode,
             challenger_alias=t.challenger_alias, canary_share=t.canary_share, max_batch_size=s.max_batch_size,
             batch_wait_timeout_s=s.batch_wait_timeout_s, reload_poll_s=s.reload_poll_s,
             log_flush_rows=s.log_flush_rows, log_flush_s=s.log_flush_s,
-            alerts_file=cfg.resolve(cfg.monitoring.active_alerts), api_key=api_key,
+            alerts_file=cfg.monitoring.active_alerts, api_key=api_key,
             max_records=s.max_records_per_request, views=views, store=online_store(cfg) if views else None,
         )  # fmt: skip
 

@@ -58,7 +58,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
     )
     run = RunConfig(
         name=name,  # unique per run: a reused name would silently resume an old run (docs/ARCHITECTURE.md)
-        storage_path=cfg.resolve(training.run_root),
+        storage_path=training.run_root,
         failure_config=FailureConfig(max_failures=training.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         # Ray Train logs every report at INFO; our loops print their own progress.
@@ -191,7 +191,7 @@ def train_model(
     test_metrics = evaluate.metrics(y, p, p_true)
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    run_dir = join(cfg.resolve(cfg.training.run_root), name)
+    run_dir = join(cfg.training.run_root, name)
     history = out.get("history", [])
     internal = ("fail_marker", "progress_key", "measure_memory")
     params = {"workers": workers, **{k: v for k, v in config.items() if k not in internal}}

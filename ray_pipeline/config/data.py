@@ -1,0 +1,226 @@
+"""The `data` section: source, schema (label mapping included), validation and output."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ray_pipeline.config.base import StrictModel, join
+from ray_pipeline.errors import UserError
+
+FileFormat = Literal["csv", "parquet", "json"]
+DEFAULT_NULL_VALUES = ["", "null", "NULL", "None", "NaN", "nan"]
+
+
+class SourceConfig(StrictModel):
+    """Where raw data comes from."""
+
+    path: str = Field(description="Local file or directory, glob, or pyarrow-filesystem URI.")
+    format: FileFormat | None = Field(
+        default=None, description="csv, parquet or json (JSON lines); inferred from extensions if unset."
+    )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NULL_VALUES),
+        description="Text values read as missing in CSV files.",
+    )
+    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+
+class FeatureColumn(StrictModel):
+    """One typed feature column with its allowed values."""
+
+    type: Literal["float", "int", "category"]
+    min: float | None = Field(default=None, description="Smallest allowed value (numeric only).")
+    max: float | None = Field(default=None, description="Largest allowed value (numeric only).")
+    categories: list[str] | None = Field(
+        default=None, description="Allowed values (category only); unset allows any value."
+    )
+    nullable: bool = Field(default=True, description="Missing values allowed (imputed later).")
+    seasonal: bool = Field(
+        default=False,
+        description="A calendar or seasonal input (month, weekday, hour, year, a temperature, ...): its drift "
+        "is reported but no rule without a feature fires on it (a month outside the training range is the "
+        "calendar moving on, not a fault).",
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "FeatureColumn":
+        if self.type == "category" and (self.min is not None or self.max is not None):
+            raise UserError("min/max apply to numeric columns, not to type 'category'")
+        if self.type != "category" and self.categories is not None:
+            raise UserError(f"categories apply to type 'category', not to type '{self.type}'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise UserError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise UserError("categories has repeated values")
+        return self
+
+
+LabelValue = str | int | float | bool
+
+
+class LabelMapping(StrictModel):
+    """How the label column becomes the binary target (1 = positive).
+
+    Plain `label: COLUMN` means the column already holds 0/1 (or true/false). `positive` lists
+    the values that count as 1 (`negative` the ones that count as 0; unset: every other value);
+    `threshold` makes a numeric column positive when it is greater than the threshold. A value
+    that fits neither side goes to the quarantine.
+    """
+
+    column: str
+    positive: list[LabelValue] | None = Field(default=None, min_length=1, description="Values that mean label 1.")
+    negative: list[LabelValue] | None = Field(
+        default=None, min_length=1, description="Values that mean label 0; unset: every value not positive."
+    )
+    threshold: float | None = Field(default=None, description="Numeric label: 1 when the value is greater.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "LabelMapping":
+        if self.positive is not None and self.threshold is not None:
+            raise UserError("give positive (values) or threshold (numeric), not both")
+        if self.negative is not None and self.positive is None:
+            raise UserError("negative needs positive")
+        both = set(map(str, self.positive or [])) & set(map(str, self.negative or []))
+        if both:
+            raise UserError(f"values listed as both positive and negative: {sorted(both)}")
+        return self
+
+    @property
+    def positive_text(self) -> list[str]:
+        """Positive values as the text they are compared as."""
+        return [_label_text(x) for x in self.positive or []]
+
+    @property
+    def negative_text(self) -> list[str] | None:
+        """Negative values as text, or None when every other value is negative."""
+        return None if self.negative is None else [_label_text(x) for x in self.negative]
+
+    def describe(self) -> str:
+        """One line for people: what label 1 means."""
+        if self.threshold is not None:
+            return f"{self.column} > {self.threshold:g}"
+        if self.positive is not None:
+            return f"{self.column} in {self.positive_text}"
+        return f"{self.column} == 1"
+
+
+def _label_text(value: LabelValue) -> str:
+    # YAML reads yes/true as booleans and 1 as an int; the data's text is what gets compared.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class SchemaConfig(StrictModel):
+    """The columns a dataset must have: a binary label and features; an entity key, event time and
+    split column when the table has them."""
+
+    entity_key: str | None = Field(
+        default=None, description="Entity id column; needed for feature views and online lookups."
+    )
+    entity_type: Literal["int", "str"] = "int"
+    event_timestamp: str | None = Field(
+        default=None, description="Event time column; the split is by time when set, random otherwise."
+    )
+    split_column: str | None = Field(
+        default=None, description="Column holding train / valid / test: the split is taken from it."
+    )
+    label_mapping: LabelMapping = Field(alias="label")
+    features: dict[str, FeatureColumn] = Field(min_length=1)
+
+    @field_validator("label_mapping", mode="before")
+    @classmethod
+    def _plain_label(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "SchemaConfig":
+        special = [c for c in (self.entity_key, self.event_timestamp, self.label, self.split_column) if c]
+        if len(set(special)) != len(special):
+            raise UserError("entity_key, event_timestamp, label and split_column must be different columns")
+        clash = sorted(set(special) & set(self.features))
+        if clash:
+            raise UserError(f"features repeat a key/timestamp/label/split column: {clash}")
+        bad = sorted(name for name in self.features if name.startswith("_"))
+        if bad:
+            raise UserError(f"feature names may not start with '_' (reserved): {bad}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The label column's name (holding 0/1 after ingest)."""
+        return self.label_mapping.column
+
+    @property
+    def keys(self) -> list[str]:
+        """The entity key and event time columns that are set, in that order."""
+        return [c for c in (self.entity_key, self.event_timestamp) if c]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every schema column in a fixed order: key, timestamp, label, split, features."""
+        return [*self.keys, self.label, *([self.split_column] if self.split_column else []), *self.features]
+
+
+class DuplicatesConfig(StrictModel):
+    """Duplicate-row detection: later copies go to quarantine."""
+
+    enabled: bool = False
+    keys: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Columns that identify a row (schema or extra columns); unset means every schema column.",
+    )
+
+
+class ValidationConfig(StrictModel):
+    """Row-level checks beyond the schema's types, ranges and categories."""
+
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
+    extra_columns: Literal["keep", "drop", "reject"] = Field(
+        default="keep", description="Columns not in the schema: pass through, drop, or stop the run."
+    )
+
+
+class OutputConfig(StrictModel):
+    """Where ingestion writes accepted rows, quarantined rows and its summary."""
+
+    root: str = Field(description="Directory or URI; accepted/, quarantine/ and summary.json go here.")
+
+    @property
+    def accepted(self) -> str:
+        """Accepted rows (Parquet), read by the feature stage."""
+        return join(self.root, "accepted")
+
+    @property
+    def quarantine(self) -> str:
+        """Rejected rows with their original values and a reason (Parquet)."""
+        return join(self.root, "quarantine")
+
+    @property
+    def summary(self) -> str:
+        """Counts of the last ingest run (JSON)."""
+        return join(self.root, "summary.json")
+
+    @property
+    def feedback(self) -> str:
+        """Labeled traffic the feedback loop turned into accepted rows (kept across ingest runs)."""
+        return join(self.root, "feedback")
+
+
+class DataConfig(StrictModel):
+    """The data section: source, schema, validation, output."""
+
+    source: SourceConfig
+    schema_: SchemaConfig = Field(alias="schema")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    output: OutputConfig

@@ -1,0 +1,186 @@
+"""The `monitoring` section: windows, thresholds, alert rules, webhook and the feedback loop."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ray_pipeline.config.base import StrictModel, join
+from ray_pipeline.errors import UserError
+
+MONITOR_METRICS = {
+    # drift per input (feature = column) and of the scores (feature = "score")
+    "psi": "population stability index on the reference's quantile bins",
+    "ks": "Kolmogorov-Smirnov statistic on the reference bins (numeric inputs, scores)",
+    "js": "Jensen-Shannon distance of the binned distributions (numeric inputs, scores)",
+    "wasserstein": "Wasserstein-1 distance over the reference std (numeric inputs)",
+    "chi2": "chi-square statistic, top categories + other (categorical inputs)",
+    "chi2_p": "chi-square p-value (categorical inputs)",
+    "linf": "largest absolute change of a category's share (categorical inputs)",
+    "unseen_rate": "share of values the model never saw in training (categorical inputs)",
+    # data quality
+    "null_rate": "share of missing values",
+    "null_rate_change": "null_rate minus the reference's null rate",
+    "out_of_range_rate": "share of values outside the reference's [min, max] (numeric inputs)",
+    "rows": "predictions logged in the window (feature = all)",
+    "refused": "requests refused by the API (feature = HTTP status)",
+    # latency (feature = stage)
+    "latency_p50_ms": "median per-request latency of a stage",
+    "latency_p99_ms": "99th percentile per-request latency of a stage",
+    # live quality once labels arrived (feature = vVERSION/VARIANT)
+    "labeled_rows": "predictions with a label",
+    "log_loss": "binary cross-entropy of the served scores",
+    "roc_auc": "ROC AUC of the served scores",
+    "calibration_error": "expected calibration error of the served scores",
+    "log_loss_ratio": "live log-loss over the model's test log-loss at registration",
+}
+
+
+class DriftThreshold(StrictModel):
+    """Verdict thresholds of one drift metric: below `warn` ok, below `alert` warn, else drift."""
+
+    warn: float = Field(ge=0)
+    alert: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> DriftThreshold:
+        if self.warn > self.alert:
+            raise UserError(f"warn ({self.warn}) is above alert ({self.alert})")
+        return self
+
+
+def _default_thresholds() -> dict[str, DriftThreshold]:
+    return {"psi": DriftThreshold(warn=0.1, alert=0.25)}
+
+
+class AlertRule(StrictModel):
+    """One alert rule, evaluated on every window's monitoring rows."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    metric: str = Field(description="A monitoring metric, e.g. psi, null_rate_change, log_loss_ratio.")
+    feature: str | None = Field(
+        default=None, description="Only this feature / stage / version; unset means the worst of all rows."
+    )
+    op: Literal[">", ">=", "<", "<="] = ">"
+    threshold: float
+    for_windows: int = Field(default=1, ge=1, description="Consecutive windows the condition must hold to fire.")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    labels: dict[str, str] = Field(default_factory=dict)
+    summary: str = ""
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in MONITOR_METRICS:
+            raise UserError(f"unknown metric {value!r}; expected one of: {', '.join(sorted(MONITOR_METRICS))}")
+        return value
+
+
+class WebhookConfig(StrictModel):
+    """Alert notifications as JSON POSTs (retried with backoff on a background thread)."""
+
+    url: str
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles each retry.")
+    format: Literal["json", "alertmanager"] = Field(
+        default="json", description="json: our alert events; alertmanager: Alertmanager v2 /api/v2/alerts body."
+    )
+
+
+class FeedbackConfig(StrictModel):
+    """The feedback loop: retrain on recent labeled traffic, gate, promote."""
+
+    rules: list[str] = Field(default_factory=list, description="Alert rules whose firing starts a retrain.")
+    min_labeled_rows: int = Field(default=500, ge=1)
+    min_new_labels: int = Field(
+        default=200, ge=1, description="Labels ingested since the last retrain that a new retrain needs."
+    )
+    cooldown_s: float = Field(default=3600.0, ge=0, description="Shortest time between two automatic retrains.")
+    models: list[Literal["logreg", "xgboost"]] = Field(default_factory=lambda: ["logreg"], min_length=1)
+    holdout_windows: int = Field(
+        default=1, ge=1, description="Most recent complete labeled windows kept out of training to compare the "
+        "models; everything labeled before them trains (validation: a random slice of it)."
+    )
+    lookback_s: float | None = Field(
+        default=None, gt=0, description="Train on events this recent (before the newest labeled one); unset: all."
+    )
+    promote: bool = Field(default=True, description="Promote a challenger that passes the gates to the served alias.")
+
+
+class MonitoringConfig(StrictModel):
+    """Monitoring of the prediction log, alert rules and the feedback loop."""
+
+    root: str = Field(default="monitoring", description="Monitoring table, state, reports, alerts, labels.")
+    window_s: float = Field(default=3600.0, gt=0, description="Length of a monitoring window.")
+    grace_s: float = Field(
+        default=10.0, ge=0, description="Wait after a window ends before reading it (replicas flush their logs)."
+    )
+    min_rows: int = Field(default=30, ge=1, description="Windows with fewer rows get no drift verdict.")
+    bins: int = Field(default=10, ge=2, le=100, description="Quantile bins of the reference profile.")
+    top_k: int = Field(default=20, ge=1, description="Categories kept by name in the reference profile.")
+    thresholds: dict[str, DriftThreshold] = Field(
+        default_factory=_default_thresholds, description="Metric -> warn/alert thresholds for verdicts."
+    )
+    feature_thresholds: dict[str, dict[str, DriftThreshold]] = Field(
+        default_factory=dict, description="Per-feature overrides: feature -> metric -> thresholds."
+    )
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Serve gauges for Prometheus here.")
+    rules: list[AlertRule] = Field(default_factory=list)
+    webhook: WebhookConfig | None = None
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+
+    # Files under `root` (resolve them with PipelineConfig.resolve, like data.output's).
+    @property
+    def table(self) -> str:
+        """The monitoring table: Parquet, one row per window and metric."""
+        return join(self.root, "table")
+
+    @property
+    def state(self) -> str:
+        """The monitor's persisted position and rule state."""
+        return join(self.root, "state.json")
+
+    @property
+    def active_alerts(self) -> str:
+        """JSON list of firing alerts, read by serving replicas for GET /model."""
+        return join(self.root, "alerts/active.json")
+
+    @property
+    def alert_log(self) -> str:
+        """Append-only JSON lines: every alert that fired or resolved."""
+        return join(self.root, "alerts/log.jsonl")
+
+    @property
+    def reports(self) -> str:
+        """One HTML report (with PNG plots) per window."""
+        return join(self.root, "reports")
+
+    @property
+    def labels(self) -> str:
+        """Accepted labels (Parquet) and their quarantine."""
+        return join(self.root, "labels")
+
+    @property
+    def feedback_runs(self) -> str:
+        """Feedback runs' records and the keys of the labeled rows each fed back."""
+        return join(self.root, "feedback")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> MonitoringConfig:
+        names = [r.name for r in self.rules]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise UserError(f"rules: repeated rule names {repeated}")
+        unknown = sorted(set(self.feedback.rules) - set(names))
+        if unknown:
+            raise UserError(f"feedback.rules names unknown rules {unknown}; defined rules: {sorted(names)}")
+        bad = sorted(set(self.thresholds) - set(MONITOR_METRICS))
+        if bad:
+            raise UserError(f"thresholds: unknown metrics {bad}")
+        return self
