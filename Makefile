@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test bench clean redis-server promtool postgresql test-fast
+.PHONY: demo test bench clean redis-server promtool postgresql test-fast docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ promtool:
 bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/features.py
+
+# docs/configuration.md from the config models (tests/test_config_reference.py fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -m ray_pipeline.config.reference > docs/configuration.md
 
 clean:
 	rm -rf data/demo .pytest_cache

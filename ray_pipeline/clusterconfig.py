@@ -1,7 +1,7 @@
 """Cluster manifests from the same pipeline.yaml: KubeRay (RayCluster, RayJob, RayService) and a
 Ray cluster-launcher config, with the image pinned to the Ray version this package runs on.
 
-The environment flags are the ones cluster/README.md names (Serve's HAProxy front door, direct
+The environment flags are the ones docs/operations.md names (Serve's HAProxy front door, direct
 ingress and throughput profile; no doubled training prints; no usage stats), plus token
 authentication with the token taken from a Kubernetes Secret (or the launcher's token file).
 """

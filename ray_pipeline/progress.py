@@ -1,7 +1,7 @@
 """One progress bar per stage (rich), fed by the driver or by Ray Train workers.
 
 Workers cannot draw on the user's terminal, and `ray.train.report` costs a synchronisation of the
-whole group (~1.6 s measured), so rank 0 sends its epoch or round count to a small named actor
+whole group, so rank 0 sends its epoch or round count to a small named actor
 (no CPU, fire-and-forget calls) and a driver thread polls it into the bar.
 """
 

@@ -71,7 +71,7 @@ def test_kuberay_manifests_have_what_kuberay_requires(generated):
         for pod in (head["template"], group["template"]):
             container = pod["spec"]["containers"][0]
             env = {e["name"]: e.get("value") for e in container["env"]}
-            assert {k: env[k] for k in ENV_FLAGS} == ENV_FLAGS  # the flags cluster/README.md names
+            assert {k: env[k] for k in ENV_FLAGS} == ENV_FLAGS  # the flags docs/operations.md names
             token = next(e for e in container["env"] if e["name"] == "RAY_AUTH_TOKEN")
             assert token["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
             assert "metrics" in {p["name"] for p in container["ports"]}

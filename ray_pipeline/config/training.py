@@ -52,7 +52,7 @@ class XGBoostTrainConfig(StrictModel):
     num_boost_round: int = Field(default=300, ge=1)
     early_stopping_rounds: int = Field(default=20, ge=1)
     eval_train: bool = Field(
-        default=False, description="Also record the train-set log-loss each round (~10% slower per round)."
+        default=False, description="Also record the train-set log-loss each round (an extra pass over the train rows)."
     )
     params: dict[str, float | int | str] = Field(
         default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1.0}
@@ -69,14 +69,14 @@ class TrainingConfig(StrictModel):
         default=100_000,
         ge=0,
         description="Training sets with at most this many train rows run in-process (Ray Train local mode: "
-        "no worker processes, ~0.03 s instead of ~4.5-5.5 s of start-up; no restarts); 0 = always use `workers`. "
+        "no worker processes and their seconds of start-up; no restarts); 0 = always use `workers`. "
         "An explicit --workers wins.",
     )
     cpus_per_worker: float = Field(default=0.5, gt=0, description="Fractional CPUs leave room for Ray Data.")
     checkpoint_every: int = Field(
         default=25,
         ge=1,
-        description="Epochs or rounds between checkpoints (each costs a Ray Train report, ~1.6 s measured).",
+        description="Epochs or rounds between checkpoints (each costs a Ray Train report, a group-wide sync).",
     )
     max_failures: int = Field(default=1, ge=0, description="Worker-group restarts allowed before the run fails.")
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)

@@ -6,9 +6,8 @@ sums in the same order. The loop exchanges a gradient (plus, for Newton, a d x d
 step: small messages, where a round trip on one machine costs tens of microseconds.
 
 Why not XGBoost's collective (which the loop used before): Ray Train's XGBoostConfig backend
-imports xgboost in the controller and every worker and starts its tracker and collective: about
-1 s of every run's fixed cost on 2 cores (1,000 rows, 2 workers, 3 runs each side by side: 6.5 s
-mean with it, 5.6 s without).
+imports xgboost in the controller and every worker and starts its tracker and collective, a fixed
+cost every run paid for a few small messages (docs/benchmarks.md).
 Rank 0 opens the socket; the other ranks learn its address through Ray Train's
 `broadcast_from_rank_zero`. A peer that dies closes its socket: the others get an error, and Ray
 Train restarts the worker group from the last checkpoint.

@@ -247,8 +247,8 @@ def shard_refs(ds, workers: int) -> list[tuple[list, int]]:
     its Arrow block references and row count: what `worker.load_shard` reads on a Train worker.
 
     Handing workers references instead of Ray Train `datasets` skips Ray Data's split coordinator
-    actors and streaming execution per worker: about 2.5 s of every training run's fixed cost on 2
-    cores (docs/ARCHITECTURE.md). No row is dropped (Ray Data's equal split may drop up to n-1).
+    actors and streaming execution per worker, a large share of a short run's fixed cost
+    (docs/ARCHITECTURE.md). No row is dropped (Ray Data's equal split may drop up to n-1).
     """
     total = ds.count()
     cuts = [total * k // workers for k in range(1, workers)]

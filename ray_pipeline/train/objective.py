@@ -10,8 +10,7 @@ Two precisions for the per-row arithmetic (the sums are float64 in both):
   the loss smooth to far below float32's 1e-7;
 - float32 for the first-order optimizers (gd, sgd, adam), which only follow the gradient: the
   chunk is used as it is (no float64 copy), and float32 matrix products and exp/log1p are
-  faster: 3.3 ms against 5.2 ms per pass over 350k x 18 plus 75k validation rows, for a
-  gradient within 2e-7 of the float64 one.
+  faster, for a gradient within 2e-7 of the float64 one (pass times in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ def _weight(y: np.ndarray, w: ClassWeights) -> float:
 
 
 # Bytes per feature column of a chunk: 8k rows in float64, 16k in float32. A chunk of tens of
-# features stays in cache from the forward product (X @ theta) to the backward one (X.T @ r).
-# Measured on 350k x 18 (float64): 5.6 ms per pass at 8k rows, 6.4 ms at 4k, 15.6 ms at 64k;
-# float32 with the validation rows: 3.07 ms at 16k rows, 3.26 ms at 8k.
+# features stays in cache from the forward product (X @ theta) to the backward one (X.T @ r);
+# smaller chunks pay per-call overhead, larger ones fall out of cache (docs/benchmarks.md).
 CHUNK_BYTES = 65536
 
 

@@ -72,12 +72,12 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
             worker_loop("xgboost"), train_loop_config=loop_config, xgboost_config=XGBoostConfig(),
             scaling_config=scaling, run_config=run,
         )  # fmt: skip
-    # No backend: the loop brings its own allreduce (train/collective.py), ~1 s cheaper to start.
+    # No backend: the loop brings its own allreduce (train/collective.py), cheaper to start.
     return Trainer(worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run)
 
 
-# Newton's pass builds a (d+1)^2 Hessian (n d^2 work); measured at 700k x 18 it converged in 6
-# iterations (0.4 s) where lbfgs took 144 (2.0 s) and gd 300 epochs (3.8 s). Past a few hundred
+# Newton's pass builds a (d+1)^2 Hessian (n d^2 work) but converges in a handful of iterations
+# where lbfgs takes a hundred and gd hundreds of epochs (docs/benchmarks.md). Past a few hundred
 # features the Hessian dominates and lbfgs's O(n d) passes win.
 NEWTON_MAX_FEATURES = 500
 
@@ -85,9 +85,9 @@ NEWTON_MAX_FEATURES = 500
 def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
     """`training.workers`, or 0 (in-process) when the train split has at most `in_process_max_rows`.
 
-    Starting Ray Train's controller and worker processes costs ~4.5-5.5 s on 2 cores (benchmarks/train.py)
-    while the training loop on 100k rows takes well under a second: a small table gains nothing
-    from workers but that wait.
+    Starting Ray Train's controller and worker processes costs seconds (benchmarks/train.py) while
+    the training loop on 100k rows takes well under a second: a small table gains nothing from
+    workers but that wait.
     """
     return 0 if prepared.rows["train"] <= training.in_process_max_rows else training.workers
 

@@ -2,15 +2,13 @@
 
 - The controller polls the workers every 0.25 s during a fit instead of every 2 s (unless the
   user set `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`). It notices that the workers finished only at its
-  next poll: about 3.5 s of every run's fixed cost on 2 cores at 2 s (two polls), ~0.2 s at
-  0.25 s. The controller reads the variable from the environment the driver propagates to it.
+  next poll, so the default interval adds up to two intervals to every run. The controller reads
+  the variable from the environment the driver propagates to it.
 - No per-run placement-group cleaner actor. Ray Train V2 starts a detached
   `PlacementGroupCleaner` with every run, to remove the run's placement group should the
-  controller die without doing so itself. On 2 cores it costs about 0.6 s of every run: its
-  process starts and imports Ray Train while the worker processes start, and at the end the
-  controller waits for it to stop (it looks between 1 s waits). Measured in one process, 8
-  interleaved runs each of an empty 2-worker loop (ray 2.60): fit 4.55 s median with the cleaner
-  (not waited for at the end), 3.89 s without; waiting for it at the end added 0.33 s more.
+  controller die without doing so itself. Its process starts and imports Ray Train while the
+  worker processes start, and at the end the controller waits for it to stop: on a small machine
+  a sizeable share of a short run's fixed cost (docs/benchmarks.md).
 
 The case the cleaner covers, a controller that dies while the driver lives on, is handled in the
 driver instead: `fit()` raising means the controller died, and the placement groups this job

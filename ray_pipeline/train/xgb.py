@@ -9,8 +9,7 @@ from typing import Any
 
 def _callback(frequency: int):
     """Ray Train's XGBoost callback, reporting only with checkpoints: each ray.train.report is a
-    synchronisation that cost about 1.6 s on a 2-core machine (measured, ray 2.60), so metrics
-    every round made training about 2 s per round slower."""
+    synchronisation of the whole worker group, far slower than a boosting round."""
     from ray.train.xgboost import RayTrainReportCallback
 
     class CheckpointEveryN(RayTrainReportCallback):
