@@ -26,7 +26,7 @@ import numpy as np
 
 from ray_pipeline.train import optimizers as opt
 from ray_pipeline.train.collective import allreduce
-from ray_pipeline.train.objective import global_objective, mean_loss
+from ray_pipeline.train.objective import Evaluation, global_objective, mean_loss
 
 STATE_JSON, STATE_NPZ = "state.json", "arrays.npz"
 SECOND_ORDER = ("newton", "lbfgs")
@@ -122,9 +122,9 @@ class _SecondOrder:
         if state.mem_s is not None:
             self.memory.s, self.memory.y = list(state.mem_s), list(state.mem_y)
         # Re-evaluating the saved parameters is deterministic: a resumed run continues exactly.
-        self.at = opt.evaluate(f, state.params, hessian=kind == "newton")
+        self.at = f(state.params, hessian=kind == "newton")
 
-    def step(self) -> opt.Point:
+    def step(self) -> Evaluation:
         """Advance one iteration; returns the new point (its train and validation losses)."""
         previous = self.at
         nxt = opt.newton_step(self.f, previous) if self.kind == "newton" else opt.lbfgs_step(self.f, previous, self.memory)

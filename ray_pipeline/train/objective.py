@@ -106,9 +106,10 @@ Rows = tuple[np.ndarray, np.ndarray, ClassWeights]  # X, y, class weights
 
 @dataclass
 class Evaluation:
-    """The objective at some parameters: penalised mean train loss, its gradient (and Hessian),
-    and the unpenalised mean validation loss."""
+    """The objective at `params`: penalised mean train loss, its gradient (and Hessian), and the
+    unpenalised mean validation loss. The optimizers step from one Evaluation to the next."""
 
+    params: np.ndarray
     loss: float
     grad: np.ndarray
     hess: np.ndarray | None
@@ -136,7 +137,7 @@ def global_objective(train: Rows, valid: Rows, l2: float, dtype: type = np.float
         if hessian:
             hess = total[d + 1 : d + 1 + (d + 1) ** 2].reshape(d + 1, d + 1) / weight
             hess[:-1, :-1] += l2 * np.eye(d)
-        return Evaluation(loss, grad, hess, float(total[-2] / max(total[-1], 1e-300)))
+        return Evaluation(params, loss, grad, hess, float(total[-2] / max(total[-1], 1e-300)))
 
     return f
 

@@ -12,21 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ray_pipeline.train.objective import Objective
+from ray_pipeline.train.objective import Evaluation, Objective
 
 ARMIJO = 1e-4
 MAX_HALVINGS = 30
-
-
-@dataclass
-class Point:
-    """Parameters with their objective value and gradient (and Hessian for Newton)."""
-
-    params: np.ndarray
-    loss: float
-    grad: np.ndarray
-    hess: np.ndarray | None
-    valid_loss: float
 
 
 @dataclass
@@ -60,13 +49,7 @@ class Memory:
         return -q
 
 
-def evaluate(f: Objective, params: np.ndarray, hessian: bool) -> Point:
-    """The objective at `params` (one pass, one allreduce)."""
-    e = f(params, hessian)
-    return Point(params, e.loss, e.grad, e.hess, e.valid_loss)
-
-
-def line_search(f: Objective, at: Point, direction: np.ndarray, hessian: bool, first_step: float = 1.0) -> Point | None:
+def line_search(f: Objective, at: Evaluation, direction: np.ndarray, hessian: bool, first_step: float = 1.0) -> Evaluation | None:
     """Backtrack from `first_step` until the loss drops enough; None when no step along
     `direction` lowers it (converged to the precision the arithmetic allows)."""
     slope = float(at.grad @ direction)
@@ -74,20 +57,20 @@ def line_search(f: Objective, at: Point, direction: np.ndarray, hessian: bool, f
         return None
     t = first_step
     for _ in range(MAX_HALVINGS):
-        candidate = evaluate(f, at.params + t * direction, hessian)
+        candidate = f(at.params + t * direction, hessian)
         if candidate.loss <= at.loss + ARMIJO * t * slope:
             return candidate
         t *= 0.5
     return None
 
 
-def newton_step(f: Objective, at: Point) -> Point | None:
+def newton_step(f: Objective, at: Evaluation) -> Evaluation | None:
     """One damped Newton (IRLS) step: solve H d = -g, then backtrack."""
     direction = -np.linalg.solve(at.hess, at.grad)
     return line_search(f, at, direction, hessian=True)
 
 
-def lbfgs_step(f: Objective, at: Point, memory: Memory) -> Point | None:
+def lbfgs_step(f: Objective, at: Evaluation, memory: Memory) -> Evaluation | None:
     """One L-BFGS step from `at`, updating `memory` with the accepted pair."""
     direction = memory.direction(at.grad)
     # With no curvature pairs yet, scale the first step to unit length, as scipy does.
@@ -98,7 +81,7 @@ def lbfgs_step(f: Objective, at: Point, memory: Memory) -> Point | None:
     return nxt
 
 
-def converged(at: Point, previous: Point | None, gtol: float) -> bool:
+def converged(at: Evaluation, previous: Evaluation | None, gtol: float) -> bool:
     """Gradient small enough, or the last step no longer changed the loss (float precision)."""
     if float(np.max(np.abs(at.grad))) <= gtol:
         return True
