@@ -25,7 +25,7 @@ def test_walkthrough_notebook_runs_end_to_end(ray_session, tmp_path, monkeypatch
     for i, cell in enumerate(cells):
         exec(compile("".join(cell["source"]), f"walkthrough.ipynb code cell {i}", "exec"), ns)
         if i == 0:  # papermill-style: parameters injected after the parameters cell
-            ns.update(ROWS=8_000, WORK=tmp_path / "walkthrough-data", PORT=free_port(), PER_WINDOW=1500)
+            ns.update(ROWS=8_000, WORK=tmp_path / "walkthrough-data", PORT=free_port(), PER_WINDOW=1500, WINDOW_S=4.0)
 
     assert ns["ingested"].accepted + ns["ingested"].quarantined == 8_000
     assert len(ns["versions"]) == 2 and ns["champion"].version in (1, 2)

@@ -26,6 +26,10 @@ app = typer.Typer()
 def demo(
     config: ConfigOpt = Path("configs/demo.yaml"),
     rows: Annotated[int | None, typer.Option(help="Override the number of synthetic rows.")] = None,
+    loop_window: Annotated[float, typer.Option(help="Seconds per monitoring window in the closed loop.")] = 10.0,
+    per_window: Annotated[
+        int, typer.Option(help="Replayed records per window (fewer: a faster loop, a noisier retrain decision).")
+    ] = 6000,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -40,4 +44,4 @@ def demo(
     runtime = start_ray(address, verbose)
     where = "local Ray" if runtime.local else f"Ray cluster at {runtime.address}"
     heading(f"[1/{STEPS}] {where}, {runtime.num_cpus:g} CPUs")
-    run_demo(cfg, spec, runtime, typer.echo, heading)
+    run_demo(cfg, spec, runtime, typer.echo, heading, loop_window, per_window)

@@ -15,8 +15,10 @@ Echo = Callable[[str], None]
 STEPS = 9
 
 
-def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, echo: Echo, heading: Echo) -> None:
-    """Steps 2-9 of the demo; step 1 (Ray) is the caller's."""
+def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, echo: Echo, heading: Echo,
+             window_s: float = 10.0, per_window: int = 6000) -> None:  # fmt: skip
+    """Steps 2-9 of the demo; step 1 (Ray) is the caller's. `window_s`, `per_window`: the loop's
+    monitoring windows and the records replayed in each."""
     from ray_pipeline.data.synthetic import generate
     from ray_pipeline.workflow.pipeline import Stages, run_pipeline
 
@@ -32,7 +34,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     heading(f"[{STEPS}/{STEPS}] closing the loop: drift, monitoring, alert, retrain, promotion, hot reload")
     from ray_pipeline.demo.showcase import run_loop
 
-    loop = run_loop(cfg, done.url, spec, echo=echo)
+    loop = run_loop(cfg, done.url, spec, echo=echo, window_s=window_s, per_window=per_window)
     echo(
         f"loop: alert {loop.windows_to_alert} window(s) after the drift; decision {loop.decision} {loop.promoted or ''}; "
         f"live log-loss on drifted traffic {loop.log_loss_before:.4f} before -> {loop.log_loss_after or float('nan'):.4f} "
