@@ -137,7 +137,7 @@ class Context:
     runtime: Any  # runtime.RayRuntime (imported lazily: Ray is slow to import)
 
 
-def start(config: Path, address: str | None, verbose: bool, attach: bool = True) -> Context:
+def connect(config: Path, address: str | None, verbose: bool, attach: bool = True) -> Context:
     """Load the config and connect to Ray (`attach`: to the local Ray `run --serve` started for it)."""
     cfg = load_config(config)
     return Context(cfg, start_ray(address, verbose, cfg if attach else None))

@@ -13,9 +13,9 @@ from ray_pipeline.cli.context import (
     AddressOpt,
     ConfigOpt,
     VerboseOpt,
+    connect,
     friendly_errors,
     parse_pairs,
-    start,
     start_ray,
     synthetic_spec,
 )
@@ -130,6 +130,6 @@ def ingest(
     """Read and validate the configured source; write accepted rows and a quarantine of bad rows."""
     from ray_pipeline.data.ingest import ingest as run_ingest
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     result = run_ingest(cfg)
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, friendly_errors, start
+from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, connect, friendly_errors
 from ray_pipeline.config import load_config
 from ray_pipeline.errors import UserError
 
@@ -21,7 +21,7 @@ def features_fit(config: ConfigOpt, address: AddressOpt = None, verbose: Verbose
     """Build the feature views, join the training set point-in-time and fit the FeatureSpec."""
     from ray_pipeline.features.build import build_features
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     typer.echo(build_features(cfg).render())
 
 
@@ -38,7 +38,7 @@ def features_materialize(
     """Load the latest value per entity of each feature view into the online store."""
     from ray_pipeline.features.build import materialize_online
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     for name, counts in materialize_online(cfg, start, end, view or None).items():
         typer.echo(f"{name}: {counts['candidates']:,} entity values considered, {counts['written']:,} written")
 

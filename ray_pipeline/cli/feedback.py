@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, friendly_errors, start
+from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, connect, friendly_errors
 
 app = typer.Typer()
 
@@ -24,7 +24,7 @@ def retrain(
     from ray_pipeline.monitor.job import describe_feedback
     from ray_pipeline.workflow.retrain import retrain as run_retrain
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     record = run_retrain(cfg, reason=reason)
     typer.echo(describe_feedback(record))
     typer.echo(f"record: {record_path(cfg, record['id'])}")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, friendly_errors, start, stop_on_signals
+from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, connect, friendly_errors, stop_on_signals
 from ray_pipeline.config import load_config
 from ray_pipeline.errors import UserError
 
@@ -38,7 +38,7 @@ def monitor(
     from ray_pipeline.config import as_utc
     from ray_pipeline.monitor.job import Monitor, parse_duration
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     from ray_pipeline.workflow.retrain import retrain
 
     mon = Monitor(cfg, parse_duration(window) if window else None, retrain=retrain)

@@ -11,9 +11,9 @@ from ray_pipeline.cli.context import (
     AddressOpt,
     ConfigOpt,
     VerboseOpt,
+    connect,
     friendly_errors,
     serve_until_stopped,
-    start,
     start_ray,
 )
 
@@ -33,7 +33,8 @@ def serve_deploy(
     """Deploy models:/NAME@ALIAS behind the HTTP API (POST /predict, GET /healthz, /model, /docs)."""
     from ray_pipeline.serve.app import deploy
 
-    cfg, runtime = (c := start(config, address, verbose)).cfg, c.runtime
+    ctx = connect(config, address, verbose)
+    cfg, runtime = ctx.cfg, ctx.runtime
     url = deploy(cfg, local=runtime.local)
     typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {url}/predict (docs: {url}/docs)")
     serve_until_stopped(cfg, wait if wait is not None else runtime.local)
@@ -60,7 +61,7 @@ def serve_shutdown(config: ConfigOpt, address: AddressOpt = None, verbose: Verbo
     from ray import serve
 
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     serve.delete(cfg.serving.app_name)
     typer.echo(f"deleted {cfg.serving.app_name}")
 

@@ -12,10 +12,10 @@ from ray_pipeline.cli.context import (
     ConfigOpt,
     VerboseOpt,
     attach_file,
+    connect,
     friendly_errors,
     heading,
     serve_until_stopped,
-    start,
     start_ray,
 )
 from ray_pipeline.config import load_config
@@ -39,7 +39,7 @@ def train(
     from ray_pipeline.train.runner import summary, train_model
     from ray_pipeline.workflow.pipeline import register_and_promote
 
-    cfg = start(config, address, verbose).cfg
+    cfg = connect(config, address, verbose).cfg
     run = train_model(cfg, model, workers)
     typer.echo(summary(run))
     if register:
