@@ -29,6 +29,7 @@ def test_help_lists_every_command():
         assert "--address" in sub.output
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_generate_then_ingest(ray_session, tmp_path, demo_config_dict):
     raw = tmp_path / "raw"
     result = runner.invoke(
@@ -123,6 +124,7 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     assert "feedback feedback-" in out and "loop: alert" in out
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path, demo_config_dict):
     """`--address` reaches an existing cluster: here, this test session's Ray."""
     raw = tmp_path / "raw"
@@ -141,6 +143,7 @@ def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path
     assert summary["read"] == 2000 and summary["accepted"] == 2000
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_features_fit_materialize_get(ray_session, project_copy):
     config = project_copy / "configs" / "demo.yaml"
     assert runner.invoke(app, ["generate", "--config", str(config), "--rows", "8000"]).exit_code == 0

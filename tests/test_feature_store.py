@@ -54,6 +54,7 @@ EVENT_ROWS = st.lists(st.tuples(st.integers(0, 4) | st.none(), st.integers(0, 48
 FEATURE_ROWS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 48), st.floats(-5, 5)), max_size=60)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )

@@ -128,6 +128,7 @@ def _table(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(train=_frames(TRAIN_FLOATS, INTS), test=_frames(ANY_FLOATS, INTS), features=FEATURE_CONFIGS)
 def test_transform_equals_records_and_pandas_reference(train, test, features):

@@ -270,12 +270,14 @@ def _demo_config(demo_config_dict: dict, raw: Path, out: Path) -> PipelineConfig
     return parse_config(demo_config_dict)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_clean_generated_data_passes_the_demo_schema(ray_session, tmp_path, demo_config_dict):
     generate(SyntheticConfig(rows=20_000, chunk_rows=5_000, seed=1), str(tmp_path / "raw"))
     result = ingest(_demo_config(demo_config_dict, tmp_path / "raw", tmp_path / "out"))
     assert (result.read, result.accepted, result.quarantined) == (20_000, 20_000, 0)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_corrupted_generated_data_is_quarantined_by_kind(ray_session, tmp_path, demo_config_dict):
     spec = SyntheticConfig(rows=20_000, chunk_rows=5_000, seed=1, corruption_rate=0.02)
     generate(spec, str(tmp_path / "raw"))

@@ -272,6 +272,7 @@ def test_gauges_are_valid_prometheus_exposition(promtool, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_a_real_prometheus_scrapes_the_monitor_gauges(tmp_path):
     import urllib.parse
     import urllib.request

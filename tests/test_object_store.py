@@ -68,6 +68,7 @@ def test_registry_artifacts_on_s3_commit_by_transaction_and_verify_on_load(s3_bu
     assert np.array_equal(load(registry, "models:/fraud/1").predict_proba(records), loaded.predict_proba(records))
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_a_registration_the_store_refuses_leaves_no_version(s3_bucket, tmp_path, monkeypatch):
     registry = Registry(tmp_path / "reg.db", f"{s3_bucket}/artifacts")
     register_run(registry, "fraud", make_run(tmp_path, 0.40, 0.80))
@@ -147,6 +148,7 @@ def test_cli_names_an_unreachable_store(tmp_path, s3_server):
     assert "s3://rp-absent-bucket/artifacts" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_monitoring_on_s3_log_labels_windows_alerts_reports_and_state(ray_session, s3_bucket, tmp_path):
     """The prediction log, labels, monitoring table, report, alerts and the monitor's position all
     in the bucket; a second monitor resumes from the state it finds there."""

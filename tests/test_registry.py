@@ -86,6 +86,7 @@ def _register_many(db: str, artifacts: str, run: str, n: int) -> list[int]:
     return [register_run(reg, "fraud", run).version for _ in range(n)]
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_concurrent_registration_gives_distinct_gap_free_versions(registry, tmp_path):
     run = str(make_run(tmp_path, 0.4, 0.8))
     ctx = multiprocessing.get_context("spawn")
