@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,8 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     # The loop: drifted traffic raises the drift alert, the feedback loop retrains and decides.
     assert "[9/9] closing the loop" in out and "ALERT firing: input_drift" in out
     assert "feedback feedback-" in out and "loop: alert" in out
+    # The retrain's feature step refreshed the online store, as `run` does: lookups see fed-back rows.
+    assert re.search(r"online store refreshed: customer_daily [1-9][\d,]* entity values", out), out[-3000:]
 
 
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out

@@ -86,6 +86,8 @@ def describe_feedback(record: dict[str, Any]) -> str:
         lines.append(f"  train {t['rows']:,} rows (events {t['events_from']} .. {t['events_to']}); "
                      f"valid {v['rows']:,} ({v['how']}); holdout {h['rows']:,} (served {h['from']} .. {h['to']}); "
                      f"fed back this run {data.get('fed_back_rows', 0):,}")  # fmt: skip
+    if data.get("online"):
+        lines.append("  online store refreshed: " + ", ".join(f"{v} {n:,} entity values" for v, n in data["online"].items()))
     lines += [f"  {line}" for line in record.get("gate_report", "").splitlines()]
     return "\n".join(lines)
 

@@ -36,7 +36,7 @@ from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, promote
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.train import evaluate
-from ray_pipeline.features.build import build_features
+from ray_pipeline.features.build import build_features, materialize_online
 from ray_pipeline.train.data import prepare_training_set, with_columns
 from ray_pipeline.workflow.pipeline import train_models
 
@@ -124,6 +124,8 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         since_us = pc.max(fed_events).as_py() - int(fb.lookback_s * 1e6)
         record["data"]["training_events_since"] = _iso(since_us)
     build_features(cfg)
+    if cfg.features.views:  # the feature step as `run` has it: entity lookups see the fed-back rows too
+        record["data"]["online"] = {name: c["written"] for name, c in materialize_online(cfg).items()}
     record["stage"] = "prepare"
     prepared = prepare_training_set(cfg, holdout=test_rows, since_us=since_us)
     prepared.input_profile = _reference(cfg, holdout, prepared.spec)
