@@ -137,10 +137,10 @@ class Context:
     runtime: Any  # runtime.RayRuntime (imported lazily: Ray is slow to import)
 
 
-def connect(config: Path, address: str | None, verbose: bool, attach: bool = True) -> Context:
-    """Load the config and connect to Ray (`attach`: to the local Ray `run --serve` started for it)."""
+def connect(config: Path, address: str | None, verbose: bool) -> Context:
+    """Load the config and connect to Ray (to the local Ray `run --serve` started for it, if any)."""
     cfg = load_config(config)
-    return Context(cfg, start_ray(address, verbose, cfg if attach else None))
+    return Context(cfg, start_ray(address, verbose, cfg))
 
 
 def serve_until_stopped(cfg: PipelineConfig, wait: bool) -> None:

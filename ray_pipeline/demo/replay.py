@@ -27,14 +27,13 @@ def with_view_features(cfg: PipelineConfig, events: pa.Table) -> pa.Table:
     """Events with each configured feature view's values as of their time (the training set's join)."""
     import ray.data
 
-    from ray_pipeline.features.build import store_root
     from ray_pipeline.features.pit import point_in_time_join
     from ray_pipeline.features.store import read_view
 
     schema = cfg.data.schema_
     ds = ray.data.from_arrow(events)
     for name, view in cfg.features.views.items():
-        ds = point_in_time_join(ds, read_view(store_root(cfg), name), schema.entity_key, schema.event_timestamp,
+        ds = point_in_time_join(ds, read_view(cfg.features.store_root, name), schema.entity_key, schema.event_timestamp,
                                 view.feature_names, feature_entity=view.entity, feature_ts=view.timestamp,
                                 ttl_seconds=view.ttl_seconds)  # fmt: skip
     return pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()]) if cfg.features.views else events

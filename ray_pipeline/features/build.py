@@ -37,14 +37,9 @@ class FeatureBuild:
         return "\n".join(lines)
 
 
-def store_root(cfg: PipelineConfig) -> str:
-    """The offline store's root, resolved against the config file."""
-    return cfg.features.store_root
-
-
 def training_set_path(cfg: PipelineConfig) -> str:
     """Where the point-in-time training set is written."""
-    return f"{store_root(cfg)}/training_set"
+    return f"{cfg.features.store_root}/training_set"
 
 
 def _has_parquet(location: str) -> bool:
@@ -70,7 +65,7 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
     from ray.data import SaveMode
 
     schema = cfg.data.schema_
-    root = store_root(cfg)
+    root = cfg.features.store_root
     accepted = read_parquet(cfg.data.output.accepted)
     fed_back = cfg.data.output.feedback
     if _has_parquet(fed_back):  # labeled traffic the feedback loop turned into accepted rows
@@ -122,7 +117,7 @@ def materialize_online(
         for name, view in cfg.features.views.items():
             if views and name not in views:
                 continue
-            out[name] = materialize(read_view(store_root(cfg), name), store, name, view, start, end)
+            out[name] = materialize(read_view(cfg.features.store_root, name), store, name, view, start, end)
     finally:
         store.close()
     return out

@@ -48,7 +48,8 @@ def event_bounds(training_set, ts: str) -> tuple[int, int]:
     return bounds["lo"], bounds["hi"]
 
 
-def _iso_us(us: int) -> str:
+def iso_us(us: int) -> str:
+    """Microseconds since the epoch as ISO 8601 UTC (`...Z`), as lineage and feedback records write them."""
     return np.datetime64(int(us), "us").astype(str) + "Z"
 
 
@@ -163,7 +164,7 @@ def holdout_split(training_set, cfg: PipelineConfig) -> tuple[dict[str, object],
     }
     how = {**how, "test": "holdout"}
     if schema.event_timestamp:
-        how["event_time_range"] = [_iso_us(t) for t in event_bounds(training_set, schema.event_timestamp)]
+        how["event_time_range"] = [iso_us(t) for t in event_bounds(training_set, schema.event_timestamp)]
     return raw, how
 
 
@@ -209,7 +210,7 @@ def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: flo
         name: training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": a, "hi": b}, batch_format="pyarrow")
         for name, (a, b) in windows.items()
     }
-    iso = [_iso_us(t) for t in (t_valid, t_test, lo, hi - 1)]
+    iso = [iso_us(t) for t in (t_valid, t_test, lo, hi - 1)]
     return raw, {"by": "time", "column": ts, "cutoffs": iso[:2], "event_time_range": iso[2:]}
 
 

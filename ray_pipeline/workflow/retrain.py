@@ -37,7 +37,7 @@ from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.train import evaluate
 from ray_pipeline.features.build import build_features, materialize_online
-from ray_pipeline.train.data import prepare_training_set, with_columns
+from ray_pipeline.train.data import iso_us, prepare_training_set, with_columns
 from ray_pipeline.workflow.pipeline import train_models
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     if fb.lookback_s is not None:
         fed_events = pc.cast(pc.coalesce(labeled["event_ts"], labeled["ts"]), pa.int64())
         since_us = pc.max(fed_events).as_py() - int(fb.lookback_s * 1e6)
-        record["data"]["training_events_since"] = _iso(since_us)
+        record["data"]["training_events_since"] = iso_us(since_us)
     build_features(cfg)
     if cfg.features.views:  # the feature step as `run` has it: entity lookups see the fed-back rows too
         record["data"]["online"] = {name: c["written"] for name, c in materialize_online(cfg).items()}
@@ -190,7 +190,3 @@ def evaluate_inputs(rows: pa.Table, run: Any) -> np.ndarray:
     from ray_pipeline.features.transform import transform_table
 
     return transform_table(with_columns(rows, run.spec.input_columns), run.spec)
-
-
-def _iso(us: int | None) -> str | None:
-    return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
