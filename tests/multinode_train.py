@@ -1,9 +1,9 @@
 """Run by test_local_cluster.py in its own process: a driver on the real local cluster that
 cluster/local/up.sh started (RAY_ADDRESS and the token come from the environment).
 
-    python multinode_train.py placement WORKDIR   # two worker nodes (spread) vs one node (packed)
-    python multinode_train.py nodeloss WORKDIR    # an uninterrupted run, then a slow one the test
-                                                  # kills a node under (it prints TRAINING first)
+    python multinode_train.py WORKDIR   # an uninterrupted run on one node, then a slow one spread
+                                        # over two, which the test kills a node under (it prints
+                                        # TRAINING first)
 """
 
 from __future__ import annotations
@@ -26,23 +26,14 @@ def _result(run) -> dict:
     return {"nodes": run.worker_nodes, "weights": run.model.weights.tolist(), "bias": run.model.bias}
 
 
-def placement(workdir: Path) -> dict:
-    """Train on two worker nodes (spread) and on one node (packed)."""
-    prepared = linear_prepared(rows=6_000)
-    out = {}
-    for name, strategy in (("spread", "STRICT_SPREAD"), ("packed", "STRICT_PACK")):
-        out[name] = _result(train_model(linear_cfg(workdir / name), "logreg", workers=2, prepared=prepared,
-                                        placement_strategy=strategy))  # fmt: skip
-    return out
-
-
 def nodeloss(workdir: Path) -> dict:
-    """Full-batch gradient descent twice on the same data: uninterrupted, then paused 0.3 s per
-    epoch (checkpoint every 2) with workers spread over both worker nodes, for the test to kill one."""
+    """Full-batch gradient descent twice on the same data: uninterrupted with both workers on one
+    node, then paused 0.3 s per epoch (checkpoint every 2) with workers spread over both worker
+    nodes, for the test to kill one."""
     prepared = linear_prepared(rows=6_000)
     cfg = {"epochs": 60, "optimizer": "gd", "early_stopping_patience": 1000}
     baseline = train_model(linear_cfg(workdir / "baseline", **cfg), "logreg", workers=2, prepared=prepared,
-                           placement_strategy="SPREAD")  # fmt: skip
+                           placement_strategy="STRICT_PACK")  # fmt: skip
     slow = linear_cfg(workdir / "slow", **cfg)
     slow.training.checkpoint_every = 2
     print(f"TRAINING {workdir / 'slow' / 'runs'}", flush=True)
@@ -53,13 +44,13 @@ def nodeloss(workdir: Path) -> dict:
             "finished": time.time(), "resumed_from": run.resumed_from, "resumed_at": run.resumed_at, "epochs": len(run.history)}
 
 
-def main(mode: str, workdir: str) -> None:
+def main(workdir: str) -> None:
     init_ray(quiet=True)  # RAY_ADDRESS: the local cluster; workers' output stays in their logs
-    out = {"placement": placement, "nodeloss": nodeloss}[mode](Path(workdir))
+    out = nodeloss(Path(workdir))
     out["cluster_nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     print("RESULT " + json.dumps(out), flush=True)
     ray.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1])

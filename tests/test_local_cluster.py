@@ -1,6 +1,6 @@
 """A real local multi-node cluster (cluster/local/up.sh: a head and two worker nodes, each its own
 `ray start`, token authentication on): jobs submitted with `ray job submit` and JobSubmissionClient,
-training placed across nodes, a training worker's node lost mid-run, a replica's node lost under
+training spread across nodes and a training worker's node lost mid-run, a replica's node lost under
 load, and a client without the token."""
 
 from __future__ import annotations
@@ -130,11 +130,12 @@ def _own_table_config(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(local_cluster, tmp_path_factory) -> Path:
-    """A user's table run through `ray job submit ... ray-pipeline run` (the CLI a user types)."""
+    """A user's table run through `ray job submit ... ray-pipeline run` (the CLI a user types), both
+    model kinds on Ray Train workers."""
     config = _own_table_config(tmp_path_factory.mktemp("own-table"))
     submitted = subprocess.run(
         [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", str(ROOT), "--",
-         "ray-pipeline", "run", "--config", str(config), "--models", "logreg"],
+         "ray-pipeline", "run", "--config", str(config), "--models", "logreg,xgboost"],
         env=local_cluster.client_env, capture_output=True, text=True, timeout=900, cwd=ROOT,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
@@ -142,37 +143,22 @@ def trained(local_cluster, tmp_path_factory) -> Path:
     return config
 
 
-def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained):
+def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from ray_pipeline.config import load_config
     from ray_pipeline.registry.versions import open_registry
 
-    # 1. `ray job submit` (the fixture): a registered, promoted version
-    config = trained
-    cfg = load_config(config)
+    # 1. `ray job submit` (the fixture): both kinds registered, one promoted, outputs on shared storage
+    cfg = load_config(trained)
     registry = open_registry(cfg)
-    assert [v.kind for v in registry.versions(cfg.registry.model_name)] == ["logreg"]
-    assert registry.aliases(cfg.registry.model_name) == {"champion": 1}
+    assert sorted(v.kind for v in registry.versions(cfg.registry.model_name)) == ["logreg", "xgboost"]
+    assert registry.aliases(cfg.registry.model_name).get("champion") in (1, 2)
+    assert Path(cfg.data.output.accepted).is_dir()
 
-    # 2. the Python SDK: status, logs, outputs
-    client = JobSubmissionClient(local_cluster.dashboard, headers=local_cluster.headers())
-    job = client.submit_job(entrypoint=f"ray-pipeline run --config {config} --models xgboost",
-                            runtime_env={"working_dir": str(ROOT)})  # fmt: skip
-    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    assert wait_until(lambda: client.get_job_status(job) in finished, 900, every=2), "job did not finish in time"
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
-    assert "registered models:/" in logs and "(xgboost)" in logs
-    assert [v.kind for v in registry.versions(cfg.registry.model_name)] == ["logreg", "xgboost"]
-    assert Path(cfg.data.output.accepted).is_dir()  # outputs on the shared storage
-
-
-def test_a_job_naming_a_path_the_cluster_lacks_says_it_must_be_shared(local_cluster, trained, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
+    # 2. the Python SDK: status and logs, here of a job naming a path only the submitting machine has
     body = yaml.safe_load(trained.read_text())
-    body["data"]["source"]["path"] = "/home/me/laptop-only/churn.csv"  # on the submitting machine only
+    body["data"]["source"]["path"] = "/home/me/laptop-only/churn.csv"
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(body, sort_keys=False))
     client = JobSubmissionClient(local_cluster.dashboard, headers=local_cluster.headers())
@@ -185,12 +171,12 @@ def test_a_job_naming_a_path_the_cluster_lacks_says_it_must_be_shared(local_clus
     assert "storage every node shares" in logs and "Traceback" not in logs  # one clear line, exit 2
 
 
-def _driver(local_cluster, mode: str, workdir: Path) -> subprocess.Popen:
+def _driver(local_cluster, workdir: Path) -> subprocess.Popen:
     # a driver joins through the head's GCS port (the dashboard address is the job API's); no
     # worker output forwarded to it (quiet), so a pipe read only at the end never fills up
     env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"],
            "RAY_PIPELINE_PROGRESS": "0"}  # fmt: skip
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "multinode_train.py"), mode, str(workdir)],
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "multinode_train.py"), str(workdir)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -221,24 +207,13 @@ def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
     return _tagged("NODES", out.stdout, out.stderr)
 
 
-def test_training_across_two_nodes_gives_the_one_node_weights(local_cluster, tmp_path):
-    proc = _driver(local_cluster, "placement", tmp_path)
-    out = _result(*proc.communicate(timeout=900))
-    spread, packed = out["spread"], out["packed"]
-    assert len(out["cluster_nodes"]) == 3
-    assert len(set(spread["nodes"])) == 2, "STRICT_SPREAD workers should sit on two different nodes"
-    assert len(set(packed["nodes"])) == 1
-    np.testing.assert_allclose(spread["weights"], packed["weights"], atol=1e-6, rtol=0)
-    assert abs(spread["bias"] - packed["bias"]) < 1e-6
-
-
-def test_training_resumes_when_a_worker_node_is_lost(local_cluster, tmp_path):
-    """A worker node is killed mid-run (after the controller holds a checkpoint): the worker group
-    restarts on the node that is left, resumes from the checkpoint and ends with the weights of
-    an uninterrupted run."""
+def test_training_across_nodes_resumes_when_a_worker_node_is_lost(local_cluster, tmp_path):
+    """Workers spread over both worker nodes; one node is killed mid-run (after the controller
+    holds a checkpoint): the worker group restarts on the node that is left, resumes from the
+    checkpoint and ends with the weights of an uninterrupted run packed on one node."""
     # both worker nodes (2 CPUs each) up: after the loss, both workers fit on the one that is left
     subprocess.run([str(UP), "2"], env=local_cluster.script_env, check=True, timeout=300, capture_output=True)
-    proc = _driver(local_cluster, "nodeloss", tmp_path)
+    proc = _driver(local_cluster, tmp_path)
     lines = []
     while not (lines and lines[-1].startswith("TRAINING ")):  # the baseline has finished
         lines.append(proc.stdout.readline())
@@ -258,6 +233,7 @@ def test_training_resumes_when_a_worker_node_is_lost(local_cluster, tmp_path):
     stdout, stderr = proc.communicate(timeout=600)
     out = _result(stdout, stderr)
     baseline, resumed = out["baseline"], out["interrupted"]
+    assert len(out["cluster_nodes"]) == 3 and len(set(baseline["nodes"])) == 1  # STRICT_PACK: one node
     assert out["resumed_from"] is not None and out["resumed_from"] >= 2, "the restarted group did not resume"
     print(f"training under node loss: killed {victim} {killed_at - out['started']:.1f} s into the run; "
           f"resumed from epoch {out['resumed_from']} {out['resumed_at'] - killed_at:.1f} s after the kill "

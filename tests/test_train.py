@@ -138,11 +138,34 @@ def test_second_order_converges_to_the_maximum_likelihood_in_few_passes(linear, 
     assert run.model.bias == pytest.approx(sk.intercept_[0], abs=1e-6)
 
 
+def test_the_checkpointed_state_round_trips_every_field(tmp_path):
+    """What every optimizer resumes from: parameters, momentum, Adam's moments and step, L-BFGS's
+    pairs, early stopping's counters and the history, all as saved."""
+    from dataclasses import fields
+
+    from ray_pipeline.train.logreg import _State
+
+    rng = np.random.default_rng(0)
+    state = _State(epoch=7, params=rng.normal(size=4), velocity=rng.normal(size=4), m=rng.normal(size=4),
+                   v=rng.random(4), step=21, best_loss=0.31, best_params=rng.normal(size=4), best_epoch=5, stale=2,
+                   converged=True, history=[{"epoch": 1, "train_loss": 0.7}], mem_s=rng.normal(size=(3, 4)),
+                   mem_y=rng.normal(size=(3, 4)))  # fmt: skip
+    state.save(str(tmp_path))
+    loaded = _State.load(str(tmp_path))
+    for f in fields(_State):
+        if f.name == "resumed_from":
+            assert loaded.resumed_from == 7  # the epoch the restarted group goes on from
+        elif isinstance(getattr(state, f.name), np.ndarray):
+            np.testing.assert_array_equal(getattr(loaded, f.name), getattr(state, f.name), err_msg=f.name)
+        else:
+            assert getattr(loaded, f.name) == getattr(state, f.name), f.name
+
+
+# A real kill and resume once per family of optimizer (the state's every field round-trips above):
+# first order with minibatches (Adam: a seeded order per epoch, moments and step; sgd and gd take
+# the same path) and second order (L-BFGS with its memory pairs; Newton takes the same path).
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "optimizer, checkpoint_every, fail_at",
-    [("gd", 3, 7), ("newton", 1, 3), ("lbfgs", 2, 6), ("sgd", 3, 7), ("adam", 3, 7)],
-)
+@pytest.mark.parametrize("optimizer, checkpoint_every, fail_at", [("lbfgs", 2, 6), ("adam", 3, 7)])
 def test_resumes_after_a_worker_is_killed(linear, two_worker_run, tmp_path, optimizer, checkpoint_every, fail_at):
     marker = tmp_path / "killed"
     fault = {"fail_at_epoch": fail_at, "fail_marker": str(marker)}

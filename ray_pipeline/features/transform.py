@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_pipeline.data.validate import as_text
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
 
 
@@ -43,7 +42,7 @@ def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[n
 
 def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -> list[np.ndarray]:
     """Frequency or one-hot encoding with the training categories; missing = null or empty."""
-    text = as_text(arr)
+    text = pc.cast(arr, pa.string())  # a no-op on text; numbers written as categories compare as text
     missing = np.asarray(pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False), dtype=bool)
     if cat.encoding == "onehot":
         idx = np.asarray(

@@ -82,15 +82,11 @@ class LoadedModel:
         if isinstance(records, pd.DataFrame):
             records = records.astype(object).where(records.notna(), None).to_dict("records")
         X, _ = transform_records(records, self.spec)
-        return self.predict_matrix(X)
+        return self.model.predict_proba(X)
 
     def predict_table(self, table: pa.Table) -> np.ndarray:
         """Probability of label 1 per row of a table holding the spec's input columns."""
-        return self.predict_matrix(transform_table(table, self.spec))
-
-    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
-        """Probability of label 1 per row of an already transformed feature matrix."""
-        return self.model.predict_proba(X)
+        return self.model.predict_proba(transform_table(table, self.spec))
 
 
 def load(registry: Registry, uri: str) -> LoadedModel:

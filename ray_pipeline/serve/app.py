@@ -1,8 +1,10 @@
 """The Ray Serve application: one autoscaled deployment (`Predictor`) that is both the FastAPI
 ingress and the batched model server for `models:/NAME@champion` (plus a challenger for canary or
-shadow traffic). A /predict reads top to bottom: `Predictor.predict` parses the body with the
-answering version's contract (serve/api.py), `ModelRunner.score` scores a dynamic batch with each
-version's FeatureSpec (features/transform.py) and model, and the answer is logged.
+shadow traffic). A /predict reads top to bottom, in six files: `Predictor.predict` (here) picks the
+answering version (serve/variants.py) and parses the body with that version's contract
+(serve/api.py); `ModelRunner.score` (here) turns a dynamic batch into a matrix with the version's
+FeatureSpec (features/transform.py, features/spec.py) and scores it with its model
+(train/models.py); the answer is logged.
 
 One deployment, not ingress + model: each extra Serve hop costs a few ms per request
 (benchmarks/serve.py), and ingress and model scale together anyway. Each replica polls the registry
@@ -186,7 +188,7 @@ class ModelRunner:
         inputs = records_table(records, model.spec)
         X = transform_table(inputs, model.spec) if records else None
         transformed = time.perf_counter()
-        probs = model.predict_matrix(X).tolist() if records else []
+        probs = model.model.predict_proba(X).tolist() if records else []
         timing = {"transform_ms": (transformed - started) * 1e3, "inference_ms": (time.perf_counter() - transformed) * 1e3}
         self.metrics.scored(model.version.version, variant, probs)
         if variant != SHADOW:  # the same records were already counted for the answering variant
