@@ -20,7 +20,7 @@ FEATURES = {
     "merchant_category": {"type": "category"}, "channel": {"type": "category"}, "country": {"type": "category"},
 }  # fmt: skip
 INPUTS = list(FEATURES)
-WINDOW_S = 5.0
+WINDOW_S = 3.0  # at most 2,000 rows a window, sent in about a second
 
 
 def loop_config(tmp: Path, shared: Path, name: str, **monitoring: Any) -> PipelineConfig:

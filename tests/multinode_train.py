@@ -47,7 +47,6 @@ def nodeloss(workdir: Path) -> dict:
 def main(workdir: str) -> None:
     init_ray(quiet=True)  # RAY_ADDRESS: the local cluster; workers' output stays in their logs
     out = nodeloss(Path(workdir))
-    out["cluster_nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     print("RESULT " + json.dumps(out), flush=True)
     ray.shutdown()
 

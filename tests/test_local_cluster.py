@@ -233,7 +233,7 @@ def test_training_across_nodes_resumes_when_a_worker_node_is_lost(local_cluster,
     stdout, stderr = proc.communicate(timeout=600)
     out = _result(stdout, stderr)
     baseline, resumed = out["baseline"], out["interrupted"]
-    assert len(out["cluster_nodes"]) == 3 and len(set(baseline["nodes"])) == 1  # STRICT_PACK: one node
+    assert len(set(baseline["nodes"])) == 1  # STRICT_PACK: both workers on one node
     assert out["resumed_from"] is not None and out["resumed_from"] >= 2, "the restarted group did not resume"
     print(f"training under node loss: killed {victim} {killed_at - out['started']:.1f} s into the run; "
           f"resumed from epoch {out['resumed_from']} {out['resumed_at'] - killed_at:.1f} s after the kill "
