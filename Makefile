@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test bench clean redis-server promtool postgresql test-fast docs
+.PHONY: demo test bench clean redis-server promtool postgresql chromium test-fast docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
-test: $(STAMP) redis-server promtool postgresql
+test: $(STAMP) redis-server promtool postgresql chromium
 	$(BIN)/lint-imports
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests --durations=30
 
 # The inner loop while developing (about a minute): everything not marked slow. `make test` is
 # still what guards behaviour and what CI runs.
-test-fast: $(STAMP) redis-server promtool postgresql
+test-fast: $(STAMP) redis-server promtool postgresql chromium
 	$(BIN)/lint-imports
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not slow"
 
@@ -65,4 +65,14 @@ postgresql:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	  else \
 	    echo "PostgreSQL not found: registry tests on PostgreSQL will be skipped (apt-get install -y postgresql)"; \
+	  fi; }
+
+# The console's browser tests drive Debian's chromium through Playwright (`playwright install`
+# cannot download browsers on a closed network); same policy as redis-server.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "chromium not found: console browser tests will be skipped (apt-get install -y chromium)"; \
 	  fi; }

@@ -1,5 +1,5 @@
 """`ray-pipeline`: one module per sub-app (data, features, train, models, serve, monitor, labels,
-cluster, feedback, demo), all sharing `context` (options, errors, config and Ray)."""
+cluster, feedback, demo, ui), all sharing `context` (options, errors, config and Ray)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from ray_pipeline.cli import cluster, data, demo, features, feedback, labels, models, monitor, serve, train
+from ray_pipeline.cli import cluster, data, demo, features, feedback, labels, models, monitor, serve, train, ui
 
 app = typer.Typer(
     help="ray-pipeline: data, features, training, registry, serving and monitoring on one Ray cluster.",
@@ -16,7 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Top-level commands, in the order a user meets them; then the sub-apps.
-for module in (data, train, feedback, demo):
+for module in (data, train, feedback, demo, ui):
     app.add_typer(module.app)
 for module, name in ((features, "features"), (models, "models"), (serve, "serve"), (cluster, "cluster"),
                      (monitor, "monitor"), (labels, "labels")):  # fmt: skip

@@ -160,5 +160,19 @@ def serve_until_stopped(cfg: PipelineConfig, wait: bool) -> None:
     except KeyboardInterrupt:
         pass
     # Graceful: replicas flush their prediction logs before the embedded Ray goes away.
-    serve.delete(cfg.serving.app_name)
-    typer.echo(f"deleted {cfg.serving.app_name}")
+    for name in (cfg.serving.app_name, cfg.console.app_name):
+        if name in serve.status().applications:
+            serve.delete(name)
+            typer.echo(f"deleted {name}")
+
+
+def start_console(cfg: PipelineConfig) -> str | None:
+    """Deploy the web console beside the model (unless `console.enabled` is false); print and return its URL."""
+    if not cfg.console.enabled:
+        return None
+    from ray_pipeline.console.app import deploy_console
+
+    url = deploy_console(cfg)
+    access = "operator token required" if cfg.console.token_env else "read-only, this machine only (no console.token_env)"
+    typer.echo(f"console: {url}  ({access})")
+    return url

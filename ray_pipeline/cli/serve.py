@@ -14,6 +14,7 @@ from ray_pipeline.cli.context import (
     connect,
     friendly_errors,
     serve_until_stopped,
+    start_console,
     start_ray,
 )
 
@@ -37,6 +38,7 @@ def serve_deploy(
     cfg, runtime = ctx.cfg, ctx.runtime
     url = deploy(cfg, local=runtime.local)
     typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {url}/predict (docs: {url}/docs)")
+    start_console(cfg)
     serve_until_stopped(cfg, wait if wait is not None else runtime.local)
 
 

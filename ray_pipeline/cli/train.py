@@ -16,6 +16,7 @@ from ray_pipeline.cli.context import (
     friendly_errors,
     heading,
     serve_until_stopped,
+    start_console,
     start_ray,
 )
 from ray_pipeline.config import load_config
@@ -36,12 +37,10 @@ def train(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a model on the feature store's training set with Ray Train; print the evaluation."""
-    from ray_pipeline.train.runner import summary, train_model
-    from ray_pipeline.workflow.pipeline import register_and_promote
+    from ray_pipeline.workflow.pipeline import check_models, register_and_promote, train_models
 
     cfg = connect(config, address, verbose).cfg
-    run = train_model(cfg, model, workers)
-    typer.echo(summary(run))
+    [run] = train_models(cfg, check_models([model]), workers=workers, echo=typer.echo)
     if register:
         typer.echo("\n".join(register_and_promote(cfg, [run], cfg.serving.alias).lines))
 
@@ -81,6 +80,7 @@ def run(
     if champion is not None:
         typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")
     if serve:
+        start_console(cfg)
         wait = wait if wait is not None else runtime.local
         if runtime.local and wait:
             from ray_pipeline.runtime import announce_ray

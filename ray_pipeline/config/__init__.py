@@ -37,6 +37,7 @@ from ray_pipeline.config.monitoring import (
     MonitoringConfig,
     WebhookConfig,
 )
+from ray_pipeline.config.console import ConsoleConfig
 from ray_pipeline.config.pipeline import PipelineConfig
 from ray_pipeline.config.load import load_config, parse_config
 
@@ -44,6 +45,7 @@ __all__ = [
     "AggregateName",
     "AlertRule",
     "AutoscalingConfig",
+    "ConsoleConfig",
     "CategoricalFeatureConfig",
     "ConfigError",
     "DEFAULT_NULL_VALUES",

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from ray_pipeline.config.base import StrictModel
+from ray_pipeline.config.console import ConsoleConfig
 from ray_pipeline.config.data import DataConfig
 from ray_pipeline.config.features import FeaturesConfig
 from ray_pipeline.config.monitoring import MonitoringConfig
@@ -33,6 +34,7 @@ class PipelineConfig(StrictModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     _source_file: str | None = PrivateAttr(default=None)
     _hash: str | None = PrivateAttr(default=None)

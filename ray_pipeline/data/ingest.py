@@ -29,7 +29,7 @@ from ray_pipeline.data.sources import (
 )
 from ray_pipeline.errors import UserError
 from ray_pipeline.progress import bar
-from ray_pipeline.storage import filesystem, reset_dir, write_text
+from ray_pipeline.storage import filesystem, join, matching_files, read_bytes, reset_dir, write_text
 
 _DEDUP_BYTES_PER_PART = 64 * 1024 * 1024
 
@@ -258,5 +258,26 @@ def ingest(cfg: PipelineConfig) -> IngestResult:
         finished_at=datetime.now(timezone.utc).isoformat(),
         config_hash=cfg.content_hash(),
     )
-    write_text(result.summary_path, json.dumps(result.to_dict(), indent=2))
+    body = json.dumps(result.to_dict(), indent=2)
+    write_text(result.summary_path, body)
+    # one file per run as well: the console lists ingest runs, the summary holds only the last
+    write_text(join(data.output.root, "runs", f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.json"), body)
     return result
+
+
+def ingest_runs(cfg: PipelineConfig, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest ingest runs' summaries, newest first."""
+    files = matching_files(join(cfg.data.output.root, "runs"), "*.json")
+    return [json.loads(read_bytes(f)) for f in reversed(files[-limit:])]
+
+
+def quarantine_sample(cfg: PipelineConfig, limit: int = 20) -> list[dict[str, Any]]:
+    """Up to `limit` quarantined rows of the last ingest, each with its reason, field and detail."""
+    import pyarrow.dataset as pads
+
+    files = matching_files(cfg.data.output.quarantine, "*.parquet")
+    if not files:
+        return []
+    fs, _ = filesystem(files[0])
+    dataset = pads.dataset([filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
+    return dataset.head(limit).to_pylist()

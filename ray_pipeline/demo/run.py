@@ -27,6 +27,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     heading(f"[2/{STEPS}] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}")
     stages = Stages(STEPS, echo, heading, first=3)
     done = run_pipeline(cfg, serve=True, local=runtime.local, echo=echo, stages=stages)
+    console = _start_console(cfg, echo)
     heading("what the demo can check that real data cannot: ground truth, online lookups")
     _show_ground_truth(cfg, spec, done.ingest.accepted_path, echo)
     _show_predictions(cfg, done.url, echo)
@@ -44,8 +45,21 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     if loop.false_alarms:
         echo(f"alerts before the drift (false alarms): {', '.join(loop.false_alarms)}")
     echo(f"monitoring table, reports and alerts: {cfg.monitoring.root}")
-    echo("the demo stops the endpoint on exit; `ray-pipeline serve deploy` keeps it up")
+    if console:
+        echo(f"console: {console} (up while the endpoint is up)")
+    echo("the demo stops the endpoint and the console on exit; `ray-pipeline serve deploy` keeps them up")
     _stop_serving(cfg, runtime)
+
+
+def _start_console(cfg: PipelineConfig, echo: Echo) -> str | None:
+    """The web console beside the endpoint, for the rest of the demo."""
+    if not cfg.console.enabled:
+        return None
+    from ray_pipeline.console.app import deploy_console
+
+    url = deploy_console(cfg)
+    echo(f"console: {url} (pipeline map, runs, models, serving, monitoring, data)")
+    return url
 
 
 def _show_ground_truth(cfg: PipelineConfig, spec: SyntheticConfig, accepted: str, echo: Echo) -> None:

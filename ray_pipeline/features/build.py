@@ -6,14 +6,17 @@ No FeatureSpec is fitted here: the one a model uses is fitted on its train split
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.features.online import OnlineStore, open_store
 from ray_pipeline.features.pit import point_in_time_join
 from ray_pipeline.features.store import daily_aggregates, materialize, read_view, write_view
+from ray_pipeline.storage import join, read_text, write_text
 
 
 @dataclass
@@ -24,7 +27,7 @@ class FeatureBuild:
     training_set: str
     rows: int
     columns: list[str]
-    views: dict[str, dict[str, float]] = field(default_factory=dict)
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def render(self) -> str:
         """Plain-text summary for people."""
@@ -72,7 +75,7 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
         accepted = accepted.union(read_parquet(fed_back))
     accepted = accepted.materialize()
     events = accepted
-    views: dict[str, dict[str, float]] = {}
+    views: dict[str, dict[str, Any]] = {}
     for name, view in cfg.features.views.items():
         if view.daily_aggregates is not None:
             rows = daily_aggregates(accepted, view.entity, schema.event_timestamp, view)
@@ -90,13 +93,27 @@ def build_features(cfg: PipelineConfig) -> FeatureBuild:
             feature_ts=view.timestamp,
             ttl_seconds=view.ttl_seconds,
         ).materialize()
+        newest = stored.max(view.timestamp) if stored.count() else None
         views[name] = {
             "version": version,
             "rows": stored.count(),
             "matched": _present_share(events, view.feature_names[0]),
+            "newest": newest.isoformat() if newest is not None else None,  # the view's freshness
         }
     events.write_parquet(training_set_path(cfg), mode=SaveMode.OVERWRITE)
-    return FeatureBuild(root, training_set_path(cfg), events.count(), list(events.schema().names), views)
+    built = FeatureBuild(root, training_set_path(cfg), events.count(), list(events.schema().names), views)
+    write_text(join(root, BUILD_FILE), json.dumps({**asdict(built), "finished_at": datetime.now(timezone.utc).isoformat()},
+                                                  default=str))  # fmt: skip
+    return built
+
+
+BUILD_FILE = "build.json"
+
+
+def last_build(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """What the last `build_features` wrote (rows, views with rows, freshness, point-in-time match), or None."""
+    text = read_text(join(cfg.features.store_root, BUILD_FILE))
+    return json.loads(text) if text else None
 
 
 def _present_share(ds, column: str) -> float:

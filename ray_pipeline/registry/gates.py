@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.config import GateRule, GateTestConfig
+from ray_pipeline.registry.attempts import FORCED, PASSED, REFUSED, record_attempt
 from ray_pipeline.registry.bootstrap import GateCheck, paired_gates
 from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
 
@@ -124,14 +125,21 @@ def promote(
     """
     gate = metric_gates(gates) if isinstance(gates, dict) else gates
     reports: list[str] = []
+    decided: dict[str, object] = {}
 
     def check(candidate: ModelVersion, current: ModelVersion | None) -> str:
         passed, report = gate(candidate, current)
         reports.append(report)
+        decided.update(against=current.version if current else None, outcome=PASSED if passed else FORCED)
         if not passed and not force:
             raise PromotionRefused(f"promotion of {candidate.uri} to @{alias} refused:\n{report}")
         outcome = "promoted: gates passed" if passed else "FORCED past failing gates"
         return f"{reason}: {outcome}" if reason else outcome
 
-    change = registry.set_alias(name, alias, version, actor=actor, check=check)
+    try:
+        change = registry.set_alias(name, alias, version, actor=actor, check=check)
+    except PromotionRefused:
+        record_attempt(registry, name, version, alias, decided["against"], REFUSED, reports[-1], actor)  # type: ignore[arg-type]
+        raise
+    record_attempt(registry, name, version, alias, decided["against"], str(decided["outcome"]), reports[-1], actor)  # type: ignore[arg-type]
     return change, reports[-1]

@@ -33,6 +33,8 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -93,6 +95,39 @@ LOCKS = Table(
     "locks", _META,
     Column("name", String(255), primary_key=True), Column("holder", String(255), nullable=False),
     Column("acquired_at", String(40), nullable=False), Column("expires_at", String(40), nullable=False),
+)  # fmt: skip
+# Every promotion attempt, passed or refused, with the gate report (registry/attempts.py).
+ATTEMPTS = Table(
+    "promotion_attempts", _META,
+    Column("id", Integer, primary_key=True, autoincrement=True), Column("name", String(255), nullable=False),
+    Column("version", Integer, nullable=False), Column("alias", String(255), nullable=False),
+    Column("at", String(40), nullable=False), Column("against_version", Integer),
+    Column("outcome", String(16), nullable=False), Column("report", Text, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Index("ix_attempts_version", "name", "version"),
+)  # fmt: skip
+# Traffic split settings per model, append-only (the newest row holds; registry/traffic.py).
+TRAFFIC = Table(
+    "traffic_settings", _META,
+    Column("id", Integer, primary_key=True, autoincrement=True), Column("name", String(255), nullable=False),
+    Column("mode", String(16), nullable=False), Column("canary_share", Float, nullable=False),
+    Column("at", String(40), nullable=False), Column("actor", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+)  # fmt: skip
+# The index of training runs (registry/runs.py): the run directories stay the source of truth.
+RUNS = Table(
+    "runs", _META,
+    Column("run_id", String(255), primary_key=True), Column("path", Text, nullable=False),
+    Column("kind", String(32), nullable=False), Column("trigger", String(32), nullable=False),
+    Column("started_at", String(40), nullable=False), Column("duration_s", Float),
+    Column("params", Text, nullable=False), Column("metrics", Text, nullable=False),
+    Column("lineage", Text, nullable=False), Column("workers", Integer), Column("nodes", Integer),
+    Index("ix_runs_started", "started_at"), Index("ix_runs_kind", "kind", "started_at"),
+)  # fmt: skip
+RUN_METRICS = Table(
+    "run_metrics", _META,
+    Column("run_id", String(255), primary_key=True), Column("metric", String(64), primary_key=True),
+    Column("value", Float), Index("ix_run_metrics", "metric", "value"),
 )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ray_pipeline.auth import same_secret
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table, transform_table
@@ -324,7 +325,7 @@ class Predictor:
         """POST /predict: auth, parse against the answering version, score in a batch, answer, log."""
         started = time.perf_counter()
         s = self.settings
-        if s.api_key and x_api_key != s.api_key:
+        if s.api_key and not same_secret(x_api_key, s.api_key):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
         # Validated against the version that will answer (its own inputs), not the deploy-time one.
         variant, model = self.runner.models.pick()

@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -125,6 +125,29 @@ def read_log(directory: str) -> pa.Table:
     if not tables:
         return BASE_SCHEMA.empty_table()
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def recent_log(directory: str, since: datetime, columns: list[str] | None = None) -> pa.Table:
+    """Logged rows with `ts` at or after `since`, reading only the hour partitions that can hold them
+    (a console refresh reads minutes of log, not all of it)."""
+    import pyarrow.compute as pc
+
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    now = datetime.now(since.tzinfo)
+    tables = []
+    while hour <= now:
+        part = join(directory, f"date={hour:%Y-%m-%d}", f"hour={hour:%H}")
+        for f in matching_files(part, "part-*.parquet"):
+            try:
+                t = pq.read_table(f, columns=columns) if columns else pq.read_table(f)
+            except (OSError, pa.ArrowInvalid):
+                continue  # a file being replaced; the next refresh reads it
+            tables.append(t)
+        hour += timedelta(hours=1)
+    if not tables:
+        return BASE_SCHEMA.empty_table() if columns is None else BASE_SCHEMA.empty_table().select(columns)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.filter(pc.greater_equal(table["ts"], pa.scalar(since, table.schema.field("ts").type)))
 
 
 def new_request_id() -> str:

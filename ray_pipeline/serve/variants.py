@@ -16,6 +16,7 @@ from typing import Any
 from ray_pipeline.errors import UserError
 from ray_pipeline.registry.versions import LoadedModel, load
 from ray_pipeline.registry.store import Registry
+from ray_pipeline.registry.traffic import current_traffic
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
 
@@ -35,9 +36,8 @@ class ModelSet:
         seed: int | None = None,
     ) -> None:
         self.registry, self.name, self.mode, self.canary_share = registry, name, mode, canary_share
-        self.aliases = {CHAMPION: champion_alias}
-        if mode != "off":
-            self.aliases[CHALLENGER] = challenger_alias
+        self.aliases = {CHAMPION: champion_alias, CHALLENGER: challenger_alias}
+        self._use_registry_traffic()
         self._on_load = on_load
         self._rng = random.Random(seed)
         self.models: dict[str, LoadedModel | None] = {role: None for role in self.aliases}
@@ -47,7 +47,7 @@ class ModelSet:
         self.models[CHAMPION] = self._load(CHAMPION, self._wanted(CHAMPION))
         if self.models[CHAMPION] is None:
             raise UserError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
-        if CHALLENGER in self.aliases:
+        if self.mode != "off":
             self.refresh()  # a broken challenger is reported, never a reason not to serve the champion
 
     def _wanted(self, role: str) -> int | None:
@@ -70,8 +70,10 @@ class ModelSet:
         had; the failure is reported once and kept in `errors`. Registered artifacts never change,
         so that version is not retried until the alias points elsewhere.
         """
-        changes = []
+        changes = self._use_registry_traffic()
         for role in self.aliases:
+            if role == CHALLENGER and self.mode == "off":
+                continue  # no traffic for it: not loaded
             wanted, current = self._wanted(role), self.models[role]
             have = current.version.version if current else None
             if wanted == have or (role == CHAMPION and wanted is None):
@@ -91,6 +93,15 @@ class ModelSet:
             self._failed.pop(role, None)
             changes.append(f"{role}: v{have} -> v{wanted}")
         return changes
+
+    def _use_registry_traffic(self) -> list[str]:
+        """Take the traffic split an operator set in the registry (registry/traffic.py), if any."""
+        setting = current_traffic(self.registry, self.name)
+        if setting is None or (setting.mode, setting.canary_share) == (self.mode, self.canary_share):
+            return []
+        before = f"{self.mode} {self.canary_share:g}"
+        self.mode, self.canary_share = setting.mode, setting.canary_share
+        return [f"traffic: {before} -> {self.mode} {self.canary_share:g}"]
 
     def pick(self) -> tuple[str, LoadedModel]:
         """The variant that answers the next request and the version serving it now.

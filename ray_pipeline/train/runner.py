@@ -145,11 +145,13 @@ def train_model(
     fault: dict[str, Any] | None = None,
     placement_strategy: str = "PACK",
     measure_memory: bool = False,
+    trigger: str = "train",
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
 
     `workers`: Ray Train workers, 0 for in-process; by default `training.workers`, or in-process
-    for a train split of at most `training.in_process_max_rows` rows.
+    for a train split of at most `training.in_process_max_rows` rows. `trigger`: what started the
+    run (run, train, feedback), kept in its lineage.
     """
     import xgboost
 
@@ -158,6 +160,7 @@ def train_model(
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")
     timings: dict[str, float] = {}
+    started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     if prepared is None:
         prepared = prepare_training_set(cfg)
@@ -205,6 +208,9 @@ def train_model(
         "config_hash": cfg.content_hash(),
         "ray_train_run": str(result.path),
         "worker_nodes": out.get("worker_nodes", []),
+        "trigger": trigger,
+        "started_at": started_at.isoformat(),
+        "duration_s": round(timings["prepare_s"] + timings["fit_s"] + timings["evaluate_s"], 3),
     }
     artifacts = RunArtifacts(kind, prepared.spec, test_metrics, params, lineage,
                              prepared.rows, history)  # fmt: skip

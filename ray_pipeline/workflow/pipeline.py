@@ -80,14 +80,20 @@ def check_models(models: list[str]) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepared: Prepared,
-                 workers: int | None = None, echo: Echo | None = None) -> list[TrainRun]:  # fmt: skip
-    """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)."""
+def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepared: Prepared | None = None,
+                 workers: int | None = None, echo: Echo | None = None, trigger: str = "train") -> list[TrainRun]:  # fmt: skip
+    """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)
+    and add each run to the registry's run index (`trigger`: run, train or feedback)."""
+    from ray_pipeline.registry.runs import index_run
+    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.train.data import prepare_training_set
     from ray_pipeline.train.runner import summary, train_model
 
+    prepared = prepared if prepared is not None else prepare_training_set(cfg)
     runs = []
     for kind in kinds:
-        runs.append(train_model(cfg, kind, workers, prepared=prepared))
+        runs.append(train_model(cfg, kind, workers, prepared=prepared, trigger=trigger))
+        index_run(open_registry(cfg), runs[-1].run_dir)
         if echo is not None:
             echo(summary(runs[-1]))
     return runs
@@ -160,7 +166,7 @@ def run_pipeline(
     workers = in_process_or(cfg.training, prepared)
     where = f"{workers} workers" if workers else "in-process: a small table"
     with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
-        runs = train_models(cfg, models, prepared, workers, echo)
+        runs = train_models(cfg, models, prepared, workers, echo, trigger="run")
 
     with stages.stage("registry", "model registry: register, promote through the gates"):
         promotion = register_and_promote(cfg, runs, cfg.serving.alias)

@@ -138,7 +138,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     champion = load(registry, f"models:/{name}@{alias}")
     p_champ = champion.predict_table(with_columns(holdout, champion.spec.input_columns))
     candidates = []
-    for run in train_models(cfg, fb.models, prepared):
+    for run in train_models(cfg, fb.models, prepared, trigger="feedback"):
         p = run.model.predict_proba(evaluate_inputs(holdout, run))
         candidates.append((evaluate.metrics(y, p), p, run))
     record["models"] = {"champion": {"version": champion.version.version, "holdout": evaluate.metrics(y, p_champ)}}
