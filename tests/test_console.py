@@ -205,6 +205,9 @@ def test_monitoring_shows_the_firing_alert_and_the_drift_crossing_its_threshold(
     limit = float(chart.locator("line.threshold[data-name*='rule input_drift']").get_attribute("data-threshold"))
     assert values[0] < limit < values[-1]  # quiet before the shift, above the rule's line after it
     shot(page, "monitoring-drift")
+    page.click("text=Per-window reports >> xpath=following::a[last()]")  # the drifted window's report
+    assert page.locator("h1", has_text="Window").count() == 1
+    assert all(img.evaluate("i => i.naturalWidth") > 0 for img in page.locator("img").all())  # its PNGs load
 
 
 def test_try_it_sends_a_real_request_from_the_served_contract(page, site):

@@ -232,9 +232,12 @@ def version_detail(st: ConsoleState, name: str, version: int) -> dict[str, Any] 
 
 def serve_status(st: ConsoleState) -> list[dict[str, Any]]:
     """Serve applications, their deployments and replicas (state, node), from Ray's public APIs."""
+    import ray
     from ray import serve
 
     apps = []
+    if not ray.is_initialized():  # never start a Ray instance just to draw a page
+        return [{"name": "-", "status": "not connected to Ray", "deployments": []}]
     try:
         status = serve.status()
     except Exception as exc:  # Serve not running here
@@ -272,6 +275,7 @@ def _replica_nodes() -> dict[str, dict[str, int]]:
 def serving_summary(st: ConsoleState, seconds: float = SERVING_WINDOW_S) -> dict[str, Any]:
     """Requests per second, latency per stage, refused requests and throughput over time, from the
     prediction log's newest minutes."""
+    import ray
     from ray import serve
 
     since = datetime.now(timezone.utc) - timedelta(seconds=seconds)
@@ -283,7 +287,7 @@ def serving_summary(st: ConsoleState, seconds: float = SERVING_WINDOW_S) -> dict
     out: dict[str, Any] = {"app_status": "not deployed", "replicas": 0, "rps": 0.0, "p50": None, "p99": None,
                            "stages": {}, "refused": {}, "variants": {}, "times": [], "counts": [], "seconds": seconds}  # fmt: skip
     try:
-        app = serve.status().applications.get(st.cfg.serving.app_name)
+        app = serve.status().applications.get(st.cfg.serving.app_name) if ray.is_initialized() else None
         if app is not None:
             out["app_status"] = _status(app.status)
             out["replicas"] = sum(sum(d.replica_states.values()) for d in app.deployments.values())
@@ -367,14 +371,12 @@ def monitoring_page(st: ConsoleState, metric: str, version: int | None, last: in
     lines = thresholds_for(st, metric)
     chart_list = []
     for feature in features:
-        points = st.monitoring.series(metric, feature, version) or st.monitoring.series(metric, feature, None)
-        points = points[-last:]
-        if not points:
+        series = st.monitoring.series(metric, feature, version, last) or st.monitoring.series(metric, feature, None, last)
+        if not series:
             continue
-        chart_list.append({"feature": feature, "points": points,
+        chart_list.append({"feature": feature, "series": series,
                            "svg": charts.line_chart(f"{metric} {feature}" + (f" (v{version})" if version else ""),
-                                                    [p.window_end[:19] for p in points], {metric: [p.value for p in points]},
-                                                    lines)})  # fmt: skip
+                                                    series.window_ends, {metric: series.values}, lines)})  # fmt: skip
     runs = list(reversed(feedback_runs(st.cfg)))[:20]
     return {"metric": metric, "metrics": metrics, "version": version, "versions": versions, "charts": chart_list,
             "active": active_alerts(st.cfg.monitoring), "log": alert_log(st.cfg.monitoring, 50),

@@ -31,6 +31,7 @@ class ConsoleState:
     def __post_init__(self) -> None:
         self.registry = open_registry(self.cfg)
         self.monitoring = MonitoringTable(self.cfg.monitoring)
+        self.monitoring.follow(every_s=1.0)  # pages read the table as last read, never wait for a listing
 
     @property
     def model_name(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,15 @@ from ray_pipeline.storage import filesystem, join, read_text
 
 
 @dataclass(frozen=True)
-class Point:
-    """One window's value of a metric."""
+class Series:
+    """One metric's values over windows, oldest first (columns, not one object per window)."""
 
-    window_end: str
-    value: float
-    verdict: str | None
+    window_ends: list[str]
+    values: list[float]
+    verdicts: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 class MonitoringTable:
@@ -37,9 +41,38 @@ class MonitoringTable:
         self._parts: dict[str, pa.Table] = {}
         self._table = TABLE_SCHEMA.empty_table()
         self._lock = threading.Lock()
+        self._listed = float("-inf")
+        self._keys: list[tuple[str, str, int | None]] | None = None  # of the table as last read
+        self._by_metric: dict[str, dict[tuple[str, int | None], pa.Table]] = {}
+        self.max_age_s = 1.0
+        self._background = False
 
     def refresh(self) -> pa.Table:
-        """Read new window files; returns the whole table, sorted by window end."""
+        """Read new window files; returns the whole table, sorted by window end. The folder is listed
+        at most once per `max_age_s`: a page asks for many series, the listing is the cost."""
+        now = time.monotonic()
+        if self._background or now - self._listed < self.max_age_s:
+            return self._table
+        self._listed = now
+        return self._reload()
+
+    def follow(self, every_s: float) -> None:
+        """Re-read in a background thread every `every_s` from now on, so readers never wait for a
+        listing (a long-running reader such as the console)."""
+        self._reload()
+        self._background = True
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                try:
+                    self._reload()
+                except Exception as exc:  # a file being replaced; the next round reads it
+                    print(f"monitoring table {self.directory}: {exc}")
+
+        threading.Thread(target=loop, name="monitoring-table", daemon=True).start()
+
+    def _reload(self) -> pa.Table:
         fs, root = filesystem(self.directory)
         try:
             infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -60,28 +93,52 @@ class MonitoringTable:
                 self._files[path] = current[path]
             table = pa.concat_tables(list(self._parts.values())) if self._parts else TABLE_SCHEMA.empty_table()
             self._table = table.sort_by([("window_end", "ascending")])
+            self._keys = None
+            self._by_metric = {}
             return self._table
 
-    def series(self, metric: str, feature: str | None = None, version: int | None = None) -> list[Point]:
-        """One metric's values over windows (for one feature and served version, when given)."""
+    def series(self, metric: str, feature: str | None = None, version: int | None = None,
+               last: int | None = None) -> Series:  # fmt: skip
+        """One metric's values over windows (for one feature and served version, when given; the
+        newest `last` windows when given)."""
+        groups = self._groups(metric)
+        parts = [g for (f, v), g in groups.items() if (feature is None or f == feature) and (version is None or v == version)]
+        if not parts:
+            return Series([], [], [])
+        rows = pa.concat_tables(parts).sort_by([("window_end", "ascending")]) if len(parts) > 1 else parts[0]
+        if last is not None and rows.num_rows > last:
+            rows = rows.slice(rows.num_rows - last)
+        # formatted by Arrow's cast (UTC, whole seconds): datetime objects and strftime are ten times slower
+        ends = pc.cast(rows["window_end"].cast(pa.timestamp("s")), pa.string()).to_pylist()
+        return Series(ends, rows["value"].to_pylist(), rows["verdict"].to_pylist())
+
+    def _groups(self, metric: str) -> dict[tuple[str, int | None], pa.Table]:
+        """The table's rows of `metric` split by (feature, model_version), computed once per table read."""
         t = self.refresh()
-        mask = pc.equal(t["metric"], metric)
-        if feature is not None:
-            mask = pc.and_(mask, pc.equal(t["feature"], feature))
-        if version is not None:
-            mask = pc.and_(mask, pc.equal(t["model_version"], version))
-        rows = t.filter(mask)
-        ends = [e.isoformat() for e in rows["window_end"].to_pylist()]
-        return [Point(e, float(v), d) for e, v, d in zip(ends, rows["value"].to_pylist(), rows["verdict"].to_pylist())]
+        with self._lock:
+            if metric in self._by_metric:
+                return self._by_metric[metric]
+        rows = t.filter(pc.equal(t["metric"], metric)).select(["window_end", "feature", "model_version", "value", "verdict"])
+        frame = rows.select(["feature", "model_version"]).to_pandas()
+        groups = {}
+        for (feature, version), idx in frame.groupby(["feature", "model_version"], dropna=False, sort=False).indices.items():
+            key = (feature, None if version != version else int(version))  # NaN: no version
+            groups[key] = rows.take(pa.array(idx))
+        with self._lock:
+            self._by_metric[metric] = groups
+        return groups
 
     def keys(self) -> list[tuple[str, str, int | None]]:
         """Every (metric, feature, model_version) the table holds a series for."""
         t = self.refresh()
+        if self._keys is not None:
+            return self._keys
         if t.num_rows == 0:
             return []
         keys = t.select(["metric", "feature", "model_version"]).group_by(["metric", "feature", "model_version"]).aggregate([])
-        return sorted(zip(*(keys[c].to_pylist() for c in ("metric", "feature", "model_version"))),
-                      key=lambda k: (k[0], str(k[1]), k[2] or 0))  # fmt: skip
+        self._keys = sorted(zip(*(keys[c].to_pylist() for c in ("metric", "feature", "model_version"))),
+                            key=lambda k: (k[0], str(k[1]), k[2] or 0))  # fmt: skip
+        return self._keys
 
     def last_window(self) -> tuple[str, list[dict[str, Any]]] | None:
         """The newest window's end and its rows, or None before the first window."""
