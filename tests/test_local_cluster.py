@@ -268,7 +268,9 @@ def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trai
               "MonthlyCharges": 95.5, "TotalCharges": 280.1}  # fmt: skip
     status, answer = http_json(url + "/predict", {"records": [record]})
     assert status == 200, answer
-    before = _actor_nodes(local_cluster, "ServeReplica:")
+    # the model app's replicas only: `serve deploy` also starts the console's application
+    replicas = "ServeReplica:churn-ha:"
+    before = _actor_nodes(local_cluster, replicas)
     assert len(before) == 2
 
     results: list[tuple[float, int]] = []
@@ -291,11 +293,11 @@ def test_serving_keeps_answering_when_a_replica_node_is_lost(local_cluster, trai
                    check=True, timeout=60)  # fmt: skip
 
     def rescheduled() -> list:  # replicas on the nodes that are left
-        after = _actor_nodes(local_cluster, "ServeReplica:")
+        after = _actor_nodes(local_cluster, replicas)
         return after if len(after) == 2 and victim not in after else []
 
     after = wait_until(rescheduled, 180, every=2)
-    assert after, f"replicas not rescheduled: {_actor_nodes(local_cluster, 'ServeReplica:')}"
+    assert after, f"replicas not rescheduled: {_actor_nodes(local_cluster, replicas)}"
     rescheduled_s = time.monotonic() - killed_at
     served = len(results)  # load keeps being answered after the move
     assert wait_until(lambda: len(results) >= served + 20, 30, every=0.1)

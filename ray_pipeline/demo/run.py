@@ -112,4 +112,6 @@ def _stop_serving(cfg: PipelineConfig, runtime: RayRuntime) -> None:
     elif runtime.local:
         serve.shutdown()  # an embedded Ray someone else started: free the port for a later deploy
     else:
-        serve.delete(cfg.serving.app_name)  # a shared cluster: remove only the demo's application
+        for name in (cfg.serving.app_name, cfg.console.app_name):  # a shared cluster: remove only the demo's applications
+            if name in serve.status().applications:
+                serve.delete(name)
