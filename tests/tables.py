@@ -59,3 +59,57 @@ def flights_table(n: int = 4000, seed: int = 3) -> pd.DataFrame:
         "distance": np.round(distance, 1),
         "arr_delay": np.round(delay, 1),
     })
+
+
+MEMBERSHIP_TIERS = ["bronze", "silver", "gold", "platinum"]
+
+
+def membership_table(n: int = 4000, seed: int = 4) -> pd.DataFrame:
+    """A text label of four classes drawn from a softmax of known linear scores (multiclass): spend
+    and visits push towards the higher tiers, the region shifts one tier's share; `noise` is unused."""
+    rng = np.random.default_rng(seed)
+    spend = rng.gamma(2.0, 50.0, n)
+    visits = rng.poisson(6, n).astype(float)
+    region = rng.choice(["north", "south", "east", "west"], n, p=[0.4, 0.3, 0.2, 0.1])
+    s = np.log1p(spend) - 4.0
+    logits = np.stack([
+        np.zeros(n),
+        1.0 * s + 0.10 * visits - 0.3,
+        2.0 * s + 0.20 * visits - 1.2 + np.where(region == "east", 0.8, 0.0),
+        3.0 * s + 0.25 * visits - 2.6,
+    ], axis=1)  # fmt: skip
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    tier = np.array(MEMBERSHIP_TIERS)[(rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)]
+    frame = pd.DataFrame({
+        "member_id": [f"M{i:06d}" for i in range(n)],
+        "spend": np.round(spend, 2),
+        "visits": visits,
+        "region": region,
+        "noise": rng.normal(size=n),
+        "tier": tier,
+    })
+    frame.loc[rng.random(n) < 0.05, "spend"] = None
+    return frame
+
+
+def prices_table(n: int = 4000, seed: int = 5) -> pd.DataFrame:
+    """A skewed positive price (regression): log(price) is linear in the inputs plus noise of known
+    size (0.25), so the model that knows the truth has log-RMSE 0.25; `noise` is unused."""
+    rng = np.random.default_rng(seed)
+    area = rng.uniform(30, 200, n)
+    rooms = rng.integers(1, 7, n).astype(float)
+    city = rng.choice(["Lyon", "Paris", "Lille", "Nice"], n, p=[0.3, 0.3, 0.2, 0.2])
+    age = rng.uniform(0, 80, n)
+    log_price = (10.5 + 0.9 * np.log(area) + 0.05 * rooms - 0.004 * age
+                 + np.select([city == "Paris", city == "Nice"], [0.6, 0.3], 0.0) + rng.normal(0, 0.25, n))  # fmt: skip
+    frame = pd.DataFrame({
+        "area": np.round(area, 1),
+        "rooms": rooms,
+        "city": city,
+        "age": np.round(age, 1),
+        "noise": rng.normal(size=n),
+        "price": np.round(np.exp(log_price), 0),
+    })
+    frame.loc[rng.random(n) < 0.05, "age"] = None
+    return frame

@@ -1,9 +1,11 @@
 """A user's own table, as a new user would take it: `init`, then `run`, then `predict`, no code.
 
-Three tables built here (no network): one like the public customer-churn table (Yes/No label,
-an id column, no time, numbers with blanks), one with missing values in several columns, and
-one with an event time and a numeric label to threshold. The best model must be within 0.02 AUC
-of a scikit-learn pipeline on the same split, and served scores must equal `predict`'s.
+Tables built here (no network): one like the public customer-churn table (Yes/No label, an id
+column, no time, numbers with blanks), one with missing values in several columns, one with an
+event time and a numeric label to threshold, one with a text label of four classes (multiclass)
+and one with a skewed price (regression). The best model must be within 0.02 AUC (binary) or 2%
+of the loss (multiclass log-loss, regression RMSE) of a scikit-learn pipeline on the same split,
+and served scores must equal `predict`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ray_pipeline.cli import app
-from tests.tables import churn_table, flights_table, missing_table
+from tests.tables import MEMBERSHIP_TIERS, churn_table, flights_table, membership_table, missing_table, prices_table
 
 pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `make test-fast` skips these
 
@@ -32,12 +34,14 @@ def _invoke(*args: str):
     return result.output
 
 
-def _sklearn_auc(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str]) -> float:
-    """The baseline a user would write: impute + scale, one-hot, LogisticRegression."""
-    from sklearn.compose import ColumnTransformer
+def _sklearn_quality(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str],
+                     task: str = "binary") -> float:  # fmt: skip
+    """The baseline a user would write: impute + scale, one-hot, then LogisticRegression (test AUC
+    for binary, log-loss for multiclass) or Ridge on log1p of the target (test RMSE)."""
+    from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.metrics import log_loss, roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -46,7 +50,10 @@ def _sklearn_auc(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], ca
         ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="(missing)"),
                               OneHotEncoder(handle_unknown="ignore")), categorical),
     ])  # fmt: skip
-    model = make_pipeline(prep, LogisticRegression(max_iter=2000))
+    if task == "regression":
+        model = TransformedTargetRegressor(make_pipeline(prep, Ridge()), func=np.log1p, inverse_func=np.expm1)
+    else:
+        model = make_pipeline(prep, LogisticRegression(max_iter=2000))
 
     def x(frame: pd.DataFrame) -> pd.DataFrame:
         out = frame[numeric].astype(float)
@@ -55,11 +62,16 @@ def _sklearn_auc(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], ca
         return out
 
     model.fit(x(train), train["_y"])
+    if task == "regression":
+        return float(np.sqrt(np.mean((model.predict(x(test)) - test["_y"]) ** 2)))
+    if task == "multiclass":
+        return float(log_loss(test["_y"], model.predict_proba(x(test)), labels=model.classes_))
     return float(roc_auc_score(test["_y"], model.predict_proba(x(test))[:, 1]))
 
 
 def _same_split_baseline(config: Path) -> float:
-    """scikit-learn's test AUC on exactly the rows the platform trained and tested on."""
+    """scikit-learn's test quality (AUC, log-loss or RMSE by task) on exactly the rows the platform
+    trained and tested on."""
     from ray_pipeline.config import load_config
     from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.build import training_set_path
@@ -73,7 +85,7 @@ def _same_split_baseline(config: Path) -> float:
     categorical = [n for n, c in feats.items() if c.type == "category"]
     for f in (train, test):
         f["_y"] = f[cfg.data.schema_.label]
-    return _sklearn_auc(train, test, numeric, categorical)
+    return _sklearn_quality(train, test, numeric, categorical, cfg.data.schema_.label_mapping.task)
 
 
 def _best_auc(config: Path) -> float:
@@ -82,6 +94,36 @@ def _best_auc(config: Path) -> float:
 
     cfg = load_config(config)
     return max(v.metrics["roc_auc"] for v in open_registry(cfg).versions(cfg.registry.model_name))
+
+
+def _best_loss(config: Path, metric: str) -> float:
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.versions import open_registry
+
+    cfg = load_config(config)
+    return min(v.metrics[metric] for v in open_registry(cfg).versions(cfg.registry.model_name))
+
+
+def _csv_with_bad_label(table: pd.DataFrame, path: Path, bad: str) -> None:
+    """The table as CSV with data row 3's label replaced by a value the label mapping refuses."""
+    lines = table.to_csv(index=False).splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + "," + bad
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _served_and_offline(config: Path, csv: Path, url: str, table: pd.DataFrame, inputs: list[str],
+                        out: Path) -> tuple[dict, pd.DataFrame, list[int]]:  # fmt: skip
+    """`predict` over the CSV, and the served answer for five of its rows (data row = index + 1)."""
+    from ray_pipeline.serve.client import http_json
+
+    _invoke("predict", "--config", str(config), "--input", str(csv), "--out", str(out))
+    scores = pd.read_parquet(out).set_index("row").sort_index()
+    picked = [0, 1, 6, 7, 8]
+    records = [{k: (None if pd.isna(table.loc[i, k]) else table.loc[i, k]) for k in inputs} for i in picked]
+    records = [{k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in r.items()} for r in records]
+    status, answer = http_json(url + "/predict", {"records": records})
+    assert status == 200, answer
+    return answer, scores, [i + 1 for i in picked]
 
 
 def _serve_on_free_port(config: Path, app_name: str) -> None:
@@ -170,6 +212,87 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     got = accepted_labels(cfg).to_pandas().sort_values("row")
     assert got["label"].tolist() == [1, 0]
     assert "invalid_label" in out
+
+
+def test_multiclass_table_from_csv_to_served_model(ray_session, tmp_path):
+    from ray import serve
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.serve.client import http_json
+
+    table = membership_table()
+    csv = tmp_path / "members.csv"
+    _csv_with_bad_label(table, csv, "diamond")
+    config = tmp_path / "members.yaml"
+    out = _invoke("init", "--data", str(csv), "--label", "tier", "--out", str(config))
+    assert "multiclass" in out and "4 classes" in out and "'diamond' (1)" in out
+    label = yaml.safe_load(config.read_text())["data"]["schema"]["label"]
+    assert label == {"column": "tier", "task": "multiclass", "classes": sorted(MEMBERSHIP_TIERS)}
+    _serve_on_free_port(config, "members")
+
+    out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
+    assert "accuracy" in out and "macro_f1" in out and "@champion" in out
+    url = re.search(r"endpoint: (\S+)/predict", out).group(1)
+    cfg = load_config(config)
+    quarantine = pd.read_parquet(cfg.data.output.quarantine).set_index("_row")
+    assert quarantine.loc[3, "_reason"] == "invalid_label" and "'diamond'" in quarantine.loc[3, "_detail"]
+    assert len(quarantine) == 1
+    ours, theirs = _best_loss(config, "log_loss"), _same_split_baseline(config)
+    assert ours <= theirs * 1.02, (ours, theirs)
+
+    answer, scores, rows = _served_and_offline(config, csv, url, table, ["spend", "visits", "region", "noise"],
+                                               tmp_path / "scores")  # fmt: skip
+    classes = sorted(MEMBERSHIP_TIERS)
+    assert list(scores.columns[scores.columns.str.startswith("p_")]) == [f"p_{c}" for c in classes]
+    assert len(scores) == len(table)  # the row with a label outside the classes is scored all the same
+    for served, row in zip(answer["predictions"], rows):
+        offline = scores.loc[row]
+        assert served["class"] == offline["class"] == max(served["probabilities"], key=served["probabilities"].get)
+        assert np.allclose([served["probabilities"][c] for c in classes], [offline[f"p_{c}"] for c in classes],
+                           rtol=0, atol=1e-6)  # fmt: skip
+        assert math.isclose(sum(served["probabilities"].values()), 1.0, abs_tol=1e-6)
+    status, info = http_json(url + "/model")
+    assert info["label"]["task"] == "multiclass" and info["label"]["classes"] == classes
+    serve.delete("members")
+
+
+def test_regression_table_from_csv_to_served_model(ray_session, tmp_path):
+    from ray import serve
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.versions import load, open_registry
+
+    table = prices_table()
+    csv = tmp_path / "prices.csv"
+    _csv_with_bad_label(table, csv, "call us")
+    config = tmp_path / "prices.yaml"
+    out = _invoke("init", "--data", str(csv), "--label", "price", "--out", str(config))
+    assert "regression" in out and "log1p" in out
+    label = yaml.safe_load(config.read_text())["data"]["schema"]["label"]
+    assert label == {"column": "price", "task": "regression", "transform": "log1p"}
+    _serve_on_free_port(config, "prices")
+
+    out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
+    assert "rmse" in out and "r2" in out and "@champion" in out
+    url = re.search(r"endpoint: (\S+)/predict", out).group(1)
+    cfg = load_config(config)
+    quarantine = pd.read_parquet(cfg.data.output.quarantine).set_index("_row")
+    assert quarantine.loc[3, "_reason"] == "invalid_label" and "'call us'" in quarantine.loc[3, "_detail"]
+    assert len(quarantine) == 1
+    ours, theirs = _best_loss(config, "rmse"), _same_split_baseline(config)
+    assert ours <= theirs * 1.02, (ours, theirs)
+    champion = load(open_registry(cfg), "models:/prices@champion")
+    assert champion.version.signature["task"] == "regression"
+    assert champion.spec.label.transform == "log1p"  # recorded with the model, inverted on the way out
+
+    answer, scores, rows = _served_and_offline(config, csv, url, table, ["area", "rooms", "city", "age", "noise"],
+                                               tmp_path / "scores")  # fmt: skip
+    served = [p["value"] for p in answer["predictions"]]
+    offline = scores.loc[rows, "value"].tolist()
+    assert np.allclose(served, offline, rtol=1e-9, atol=1e-3), (served, offline)
+    truth = table.loc[[r - 1 for r in rows], "price"].to_numpy()
+    assert np.all(np.abs(np.log(np.asarray(served) / truth)) < 1.5)  # in the user's units, not log-price
+    serve.delete("prices")
 
 
 @pytest.mark.slow

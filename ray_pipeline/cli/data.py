@@ -103,16 +103,19 @@ def init(
     threshold: Annotated[
         float | None, typer.Option(help="Numeric label: positive when greater than this.")
     ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="binary, multiclass or regression; unset: inferred from the label column.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pipeline config.")] = Path("pipeline.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Infer a pipeline.yaml from a sample of your table: types, nullability, categories, key, time, label."""
+    """Infer a pipeline.yaml from a sample of your table: types, nullability, categories, key, time, label and task."""
     from ray_pipeline.data.infer import infer_config
 
     if out.exists() and not force:
         raise UserError(f"--out {out}: exists; pass --force to overwrite it")
-    inferred = infer_config(data, label, positive or None, threshold, str(out))
+    inferred = infer_config(data, label, positive or None, threshold, str(out), task=task)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(inferred.yaml_text)
     typer.echo(inferred.render())

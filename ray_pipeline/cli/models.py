@@ -47,12 +47,12 @@ def models_register(
     verbose: VerboseOpt = False,
 ) -> None:
     """Register a training run as a new version (promote it with `models promote`)."""
+    from ray_pipeline.registry.gates import headline
     from ray_pipeline.registry.versions import open_registry, register_run
 
     cfg = load_config(config)
     v = register_run(open_registry(cfg), name or cfg.registry.model_name, run_dir)
-    typer.echo(f"registered {v.uri} ({v.kind}): test log_loss {v.metrics.get('log_loss', float('nan')):.4f}, "
-               f"roc_auc {v.metrics.get('roc_auc', float('nan')):.4f}")  # fmt: skip
+    typer.echo(headline(v))
 
 
 @app.command("show")

@@ -65,24 +65,47 @@ class FeatureColumn(StrictModel):
 LabelValue = str | int | float | bool
 
 
-class LabelMapping(StrictModel):
-    """How the label column becomes the binary target (1 = positive).
+Task = Literal["binary", "multiclass", "regression"]
+TargetTransform = Literal["none", "log1p"]
 
-    Plain `label: COLUMN` means the column already holds 0/1 (or true/false). `positive` lists
-    the values that count as 1 (`negative` the ones that count as 0; unset: every other value);
-    `threshold` makes a numeric column positive when it is greater than the threshold. A value
-    that fits neither side goes to the quarantine.
+
+class LabelMapping(StrictModel):
+    """How the label column becomes the target, per task.
+
+    binary (the default): plain `label: COLUMN` means the column already holds 0/1 (or
+    true/false); `positive` lists the values that count as 1 (`negative` the ones that count as
+    0; unset: every other value); `threshold` makes a numeric column positive when it is greater
+    than the threshold. multiclass: `classes` lists the values in order (class i is the i-th).
+    regression: the column is a number; `transform: log1p` fits log(1 + y) and inverts it on the
+    way out. A value that fits none of these goes to the quarantine.
     """
 
     column: str
+    task: Task = Field(default="binary", description="binary, multiclass or regression.")
     positive: list[LabelValue] | None = Field(default=None, min_length=1, description="Values that mean label 1.")
     negative: list[LabelValue] | None = Field(
         default=None, min_length=1, description="Values that mean label 0; unset: every value not positive."
     )
     threshold: float | None = Field(default=None, description="Numeric label: 1 when the value is greater.")
+    classes: list[LabelValue] | None = Field(
+        default=None, min_length=2, description="multiclass: the label values, in class order."
+    )
+    transform: TargetTransform = Field(
+        default="none", description="regression: none, or log1p for a skewed positive target."
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> "LabelMapping":
+        binary_only = {"positive": self.positive, "negative": self.negative, "threshold": self.threshold}
+        if self.task != "binary" and any(v is not None for v in binary_only.values()):
+            given = [k for k, v in binary_only.items() if v is not None]
+            raise UserError(f"label: {given} apply to a binary task, not {self.task}")
+        if (self.classes is None) == (self.task == "multiclass"):
+            raise UserError("label: a multiclass task needs `classes` (and only it takes them)")
+        if self.transform != "none" and self.task != "regression":
+            raise UserError(f"label: transform {self.transform} applies to regression only")
+        if self.classes is not None and len(set(self.classes_text)) != len(self.classes):
+            raise UserError(f"label: classes repeat a value: {self.classes_text}")
         if self.positive is not None and self.threshold is not None:
             raise UserError("give positive (values) or threshold (numeric), not both")
         if self.negative is not None and self.positive is None:
@@ -102,8 +125,17 @@ class LabelMapping(StrictModel):
         """Negative values as text, or None when every other value is negative."""
         return None if self.negative is None else [_label_text(x) for x in self.negative]
 
+    @property
+    def classes_text(self) -> list[str]:
+        """multiclass: the classes as the text they are compared as, in class order."""
+        return [_label_text(x) for x in self.classes or []]
+
     def describe(self) -> str:
-        """One line for people: what label 1 means."""
+        """One line for people: what the target is."""
+        if self.task == "multiclass":
+            return f"{self.column}: one of {self.classes_text}"
+        if self.task == "regression":
+            return f"{self.column} (a number{', fitted as log1p' if self.transform == 'log1p' else ''})"
         if self.threshold is not None:
             return f"{self.column} > {self.threshold:g}"
         if self.positive is not None:

@@ -38,6 +38,12 @@ MONITOR_METRICS = {
     "roc_auc": "ROC AUC of the served scores",
     "calibration_error": "expected calibration error of the served scores",
     "log_loss_ratio": "live log-loss over the model's test log-loss at registration",
+    "accuracy": "share of served classes that match the label (multiclass)",
+    "macro_f1": "F1 of the served classes averaged over classes (multiclass)",
+    "rmse": "root mean squared error of the served values (regression)",
+    "mae": "mean absolute error of the served values (regression)",
+    "r2": "coefficient of determination of the served values (regression)",
+    "error_ratio": "live error over the version's test error: log-loss (binary), error rate (multiclass), RMSE (regression)",
 }
 
 

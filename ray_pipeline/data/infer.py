@@ -163,12 +163,34 @@ def _is_time(s: pd.Series) -> bool:
     return parsed.notna().mean() > 0.99
 
 
-def _label_rule(s: pd.Series, name: str, positive: list[str] | None, threshold: float | None) -> tuple[dict, str, list[str]]:
-    """The label mapping for column `s`, why, and notes."""
+# A label column with at most this many distinct values (text, or whole numbers) is multiclass;
+# a numeric column with more distinct values is a regression target.
+MAX_CLASSES = 50
+# A never-negative regression target skewed beyond this (sample skewness; 1 is the usual "highly
+# skewed" line) is fitted as log1p: squared error on the raw scale would chase the largest values.
+SKEWED = 1.0
+# A class needs this many rows in the sample to be one: fewer cannot fill a stratified train,
+# validation and test split, and are more often typos than classes (they are quarantined).
+MIN_CLASS_ROWS = 5
+
+
+def _label_rule(s: pd.Series, name: str, positive: list[str] | None, threshold: float | None,
+                task: str | None = None) -> tuple[dict, str, list[str]]:  # fmt: skip
+    """The label mapping for column `s`, why, and notes: the task inferred from the column (two
+    values binary, a number with many values regression, text or few whole numbers multiclass)
+    unless `task` says which."""
     notes: list[str] = []
     present = s.dropna()
     if present.empty:
         raise UserError(f"--label {name}: the column holds no values in the sample")
+    if task not in (None, "binary", "multiclass", "regression"):
+        raise UserError(f"--task {task!r}: expected binary, multiclass or regression")
+    if (positive or threshold is not None) and task not in (None, "binary"):
+        raise UserError(f"--positive/--threshold make a binary label; not with --task {task}")
+    if task in ("multiclass", "regression") or (task is None and not positive and threshold is None):
+        inferred = _task_rule(present, name, task)
+        if inferred is not None:
+            return inferred
     if threshold is not None:
         numbers = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
         if numbers.notna().mean() < 0.99:
@@ -202,6 +224,55 @@ def _label_rule(s: pd.Series, name: str, positive: list[str] | None, threshold: 
                          "say which value is the positive class with --positive")  # fmt: skip
     raise UserError(f"--label {name} holds {len(values)} values (e.g. {list(counts.index[:5])}): give --positive "
                      "VALUE (repeatable) or, for a numeric column, --threshold T")  # fmt: skip
+
+
+def _label_text_values(present: pd.Series) -> pd.Series:
+    text = present.map(lambda x: ("true" if x else "false") if isinstance(x, (bool, np.bool_)) else str(x).strip())
+    return text.map(lambda x: x[:-2] if re.fullmatch(r"-?\d+\.0", x) else x)  # 1.0 read from a float column
+
+
+def _task_rule(present: pd.Series, name: str, task: str | None) -> tuple[dict, str, list[str]] | None:
+    """A multiclass or regression mapping for the label, or None when it is binary."""
+    text = _label_text_values(present)
+    counts = text.value_counts()
+    numbers = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
+    numeric = numbers.notna().mean() >= 0.99
+    whole = numeric and bool((numbers.dropna() % 1 == 0).all())
+    asked = task is not None  # the user's --task keeps every value as a class
+    if task is None:
+        if len(counts) <= 2:
+            return None  # binary: the rules below
+        if numeric and (not whole or len(counts) > MAX_CLASSES):
+            task = "regression"
+        elif len(counts) <= MAX_CLASSES:
+            task = "multiclass"
+        else:
+            raise UserError(f"--label {name} holds {len(counts)} text values (more than {MAX_CLASSES} classes): "
+                             "say --task multiclass to keep them all, or pick another label")  # fmt: skip
+    if task == "regression":
+        if not numeric:
+            raise UserError(f"--label {name} --task regression: the column is not numeric (e.g. {present.iloc[0]!r})")
+        values = numbers.dropna()
+        skew = float(values.skew()) if len(values) > 2 else 0.0
+        log1p = bool(values.min() >= 0 and skew > SKEWED)
+        why = (f"regression: {name} is a number with {len(counts):,} distinct values in the sample "
+               f"({values.min():g} .. {values.max():g}, mean {values.mean():g})")  # fmt: skip
+        if log1p:
+            why += f"; skewed (skewness {skew:.1f}) and never negative: fitted as log1p, predicted in {name}'s units"
+        return {"column": name, "task": "regression", **({"transform": "log1p"} if log1p else {})}, why, []
+    notes = []
+    rare = counts[counts < MIN_CLASS_ROWS] if not asked else counts.iloc[:0]
+    if len(rare) and len(rare) < len(counts) - 1:
+        counts = counts.drop(rare.index)
+        listed = ", ".join(f"{v!r} ({n})" for v, n in rare.iloc[:6].items())
+        notes.append(f"label {name}: {listed} seen fewer than {MIN_CLASS_ROWS} times, left out of the classes; "
+                     "rows holding them will be quarantined: add them to label.classes to keep them")  # fmt: skip
+    ordered = sorted(counts.index, key=lambda v: (float(v), v) if whole else (0.0, v))
+    shares = ", ".join(f"{v} {counts[v] / counts.sum():.1%}" for v in ordered[:12])
+    more = f", ... ({len(ordered)} classes)" if len(ordered) > 12 else ""
+    why = f"multiclass: {len(ordered)} classes ({shares}{more})"
+    classes: list[Any] = [int(v) for v in ordered] if whole else list(ordered)
+    return {"column": name, "task": "multiclass", "classes": classes}, why, notes
 
 
 def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
@@ -285,6 +356,7 @@ def infer_config(
     threshold: float | None = None,
     out: str = "pipeline.yaml",
     sample_rows: int = SAMPLE_ROWS,
+    task: str | None = None,
 ) -> Inference:
     """Sample `data`, infer the schema and write nothing: returns the YAML text and the reasons."""
     src = resolve_source(SourceConfig(path=data), data)
@@ -293,7 +365,7 @@ def infer_config(
     if label not in frame.columns:
         raise UserError(f"--label {label}: no such column in {src.location}; columns: {list(frame.columns)}")
     rows = len(frame)
-    label_map, label_why, notes = _label_rule(frame[label], label, positive, threshold)
+    label_map, label_why, notes = _label_rule(frame[label], label, positive, threshold, task)
     columns = [Column(label, "label", label_why)]
     columns += [_describe_column(c, frame[c], rows) for c in frame.columns if c != label]
     key = _first(columns, "entity_key", ID_NAME)

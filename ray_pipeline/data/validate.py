@@ -199,9 +199,22 @@ def _among(text: pa.Array, values: list[str]) -> np.ndarray:
 
 
 def label_values(arr: pa.Array | pa.ChunkedArray, mapping: LabelMapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The 0/1 label per value under `mapping`, a mask of present values and a mask of values
-    that fit the mapping (ingest, and labels arriving later for monitoring, share this)."""
+    """The target per value under `mapping` (0/1 for binary, the class index for multiclass, the
+    number for regression), a mask of present values and a mask of values that fit the mapping
+    (ingest, and labels arriving later for monitoring, share this)."""
     text, present = _trimmed(arr)
+    if mapping.task == "multiclass":
+        classes = mapping.classes_text
+        index = _np(pc.fill_null(pc.index_in(text, value_set=pa.array(classes, pa.string())), -1)).astype(np.int64)
+        fits = present & (index >= 0)
+        return np.where(fits, index, 0).astype(np.int16), present, fits
+    if mapping.task == "regression":
+        values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else _text_numbers(text)
+        fits = present & np.isfinite(values)
+        if mapping.transform == "log1p":  # log(1 + y) needs y > -1
+            with np.errstate(invalid="ignore"):
+                fits &= values > -1
+        return np.where(fits, values, 0.0), present, fits
     if mapping.threshold is not None:
         values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else _text_numbers(text)
         fits = present & np.isfinite(values)
@@ -226,7 +239,11 @@ def _check_label(arr: pa.ChunkedArray, mapping: LabelMapping, v: _Verdicts) -> p
     name = mapping.column
     values, present, fits = label_values(arr, mapping)
     v.flag(~present, "missing_label", name, f"{name}: label is missing")
-    if mapping.threshold is not None:
+    if mapping.task == "multiclass":
+        expected = f"one of the classes {mapping.classes_text}"
+    elif mapping.task == "regression":
+        expected = "a finite number" + (" above -1 (the target is fitted as log1p)" if mapping.transform == "log1p" else "")
+    elif mapping.threshold is not None:
         expected = f"a number (positive when > {mapping.threshold:g})"
     elif mapping.positive is None:
         expected = "0 or 1"

@@ -138,6 +138,7 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
         "required": [n for n, c in schema.features.items() if not c.nullable and n in inputs],
         "entity_key": schema.entity_key,
         "event_timestamp": schema.event_timestamp,
-        "label": LabelSpec(column=label.column, positive=label.positive_text or None,
-                           negative=label.negative_text, threshold=label.threshold),
+        "label": LabelSpec(column=label.column, task=label.task, positive=label.positive_text or None,
+                           negative=label.negative_text, threshold=label.threshold,
+                           classes=label.classes_text or None, transform=label.transform),
     })

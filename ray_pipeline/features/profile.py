@@ -71,13 +71,18 @@ def _categorical_entry(m: dict[str, Any], known: set[str], top_k: int) -> dict[s
             "unseen_rate": unseen / n if n else 0.0, "known": sorted(known)}  # fmt: skip
 
 
-def score_entry(scores: np.ndarray, bins: int) -> dict[str, Any]:
-    """Quantile bins of the test split's scores (exact: they are on the driver already)."""
+def score_entry(scores: np.ndarray, bins: int, classes: int | None = None) -> dict[str, Any]:
+    """Quantile bins of the test split's scores (exact: they are on the driver already); with
+    `classes`, the scores are predicted class indices and each class is its own bin (the drift of
+    the predicted class shares)."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         return {"null_rate": 0.0, "count": 0, "edges": [], "shares": [1.0], "min": None, "max": None,
                 "mean": None, "std": None}  # fmt: skip
-    edges = np.unique(np.quantile(scores, [i / bins for i in range(1, bins)]))
+    if classes is not None:
+        edges = np.arange(classes - 1) + 0.5
+    else:
+        edges = np.unique(np.quantile(scores, [i / bins for i in range(1, bins)]))
     counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=edges.size + 1)
     return {"null_rate": 0.0, "count": int(scores.size), "edges": edges.tolist(),
             "shares": (counts / counts.sum()).tolist(), "min": float(scores.min()), "max": float(scores.max()),
@@ -89,9 +94,9 @@ def build_profile(ds, spec: FeatureSpec, test_scores: np.ndarray, bins: int = 10
     return with_scores(input_profile(ds, spec, bins, top_k), test_scores)
 
 
-def with_scores(inputs: dict[str, Any], test_scores: np.ndarray) -> dict[str, Any]:
+def with_scores(inputs: dict[str, Any], test_scores: np.ndarray, classes: int | None = None) -> dict[str, Any]:
     """An input profile (shared by every model trained on the same split) plus one model's scores."""
-    return {**inputs, "score": score_entry(test_scores, inputs["bins"])}
+    return {**inputs, "score": score_entry(test_scores, inputs["bins"], classes)}
 
 
 def input_profile(ds, spec: FeatureSpec, bins: int = 10, top_k: int = 20) -> dict[str, Any]:

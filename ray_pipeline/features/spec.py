@@ -45,12 +45,21 @@ class CategoricalSpec(_Frozen):
 
 
 class LabelSpec(_Frozen):
-    """What label 1 means, as the data schema said (recorded with every model version)."""
+    """The target as the data schema said (recorded with every model version): the task, what label
+    1 means (binary), the classes in order (multiclass), the target transform (regression)."""
 
     column: str
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    classes: list[str] | None = Field(default=None, description="multiclass: the label values, in class order.")
+    transform: Literal["none", "log1p"] = Field(default="none", description="regression: the fitted target's transform.")
     positive: list[str] | None = Field(default=None, description="Values meaning 1 (unset: the column is 0/1).")
     negative: list[str] | None = Field(default=None, description="Values meaning 0 (unset: all others).")
     threshold: float | None = Field(default=None, description="Numeric label: 1 when greater.")
+
+    @property
+    def outputs(self) -> int:
+        """Model outputs per row: one per class for multiclass, else one."""
+        return len(self.classes) if self.task == "multiclass" and self.classes else 1
 
 
 class FeatureSpec(_Frozen):
@@ -88,9 +97,19 @@ class FeatureSpec(_Frozen):
                 names.extend(f"{cat.name}={value}" for value in cat.onehot)
         return names
 
+    @property
+    def task(self) -> str:
+        """binary, multiclass or regression (binary for specs without a label)."""
+        return self.label.task if self.label is not None else "binary"
+
     def _body(self) -> dict:
-        # `required` came later: left out when empty, so specs written before it keep their hash
-        return self.model_dump(mode="json", exclude=None if self.required else {"required"})
+        # `required` and the label's task fields came later: left out at their defaults, so specs
+        # written before them keep their hash
+        body = self.model_dump(mode="json", exclude=None if self.required else {"required"})
+        if body.get("label"):
+            defaults = {"task": "binary", "classes": None, "transform": "none"}
+            body["label"] = {k: v for k, v in body["label"].items() if k not in defaults or v != defaults[k]}
+        return body
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON: equal hashes mean identical transforms."""

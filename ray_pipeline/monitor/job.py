@@ -28,6 +28,7 @@ from ray_pipeline.monitor.labels import accepted_labels, label_files
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import window_rows
+from ray_pipeline.registry.gates import task_of
 from ray_pipeline.registry.versions import open_registry
 from ray_pipeline.serve.predlog import log_files
 from ray_pipeline.storage import join, read_text, write_parquet, write_text
@@ -147,7 +148,7 @@ class Monitor:
         self.log_dir = cfg.serving.prediction_log
         self.state = self._load_state()
         self.refs: dict[str, Any] = {}
-        self.test_log_loss: dict[str, float] = {}
+        self.tested: dict[str, dict[str, Any]] = {}  # version -> its task and test metrics
         self._label_files: list[str] | None = None
         self._label_table: pa.Table | None = None
         self.webhook = alerting.Webhook(m.webhook) if m.webhook else None
@@ -200,7 +201,7 @@ class Monitor:
                 continue
             try:
                 self.refs[v] = load_profile(self.registry.checkout(record))
-                self.test_log_loss[v] = float(record.metrics.get("log_loss", float("nan")))
+                self.tested[v] = {"task": task_of(record), **record.metrics}
             except Exception as exc:
                 self.refs[v] = None
                 notes.append(f"{record.uri}: no usable reference profile, drift not computed ({exc})")
@@ -212,7 +213,7 @@ class Monitor:
         notes = self._references()
         refs = {k: v for k, v in self.refs.items() if v is not None}
         data = collect_window(self.log_dir, start, end, refs, self._labels())
-        rows = window_rows(data, refs, self.test_log_loss, self.cfg.monitoring)
+        rows = window_rows(data, refs, self.tested, self.cfg.monitoring)
         if data.skipped:
             rows.append({"metric": "skipped_files", "feature": "all", "model_version": None,
                          "value": float(len(data.skipped)), "verdict": None})  # fmt: skip

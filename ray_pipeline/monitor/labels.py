@@ -23,6 +23,13 @@ LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("la
                           ("labeled_at", pa.timestamp("us", tz="UTC"))])  # fmt: skip
 
 
+def label_schema(cfg: PipelineConfig) -> pa.Schema:
+    """The accepted-label schema: a class index (int8) for classification, a float for regression."""
+    if cfg.data.schema_.label_mapping.task == "regression":
+        return LABEL_SCHEMA.set(2, pa.field("label", pa.float64()))
+    return LABEL_SCHEMA
+
+
 @dataclass
 class LabelResult:
     """Counts of one `labels ingest`."""
@@ -71,10 +78,10 @@ def label_files(cfg: PipelineConfig) -> list[str]:
 
 def accepted_labels(cfg: PipelineConfig) -> pa.Table:
     """Every accepted label so far (request_id, row, label, labeled_at)."""
-    files = label_files(cfg)
+    files, schema = label_files(cfg), label_schema(cfg)
     if not files:
-        return LABEL_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=LABEL_SCHEMA) for f in files])
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
 
 
 def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
@@ -108,7 +115,7 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
             if ent is not None and t_us is not None:
                 by_event.setdefault((ent, t_us), []).append((rid, row))
     seen = {(r, w) for r, w in zip(*(accepted_labels(cfg).column(c).to_pylist() for c in ("request_id", "row")))}
-    good: list[tuple[str, int, int]] = []
+    good: list[tuple[str, int, float]] = []
     bad: list[dict[str, str | int | None]] = []
     for i, rec in enumerate(t.to_pylist(), start=1):
         reason, detail, key = _check(rec, label_col, bool(fits[i - 1]), mapping, by_request, by_id, by_event, schema)
@@ -119,14 +126,14 @@ def ingest_labels(cfg: PipelineConfig, path: str) -> LabelResult:
                         "_detail": detail, "_source_file": str(path), "_row": i})  # fmt: skip
             continue
         seen.add(key)
-        good.append((key[0], key[1], int(mapped[i - 1])))
+        good.append((key[0], key[1], mapped[i - 1].item()))
     root = cfg.monitoring.labels
     accepted_path = quarantine_path = None
     now = datetime.now(timezone.utc)
     if good:
         accepted_path = join(root, "accepted", f"part-{uuid.uuid4().hex}.parquet")
         table = pa.table({"request_id": [g[0] for g in good], "row": [g[1] for g in good],
-                          "label": [g[2] for g in good], "labeled_at": [now] * len(good)}, schema=LABEL_SCHEMA)  # fmt: skip
+                          "label": [g[2] for g in good], "labeled_at": [now] * len(good)}, schema=label_schema(cfg))  # fmt: skip
         write_parquet(table, accepted_path)
     if bad:
         quarantine_path = join(root, "quarantine", f"part-{uuid.uuid4().hex}.parquet")

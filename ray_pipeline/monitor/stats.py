@@ -106,14 +106,25 @@ def categorical_stats(ref: dict[str, Any], cur: dict[str, Any]) -> dict[str, flo
     return out
 
 
-def live_quality(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Log-loss, ROC AUC and calibration error of served scores against arrived labels."""
-    from sklearn.metrics import log_loss, roc_auc_score
+def live_quality(y: np.ndarray, p: np.ndarray, task: str = "binary") -> dict[str, float]:
+    """The task's quality of served scores against arrived labels: log-loss, ROC AUC and calibration
+    (binary); accuracy and macro-F1 of the served class (multiclass); RMSE, MAE, R^2 (regression)."""
+    from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
     from ray_pipeline.train.evaluate import calibration_error
 
     out = {"labeled_rows": float(len(y))}
     if len(y) == 0:
+        return out
+    if task == "multiclass":  # the log holds the served class, not its probabilities
+        out["accuracy"] = float(np.mean(y == p))
+        out["macro_f1"] = float(f1_score(y.astype(int), p.astype(int), average="macro"))
+        return out
+    if task == "regression":
+        err = p - y
+        out["rmse"], out["mae"] = float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
+        if len(y) > 1 and np.var(y) > 0:
+            out["r2"] = float(1.0 - np.mean(err**2) / np.var(y))
         return out
     p = np.clip(p, 1e-15, 1 - 1e-15)
     out["log_loss"] = float(log_loss(y, p, labels=[0, 1]))
@@ -121,6 +132,17 @@ def live_quality(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         out["roc_auc"] = float(roc_auc_score(y, p))
     out["calibration_error"] = calibration_error(y, p)
     return out
+
+
+def error_ratio(task: str, live: dict[str, float], tested: dict[str, float]) -> float | None:
+    """Live error over the version's test error: log-loss (binary), error rate (multiclass), RMSE
+    (regression); None when either side is missing."""
+    if task == "multiclass":
+        now, then = 1.0 - live.get("accuracy", np.nan), 1.0 - tested.get("accuracy", np.nan)
+    else:
+        key = "rmse" if task == "regression" else "log_loss"
+        now, then = live.get(key, np.nan), tested.get(key, np.nan)
+    return float(now / then) if np.isfinite(now) and np.isfinite(then) and then > 0 else None
 
 
 def verdict(value: float, thresholds: dict[str, float] | None) -> str | None:

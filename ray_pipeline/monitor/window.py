@@ -19,7 +19,7 @@ def _thresholds(m: MonitoringConfig, metric: str, feature: str) -> dict[str, flo
     return None if t is None else {"warn": t.warn, "alert": t.alert}
 
 
-def window_rows(data: WindowData, refs: dict[str, Any], test_log_loss: dict[str, float],
+def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[str, Any]],
                 m: MonitoringConfig) -> list[dict[str, Any]]:  # fmt: skip
     """Rows (metric, feature, model_version, value, verdict) for one window; empty windows say so."""
     rows: list[dict[str, Any]] = []
@@ -58,10 +58,12 @@ def window_rows(data: WindowData, refs: dict[str, Any], test_log_loss: dict[str,
             add("latency_p99_ms", stage, sketch.get_quantile(0.99), judge=False)
     for key, slot in sorted(data.labeled.items()):
         version = int(key.split("/")[0][1:])
-        quality = stats.live_quality(np.asarray(slot["y"]), np.asarray(slot["p"]))
+        test = tested.get(str(version), {})
+        task = test.get("task", "binary")
+        quality = stats.live_quality(np.asarray(slot["y"]), np.asarray(slot["p"]), task)
         for metric, value in quality.items():
             add(metric, key, value, version, judge=False)
-        base = test_log_loss.get(str(version))
-        if "log_loss" in quality and base:
-            add("log_loss_ratio", key, quality["log_loss"] / base, version, judge=False)
+        if task == "binary" and "log_loss" in quality and test.get("log_loss"):
+            add("log_loss_ratio", key, quality["log_loss"] / test["log_loss"], version, judge=False)
+        add("error_ratio", key, stats.error_ratio(task, quality, test), version, judge=False)
     return rows

@@ -17,10 +17,13 @@ from scipy.stats import rankdata
 from ray_pipeline.config import GateRule, GateTestConfig
 
 EPS = 1e-15
-# Metrics with a per-row value: the gain is a ratio of means, resampled exactly. AUC is not a
-# mean over rows and is recomputed per resample.
-PER_ROW = {"log_loss", "brier"}
-SUPPORTED = PER_ROW | {"roc_auc"}
+# Metrics with a per-row value: the gain is a ratio of means (RMSE: of root means), resampled
+# exactly. AUC and R^2 are not means over rows and are recomputed per resample.
+PER_ROW = {"log_loss", "brier", "rmse", "mae"}
+SUPPORTED = PER_ROW | {"roc_auc", "r2"}
+# A regression version has no log-loss or AUC: the configured classification gates apply to the
+# task's counterparts (the error to beat, the fit not to lose), and the report says so.
+TASK_COUNTERPART = {"regression": {"log_loss": "rmse", "roc_auc": "r2", "brier": "mae"}}
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,17 @@ class GateCheck:
                 f"needs lower bound {self.rule}")  # fmt: skip
 
 
-def row_losses(metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Per-row log-loss or Brier score."""
+def row_losses(metric: str, y: np.ndarray, p: np.ndarray, task: str = "binary") -> np.ndarray:
+    """Per-row loss: log-loss or Brier score (binary: p of label 1; multiclass: rows of class
+    probabilities), squared or absolute error (regression: predicted values)."""
+    if task == "regression":
+        err = p - y
+        return err**2 if metric == "rmse" else np.abs(err)
+    if task == "multiclass":
+        onehot = np.eye(p.shape[1])[y.astype(int)]
+        if metric == "brier":
+            return ((p - onehot) ** 2).sum(axis=1)
+        return -np.log(np.clip((p * onehot).sum(axis=1), EPS, 1.0))
     if metric == "brier":
         return (p - y) ** 2
     q = np.clip(p, EPS, 1 - EPS)
@@ -60,24 +72,42 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def _resampled_gains(metric: str, y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray,
-                     idx: np.ndarray) -> tuple[float, float, float, np.ndarray]:  # fmt: skip
+def _whole(metric: str, task: str, y: np.ndarray, p: np.ndarray) -> float:
+    """AUC (multiclass: the mean of one-vs-rest AUCs) or R^2 on the rows given."""
+    if metric == "r2":
+        var = float(np.var(y))
+        return 1.0 - float(np.mean((p - y) ** 2)) / var if var > 0 else float("nan")
+    if task == "multiclass":
+        return float(np.nanmean([_auc((y == k).astype(int), p[:, k]) for k in range(p.shape[1])]))
+    return _auc(y, p)
+
+
+def _resampled_gains(metric: str, y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, idx: np.ndarray,
+                     task: str = "binary") -> tuple[float, float, float, np.ndarray]:  # fmt: skip
     """(candidate value, current value, gain, gains per resample)."""
     if metric in PER_ROW:
-        new, old = row_losses(metric, y, p_new), row_losses(metric, y, p_old)
-        m_new, m_old = float(new.mean()), float(old.mean())
-        r_new, r_old = new[idx].mean(axis=1), old[idx].mean(axis=1)
+        root = np.sqrt if metric == "rmse" else (lambda a: a)
+        new, old = row_losses(metric, y, p_new, task), row_losses(metric, y, p_old, task)
+        m_new, m_old = float(root(new.mean())), float(root(old.mean()))
+        r_new, r_old = root(new[idx].mean(axis=1)), root(old[idx].mean(axis=1))
         gains = (r_old - r_new) / np.maximum(r_old, EPS)
         return m_new, m_old, (m_old - m_new) / max(m_old, EPS), gains
-    a_new, a_old = _auc(y, p_new), _auc(y, p_old)
-    gains = np.array([(_auc(y[i], p_new[i]) - _auc(y[i], p_old[i])) / max(_auc(y[i], p_old[i]), EPS) for i in idx])
-    return a_new, a_old, (a_new - a_old) / max(a_old, EPS), gains[np.isfinite(gains)]
+    a_new, a_old = _whole(metric, task, y, p_new), _whole(metric, task, y, p_old)
+    gains = []
+    for i in idx:
+        old = _whole(metric, task, y[i], p_old[i])
+        gains.append((_whole(metric, task, y[i], p_new[i]) - old) / max(abs(old), EPS))
+    gains = np.array(gains)
+    return a_new, a_old, (a_new - a_old) / max(abs(a_old), EPS), gains[np.isfinite(gains)]
 
 
 def paired_gates(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, gates: dict[str, GateRule],
-                 test: GateTestConfig) -> list[GateCheck]:  # fmt: skip
-    """Every gate checked on the same rows by a seeded paired bootstrap."""
+                 test: GateTestConfig, task: str = "binary") -> list[GateCheck]:  # fmt: skip
+    """Every gate checked on the same rows by a seeded paired bootstrap (a regression task checks
+    each classification gate's counterpart)."""
     y, p_new, p_old = (np.asarray(a, dtype=np.float64) for a in (y, p_new, p_old))
+    counterpart = TASK_COUNTERPART.get(task, {})
+    gates = {counterpart.get(metric, metric): rule for metric, rule in gates.items()}
     unknown = sorted(set(gates) - SUPPORTED)
     if unknown:
         raise ValueError(f"registry.gates {unknown}: a holdout comparison supports {sorted(SUPPORTED)}")
@@ -86,7 +116,7 @@ def paired_gates(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, gates: dic
     alpha = (1 - test.level) / 2
     checks = []
     for metric, rule in gates.items():
-        new, old, gain, gains = _resampled_gains(metric, y, p_new, p_old, idx)
+        new, old, gain, gains = _resampled_gains(metric, y, p_new, p_old, idx, task)
         lower, upper = (float(np.quantile(gains, q)) for q in (alpha, 1 - alpha)) if gains.size else (np.nan, np.nan)
         if rule.max_regression is not None and rule.min_improvement == 0.0:
             bound, text = -rule.max_regression, f">= {-rule.max_regression:+.2%} (non-inferiority)"

@@ -18,11 +18,45 @@ import numpy as np
 
 from ray_pipeline.config import GateRule, GateTestConfig
 from ray_pipeline.registry.attempts import FORCED, PASSED, REFUSED, record_attempt
-from ray_pipeline.registry.bootstrap import GateCheck, paired_gates
+from ray_pipeline.registry.bootstrap import TASK_COUNTERPART, GateCheck, paired_gates
 from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
 
 # Metrics where a smaller value is better; every other metric is better when larger.
-LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss"}
+LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss", "rmse", "mae"}
+
+
+def task_of(version: ModelVersion) -> str:
+    """binary, multiclass or regression, from the version's signature."""
+    return version.signature.get("task") or (version.signature.get("label") or {}).get("task") or "binary"
+
+
+def primary_metric(version: ModelVersion) -> str:
+    """The metric versions are ranked by: rmse for regression, log-loss otherwise (lower is better)."""
+    return "rmse" if task_of(version) == "regression" else "log_loss"
+
+
+def headline(version: ModelVersion) -> str:
+    """One line naming a version and its test metrics in its task's terms."""
+    m, task = version.metrics, task_of(version)
+    names = {"regression": ("rmse", "mae", "r2"), "multiclass": ("log_loss", "accuracy", "macro_f1", "roc_auc")}
+    shown = ", ".join(f"{k} {m[k]:.4g}" for k in names.get(task, ("log_loss", "roc_auc")) if k in m)
+    kind = version.kind if task == "binary" else f"{version.kind}, {task}"
+    return f"registered {version.uri} ({kind}): test {shown}"
+
+
+def _target(version: ModelVersion) -> tuple[str, list | None]:
+    label = version.signature.get("label") or {}
+    return task_of(version), label.get("classes")
+
+
+def _same_target(candidate: ModelVersion, current: ModelVersion) -> str | None:
+    """Why two versions cannot stand in for each other (different task or class list), or None."""
+    (t1, c1), (t2, c2) = _target(candidate), _target(current)
+    if t1 != t2:
+        return f"  FAIL task: {candidate.uri} is {t1}, {current.uri} is {t2}; a promotion cannot change the task"
+    if c1 != c2:
+        return f"  FAIL classes: {c1} vs {c2}; a promotion cannot change the class list"
+    return None
 
 # (candidate, current holder or None) -> (passed, report)
 Gate = Callable[[ModelVersion, ModelVersion | None], tuple[bool, str]]
@@ -37,7 +71,14 @@ def gate_report(candidate: ModelVersion, current: ModelVersion | None, gates: di
     if current is None:
         return True, f"{candidate.uri}: no current holder, gates do not apply"
     lines, ok = [f"{candidate.uri} vs {current.uri}:"], True
-    for metric, rule in gates.items():
+    clash = _same_target(candidate, current)
+    if clash:
+        return False, "\n".join([*lines, clash])
+    counterpart = TASK_COUNTERPART.get(task_of(candidate), {})
+    for configured, rule in gates.items():
+        metric = counterpart.get(configured, configured)
+        if metric != configured:
+            lines.append(f"  ({configured} -> {metric} for a {task_of(candidate)} task)")
         new, old = candidate.metrics.get(metric), current.metrics.get(metric)
         if new is None or old is None:
             lines.append(f"  FAIL {metric}: missing on {'candidate' if new is None else 'current'}")
@@ -80,10 +121,11 @@ class HoldoutGates:
     gates: dict[str, GateRule]
     test: GateTestConfig
     title: str
+    task: str = "binary"
     checks: list[GateCheck] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.checks = paired_gates(self.y, self.p_new, self.p_old, self.gates, self.test)
+        self.checks = paired_gates(self.y, self.p_new, self.p_old, self.gates, self.test, self.task)
 
     @property
     def passed(self) -> bool:

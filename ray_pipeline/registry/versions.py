@@ -37,12 +37,22 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
     signature = {
         "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical},
         "features": spec.feature_names,
-        "output": "probability of label 1",
+        "task": spec.task,
+        "output": _output(spec),
         "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
     }
     lineage = {**run.lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version(),
                "model_sha256": model_sha256(run_dir)}  # fmt: skip
     return registry.register(name, run_dir, run.kind, run.metrics, run.params, signature, lineage)
+
+
+def _output(spec) -> str:
+    """What a score means, for people and the OpenAPI page."""
+    if spec.task == "multiclass":
+        return f"probability per class of {spec.label.classes} and the predicted class"
+    if spec.task == "regression":
+        return f"the predicted {spec.label.column}"
+    return "probability of label 1"
 
 
 def model_sha256(run_dir: str | Path) -> str:
@@ -85,8 +95,9 @@ class LoadedModel:
         return self.model.predict_proba(X)
 
     def predict_table(self, table: pa.Table) -> np.ndarray:
-        """Probability of label 1 per row of a table holding the spec's input columns."""
-        return self.model.predict_proba(transform_table(table, self.spec))
+        """The model's output per row of a table holding the spec's input columns (the probability
+        of label 1 for binary; see train/models.py for the other tasks)."""
+        return self.model.score(transform_table(table, self.spec))
 
 
 def load(registry: Registry, uri: str) -> LoadedModel:

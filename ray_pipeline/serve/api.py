@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
@@ -129,6 +130,13 @@ def split_record(
     return record, None if entity is None else str(entity), event_ts
 
 
+# What a 200's `predictions` carry, per task of the serving version.
+OUTPUT_DOC = {
+    "binary": "Per row: `probability` of label 1 and `status`.",
+    "multiclass": "Per row: `class` (the most probable of {classes}), `probabilities` per class, and `status`.",
+    "regression": "Per row: `value`, the prediction in the label's own units, and `status`.",
+}
+
 # Every status POST /predict answers besides 200 and the 422 FastAPI lists itself.
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong X-API-Key header (when serving.api_key_env is set)."},
@@ -153,6 +161,8 @@ def openapi_for(app: FastAPI, model: LoadedModel, request: type[BaseModel]) -> d
         f" The request body below is what {model.version.uri}, the version serving now, takes;"
         " it follows promotions and rollbacks."
     )
+    doc["paths"]["/predict"]["post"].setdefault("responses", {}).setdefault("200", {})["description"] = \
+        OUTPUT_DOC[model.spec.task].format(classes=(model.spec.label.classes if model.spec.label else None))  # fmt: skip
     return doc
 
 
@@ -183,9 +193,10 @@ class ScoreRequest:
 
 @dataclass
 class Scored:
-    """A scored request: a probability per scored row, its typed inputs, and who scored it how fast."""
+    """A scored request: the model's output per scored row (a probability, a list of class
+    probabilities, or a value; see `prediction`), its typed inputs, and who scored it how fast."""
 
-    probabilities: list[float]
+    outputs: list[Any]
     inputs: pa.Table
     model: str
     version: int
@@ -227,12 +238,37 @@ def score_request(parsed: ParsedRows, request_id: str, variant: str, model: Load
                         [parsed.entities[i] for i in known], [parsed.event_ts[i] for i in known], known)  # fmt: skip
 
 
+def prediction(spec: FeatureSpec, output: Any) -> dict[str, Any]:
+    """What a row's output means for the task: binary {probability}; multiclass {class,
+    probabilities per class}; regression {value} (in the user's units)."""
+    task = spec.task
+    if output is None:
+        return {"value": None} if task == "regression" else {"probability": None} if task == "binary" else \
+            {"class": None, "probabilities": None}  # fmt: skip
+    if task == "multiclass":
+        classes = spec.label.classes or []
+        return {"class": classes[int(np.argmax(output))], "probabilities": dict(zip(classes, output))}
+    if task == "regression":
+        return {"value": output}
+    return {"probability": output}
+
+
+def logged_scores(spec: FeatureSpec, outputs: list[Any]) -> list[float]:
+    """The one number per row the prediction log and the score metric keep: the probability
+    (binary), the predicted class index (multiclass), the value (regression)."""
+    if spec.task == "multiclass":
+        return [float(np.argmax(o)) for o in outputs]
+    return [float(o) for o in outputs]
+
+
 def answer(parsed: ParsedRows, req: ScoreRequest, scored: Scored) -> dict[str, Any]:
-    """The response body: a probability (or null) and a status per row, the inputs that were imputed."""
-    probs: list[float | None] = [None] * len(parsed.statuses)
-    for i, p in zip(req.rows or [], scored.probabilities):
-        probs[i] = p
-    predictions: list[dict[str, Any]] = [{"probability": p, "status": st} for p, st in zip(probs, parsed.statuses)]
+    """The response body: the task's prediction (nulls when unscored) and a status per row, the
+    inputs that were imputed."""
+    outs: list[Any] = [None] * len(parsed.statuses)
+    for i, o in zip(req.rows or [], scored.outputs):
+        outs[i] = o
+    spec = req.model.spec
+    predictions: list[dict[str, Any]] = [{**prediction(spec, o), "status": st} for o, st in zip(outs, parsed.statuses)]
     inputs = req.model.spec.input_columns
     for i in req.rows or []:  # which inputs were missing and got the training fill value
         imputed = [c for c in inputs if parsed.records[i].get(c) is None]

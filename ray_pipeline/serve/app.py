@@ -45,6 +45,7 @@ from ray_pipeline.serve.api import (
     Scored,
     answer,
     contract,
+    logged_scores,
     openapi_for,
     parse_predict,
     score_request,
@@ -189,9 +190,9 @@ class ModelRunner:
         inputs = records_table(records, model.spec)
         X = transform_table(inputs, model.spec) if records else None
         transformed = time.perf_counter()
-        probs = model.model.predict_proba(X).tolist() if records else []
+        probs = model.model.score(X).tolist() if records else []
         timing = {"transform_ms": (transformed - started) * 1e3, "inference_ms": (time.perf_counter() - transformed) * 1e3}
-        self.metrics.scored(model.version.version, variant, probs)
+        self.metrics.scored(model.version.version, variant, logged_scores(model.spec, probs))
         if variant != SHADOW:  # the same records were already counted for the answering variant
             self.metrics.missing_values(records, model.spec.input_columns)
         chunks, i = [], 0
@@ -209,10 +210,10 @@ class ModelRunner:
         def build() -> pa.Table:
             inputs = set(result.inputs.column_names)
             extra = [_extra(r, inputs) for r in req.records]
-            return log_rows(req, result.probabilities, result.inputs, result.model, result.version, result.variant,
+            return log_rows(req, result.outputs, result.inputs, result.model, result.version, result.variant,
                             timing, at, extra)  # fmt: skip
 
-        self.log.append_table(build, len(result.probabilities))
+        self.log.append_table(build, len(result.outputs))
 
     def refused(self, status: int, detail: str) -> None:
         """Log and count a request the API refused (monitoring reports them per status)."""
@@ -372,7 +373,8 @@ def log_rows(req: ScoreRequest, probs: list[float], inputs: pa.Table, name: str,
     """Prediction-log rows of one scored request (only its records that were scored)."""
     n = len(probs)
     base = {"request_id": [req.request_id] * n, "row": req.rows if req.rows is not None else list(range(n)),
-            "entity": req.entities, "event_ts": req.event_ts or [None] * n, "score": probs, "model_name": [name] * n,
+            "entity": req.entities, "event_ts": req.event_ts or [None] * n,
+            "score": logged_scores(req.model.spec, probs), "model_name": [name] * n,
             "model_version": [version] * n, "variant": [variant] * n, "http_status": [200] * n,
             "extra": extra or [None] * n}  # fmt: skip
     for stage in STAGES:

@@ -53,6 +53,18 @@ class BatchResult:
         return "\n".join(lines)
 
 
+def output_columns(spec, scores: np.ndarray) -> dict[str, pa.Array]:
+    """The task's output columns, as the service answers: binary `score` (probability of label 1);
+    multiclass `class` and `p_<class>` per class; regression `value` (in the label's units)."""
+    if spec.task == "multiclass":
+        classes = spec.label.classes or []
+        out = {"class": pa.array(np.asarray(classes, dtype=object)[scores.argmax(axis=1)], pa.string())}
+        return out | {f"p_{c}": pa.array(scores[:, i]) for i, c in enumerate(classes)}
+    if spec.task == "regression":
+        return {"value": pa.array(scores)}
+    return {"score": pa.array(scores)}
+
+
 def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: str, quarantine_dir: str) -> pa.Table:
     """Type, score and write one block; return its counts (a Ray Data UDF)."""
     if batch.num_rows == 0:
@@ -67,8 +79,8 @@ def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: 
         scores = model.predict_table(good)
         out = {"source_file": pc.cast(good[v.SOURCE], pa.string()), "row": good[v.ROW]}
         out |= {k: good[k] for k in keys if k in good.column_names}
-        out |= {"score": pa.array(np.asarray(scores, dtype=np.float64)),
-                "model_version": pa.array(np.full(good.num_rows, model.version.version, dtype=np.int64))}  # fmt: skip
+        out |= output_columns(spec, np.asarray(scores, dtype=np.float64))
+        out |= {"model_version": pa.array(np.full(good.num_rows, model.version.version, dtype=np.int64))}
         fs, path = filesystem(out_dir)
         pq.write_table(pa.table(out), f"{path}/{name}", filesystem=fs)
     bad = v.quarantine_part(checked)

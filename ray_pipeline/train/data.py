@@ -14,6 +14,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.features.fit import fit
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_table
+from ray_pipeline.train.models import transform_target
 
 TRUTH = "p_true"  # carried to the test set when the data has it (synthetic ground truth)
 
@@ -64,11 +65,12 @@ def _in_window(batch: pa.Table, ts: str, lo: int | None, hi: int | None) -> pa.T
 
 
 def to_xy(batch: pa.Table, spec: FeatureSpec, label: str) -> dict[str, np.ndarray]:
-    """The model inputs of a batch: x (float32 matrix), y (float32), and p_true if present."""
-    out = {
-        "x": transform_table(batch, spec),
-        "y": batch[label].to_numpy(zero_copy_only=False).astype(np.float32),
-    }
+    """The model inputs of a batch: x (float32 matrix), y (float32; a regression target as it is
+    fitted, its transform applied), and p_true if present."""
+    y = batch[label].to_numpy(zero_copy_only=False).astype(np.float64)
+    if spec.label is not None and spec.label.task == "regression":
+        y = transform_target(y, spec.label.transform)
+    out = {"x": transform_table(batch, spec), "y": y.astype(np.float32)}
     if TRUTH in batch.column_names:
         out[TRUTH] = batch[TRUTH].to_numpy(zero_copy_only=False).astype(np.float64)
     return out
@@ -88,9 +90,17 @@ def _hash_label(batch: pa.Table, seed: int, label: str) -> pa.Table:
     return pa.table({"u": _row_hash(batch, seed), "y": batch[label]})
 
 
-def _in_hash_range(batch: pa.Table, seed: int, label: str, bounds: dict[int, tuple[float, float]]) -> pa.Table:
+def _strata(y: np.ndarray, edges: list[float] | None) -> np.ndarray:
+    """The stratum of each label: the class itself, or for a regression target its quantile bin."""
+    if edges is None:
+        return y.astype(np.int64)
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), y.astype(np.float64), side="right")
+
+
+def _in_hash_range(batch: pa.Table, seed: int, label: str, bounds: dict[int, tuple[float, float]],
+                   edges: list[float] | None = None) -> pa.Table:  # fmt: skip
     u = _row_hash(batch, seed)
-    y = batch[label].to_numpy(zero_copy_only=False)
+    y = _strata(batch[label].to_numpy(zero_copy_only=False), edges)
     keep = np.zeros(len(u), dtype=bool)
     for cls, (lo, hi) in bounds.items():
         keep |= (y == cls) & (u >= lo) & (u < hi)
@@ -101,16 +111,26 @@ def _in_split(batch: pa.Table, column: str, name: str) -> pa.Table:
     return batch.filter(pc.fill_null(pc.equal(batch[column], name), False))
 
 
+# A regression target is stratified by these quantile bins (classes are strata themselves).
+REGRESSION_STRATA = 10
+
+
 def _random_windows(training_set, cfg: PipelineConfig, test_fraction: float | None = None) -> tuple[dict[str, tuple], dict]:
-    """Per-class hash cutoffs so each split holds the configured share of each label value."""
+    """Per-class hash cutoffs so each split holds the configured share of each label value (of
+    each quantile bin for a regression target); the bins' edges ride along under `edges`."""
     split, label = cfg.training.split, cfg.data.schema_.label
     test_fraction = split.test_fraction if test_fraction is None else test_fraction
     hashed = training_set.map_batches(
         _hash_label, fn_kwargs={"seed": split.seed, "label": label}, batch_format="pyarrow"
     ).to_pandas()  # 9 bytes per row on the driver, to place the cutoffs exactly
     u, y = hashed["u"].to_numpy(), hashed["y"].to_numpy()
+    edges = None
+    if cfg.data.schema_.label_mapping.task == "regression" and len(y):
+        qs = np.quantile(y.astype(np.float64), np.linspace(0, 1, REGRESSION_STRATA + 1)[1:-1])
+        edges = [float(q) for q in np.unique(qs)]
+    y = _strata(y, edges)
     bounds: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "valid": {}, "test": {}}
-    for cls in (0, 1):
+    for cls in (int(c) for c in np.unique(y)):
         mine = np.sort(u[y == cls])
         n = len(mine)
         # cut between sorted values so the counts are exact: the first n_train rows train, ...
@@ -119,7 +139,7 @@ def _random_windows(training_set, cfg: PipelineConfig, test_fraction: float | No
         bounds["train"][cls] = (0.0, cut[0])
         bounds["valid"][cls] = (cut[0], cut[1])
         bounds["test"][cls] = (cut[1], 1.0 + 1e-9)
-    return bounds, {"by": "random", "stratified_by": label, "seed": split.seed}
+    return {**bounds, "edges": edges}, {"by": "random", "stratified_by": label, "seed": split.seed}
 
 
 def split_rows(training_set, cfg: PipelineConfig) -> tuple[dict[str, object], dict]:
@@ -141,7 +161,7 @@ def split_rows(training_set, cfg: PipelineConfig) -> tuple[dict[str, object], di
     raw = {
         name: training_set.map_batches(
             _in_hash_range,
-            fn_kwargs={"seed": split.seed, "label": schema.label, "bounds": bounds[name]},
+            fn_kwargs={"seed": split.seed, "label": schema.label, "bounds": bounds[name], "edges": bounds["edges"]},
             batch_format="pyarrow",
         )
         for name in ("train", "valid", "test")
@@ -157,7 +177,9 @@ def holdout_split(training_set, cfg: PipelineConfig) -> tuple[dict[str, object],
     bounds, how = _random_windows(training_set, cfg, test_fraction=0.0)
     raw = {
         name: training_set.map_batches(
-            _in_hash_range, fn_kwargs={"seed": cfg.training.split.seed, "label": schema.label, "bounds": bounds[name]},
+            _in_hash_range,
+            fn_kwargs={"seed": cfg.training.split.seed, "label": schema.label, "bounds": bounds[name],
+                       "edges": bounds["edges"]},  # fmt: skip
             batch_format="pyarrow",
         )
         for name in ("train", "valid")

@@ -1,4 +1,4 @@
-"""Evaluation on the held-out (latest) split: metrics, the Bayes-optimal floor, and plots."""
+"""Evaluation on the held-out (latest) split: the task's metrics, the Bayes-optimal floor, and plots."""
 
 from __future__ import annotations
 
@@ -6,7 +6,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
+
+from ray_pipeline.train.models import untransform
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -40,21 +52,78 @@ def metrics(y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None = None) -> d
     return out
 
 
+def multiclass_metrics(y: np.ndarray, P: np.ndarray) -> dict[str, float]:
+    """Log-loss, accuracy, macro-F1, AUC one-vs-rest per class (`auc_<i>`) and their macro mean
+    (`roc_auc`, so the default gates read the same names as for binary)."""
+    k = P.shape[1]
+    y = y.astype(np.int64)
+    P = np.clip(P, 1e-15, 1.0)
+    P = P / P.sum(axis=1, keepdims=True)
+    out = {
+        "rows": int(len(y)),
+        "log_loss": float(log_loss(y, P, labels=list(range(k)))) if len(y) else float("nan"),
+        "accuracy": float(accuracy_score(y, P.argmax(axis=1))) if len(y) else float("nan"),
+        "macro_f1": float(f1_score(y, P.argmax(axis=1), average="macro", labels=list(range(k)), zero_division=0))
+        if len(y) else float("nan"),
+    }  # fmt: skip
+    aucs = []
+    for c in range(k):
+        hit = y == c
+        auc = float(roc_auc_score(hit, P[:, c])) if 0 < hit.sum() < len(y) else float("nan")
+        out[f"auc_{c}"] = auc
+        aucs.append(auc)
+    out["roc_auc"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+    return out
+
+
+def regression_metrics(y: np.ndarray, v: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R^2 in the user's units."""
+    if not len(y):
+        return {"rows": 0, "rmse": float("nan"), "mae": float("nan"), "r2": float("nan")}
+    return {
+        "rows": int(len(y)),
+        "rmse": float(np.sqrt(np.mean((y - v) ** 2))),
+        "mae": float(mean_absolute_error(y, v)),
+        "r2": float(r2_score(y, v)) if len(y) > 1 else float("nan"),
+    }
+
+
+def task_metrics(task: str, y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None = None) -> dict[str, float]:
+    """The task's test metrics: `metrics` for binary, `multiclass_metrics`, `regression_metrics`."""
+    if task == "multiclass":
+        return multiclass_metrics(y, p)
+    if task == "regression":
+        return regression_metrics(y, p)
+    return metrics(y, p, p_true)
+
+
+def logged_score(task: str, scores: np.ndarray) -> np.ndarray:
+    """The one number per row monitoring follows: the probability (binary), the predicted class
+    index (multiclass, so its drift is the drift of class shares), the value (regression)."""
+    return scores.argmax(axis=1).astype(np.float64) if task == "multiclass" else np.asarray(scores, np.float64)
+
+
 def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Labels, predictions and p_true (if present) for a prepared split."""
     ys, ps, ts = [], [], []
     for batch in ds.iter_batches(batch_size=65536, batch_format="numpy"):
         ys.append(np.asarray(batch["y"], dtype=np.float64))
-        ps.append(model.predict_proba(np.asarray(batch["x"])))
+        ps.append(model.score(np.asarray(batch["x"])))
         if "p_true" in batch:
             ts.append(np.asarray(batch["p_true"], dtype=np.float64))
+    task = getattr(model, "task", "binary")
     if not ys:
-        return np.empty(0), np.empty(0), None
-    return np.concatenate(ys), np.concatenate(ps), (np.concatenate(ts) if ts else None)
+        return np.empty(0), np.empty((0, 0)) if task == "multiclass" else np.empty(0), None
+    y = np.concatenate(ys)
+    if task == "regression":  # the split holds the fitted target; metrics are in the user's units
+        y = untransform(y, model.transform)
+    return y, np.concatenate(ps), (np.concatenate(ts) if ts else None)
 
 
-def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, p: np.ndarray, title: str) -> list[str]:
-    """loss.png (train/valid per epoch or round), roc.png and calibration.png."""
+def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, p: np.ndarray, title: str,
+               task: str = "binary") -> list[str]:  # fmt: skip
+    """loss.png (train/valid per epoch or round); binary: roc.png and calibration.png; regression:
+    predicted.png (predicted vs actual); multiclass: calibration.png of the predicted class."""
     # Figures without pyplot: nothing global changes (a notebook keeps its own backend).
     from matplotlib.figure import Figure
     from sklearn.calibration import calibration_curve
@@ -78,9 +147,18 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
     if all(h.get("train_loss") is not None for h in history):  # xgboost records it only with eval_train
         ax.plot([h[step] for h in history], [h["train_loss"] for h in history], label="train")
     ax.plot([h[step] for h in history], [h["valid_loss"] for h in history], label="valid")
-    save(fig, ax, "loss.png", step, "log-loss", "loss")
+    save(fig, ax, "loss.png", step, {"regression": "loss (squared error)"}.get(task, "log-loss"), "loss")
 
-    if len(np.unique(y)) == 2:
+    if task == "regression":
+        fig, ax = figure((5, 5))
+        ax.scatter(y, p, s=4, alpha=0.4, label="test rows")
+        lo, hi = (float(min(y.min(), p.min())), float(max(y.max(), p.max()))) if len(y) else (0.0, 1.0)
+        ax.plot([lo, hi], [lo, hi], linestyle="--", color="grey", label="perfect")
+        save(fig, ax, "predicted.png", "actual", "predicted", "predicted vs actual")
+        return files
+    if task == "multiclass":  # confidence of the predicted class against how often it is right
+        y, p = (p.argmax(axis=1) == y).astype(np.float64), p.max(axis=1)
+    elif len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
         fig, ax = figure((5, 5))
         ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.4f}")
@@ -97,6 +175,11 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
 
 def render(name: str, m: dict[str, float]) -> str:
     """One line per model for the CLI."""
+    if "rmse" in m:
+        return f"{name:<8} rmse {m['rmse']:.4g}  mae {m['mae']:.4g}  r2 {m['r2']:.4f}"
+    if "macro_f1" in m:
+        return (f"{name:<8} log_loss {m['log_loss']:.4f}  accuracy {m['accuracy']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
+                f"roc_auc (one vs rest) {m['roc_auc']:.4f}")  # fmt: skip
     bayes = (
         f"  (Bayes-optimal {m['bayes_log_loss']:.4f}, excess {m['excess_log_loss']:.4f})"
         if "bayes_log_loss" in m

@@ -1,4 +1,5 @@
-"""Logistic regression (binary cross-entropy) by data-parallel optimisation on Ray Train.
+"""The linear model by data-parallel optimisation on Ray Train: logistic regression (binary
+cross-entropy), softmax regression (multiclass cross-entropy) or least squares (regression).
 
 Every worker holds its shard as float32 numpy and computes its share of the loss and gradient
 (`objective.shard_sums`: float32 arithmetic for the first-order optimizers, float64 for Newton
@@ -50,6 +51,22 @@ def class_weights(class_weight: Any, global_pos: float, global_n: float) -> tupl
     return float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))
 
 
+def task_weights(task: str, class_weight: Any, counts: np.ndarray) -> tuple[float, ...]:
+    """Row weight per class from the global class counts: binary (w0, w1), multiclass one per
+    class (balanced: n / (K count)), regression (1,)."""
+    if task == "regression":
+        return (1.0,)
+    if task == "binary":
+        return class_weights(class_weight, float(counts[1]), float(counts.sum()))
+    k = len(counts)
+    if class_weight is None:
+        return (1.0,) * k
+    if class_weight == "balanced":
+        n = float(counts.sum())
+        return tuple(n / (k * max(float(c), 1.0)) for c in counts)
+    return tuple(float(class_weight.get(i, 1.0)) for i in range(k))
+
+
 @dataclass
 class _State:
     """Everything a resumed run needs; parameters are (theta..., bias) in one vector."""
@@ -71,8 +88,8 @@ class _State:
     resumed_from: int | None = None
 
     @classmethod
-    def fresh(cls, d: int) -> "_State":
-        zeros = np.zeros(d + 1)
+    def fresh(cls, size: int) -> "_State":
+        zeros = np.zeros(size)
         return cls(0, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy(), best_params=zeros.copy())
 
     def save(self, directory: str) -> None:
@@ -147,10 +164,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     d = config["n_features"]
+    task, k = config.get("task", "binary"), config.get("n_outputs", 1)
     X, y = load_shard(config["shards"]["train"][rank], d)
     Xv, yv = load_shard(config["shards"]["valid"][rank], d)
-    counts = allreduce(np.array([y.sum(), len(y)]))
-    w = class_weights(config["class_weight"], counts[0], counts[1])
+    classes = 2 if task == "binary" else k
+    counts = allreduce(np.bincount(y.astype(np.int64), minlength=classes)[:classes].astype(np.float64)) \
+        if task != "regression" else np.ones(1)  # fmt: skip
+    w = task_weights(task, config["class_weight"], counts)
 
     checkpoint = ray.train.get_checkpoint()
     resumed_at = None
@@ -159,12 +179,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             state = _State.load(directory)
         resumed_at = time.time()  # a restarted group: when it picked the run up again
     else:
-        state = _State.fresh(d)
+        state = _State.fresh((d + 1) * k)
 
     optimizer, epochs, l2 = config["optimizer"], config["epochs"], config["l2"]
     # Line searches need a loss smooth far below float32's precision; gradient steps do not.
     dtype = np.float64 if optimizer in SECOND_ORDER else np.float32
-    f = global_objective((X, y, w), (Xv, yv, w), l2, dtype)
+    f = global_objective((X, y, w), (Xv, yv, w), l2, dtype, task)
     no_rows = (np.empty((0, d), np.float32), np.empty(0, np.float32), w)
     second = _SecondOrder(optimizer, f, state, config["gtol"], config["memory"]) if optimizer in SECOND_ORDER else None
     local_batch = max(1, config["batch_size"] // ctx.get_world_size())
@@ -198,11 +218,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             losses = []
             for s in range(steps):
                 idx = order[s * local_batch : (s + 1) * local_batch]
-                batch = global_objective((X[idx], y[idx], w), no_rows, l2, dtype)(state.params)
+                batch = global_objective((X[idx], y[idx], w), no_rows, l2, dtype, task)(state.params)
                 _apply(state, batch.grad, lr, config)
                 losses.append(batch.loss)
             train_loss = float(np.mean(losses)) if losses else math.nan
-            valid_loss, scored = mean_loss(Xv, yv, w, state.params, dtype), state.params
+            valid_loss, scored = mean_loss(Xv, yv, w, state.params, dtype, task), state.params
         state.epoch = epoch + 1
         state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "lr": lr})
         if second is not None:
@@ -236,9 +256,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             break
     if rank != 0:
         return None
+    best = state.best_params.reshape(d + 1, k)  # the bias is the last row
     return {
-        "theta": state.best_params[:-1].tolist(),
-        "bias": float(state.best_params[-1]),
+        "theta": (best[:-1, 0] if k == 1 else best[:-1]).tolist(),
+        "bias": float(best[-1, 0]) if k == 1 else best[-1].tolist(),
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "converged": state.converged,

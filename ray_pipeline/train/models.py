@@ -1,4 +1,9 @@
-"""Trained models in non-executable formats: JSON weights for logistic regression, UBJSON for XGBoost."""
+"""Trained models in non-executable formats: JSON weights for the linear model, UBJSON for XGBoost.
+
+`score(X)` is what the task means per row: binary the probability of label 1 (n,), multiclass a
+probability per class (n, K), regression the value in the user's units (n,), the target
+transform inverted.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,56 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, softmax
+
+
+def untransform(values: np.ndarray, transform: str) -> np.ndarray:
+    """A regression output back in the user's units."""
+    return np.expm1(values) if transform == "log1p" else values
+
+
+def transform_target(values: np.ndarray, transform: str) -> np.ndarray:
+    """The target a regression model is fitted on."""
+    return np.log1p(values) if transform == "log1p" else values
 
 
 @dataclass
 class LogisticModel:
-    """p = sigmoid(x . weights + bias), over the FeatureSpec's feature vector."""
+    """z = x . weights + bias over the FeatureSpec's feature vector; sigmoid(z) for binary,
+    softmax(z) for multiclass (weights (d, K), bias (K,)), z itself for regression."""
 
     weights: np.ndarray
-    bias: float
+    bias: float | np.ndarray
     feature_names: list[str]
     kind: str = "logreg"
+    task: str = "binary"
+    transform: str = "none"
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        """The linear part per row: (n,) or (n, K)."""
+        return np.asarray(X, dtype=np.float64) @ self.weights + self.bias
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """The task's output per row (see the module docstring)."""
+        z = self.margin(X)
+        if self.task == "multiclass":
+            return softmax(z, axis=1)
+        if self.task == "regression":
+            return untransform(z, self.transform)
+        return expit(z)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of the positive class per row."""
-        z = np.asarray(X, dtype=np.float64) @ self.weights + self.bias
-        return expit(z)
+        """Probability of the positive class per row (binary), or `score` for the other tasks."""
+        return self.score(X)
 
     def save(self, directory: str | Path) -> list[str]:
         """Write model.json; returns the files written."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        body = {"kind": self.kind, "bias": self.bias, "weights": dict(zip(self.feature_names, self.weights.tolist()))}
+        bias = self.bias.tolist() if isinstance(self.bias, np.ndarray) else self.bias
+        body = {"kind": self.kind, "bias": bias, "weights": dict(zip(self.feature_names, self.weights.tolist()))}
+        if self.task != "binary":  # binary files stay as they were
+            body = {**body, "task": self.task, "transform": self.transform}
         (directory / "model.json").write_text(json.dumps(body, indent=2))
         return ["model.json"]
 
@@ -37,31 +70,43 @@ class LogisticModel:
         """Read model.json."""
         body = json.loads((Path(directory) / "model.json").read_text())
         names = list(body["weights"])
-        return cls(np.array([body["weights"][n] for n in names], dtype=np.float64), float(body["bias"]), names)
+        weights = np.array([body["weights"][n] for n in names], dtype=np.float64)
+        bias = np.asarray(body["bias"], dtype=np.float64) if isinstance(body["bias"], list) else float(body["bias"])
+        return cls(weights, bias, names, task=body.get("task", "binary"), transform=body.get("transform", "none"))
 
 
 @dataclass
 class XGBoostModel:
-    """A binary:logistic booster over the FeatureSpec's feature vector."""
+    """A booster over the FeatureSpec's feature vector (binary:logistic, multi:softprob or reg:*)."""
 
     booster: object
     feature_names: list[str]
     kind: str = "xgboost"
+    task: str = "binary"
+    transform: str = "none"
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of the positive class per row."""
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """The task's output per row (see the module docstring)."""
         import xgboost
 
         best = self.booster.attr("best_iteration")
         rounds = (0, int(best) + 1) if best is not None else (0, 0)  # (0, 0) means every tree
-        return self.booster.predict(xgboost.DMatrix(np.asarray(X, dtype=np.float32)), iteration_range=rounds)
+        out = self.booster.predict(xgboost.DMatrix(np.asarray(X, dtype=np.float32)), iteration_range=rounds)
+        return untransform(out.astype(np.float64), self.transform) if self.task == "regression" else out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probability of the positive class per row (binary), or `score` for the other tasks."""
+        return self.score(X)
 
     def save(self, directory: str | Path) -> list[str]:
-        """Write model.ubj (XGBoost's binary JSON) and the feature order."""
+        """Write model.ubj (XGBoost's binary JSON) and the feature order (with the task)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(directory / "model.ubj"))
-        (directory / "features.json").write_text(json.dumps(self.feature_names))
+        body: object = self.feature_names
+        if self.task != "binary":
+            body = {"features": self.feature_names, "task": self.task, "transform": self.transform}
+        (directory / "features.json").write_text(json.dumps(body))
         return ["model.ubj", "features.json"]
 
     @classmethod
@@ -71,7 +116,10 @@ class XGBoostModel:
 
         booster = xgboost.Booster()
         booster.load_model(str(Path(directory) / "model.ubj"))
-        return cls(booster, json.loads((Path(directory) / "features.json").read_text()))
+        body = json.loads((Path(directory) / "features.json").read_text())
+        if isinstance(body, list):  # binary, and files written before other tasks
+            return cls(booster, body)
+        return cls(booster, body["features"], task=body["task"], transform=body["transform"])
 
 
 def load_model(directory: str | Path) -> LogisticModel | XGBoostModel:

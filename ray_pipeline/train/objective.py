@@ -1,4 +1,9 @@
-"""The logistic-regression objective over a worker's shard, and its global value by one allreduce.
+"""The linear model's objective over a worker's shard, and its global value by one allreduce.
+
+Three tasks share the packing: binary cross-entropy (the seed's, tuned below), softmax
+cross-entropy for multiclass and squared error for regression (`shard_sums_task`). Parameters are
+one flat vector, the (d + 1, K) matrix of weights with the bias as its last row, row by row (K = 1
+for binary and regression, so the binary layout is (theta..., bias) as it always was).
 
 One fused pass per evaluation: the shard is read in place (float32 on Train workers, never copied
 whole) in cache-sized row chunks, and each chunk yields its share of the loss, the gradient and,
@@ -22,12 +27,22 @@ import numpy as np
 
 from ray_pipeline.train.collective import allreduce
 
-ClassWeights = tuple[float, float]  # weight of a row labelled 0, labelled 1
+ClassWeights = tuple[float, ...]  # weight of a row per label class (binary: 0, 1; regression: one)
 
 
 def _weight(y: np.ndarray, w: ClassWeights) -> float:
-    positives = float(np.count_nonzero(y > 0.5))
-    return w[0] * (len(y) - positives) + w[1] * positives
+    if len(w) == 1:
+        return w[0] * len(y)
+    if len(w) == 2:
+        positives = float(np.count_nonzero(y > 0.5))
+        return w[0] * (len(y) - positives) + w[1] * positives
+    counts = np.bincount(y.astype(np.int64), minlength=len(w))[: len(w)]
+    return float(counts @ np.asarray(w, dtype=np.float64))
+
+
+def outputs_of(task: str, w: ClassWeights) -> int:
+    """Columns of the weight matrix: one per class for multiclass, else one."""
+    return len(w) if task == "multiclass" else 1
 
 
 # Bytes per feature column of a chunk: 8k rows in float64, 16k in float32. A chunk of tens of
@@ -101,6 +116,71 @@ def shard_sums(
     return np.concatenate(parts)
 
 
+def shard_sums_task(
+    task: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    w: ClassWeights,
+    params: np.ndarray,
+    hessian: bool = False,
+    gradient: bool = True,
+    dtype: type = np.float64,
+) -> np.ndarray:
+    """`shard_sums` for any task, same packing: gradient ((d + 1) K), Hessian (if asked), loss, weight.
+    multiclass: softmax cross-entropy, rows weigh `w[class]`; regression: half the squared error."""
+    if task == "binary":
+        return shard_sums(X, y, w, params, hessian, gradient, dtype)
+    d = X.shape[1]
+    k = outputs_of(task, w)
+    dt = np.dtype(dtype)
+    W = params.reshape(d + 1, k).astype(dt)
+    grad = np.zeros((d + 1, k))
+    size = (d + 1) * k
+    hess = np.zeros((d + 1, k, d + 1, k)) if hessian else None
+    loss = 0.0
+    rows = max(1, CHUNK_BYTES // dt.itemsize // max(k, 1))
+    wv = np.asarray(w, dtype=dt)
+    for s in range(0, len(y), rows):
+        Xc = X[s : s + rows].astype(dt, copy=False)
+        yc = y[s : s + rows]
+        Z = Xc @ W[:-1]
+        Z += W[-1]
+        if task == "multiclass":
+            cls = yc.astype(np.int64)
+            top = Z.max(axis=1, keepdims=True)
+            E = np.exp(Z - top)
+            total = E.sum(axis=1, keepdims=True)
+            at = np.arange(len(cls))
+            term = (np.log(total[:, 0]) + top[:, 0]) - Z[at, cls]
+            wc = wv[cls]
+            term *= wc
+            loss += float(np.add.reduce(term, dtype=np.float64))
+            if not gradient:
+                continue
+            P = E / total
+            R = P.copy()
+            R[at, cls] -= 1
+            R *= wc[:, None]
+        else:  # regression: 0.5 (z - y)^2
+            R = Z - yc.astype(dt, copy=False)[:, None]
+            loss += 0.5 * float(np.add.reduce((R * R).ravel(), dtype=np.float64))
+            if not gradient:
+                continue
+        grad[:-1] += Xc.T @ R
+        grad[-1] += R.sum(axis=0, dtype=np.float64)
+        if hess is not None:
+            Xa = np.hstack([Xc.astype(np.float64), np.ones((len(Xc), 1))])
+            if task == "multiclass":
+                for a in range(k):
+                    for b in range(k):
+                        c = P[:, a] * ((a == b) - P[:, b]) * wc
+                        hess[:, a, :, b] += Xa.T @ (Xa * c[:, None])
+            else:
+                hess[:, 0, :, 0] += Xa.T @ Xa
+    parts = [grad.ravel()] + ([hess.reshape(size, size).ravel()] if hess is not None else [])
+    return np.concatenate(parts + [np.array([loss, _weight(y, w)])])
+
+
 Rows = tuple[np.ndarray, np.ndarray, ClassWeights]  # X, y, class weights
 
 
@@ -119,30 +199,33 @@ class Evaluation:
 Objective = Callable[..., Evaluation]
 
 
-def global_objective(train: Rows, valid: Rows, l2: float, dtype: type = np.float64) -> Objective:
+def global_objective(train: Rows, valid: Rows, l2: float, dtype: type = np.float64, task: str = "binary") -> Objective:
     """f(params, hessian=False) -> Evaluation over all workers, with one allreduce: the train
     sums and the validation loss travel together. Per-row arithmetic in `dtype`."""
-    d = train[0].shape[1]
+    k = outputs_of(task, train[2])
+    size = (train[0].shape[1] + 1) * k
+    bias = size - k  # the last k entries are the bias row
 
     def f(params: np.ndarray, hessian: bool = False) -> Evaluation:
-        sums = np.concatenate([shard_sums(*train, params, hessian, dtype=dtype),
-                               shard_sums(*valid, params, gradient=False, dtype=dtype)[-2:]])  # fmt: skip
+        sums = np.concatenate([shard_sums_task(task, *train, params, hessian, dtype=dtype),
+                               shard_sums_task(task, *valid, params, gradient=False, dtype=dtype)[-2:]])  # fmt: skip
         total = allreduce(sums)
         weight = max(total[-3], 1e-300)
-        theta = params[:-1]
-        grad = total[: d + 1] / weight
-        grad[:-1] += l2 * theta  # bias not penalised
+        theta = params[:bias]
+        grad = total[:size] / weight
+        grad[:bias] += l2 * theta  # bias not penalised
         loss = total[-4] / weight + 0.5 * l2 * float(theta @ theta)
         hess = None
         if hessian:
-            hess = total[d + 1 : d + 1 + (d + 1) ** 2].reshape(d + 1, d + 1) / weight
-            hess[:-1, :-1] += l2 * np.eye(d)
+            hess = total[size : size + size**2].reshape(size, size) / weight
+            hess[:bias, :bias] += l2 * np.eye(bias)
         return Evaluation(params, loss, grad, hess, float(total[-2] / max(total[-1], 1e-300)))
 
     return f
 
 
-def mean_loss(X: np.ndarray, y: np.ndarray, w: ClassWeights, params: np.ndarray, dtype: type = np.float64) -> float:
-    """Unpenalised weighted mean BCE over all workers' rows."""
-    total = allreduce(shard_sums(X, y, w, params, gradient=False, dtype=dtype)[-2:])
+def mean_loss(X: np.ndarray, y: np.ndarray, w: ClassWeights, params: np.ndarray, dtype: type = np.float64,
+              task: str = "binary") -> float:  # fmt: skip
+    """Unpenalised weighted mean loss over all workers' rows."""
+    total = allreduce(shard_sums_task(task, X, y, w, params, gradient=False, dtype=dtype)[-2:])
     return float(total[0] / max(total[1], 1e-300))

@@ -65,8 +65,11 @@ def line_search(f: Objective, at: Evaluation, direction: np.ndarray, hessian: bo
 
 
 def newton_step(f: Objective, at: Evaluation) -> Evaluation | None:
-    """One damped Newton (IRLS) step: solve H d = -g, then backtrack."""
-    direction = -np.linalg.solve(at.hess, at.grad)
+    """One damped Newton (IRLS) step: the least-squares solution of H d = -g, then backtrack."""
+    # Softmax is unchanged when the same constant is added to every class's bias, so the
+    # multiclass Hessian is singular along that direction; the minimum-norm solution never
+    # moves along it (the gradient has no component there), which keeps runs deterministic.
+    direction = -np.linalg.lstsq(at.hess, at.grad, rcond=None)[0]
     return line_search(f, at, direction, hessian=True)
 
 

@@ -105,7 +105,9 @@ def loop_config(kind: str, cfg: PipelineConfig, n_features: int, workers: int,
     training = cfg.training
     # In-process the loop's lines would land in the user's terminal, where the progress bar says it.
     log_every = 10 if workers else None
+    label = cfg.data.schema_.label_mapping
     common = {"n_features": n_features, "checkpoint_every": training.checkpoint_every, "log_every": log_every,
+              "task": label.task, "n_outputs": len(label.classes or []) if label.task == "multiclass" else 1,
               **(fault or {})}  # fmt: skip
     if kind == "xgboost":
         x = training.xgboost
@@ -181,17 +183,19 @@ def train_model(
     if result.error is not None:
         raise result.error
     out = result.return_value or {}
+    target_transform = cfg.data.schema_.label_mapping.transform
     if kind == "xgboost":
         # From the loop's return value: in-process runs keep no checkpoint to read it from.
         booster = xgboost.Booster()
         booster.load_model(bytearray(out["model_ubj"]))
-        model: Any = XGBoostModel(booster, names)
+        model: Any = XGBoostModel(booster, names, task=config["task"], transform=target_transform)
     else:
-        model = LogisticModel(np.asarray(out["theta"]), float(out["bias"]), names)
+        bias = out["bias"] if isinstance(out["bias"], float) else np.asarray(out["bias"])
+        model = LogisticModel(np.asarray(out["theta"]), bias, names, task=config["task"], transform=target_transform)
 
     t0 = time.perf_counter()
     y, p, p_true = evaluate.predict_split(model, prepared.test)
-    test_metrics = evaluate.metrics(y, p, p_true)
+    test_metrics = evaluate.task_metrics(config["task"], y, p, p_true)
     timings["evaluate_s"] = time.perf_counter() - t0
 
     run_dir = join(cfg.training.run_root, name)
@@ -221,9 +225,10 @@ def train_model(
             if prepared.input_profile is None:
                 m = cfg.monitoring
                 prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
-            save_profile(with_scores(prepared.input_profile, p), local)
+            save_profile(with_scores(prepared.input_profile, evaluate.logged_score(config["task"], p),
+                                     config["n_outputs"] if config["task"] == "multiclass" else None), local)  # fmt: skip
             timings["profile_s"] = time.perf_counter() - t0
-        evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind)
+        evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind, config["task"])
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
         out.get("worker_nodes", []), out.get("resumed_from"), out.get("resumed_at"), out.get("worker_memory_mb"),

@@ -68,6 +68,16 @@ def _shard_iter(shard: tuple[list, int], n_features: int):
     return ShardIter()
 
 
+def task_params(task: str, n_outputs: int) -> dict[str, Any]:
+    """XGBoost's objective and evaluation metric for the task (the config's `params` may override
+    the objective, e.g. reg:pseudohubererror)."""
+    if task == "multiclass":
+        return {"objective": "multi:softprob", "num_class": n_outputs, "eval_metric": "mlogloss"}
+    if task == "regression":
+        return {"objective": "reg:squarederror", "eval_metric": "rmse"}
+    return {"objective": "binary:logistic", "eval_metric": "logloss"}
+
+
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop: checkpoints every `checkpoint_every` rounds, resumes from the last."""
     import ray.train
@@ -76,8 +86,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     d, rank = config["n_features"], ray.train.get_context().get_world_rank()
     params = {
-        "objective": "binary:logistic",
-        "eval_metric": "logloss",
+        **task_params(config.get("task", "binary"), config.get("n_outputs", 1)),
         "tree_method": "hist",
         "nthread": config["nthread"],
         "seed": config["seed"],
@@ -121,8 +130,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     )
     if ray.train.get_context().get_world_rank() != 0:
         return None
-    valid = history["valid"]["logloss"]
-    train = history.get("train", {}).get("logloss", [None] * len(valid))
+    metric = next(iter(history["valid"]))  # the one eval_metric: logloss, mlogloss or rmse
+    valid = history["valid"][metric]
+    train = history.get("train", {}).get(metric, [None] * len(valid))
     rounds = [{"round": done + i + 1, "train_loss": t, "valid_loss": v} for i, (t, v) in enumerate(zip(train, valid))]
     return {
         "history": rounds,

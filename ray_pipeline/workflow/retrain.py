@@ -138,13 +138,15 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     champion = load(registry, f"models:/{name}@{alias}")
     p_champ = champion.predict_table(with_columns(holdout, champion.spec.input_columns))
     candidates = []
+    task = champion.spec.label.task
     for run in train_models(cfg, fb.models, prepared, trigger="feedback"):
-        p = run.model.predict_proba(evaluate_inputs(holdout, run))
-        candidates.append((evaluate.metrics(y, p), p, run))
-    record["models"] = {"champion": {"version": champion.version.version, "holdout": evaluate.metrics(y, p_champ)}}
+        p = run.model.score(evaluate_inputs(holdout, run))
+        candidates.append((evaluate.task_metrics(task, y, p), p, run))
+    record["models"] = {"champion": {"version": champion.version.version,
+                                     "holdout": evaluate.task_metrics(task, y, p_champ)}}  # fmt: skip
     for m, _, run in candidates:
         record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
-    _, p_best, best = min(candidates, key=lambda c: c[0]["log_loss"])
+    _, p_best, best = min(candidates, key=lambda c: c[0]["rmse" if task == "regression" else "log_loss"])
     record["stage"] = "compare"
     twin = same_model(registry, name, model_sha256(best.run_dir))
     if twin is not None or identical(p_best, p_champ):
@@ -153,7 +155,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
                       f"{'model files' if twin is not None else 'score on every holdout row'}); not registered")  # fmt: skip
         return
     gates = HoldoutGates(y, p_best, p_champ, champion.version.version, cfg.registry.gates, cfg.registry.gate_test,
-                         f"{best.name} vs {champion.version.uri}")  # fmt: skip
+                         f"{best.name} vs {champion.version.uri}", task)  # fmt: skip
     record.update(gate_report=gates.report(), gates=gates.records(), gates_passed=gates.passed)
     record["stage"] = "register"
     version = register_run(registry, name, best.run_dir)
