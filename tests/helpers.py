@@ -146,6 +146,43 @@ def linear_prepared(rows: int = 20_000, seed: int = 0) -> Prepared:
     return Prepared(spec, *(split(n) for n in counts.values()), {"by": "synthetic"}, counts)
 
 
+# Known truth for the other tasks: three classes from a softmax of linear scores (class 0's are 0),
+# and a linear value plus Gaussian noise of sd 0.5.
+TRUE_SOFTMAX = np.array([[0.0, 1.0, -1.0], [0.0, -1.5, 0.5], [0.0, 0.5, 1.2]])
+TRUE_LINEAR = np.array([2.0, -1.0, 0.5, 0.0])
+
+
+def task_prepared(task: str, rows: int = 20_000, seed: int = 0) -> Prepared:
+    """A multiclass or regression dataset drawn from known truth (no FeatureSpec transform needed)."""
+    import ray.data
+
+    from ray_pipeline.features.spec import LabelSpec
+
+    rng = np.random.default_rng(seed)
+    d = TRUE_SOFTMAX.shape[0] if task == "multiclass" else len(TRUE_LINEAR)
+
+    def split(n: int) -> object:
+        X = rng.normal(size=(n, d)).astype(np.float32)
+        if task == "multiclass":
+            Z = X @ TRUE_SOFTMAX + np.array([0.0, 0.3, -0.2])
+            P = np.exp(Z - Z.max(axis=1, keepdims=True))
+            P /= P.sum(axis=1, keepdims=True)
+            y = (rng.random(n)[:, None] > np.cumsum(P, axis=1)).sum(axis=1).astype(np.float32)
+        else:
+            y = (X @ TRUE_LINEAR + 3.0 + rng.normal(0, 0.5, n)).astype(np.float32)
+        return ray.data.from_items([{"x": X[i], "y": y[i]} for i in range(n)]).materialize()
+
+    label = LabelSpec(column="y", task=task, classes=["a", "b", "c"] if task == "multiclass" else None)
+    spec = FeatureSpec(
+        rows=rows,
+        numeric=[NumericSpec(name=f"x{i}", log1p=False, clip=None, fill=0.0, missing_indicator=False,
+                             mean=0.0, std=1.0, count=rows, missing=0) for i in range(d)],
+        categorical=[], label=label,
+    )  # fmt: skip
+    counts = {"train": rows, "valid": rows // 4, "test": rows // 4}
+    return Prepared(spec, *(split(n) for n in counts.values()), {"by": "synthetic"}, counts)
+
+
 def linear_cfg(tmp_path, **logreg) -> PipelineConfig:
     return parse_config(
         {

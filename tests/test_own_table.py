@@ -199,7 +199,7 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     assert np.allclose(served, offline, rtol=0, atol=1e-6), (served, offline)
     # the served version says what its probability is of, in the data's terms
     status, info = http_json(url + "/model")
-    assert info["label"] == {"column": "Churn", "positive": ["Yes"], "negative": ["No"]}
+    assert info["label"] == {"task": "binary", "column": "Churn", "positive": ["Yes"], "negative": ["No"]}
     serve.delete("churn")  # replicas flush their prediction logs on the way out
 
     # delayed labels in the data's own terms are mapped like ingest maps them

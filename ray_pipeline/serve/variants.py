@@ -145,8 +145,8 @@ class ModelSet:
 
 def _describe(model: LoadedModel, loaded_at: str) -> dict[str, Any]:
     v = model.version
-    label = model.spec.label  # what `probability` is the probability of, in the data's own terms
+    label = model.spec.label  # what the output means in the data's own terms: task, classes, 1, units
     return {"name": v.name, "version": v.version, "uri": v.uri, "kind": v.kind,
             "feature_spec_hash": model.spec.content_hash(), "loaded_at": loaded_at,
             "inputs": model.spec.input_columns,
-            "label": label.model_dump(exclude_none=True) if label is not None else None}  # fmt: skip
+            "label": {"task": label.task, **label.model_dump(exclude_defaults=True)} if label is not None else None}  # fmt: skip

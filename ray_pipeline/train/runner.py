@@ -99,15 +99,15 @@ def resolve_optimizer(optimizer: str, n_features: int) -> str:
     return "newton" if n_features <= NEWTON_MAX_FEATURES else "lbfgs"
 
 
-def loop_config(kind: str, cfg: PipelineConfig, n_features: int, workers: int,
+def loop_config(kind: str, cfg: PipelineConfig, spec: FeatureSpec, workers: int,
                 fault: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
-    """Everything the worker loop needs, as plain data."""
+    """Everything the worker loop needs, as plain data (the task from the FeatureSpec's label, which
+    the training set was prepared under)."""
     training = cfg.training
     # In-process the loop's lines would land in the user's terminal, where the progress bar says it.
     log_every = 10 if workers else None
-    label = cfg.data.schema_.label_mapping
-    common = {"n_features": n_features, "checkpoint_every": training.checkpoint_every, "log_every": log_every,
-              "task": label.task, "n_outputs": len(label.classes or []) if label.task == "multiclass" else 1,
+    common = {"n_features": len(spec.feature_names), "checkpoint_every": training.checkpoint_every,
+              "log_every": log_every, "task": spec.task, "n_outputs": spec.label.outputs if spec.label else 1,
               **(fault or {})}  # fmt: skip
     if kind == "xgboost":
         x = training.xgboost
@@ -123,7 +123,7 @@ def loop_config(kind: str, cfg: PipelineConfig, n_features: int, workers: int,
     lr = training.logreg
     return {
         **common,
-        "optimizer": resolve_optimizer(lr.optimizer, n_features),
+        "optimizer": resolve_optimizer(lr.optimizer, common["n_features"]),
         "learning_rate": lr.learning_rate,
         "lr_schedule": lr.lr_schedule,
         "epochs": lr.epochs,
@@ -172,7 +172,7 @@ def train_model(
         workers = in_process_or(cfg.training, prepared)
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
-    config = {**loop_config(kind, cfg, len(names), workers, fault), "progress_key": name,
+    config = {**loop_config(kind, cfg, prepared.spec, workers, fault), "progress_key": name,
               "measure_memory": measure_memory}  # fmt: skip
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
@@ -183,7 +183,7 @@ def train_model(
     if result.error is not None:
         raise result.error
     out = result.return_value or {}
-    target_transform = cfg.data.schema_.label_mapping.transform
+    target_transform = prepared.spec.label.transform if prepared.spec.label else "none"
     if kind == "xgboost":
         # From the loop's return value: in-process runs keep no checkpoint to read it from.
         booster = xgboost.Booster()

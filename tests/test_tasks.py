@@ -1,0 +1,184 @@
+"""Multiclass and regression training: the softmax and squared-error sums against finite
+differences, determinism across worker counts, parity with scikit-learn and the closed form,
+init's task inference, and gates that refuse a change of task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_pipeline.train.objective import shard_sums_task
+from ray_pipeline.train.runner import train_model
+
+from .helpers import linear_cfg, task_prepared
+
+
+@pytest.mark.parametrize("task, k, w", [("multiclass", 3, (0.7, 1.8, 1.0)), ("regression", 1, (1.0,))])
+def test_gradient_and_hessian_match_finite_differences(task, k, w):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3_000, 3))
+    y = rng.integers(0, k, len(X)).astype(float) if task == "multiclass" else rng.normal(size=len(X))
+    size = (X.shape[1] + 1) * k
+    params = rng.normal(size=size) * 0.5
+
+    def unpack(sums):
+        return sums[:size], sums[size:-2].reshape(size, size), sums[-2]
+
+    grad, hess, _ = unpack(shard_sums_task(task, X, y, w, params, hessian=True))
+    eps = 1e-6
+    for j in range(size):
+        step = np.zeros(size)
+        step[j] = eps
+        plus, minus = (unpack(shard_sums_task(task, X, y, w, params + s, hessian=True)) for s in (step, -step))
+        assert grad[j] == pytest.approx((plus[2] - minus[2]) / (2 * eps), rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(hess[:, j], (plus[0] - minus[0]) / (2 * eps), rtol=1e-5, atol=1e-4)
+    # float32 arithmetic (the first-order optimizers) agrees to float32 precision
+    g32 = shard_sums_task(task, X.astype(np.float32), y, w, params, dtype=np.float32)
+    np.testing.assert_allclose(g32[:size], grad, rtol=1e-4, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def multiclass(ray_session):
+    return task_prepared("multiclass")
+
+
+@pytest.fixture(scope="module")
+def regression(ray_session):
+    return task_prepared("regression")
+
+
+def _xy(ds) -> tuple[np.ndarray, np.ndarray]:
+    batch = ds.take_batch(10**7, batch_format="numpy")
+    return np.asarray(batch["x"], np.float64), np.asarray(batch["y"], np.float64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["newton", "lbfgs"])
+def test_softmax_matches_sklearn_and_is_the_same_on_one_or_two_workers(multiclass, tmp_path, optimizer):
+    """Unpenalised: the maximum-likelihood softmax fit, which scikit-learn's multinomial lbfgs finds too."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    runs = [train_model(linear_cfg(tmp_path / f"w{n}", optimizer=optimizer, epochs=100), "logreg", workers=n,
+                        prepared=multiclass) for n in (0, 2)]  # fmt: skip
+    one, two = runs
+    assert len(two.worker_nodes) == 2 and one.model.weights.shape == (3, 3)
+    np.testing.assert_allclose(one.model.weights, two.model.weights, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(one.model.bias, two.model.bias, atol=1e-6, rtol=0)
+    X, y = _xy(multiclass.train)
+    sk = LogisticRegression(C=np.inf, tol=1e-10, max_iter=2000).fit(X, y)
+    ours, theirs = log_loss(y, one.model.score(X)), log_loss(y, sk.predict_proba(X))
+    assert ours <= theirs * 1.001, (ours, theirs)
+    # the scores are probabilities over the classes; metrics are the task's
+    assert np.allclose(one.model.score(X[:10]).sum(axis=1), 1.0)
+    assert {"log_loss", "accuracy", "macro_f1", "auc_0", "auc_2", "roc_auc"} <= set(one.metrics)
+
+
+@pytest.mark.slow
+def test_squared_error_is_the_least_squares_fit_on_one_or_two_workers(regression, tmp_path):
+    one, two = (train_model(linear_cfg(tmp_path / f"w{n}", optimizer="newton"), "logreg", workers=n,
+                            prepared=regression) for n in (0, 2))  # fmt: skip
+    X, y = _xy(regression.train)
+    exact = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), y, rcond=None)[0]
+    for run in (one, two):
+        np.testing.assert_allclose(np.ravel(run.model.weights), exact[:-1], atol=1e-6, rtol=0)
+        assert float(np.ravel(run.model.bias)[0]) == pytest.approx(exact[-1], abs=1e-6)
+    assert one.metrics["rmse"] == pytest.approx(0.5, rel=0.05)  # the noise floor the data was drawn with
+    assert len(one.history) <= 3  # a quadratic: one Newton step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_xgboost_trains_each_task(request, tmp_path, task):
+    prepared = request.getfixturevalue(task)
+    cfg = linear_cfg(tmp_path)
+    cfg.training.xgboost.num_boost_round = 20
+    run = train_model(cfg, "xgboost", prepared=prepared)
+    X, _ = _xy(prepared.test)
+    scores = run.model.score(X[:5])
+    if task == "multiclass":
+        assert scores.shape == (5, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+        assert run.metrics["accuracy"] > 0.5
+    else:
+        assert scores.shape == (5,) and run.metrics["r2"] > 0.8
+
+
+def _infer(tmp_path, frame: pd.DataFrame, label: str, **kw):
+    from ray_pipeline.data.infer import infer_config
+
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    return infer_config(str(path), label, out=str(tmp_path / "p.yaml"), **kw)
+
+
+def test_init_infers_the_task_from_the_label(tmp_path):
+    from ray_pipeline.errors import UserError
+
+    rng = np.random.default_rng(0)
+    n = 600
+    frame = pd.DataFrame({"x": rng.normal(size=n), "grade": rng.integers(1, 6, n), "price": rng.lognormal(10, 1, n),
+                          "temp": rng.normal(20, 5, n), "city": rng.choice(["a", "b", "c"], n),
+                          "word": [f"w{i}" for i in range(n)]})  # fmt: skip
+    label = _infer(tmp_path, frame, "grade").config.data.schema_.label_mapping
+    assert (label.task, label.classes) == ("multiclass", [1, 2, 3, 4, 5])  # few whole numbers
+    label = _infer(tmp_path, frame, "price").config.data.schema_.label_mapping
+    assert (label.task, label.transform) == ("regression", "log1p")  # skewed, never negative
+    label = _infer(tmp_path, frame, "temp").config.data.schema_.label_mapping
+    assert (label.task, label.transform) == ("regression", "none")  # symmetric, can be negative
+    inference = _infer(tmp_path, frame, "city")
+    assert inference.config.data.schema_.label_mapping.classes == ["a", "b", "c"]
+    assert "multiclass: 3 classes" in inference.columns[0].why and "%" in inference.columns[0].why
+    label = _infer(tmp_path, frame, "grade", task="regression").config.data.schema_.label_mapping
+    assert label.task == "regression"  # --task overrides
+    with pytest.raises(UserError, match="more than 50 classes"):
+        _infer(tmp_path, frame, "word")
+    with pytest.raises(UserError, match="not numeric"):
+        _infer(tmp_path, frame, "city", task="regression")
+
+
+def test_a_promotion_cannot_change_the_task_or_the_classes():
+    from ray_pipeline.config import GateRule
+    from ray_pipeline.registry.gates import gate_report
+    from ray_pipeline.registry.store import ModelVersion
+
+    def version(n: int, label: dict, metrics: dict) -> ModelVersion:
+        return ModelVersion(name="m", version=n, created_at="", kind="logreg", path="", manifest_sha256="",
+                            metrics=metrics, params={}, signature={"task": label.get("task", "binary"), "label": label},
+                            lineage={})  # fmt: skip
+
+    gates = {"log_loss": GateRule(min_improvement=0.0), "roc_auc": GateRule(max_regression=0.01)}
+    binary = version(1, {"column": "y"}, {"log_loss": 0.5, "roc_auc": 0.8})
+    multi = version(2, {"column": "y", "task": "multiclass", "classes": ["a", "b"]}, {"log_loss": 0.1, "roc_auc": 0.99})
+    ok, report = gate_report(multi, binary, gates)
+    assert not ok and "a promotion cannot change the task" in report
+    other = version(3, {"column": "y", "task": "multiclass", "classes": ["a", "c"]}, {"log_loss": 0.05, "roc_auc": 1})
+    ok, report = gate_report(other, multi, gates)
+    assert not ok and "cannot change the class list" in report
+    reg_old = version(4, {"column": "y", "task": "regression"}, {"rmse": 2.0, "mae": 1.5, "r2": 0.70})
+    reg_new = version(5, {"column": "y", "task": "regression"}, {"rmse": 1.8, "mae": 1.4, "r2": 0.75})
+    ok, report = gate_report(reg_new, reg_old, gates)
+    assert ok and "log_loss -> rmse" in report and "roc_auc -> r2" in report
+    ok, _ = gate_report(reg_old, reg_new, gates)
+    assert not ok  # a larger error does not pass
+
+
+def test_holdout_gates_compare_each_task_by_paired_bootstrap():
+    from ray_pipeline.config import GateRule, GateTestConfig
+    from ray_pipeline.registry.bootstrap import paired_gates
+
+    rng = np.random.default_rng(2)
+    gates = {"log_loss": GateRule(min_improvement=0.0), "roc_auc": GateRule(max_regression=0.01)}
+    y = rng.normal(size=2000)
+    better, worse = y + rng.normal(0, 0.3, 2000), y + rng.normal(0, 0.6, 2000)
+    checks = paired_gates(y, better, worse, gates, GateTestConfig(resamples=200), task="regression")
+    assert [c.metric for c in checks] == ["rmse", "r2"] and all(c.passed for c in checks)
+    assert not paired_gates(y, worse, better, gates, GateTestConfig(resamples=200), task="regression")[0].passed
+    classes = rng.integers(0, 3, 2000)
+    sharp = np.full((2000, 3), 0.1)
+    sharp[np.arange(2000), classes] = 0.8
+    flat = np.full((2000, 3), 1 / 3)
+    checks = paired_gates(classes, sharp, flat, gates, GateTestConfig(resamples=200), task="multiclass")
+    assert all(c.passed for c in checks) and checks[0].candidate == pytest.approx(-np.log(0.8))
+    assert not any(c.passed for c in paired_gates(classes, flat, flat, gates, GateTestConfig(resamples=200),
+                                                  task="multiclass")[:1])  # a tie never passes  # fmt: skip
