@@ -182,3 +182,26 @@ def test_holdout_gates_compare_each_task_by_paired_bootstrap():
     assert all(c.passed for c in checks) and checks[0].candidate == pytest.approx(-np.log(0.8))
     assert not any(c.passed for c in paired_gates(classes, flat, flat, gates, GateTestConfig(resamples=200),
                                                   task="multiclass")[:1])  # a tie never passes  # fmt: skip
+
+
+def test_live_quality_and_the_error_ratio_follow_the_task():
+    from datetime import datetime, timezone
+
+    from ray_pipeline.config import MonitoringConfig
+    from ray_pipeline.monitor.collect import WindowData
+    from ray_pipeline.monitor.window import window_rows
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    data = WindowData(t0, t0)
+    # multiclass: the log holds the served class; 3 of 4 right
+    data.labeled["v1/champion"] = {"y": [0.0, 1.0, 2.0, 2.0], "p": [0.0, 1.0, 2.0, 1.0]}
+    # regression: served values against labels in the user's units
+    data.labeled["v2/champion"] = {"y": [10.0, 20.0, 30.0], "p": [12.0, 18.0, 30.0]}
+    tested = {"1": {"task": "multiclass", "accuracy": 0.9}, "2": {"task": "regression", "rmse": 1.0}}
+    got = {(r["metric"], r["feature"]): r["value"] for r in window_rows(data, {}, tested, MonitoringConfig())}
+    assert got[("accuracy", "v1/champion")] == 0.75
+    assert got[("error_ratio", "v1/champion")] == pytest.approx(0.25 / 0.1)  # live error rate over the test's
+    rmse = np.sqrt(8 / 3)
+    assert got[("rmse", "v2/champion")] == pytest.approx(rmse) and got[("mae", "v2/champion")] == pytest.approx(4 / 3)
+    assert got[("error_ratio", "v2/champion")] == pytest.approx(rmse)
+    assert ("log_loss", "v1/champion") not in got and ("log_loss_ratio", "v2/champion") not in got

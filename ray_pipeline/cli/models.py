@@ -17,6 +17,7 @@ app = typer.Typer(help="Model registry: versions, aliases, promotion, rollback."
 @friendly_errors
 def models_list(config: ConfigOpt, name: NameOpt = None, verbose: VerboseOpt = False) -> None:
     """List versions with their key metrics and aliases."""
+    from ray_pipeline.registry.gates import metrics_text
     from ray_pipeline.registry.versions import open_registry, registry_db
 
     cfg = load_config(config)
@@ -31,11 +32,8 @@ def models_list(config: ConfigOpt, name: NameOpt = None, verbose: VerboseOpt = F
     for alias, version in registry.aliases(name).items():
         by_version.setdefault(version, []).append("@" + alias)
     for v in versions:
-        m = v.metrics
-        typer.echo(
-            f"{v.uri:<22} {v.kind:<8} {v.created_at}  log_loss {m.get('log_loss', float('nan')):.4f}  "
-            f"roc_auc {m.get('roc_auc', float('nan')):.4f}  {' '.join(by_version.get(v.version, []))}"
-        )
+        aliases = " ".join(by_version.get(v.version, []))
+        typer.echo(f"{v.uri:<22} {v.kind:<8} {v.created_at}  {metrics_text(v, '  ')}  {aliases}")
 
 
 @app.command("register")

@@ -28,7 +28,7 @@ from ray_pipeline.serve.predlog import STAGES, recent_log
 from ray_pipeline.storage import join, list_files
 
 STAGE_ORDER = ("data", "features", "training", "registry", "serving", "monitoring", "feedback")
-RUN_COLUMNS = ("log_loss", "roc_auc", "brier", "accuracy")
+RUN_COLUMNS = ("log_loss", "roc_auc", "brier", "accuracy", "rmse", "r2")
 SERVING_WINDOW_S = 900  # the serving page's throughput and latency cover the last 15 minutes
 
 

@@ -35,13 +35,21 @@ def primary_metric(version: ModelVersion) -> str:
     return "rmse" if task_of(version) == "regression" else "log_loss"
 
 
+TASK_METRICS = {"binary": ("log_loss", "roc_auc"), "multiclass": ("log_loss", "accuracy", "macro_f1", "roc_auc"),
+                "regression": ("rmse", "mae", "r2")}  # fmt: skip
+
+
+def metrics_text(version: ModelVersion, sep: str = ", ") -> str:
+    """The version's test metrics that matter for its task, as `name value` pairs."""
+    m = version.metrics
+    return sep.join(f"{k} {m[k]:.4g}" for k in TASK_METRICS[task_of(version)] if k in m)
+
+
 def headline(version: ModelVersion) -> str:
     """One line naming a version and its test metrics in its task's terms."""
-    m, task = version.metrics, task_of(version)
-    names = {"regression": ("rmse", "mae", "r2"), "multiclass": ("log_loss", "accuracy", "macro_f1", "roc_auc")}
-    shown = ", ".join(f"{k} {m[k]:.4g}" for k in names.get(task, ("log_loss", "roc_auc")) if k in m)
+    task = task_of(version)
     kind = version.kind if task == "binary" else f"{version.kind}, {task}"
-    return f"registered {version.uri} ({kind}): test {shown}"
+    return f"registered {version.uri} ({kind}): test {metrics_text(version)}"
 
 
 def _target(version: ModelVersion) -> tuple[str, list | None]:
