@@ -214,6 +214,20 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     assert "invalid_label" in out
 
 
+def _labels_mapped_like_ingest(tmp_path: Path, config: Path, rid: str, column: str, given: list[str],
+                               expected: list[float]) -> None:  # fmt: skip
+    """Delayed labels in the data's terms for rows 0-2 of a served request: the first two are
+    accepted as ingest maps them (class index, or the number), the third is quarantined."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.monitor.labels import accepted_labels
+
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": [rid] * 3, "row": [0, 1, 2], column: given}).to_csv(labels, index=False)
+    out = _invoke("labels", "ingest", "--config", str(config), "--path", str(labels))
+    got = accepted_labels(load_config(config)).to_pandas().sort_values("row")
+    assert got["label"].tolist() == expected and "invalid_label" in out
+
+
 def test_multiclass_table_from_csv_to_served_model(ray_session, tmp_path):
     from ray import serve
 
@@ -253,7 +267,8 @@ def test_multiclass_table_from_csv_to_served_model(ray_session, tmp_path):
         assert math.isclose(sum(served["probabilities"].values()), 1.0, abs_tol=1e-6)
     status, info = http_json(url + "/model")
     assert info["label"]["task"] == "multiclass" and info["label"]["classes"] == classes
-    serve.delete("members")
+    serve.delete("members")  # replicas flush their prediction logs on the way out
+    _labels_mapped_like_ingest(tmp_path, config, answer["request_id"], "tier", ["gold", "bronze", "diamond"], [1, 0])
 
 
 def test_regression_table_from_csv_to_served_model(ray_session, tmp_path):
@@ -293,6 +308,8 @@ def test_regression_table_from_csv_to_served_model(ray_session, tmp_path):
     truth = table.loc[[r - 1 for r in rows], "price"].to_numpy()
     assert np.all(np.abs(np.log(np.asarray(served) / truth)) < 1.5)  # in the user's units, not log-price
     serve.delete("prices")
+    _labels_mapped_like_ingest(tmp_path, config, answer["request_id"], "price", ["412000", "99.5", "ask me"],
+                               [412000.0, 99.5])  # fmt: skip
 
 
 @pytest.mark.slow

@@ -184,6 +184,7 @@ def _check(rec, label_col, fits, mapping, by_request, by_id, by_event, schema): 
     if raw is None or str(raw).strip() == "":
         return "missing_label", f"{label_col} is empty", None
     if not fits:
-        return "invalid_label", f"{label_col}: expected a label where 1 means {mapping.describe()}, got {raw!r}", None
+        wanted = mapping.describe() if mapping.task != "binary" else f"a label where 1 means {mapping.describe()}"
+        return "invalid_label", f"{label_col}: expected {wanted}, got {raw!r}", None
     return None, None, key
 
