@@ -214,6 +214,23 @@ def test_churn_like_table_from_csv_to_served_model(ray_session, tmp_path):
     assert "invalid_label" in out
 
 
+def _init_and_run_served(table: pd.DataFrame, csv: Path, config: Path, label: str,
+                         bad: str) -> tuple[str, dict, str, str]:  # fmt: skip
+    """init -> run --serve on the table written with one bad label (data row 3), which must be the
+    only quarantined row; returns init's output, the label mapping it wrote, run's output, the URL."""
+    from ray_pipeline.config import load_config
+
+    _csv_with_bad_label(table, csv, bad)
+    told = _invoke("init", "--data", str(csv), "--label", label, "--out", str(config))
+    mapping = yaml.safe_load(config.read_text())["data"]["schema"]["label"]
+    _serve_on_free_port(config, config.stem)
+    out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
+    quarantine = pd.read_parquet(load_config(config).data.output.quarantine).set_index("_row")
+    assert quarantine.loc[3, "_reason"] == "invalid_label" and repr(bad) in quarantine.loc[3, "_detail"]
+    assert len(quarantine) == 1
+    return told, mapping, out, re.search(r"endpoint: (\S+)/predict", out).group(1)
+
+
 def _labels_mapped_like_ingest(tmp_path: Path, config: Path, rid: str, column: str, given: list[str],
                                expected: list[float]) -> None:  # fmt: skip
     """Delayed labels in the data's terms for rows 0-2 of a served request: the first two are
@@ -231,26 +248,14 @@ def _labels_mapped_like_ingest(tmp_path: Path, config: Path, rid: str, column: s
 def test_multiclass_table_from_csv_to_served_model(ray_session, tmp_path):
     from ray import serve
 
-    from ray_pipeline.config import load_config
     from ray_pipeline.serve.client import http_json
 
     table = membership_table()
-    csv = tmp_path / "members.csv"
-    _csv_with_bad_label(table, csv, "diamond")
-    config = tmp_path / "members.yaml"
-    out = _invoke("init", "--data", str(csv), "--label", "tier", "--out", str(config))
-    assert "multiclass" in out and "4 classes" in out and "'diamond' (1)" in out
-    label = yaml.safe_load(config.read_text())["data"]["schema"]["label"]
+    csv, config = tmp_path / "members.csv", tmp_path / "members.yaml"
+    told, label, out, url = _init_and_run_served(table, csv, config, "tier", "diamond")
+    assert "multiclass" in told and "4 classes" in told and "'diamond' (1)" in told
     assert label == {"column": "tier", "task": "multiclass", "classes": sorted(MEMBERSHIP_TIERS)}
-    _serve_on_free_port(config, "members")
-
-    out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
     assert "accuracy" in out and "macro_f1" in out and "@champion" in out
-    url = re.search(r"endpoint: (\S+)/predict", out).group(1)
-    cfg = load_config(config)
-    quarantine = pd.read_parquet(cfg.data.output.quarantine).set_index("_row")
-    assert quarantine.loc[3, "_reason"] == "invalid_label" and "'diamond'" in quarantine.loc[3, "_detail"]
-    assert len(quarantine) == 1
     ours, theirs = _best_loss(config, "log_loss"), _same_split_baseline(config)
     assert ours <= theirs * 1.02, (ours, theirs)
 
@@ -278,22 +283,12 @@ def test_regression_table_from_csv_to_served_model(ray_session, tmp_path):
     from ray_pipeline.registry.versions import load, open_registry
 
     table = prices_table()
-    csv = tmp_path / "prices.csv"
-    _csv_with_bad_label(table, csv, "call us")
-    config = tmp_path / "prices.yaml"
-    out = _invoke("init", "--data", str(csv), "--label", "price", "--out", str(config))
-    assert "regression" in out and "log1p" in out
-    label = yaml.safe_load(config.read_text())["data"]["schema"]["label"]
+    csv, config = tmp_path / "prices.csv", tmp_path / "prices.yaml"
+    told, label, out, url = _init_and_run_served(table, csv, config, "price", "call us")
+    assert "regression" in told and "log1p" in told
     assert label == {"column": "price", "task": "regression", "transform": "log1p"}
-    _serve_on_free_port(config, "prices")
-
-    out = _invoke("run", "--config", str(config), "--serve", "--no-wait")
     assert "rmse" in out and "r2" in out and "@champion" in out
-    url = re.search(r"endpoint: (\S+)/predict", out).group(1)
     cfg = load_config(config)
-    quarantine = pd.read_parquet(cfg.data.output.quarantine).set_index("_row")
-    assert quarantine.loc[3, "_reason"] == "invalid_label" and "'call us'" in quarantine.loc[3, "_detail"]
-    assert len(quarantine) == 1
     ours, theirs = _best_loss(config, "rmse"), _same_split_baseline(config)
     assert ours <= theirs * 1.02, (ours, theirs)
     champion = load(open_registry(cfg), "models:/prices@champion")
