@@ -205,3 +205,15 @@ def test_live_quality_and_the_error_ratio_follow_the_task():
     assert got[("rmse", "v2/champion")] == pytest.approx(rmse) and got[("mae", "v2/champion")] == pytest.approx(4 / 3)
     assert got[("error_ratio", "v2/champion")] == pytest.approx(rmse)
     assert ("log_loss", "v1/champion") not in got and ("log_loss_ratio", "v2/champion") not in got
+
+
+@pytest.mark.slow
+def test_xgboost_class_weights_shift_the_probabilities_towards_the_weighted_class(multiclass, tmp_path):
+    shares = []
+    for weight in (None, {2: 5.0}):
+        cfg = linear_cfg(tmp_path / str(bool(weight)))
+        cfg.training.xgboost.num_boost_round, cfg.training.xgboost.class_weight = 20, weight
+        run = train_model(cfg, "xgboost", prepared=multiclass)
+        X, _ = _xy(multiclass.test)
+        shares.append(float(run.model.score(X)[:, 2].mean()))
+    assert shares[1] > shares[0] + 0.1, shares  # five times the weight on class 2's rows

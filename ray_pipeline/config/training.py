@@ -47,7 +47,7 @@ class LogRegConfig(StrictModel):
 
 
 class XGBoostTrainConfig(StrictModel):
-    """Distributed XGBoost (binary:logistic, hist)."""
+    """Distributed XGBoost (hist; binary:logistic, multi:softprob or reg:squarederror by task)."""
 
     num_boost_round: int = Field(default=300, ge=1)
     early_stopping_rounds: int = Field(default=20, ge=1)
@@ -56,6 +56,10 @@ class XGBoostTrainConfig(StrictModel):
     )
     params: dict[str, float | int | str] = Field(
         default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1.0}
+    )
+    class_weight: Literal["balanced"] | dict[int, float] | None = Field(
+        default=None, description="Train rows weigh their class's weight (balanced: n / (classes x count)); "
+        "binary and multiclass, keyed by class index.",
     )
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ray_pipeline.train import optimizers as opt
 from ray_pipeline.train.collective import allreduce
-from ray_pipeline.train.objective import Evaluation, global_objective, mean_loss
+from ray_pipeline.train.objective import Evaluation, global_objective, mean_loss, task_weights
 
 STATE_JSON, STATE_NPZ = "state.json", "arrays.npz"
 SECOND_ORDER = ("newton", "lbfgs")
@@ -40,31 +40,6 @@ def learning_rate(base: float, schedule: str, epoch: int, epochs: int) -> float:
     if schedule == "cosine":
         return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     return base
-
-
-def class_weights(class_weight: Any, global_pos: float, global_n: float) -> tuple[float, float]:
-    """Weight of a row labelled 0 and of one labelled 1 (balanced uses global class counts)."""
-    if class_weight is None:
-        return 1.0, 1.0
-    if class_weight == "balanced":
-        return global_n / (2.0 * max(global_n - global_pos, 1.0)), global_n / (2.0 * max(global_pos, 1.0))
-    return float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))
-
-
-def task_weights(task: str, class_weight: Any, counts: np.ndarray) -> tuple[float, ...]:
-    """Row weight per class from the global class counts: binary (w0, w1), multiclass one per
-    class (balanced: n / (K count)), regression (1,)."""
-    if task == "regression":
-        return (1.0,)
-    if task == "binary":
-        return class_weights(class_weight, float(counts[1]), float(counts.sum()))
-    k = len(counts)
-    if class_weight is None:
-        return (1.0,) * k
-    if class_weight == "balanced":
-        n = float(counts.sum())
-        return tuple(n / (k * max(float(c), 1.0)) for c in counts)
-    return tuple(float(class_weight.get(i, 1.0)) for i in range(k))
 
 
 @dataclass

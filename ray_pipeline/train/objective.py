@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -229,3 +230,28 @@ def mean_loss(X: np.ndarray, y: np.ndarray, w: ClassWeights, params: np.ndarray,
     """Unpenalised weighted mean loss over all workers' rows."""
     total = allreduce(shard_sums_task(task, X, y, w, params, gradient=False, dtype=dtype)[-2:])
     return float(total[0] / max(total[1], 1e-300))
+
+
+def class_weights(class_weight: Any, global_pos: float, global_n: float) -> tuple[float, float]:
+    """Weight of a row labelled 0 and of one labelled 1 (balanced uses global class counts)."""
+    if class_weight is None:
+        return 1.0, 1.0
+    if class_weight == "balanced":
+        return global_n / (2.0 * max(global_n - global_pos, 1.0)), global_n / (2.0 * max(global_pos, 1.0))
+    return float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))
+
+
+def task_weights(task: str, class_weight: Any, counts: np.ndarray) -> tuple[float, ...]:
+    """Row weight per class from the global class counts: binary (w0, w1), multiclass one per
+    class (balanced: n / (K count)), regression (1,)."""
+    if task == "regression":
+        return (1.0,)
+    if task == "binary":
+        return class_weights(class_weight, float(counts[1]), float(counts.sum()))
+    k = len(counts)
+    if class_weight is None:
+        return (1.0,) * k
+    if class_weight == "balanced":
+        n = float(counts.sum())
+        return tuple(n / (k * max(float(c), 1.0)) for c in counts)
+    return tuple(float(class_weight.get(i, 1.0)) for i in range(k))

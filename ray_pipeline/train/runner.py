@@ -19,6 +19,7 @@ from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
 from ray_pipeline.train.models import LogisticModel, XGBoostModel
+from ray_pipeline.train.objective import task_weights
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
 from ray_pipeline.train.entry import worker_loop
 
@@ -99,6 +100,14 @@ def resolve_optimizer(optimizer: str, n_features: int) -> str:
     return "newton" if n_features <= NEWTON_MAX_FEATURES else "lbfgs"
 
 
+def class_counts(ds: Any, k: int) -> np.ndarray:
+    """Rows per class index in a prepared split (one pass over its labels)."""
+    counts = np.zeros(k)
+    for batch in ds.iter_batches(batch_size=65536, batch_format="numpy"):
+        counts += np.bincount(np.asarray(batch["y"]).astype(np.int64), minlength=k)[:k]
+    return counts
+
+
 def loop_config(kind: str, cfg: PipelineConfig, spec: FeatureSpec, workers: int,
                 fault: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     """Everything the worker loop needs, as plain data (the task from the FeatureSpec's label, which
@@ -174,6 +183,9 @@ def train_model(
     names = prepared.spec.feature_names
     config = {**loop_config(kind, cfg, prepared.spec, workers, fault), "progress_key": name,
               "measure_memory": measure_memory}  # fmt: skip
+    if kind == "xgboost" and cfg.training.xgboost.class_weight is not None and prepared.spec.task != "regression":
+        config["class_weights"] = list(task_weights(prepared.spec.task, cfg.training.xgboost.class_weight,
+                                                    class_counts(prepared.train, max(config["n_outputs"], 2))))  # fmt: skip
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
     with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 
 def _callback(frequency: int):
     """Ray Train's XGBoost callback, reporting only with checkpoints: each ray.train.report is a
@@ -42,8 +44,9 @@ def _progress(key: str | None, total: int):
     return Progress()
 
 
-def _shard_iter(shard: tuple[list, int], n_features: int):
-    """An xgboost.DataIter over a shard's record batches (`worker.iter_batches`)."""
+def _shard_iter(shard: tuple[list, int], n_features: int, weights: list[float] | None = None):
+    """An xgboost.DataIter over a shard's record batches (`worker.iter_batches`); rows weigh
+    `weights[class]` when given."""
     import xgboost
 
     from ray_pipeline.train.worker import iter_batches
@@ -62,7 +65,8 @@ def _shard_iter(shard: tuple[list, int], n_features: int):
             batch = next(self._batches, None)
             if batch is None:
                 return False
-            input_data(data=batch[0], label=batch[1])
+            weight = None if weights is None else np.asarray(weights)[batch[1].astype(np.int64)]
+            input_data(data=batch[0], label=batch[1], weight=weight)
             return True
 
     return ShardIter()
@@ -98,7 +102,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     # then bins).
     shards = config["shards"]
     dtrain = xgboost.QuantileDMatrix(
-        _shard_iter(shards["train"][rank], d), max_bin=int(params.get("max_bin", 256)), nthread=config["nthread"]
+        _shard_iter(shards["train"][rank], d, config.get("class_weights")), max_bin=int(params.get("max_bin", 256)), nthread=config["nthread"]
     )
     dvalid = xgboost.QuantileDMatrix(_shard_iter(shards["valid"][rank], d), ref=dtrain, nthread=config["nthread"])
 
