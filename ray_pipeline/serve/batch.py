@@ -19,6 +19,7 @@ from ray_pipeline.config import FeatureColumn, PipelineConfig, SourceConfig
 from ray_pipeline.data import validate as v
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
 from ray_pipeline.errors import UserError
+from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.progress import bar
 from ray_pipeline.registry.versions import LoadedModel
 from ray_pipeline.storage import filesystem, reset_dir
@@ -53,7 +54,7 @@ class BatchResult:
         return "\n".join(lines)
 
 
-def output_columns(spec, scores: np.ndarray) -> dict[str, pa.Array]:
+def output_columns(spec: FeatureSpec, scores: np.ndarray) -> dict[str, pa.Array]:
     """The task's output columns, as the service answers: binary `score` (probability of label 1);
     multiclass `class` and `p_<class>` per class; regression `value` (in the label's units)."""
     if spec.task == "multiclass":
