@@ -30,9 +30,9 @@ def task_of(version: ModelVersion) -> str:
     return version.signature.get("task") or (version.signature.get("label") or {}).get("task") or "binary"
 
 
-def primary_metric(version: ModelVersion) -> str:
-    """The metric versions are ranked by: rmse for regression, log-loss otherwise (lower is better)."""
-    return "rmse" if task_of(version) == "regression" else "log_loss"
+def primary_metric(task: str) -> str:
+    """The metric models of a task are ranked by: rmse for regression, log-loss otherwise (lower is better)."""
+    return "rmse" if task == "regression" else "log_loss"
 
 
 TASK_METRICS = {"binary": ("log_loss", "roc_auc"), "multiclass": ("log_loss", "accuracy", "macro_f1", "roc_auc"),

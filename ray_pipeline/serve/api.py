@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.registry.versions import LoadedModel
+from ray_pipeline.train.models import logged_score
 
 EXACTLY_ONE = "give exactly one of records or entity_ids"
 
@@ -256,9 +257,9 @@ def prediction(spec: FeatureSpec, output: Any) -> dict[str, Any]:
 def logged_scores(spec: FeatureSpec, outputs: list[Any]) -> list[float]:
     """The one number per row the prediction log and the score metric keep: the probability
     (binary), the predicted class index (multiclass), the value (regression)."""
-    if spec.task == "multiclass":
-        return [float(np.argmax(o)) for o in outputs]
-    return [float(o) for o in outputs]
+    if not outputs:  # a request whose every row was refused
+        return []
+    return logged_score(spec.task, np.asarray(outputs, dtype=np.float64)).tolist()
 
 
 def answer(parsed: ParsedRows, req: ScoreRequest, scored: Scored) -> dict[str, Any]:

@@ -97,12 +97,6 @@ def task_metrics(task: str, y: np.ndarray, p: np.ndarray, p_true: np.ndarray | N
     return metrics(y, p, p_true)
 
 
-def logged_score(task: str, scores: np.ndarray) -> np.ndarray:
-    """The one number per row monitoring follows: the probability (binary), the predicted class
-    index (multiclass, so its drift is the drift of class shares), the value (regression)."""
-    return scores.argmax(axis=1).astype(np.float64) if task == "multiclass" else np.asarray(scores, np.float64)
-
-
 def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Labels, predictions and p_true (if present) for a prepared split."""
     ys, ps, ts = [], [], []

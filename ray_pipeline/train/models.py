@@ -25,6 +25,12 @@ def transform_target(values: np.ndarray, transform: str) -> np.ndarray:
     return np.log1p(values) if transform == "log1p" else values
 
 
+def logged_score(task: str, scores: np.ndarray) -> np.ndarray:
+    """The one number per row monitoring follows: the probability (binary), the predicted class
+    index (multiclass, so its drift is the drift of class shares), the value (regression)."""
+    return scores.argmax(axis=1).astype(np.float64) if task == "multiclass" else np.asarray(scores, np.float64)
+
+
 @dataclass
 class LogisticModel:
     """z = x . weights + bias over the FeatureSpec's feature vector; sigmoid(z) for binary,

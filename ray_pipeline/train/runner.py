@@ -18,7 +18,7 @@ from ray_pipeline.progress import remote_bar
 from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
-from ray_pipeline.train.models import LogisticModel, XGBoostModel
+from ray_pipeline.train.models import LogisticModel, XGBoostModel, logged_score
 from ray_pipeline.train.objective import task_weights
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
 from ray_pipeline.train.entry import worker_loop
@@ -237,7 +237,7 @@ def train_model(
             if prepared.input_profile is None:
                 m = cfg.monitoring
                 prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
-            save_profile(with_scores(prepared.input_profile, evaluate.logged_score(config["task"], p),
+            save_profile(with_scores(prepared.input_profile, logged_score(config["task"], p),
                                      config["n_outputs"] if config["task"] == "multiclass" else None), local)  # fmt: skip
             timings["profile_s"] = time.perf_counter() - t0
         evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind, config["task"])

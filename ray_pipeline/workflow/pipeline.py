@@ -105,14 +105,14 @@ def register_and_promote(cfg: PipelineConfig, runs: list[TrainRun], alias: str =
     The best run becomes the holder if it beats the current one (or there is none); the others
     are then checked against it, so the report shows each gate decision.
     """
-    from ray_pipeline.registry.gates import PromotionRefused, headline, primary_metric, promote
+    from ray_pipeline.registry.gates import PromotionRefused, headline, primary_metric, promote, task_of
     from ray_pipeline.registry.versions import open_registry, register_run
 
     registry = open_registry(cfg)
     name = cfg.registry.model_name
     versions = [register_run(registry, name, run.run_dir) for run in runs]
     lines = [headline(v) for v in versions]
-    for v in sorted(versions, key=lambda v: v.metrics.get(primary_metric(v), float("inf"))):
+    for v in sorted(versions, key=lambda v: v.metrics.get(primary_metric(task_of(v)), float("inf"))):
         try:
             change, report = promote(registry, name, v.version, alias, cfg.registry.gates)
             lines += [report, f"@{alias}: {change.from_version} -> {change.to_version}"]

@@ -32,7 +32,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.feedback.records import write_record
 from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic, new_labels, select_rows, span
 from ray_pipeline.registry.bootstrap import identical
-from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, promote
+from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, primary_metric, promote
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.train import evaluate
@@ -146,7 +146,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
                                      "holdout": evaluate.task_metrics(task, y, p_champ)}}  # fmt: skip
     for m, _, run in candidates:
         record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
-    _, p_best, best = min(candidates, key=lambda c: c[0]["rmse" if task == "regression" else "log_loss"])
+    _, p_best, best = min(candidates, key=lambda c: c[0][primary_metric(task)])
     record["stage"] = "compare"
     twin = same_model(registry, name, model_sha256(best.run_dir))
     if twin is not None or identical(p_best, p_champ):
