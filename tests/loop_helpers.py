@@ -23,12 +23,14 @@ INPUTS = list(FEATURES)
 WINDOW_S = 3.0  # at most 2,000 rows a window, sent in about a second
 
 
-def loop_config(tmp: Path, shared: Path, name: str, **monitoring: Any) -> PipelineConfig:
+def loop_config(tmp: Path, shared: Path, name: str, label: str | dict = "label", logreg: dict | None = None,
+                **monitoring: Any) -> PipelineConfig:  # fmt: skip
     """A pipeline over `shared` data (ingested once) with its own registry name, log and monitoring root."""
+    logreg = logreg or {"optimizer": "gd", "learning_rate": 4.0, "epochs": 200}
     return parse_config(
         {
             "data": {"source": {"path": str(shared / "raw"), "format": "parquet"},
-                     "schema": {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": "label",
+                     "schema": {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": label,
                                 "features": FEATURES},
                      "output": {"root": str(shared / "ingested")}},
             "features": {"store_root": str(tmp / "features"),
@@ -36,7 +38,7 @@ def loop_config(tmp: Path, shared: Path, name: str, **monitoring: Any) -> Pipeli
                                      "avg_amount_30d": {"log1p": True}, "account_age_days": {"log1p": True}},
                          "categorical": {"merchant_id": {"min_count": 5, "unseen": "rare"}}},
             "training": {"run_root": str(tmp / "runs"), "workers": 1, "cpus_per_worker": 0.5, "checkpoint_every": 500,
-                         "logreg": {"optimizer": "gd", "learning_rate": 4.0, "epochs": 200}},
+                         "logreg": logreg},
             "registry": {"db_path": str(shared / "registry.db"), "artifact_root": str(shared / "artifacts"),
                          "model_name": name},
             "serving": {"port": free_port(), "prediction_log": str(tmp / "predlog"), "log_flush_s": 0.5,
@@ -48,10 +50,11 @@ def loop_config(tmp: Path, shared: Path, name: str, **monitoring: Any) -> Pipeli
     )  # fmt: skip
 
 
-def traffic(seed: int, rows: int, start: str, days: float, drift: dict | None = None) -> list[dict[str, Any]]:
+def traffic(seed: int, rows: int, start: str, days: float, drift: dict | None = None,
+            task: str = "binary") -> list[dict[str, Any]]:  # fmt: skip
     """Generated events (inputs, entity, event time, label) in event-time order."""
     spec = SyntheticConfig(rows=rows, seed=seed, start=start, days=days, chunk_rows=rows, entities=2000,
-                           drift=drift)  # fmt: skip
+                           drift=drift, task=task)  # fmt: skip
     return replay.generated_events(spec).to_pylist()
 
 

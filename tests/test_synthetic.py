@@ -165,3 +165,64 @@ def test_generate_csv(ray_session, tmp_path):
     assert files
     frame = pd.concat(pd.read_csv(f) for f in files)
     assert len(frame) == 3_000 and "p_true" in frame.columns
+
+
+def _task_frame(task: str) -> pd.DataFrame:
+    spec = SyntheticConfig(rows=40_000, chunk_rows=40_000, seed=3, start=START, days=90, task=task)
+    return syn.generate_chunk(spec, 0).to_pandas()
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    cols = {c: frame[c].to_numpy(dtype=float) for c in syn.NUMERIC_FEATURES}
+    cols.update({c: frame[c].to_numpy(dtype=object) for c in syn.CATEGORICAL_FEATURES})
+    return cols
+
+
+def test_task_modes_share_the_inputs_and_change_only_the_label(base):
+    for task in ("multiclass", "regression"):
+        frame = _task_frame(task)
+        inputs = ["event_id", "customer_id", "event_ts", *syn.NUMERIC_FEATURES, *syn.CATEGORICAL_FEATURES]
+        pd.testing.assert_frame_equal(frame[inputs], base[inputs])
+
+
+def test_multiclass_outcome_follows_the_true_softmax():
+    frame = _task_frame("multiclass")
+    probs = syn.class_probabilities(syn.true_logit(_columns(frame), syn.COEFFICIENTS), _columns(frame))
+    assert set(frame["label"]) == set(syn.CLASSES)
+    k = frame["label"].map({c: i for i, c in enumerate(syn.CLASSES)}).to_numpy()
+    # p_true is the truth's probability of each row's own class.
+    np.testing.assert_allclose(frame["p_true"].to_numpy(), probs[np.arange(len(k)), k], rtol=1e-12)
+    n = len(frame)
+    for i, cls in enumerate(syn.CLASSES):
+        p = probs[:, i]
+        se = np.sqrt(np.sum(p * (1 - p))) / n
+        assert abs((k == i).mean() - p.mean()) < 4 * se, cls
+        # Calibrated within each quintile of the class's own probability.
+        bins = pd.qcut(p, 5, labels=False, duplicates="drop")
+        for b in np.unique(bins):
+            m = bins == b
+            gse = np.sqrt(np.sum(p[m] * (1 - p[m]))) / m.sum()
+            assert abs((k[m] == i).mean() - p[m].mean()) < 5 * gse, (cls, b)
+    # The truth's loss sits well below the loss of the class shares alone.
+    shares = np.bincount(k, minlength=3) / n
+    assert syn.bayes_multiclass_log_loss(frame["p_true"].to_numpy()) < -np.mean(np.log(shares[k])) - 0.05
+
+
+def test_regression_target_is_the_true_mean_plus_noise_of_known_size():
+    frame = _task_frame("regression")
+    mean = syn.LOSS_OFFSET + syn.LOSS_SCALE * syn.true_logit(_columns(frame), syn.COEFFICIENTS)
+    np.testing.assert_allclose(frame["y_true"].to_numpy(), mean, rtol=1e-12)
+    residual = frame["label"].to_numpy() - mean
+    n = len(frame)
+    assert abs(residual.mean()) < 4 * syn.NOISE_SD / np.sqrt(n)
+    floor = syn.noise_rmse(frame["label"].to_numpy(), frame["y_true"].to_numpy())
+    assert abs(floor - syn.NOISE_SD) < 4 * syn.NOISE_SD / np.sqrt(2 * n)
+    assert abs(np.corrcoef(residual, mean)[0, 1]) < 4 / np.sqrt(n)  # the noise does not depend on the inputs
+    assert frame["label"].std() > 2 * syn.NOISE_SD  # the inputs explain most of the variance
+
+
+def test_a_corrupt_label_is_null_in_every_task_mode():
+    for task in ("binary", "multiclass", "regression"):
+        spec = SyntheticConfig(rows=20_000, chunk_rows=20_000, seed=5, task=task, corruption_rate=0.05)
+        frame = syn.generate_chunk(spec, 0).to_pandas()
+        assert 20 < frame["label"].isna().sum() < 500, task

@@ -48,6 +48,20 @@ def regression(ray_session):
     return task_prepared("regression")
 
 
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """The uninterrupted 2-worker run per (task, optimizer), trained once per module."""
+    runs: dict[tuple[str, str], object] = {}
+
+    def run(prepared, task: str, optimizer: str, **logreg):
+        if (task, optimizer) not in runs:
+            cfg = linear_cfg(tmp_path_factory.mktemp(f"w2-{task}-{optimizer}"), optimizer=optimizer, **logreg)
+            runs[task, optimizer] = train_model(cfg, "logreg", workers=2, prepared=prepared)
+        return runs[task, optimizer]
+
+    return run
+
+
 def _xy(ds) -> tuple[np.ndarray, np.ndarray]:
     batch = ds.take_batch(10**7, batch_format="numpy")
     return np.asarray(batch["x"], np.float64), np.asarray(batch["y"], np.float64)
@@ -55,14 +69,14 @@ def _xy(ds) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["newton", "lbfgs"])
-def test_softmax_matches_sklearn_and_is_the_same_on_one_or_two_workers(multiclass, tmp_path, optimizer):
+def test_softmax_matches_sklearn_and_is_the_same_on_one_or_two_workers(multiclass, two_workers, tmp_path, optimizer):
     """Unpenalised: the maximum-likelihood softmax fit, which scikit-learn's multinomial lbfgs finds too."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    runs = [train_model(linear_cfg(tmp_path / f"w{n}", optimizer=optimizer, epochs=100), "logreg", workers=n,
-                        prepared=multiclass) for n in (0, 2)]  # fmt: skip
-    one, two = runs
+    one = train_model(linear_cfg(tmp_path / "w0", optimizer=optimizer, epochs=100), "logreg", workers=0,
+                      prepared=multiclass)  # fmt: skip
+    two = two_workers(multiclass, "multiclass", optimizer, epochs=100)
     assert len(two.worker_nodes) == 2 and one.model.weights.shape == (3, 3)
     np.testing.assert_allclose(one.model.weights, two.model.weights, atol=1e-6, rtol=0)
     np.testing.assert_allclose(one.model.bias, two.model.bias, atol=1e-6, rtol=0)
@@ -86,6 +100,29 @@ def test_squared_error_is_the_least_squares_fit_on_one_or_two_workers(regression
         assert float(np.ravel(run.model.bias)[0]) == pytest.approx(exact[-1], abs=1e-6)
     assert one.metrics["rmse"] == pytest.approx(0.5, rel=0.05)  # the noise floor the data was drawn with
     assert len(one.history) <= 3  # a quadratic: one Newton step
+
+
+# A real kill and resume per task: softmax by L-BFGS (its memory pairs in the checkpoint) and
+# squared error by minibatch Adam (its moments, step and seeded batch order).
+@pytest.mark.slow
+@pytest.mark.parametrize("task, optimizer, logreg", [("multiclass", "lbfgs", {"epochs": 100}),
+                                                     ("regression", "adam", {"learning_rate": 0.05, "batch_size": 2048,
+                                                                             "epochs": 10})])  # fmt: skip
+def test_each_task_resumes_after_a_worker_is_killed(request, two_workers, tmp_path, task, optimizer, logreg):
+    prepared = request.getfixturevalue(task)
+    marker = tmp_path / "killed"
+    cfg = linear_cfg(tmp_path, optimizer=optimizer, **logreg)
+    cfg.training.checkpoint_every = 2
+    run = train_model(cfg, "logreg", workers=2, prepared=prepared,
+                      fault={"fail_at_epoch": 5, "fail_marker": str(marker)})  # fmt: skip
+    uninterrupted = two_workers(prepared, task, optimizer, **logreg)
+    assert marker.exists(), "the fault hook did not fire"
+    assert 0 < run.resumed_from <= 5 and run.resumed_from % 2 == 0  # from a checkpoint, not from scratch
+    assert [h["epoch"] for h in run.history] == list(range(1, len(uninterrupted.history) + 1))
+    np.testing.assert_allclose(run.model.weights, uninterrupted.model.weights, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(run.model.bias, uninterrupted.model.bias, atol=1e-9, rtol=0)
+    metric = "log_loss" if task == "multiclass" else "rmse"
+    assert run.metrics[metric] == pytest.approx(uninterrupted.metrics[metric], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -41,6 +41,10 @@ def generate(
     start: Annotated[datetime | None, typer.Option(help="First event time (UTC).")] = None,
     days: Annotated[float | None, typer.Option(help="Length of the event period in days.")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="parquet or csv.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="binary (fraud 0/1), multiclass (ok/fraud/dispute) or regression (a risk score)."),
+    ] = None,
     corruption_rate: Annotated[
         float | None, typer.Option(help="Share of rows turned into bad rows of known kinds (0-0.5).")
     ] = None,
@@ -59,7 +63,7 @@ def generate(
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Generate synthetic transactions with a known label probability (p_true) in parallel."""
+    """Generate synthetic transactions with a known ground truth (p_true, or y_true) in parallel."""
     from ray_pipeline.data.synthetic import generate as run_generate
 
     cfg = load_config(config) if config else None
@@ -80,7 +84,7 @@ def generate(
     spec = synthetic_spec(
         cfg,
         {"rows": rows, "seed": seed, "entities": entities, "start": start, "days": days,
-         "format": fmt, "corruption_rate": corruption_rate},
+         "format": fmt, "task": task, "corruption_rate": corruption_rate},
         drift,
     )  # fmt: skip
     if out is None:

@@ -36,8 +36,12 @@ class DriftConfig(StrictModel):
 
 
 class SyntheticConfig(StrictModel):
-    """The synthetic transactions generator (ground truth `p_true` included)."""
+    """The synthetic transactions generator (ground truth included: `p_true`, or `y_true` for regression)."""
 
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        default="binary",
+        description="binary: label 0/1 (fraud); multiclass: outcome ok/fraud/dispute; regression: a risk score.",
+    )
     rows: int = Field(default=100_000, gt=0)
     seed: int = 0
     entities: int | None = Field(default=None, gt=0, description="Distinct customers; rows/20 if unset.")

@@ -1,4 +1,10 @@
-"""Deterministic synthetic transactions with a known label probability `p_true` (ground truth).
+"""Deterministic synthetic transactions with a known ground truth, for each task type.
+
+binary: `label` is 1 for fraud, drawn with probability `p_true`; multiclass: `label` is the outcome
+(ok / fraud / dispute) drawn from the true softmax, and `p_true` is the truth's probability of the
+row's own outcome; regression: `label` is a risk score in points (any sign), `y_true` its
+noise-free mean and `NOISE_SD` the noise around it. Every task uses the same inputs and the same fraud log-odds, so
+drift options mean the same for all three.
 
 Rows are made in fixed-size chunks, each from its own seeded generator, so the same seed gives
 the same rows on any cluster size; Ray Data runs the chunks in parallel and streams them to
@@ -35,6 +41,20 @@ COEFFICIENTS: dict[str, float] = {
     "merchant_category": 1.0,  # scale of the per-category effects
     "merchant_risk": 1.0,  # added for the fixed set of risky merchants
 }
+
+# Multiclass: the outcome's classes in order; "ok" is the reference (logit 0), "fraud" takes the
+# binary log-odds above and "dispute" its own linear log-odds (DISPUTE).
+CLASSES = ["ok", "fraud", "dispute"]
+DISPUTE: dict[str, float] = {
+    "intercept": -2.2,
+    "amount": 0.6,  # per unit of log1p(amount) around 3.5: disputes grow with the amount
+    "txn_count_24h": 0.4,  # per transaction around 1.8
+    "account_age_days": 0.3,  # per unit of log1p(age) around 5.0: older accounts dispute, new ones defraud
+    "phone": 0.8,  # channel == phone
+}
+# Regression: the risk score is affine in the fraud log-odds plus normal noise of NOISE_SD, so the
+# noise floor (the RMSE of the true mean) is NOISE_SD in expectation.
+LOSS_OFFSET, LOSS_SCALE, NOISE_SD = 200.0, 50.0, 25.0
 
 NUMERIC_FEATURES = [
     "amount",
@@ -159,6 +179,42 @@ def true_logit(cols: dict[str, np.ndarray], coef: dict[str, float]) -> np.ndarra
     )
 
 
+def dispute_logit(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The true log-odds of "dispute" against "ok" (multiclass), from observed columns only."""
+    d = DISPUTE
+    age = np.nan_to_num(np.log1p(cols["account_age_days"]) - 5.0, nan=0.0)
+    return (
+        d["intercept"]
+        + d["amount"] * np.nan_to_num(np.log1p(cols["amount"]) - 3.5, nan=0.0)
+        + d["txn_count_24h"] * np.nan_to_num(cols["txn_count_24h"] - 1.8, nan=0.0)
+        + d["account_age_days"] * age
+        + d["phone"] * (cols["channel"] == "phone")
+    )
+
+
+def class_probabilities(logit: np.ndarray, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The true outcome probabilities (rows x CLASSES) given the fraud log-odds."""
+    z = np.stack([np.zeros_like(logit), logit, dispute_logit(cols)], axis=1)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _labels(task: str, logit: np.ndarray, cols: dict[str, np.ndarray], label_u: np.ndarray,
+            noise: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    """The label column and its ground truth for `task`, from the same uniform and normal draws."""
+    if task == "multiclass":
+        probs = class_probabilities(logit, cols)
+        # Inverse CDF: the first class whose cumulative probability passes the row's uniform.
+        k = np.minimum((label_u[:, None] >= np.cumsum(probs, axis=1)).sum(axis=1), len(CLASSES) - 1)
+        return {"label": np.array(CLASSES, dtype=object)[k], "p_true": probs[np.arange(len(k)), k]}
+    if task == "regression":
+        mean = LOSS_OFFSET + LOSS_SCALE * logit
+        return {"label": np.round(mean + NOISE_SD * noise, 2), "y_true": mean}
+    p_true = 1.0 / (1.0 + np.exp(-logit))
+    return {"label": (label_u < p_true).astype(np.float64), "p_true": p_true}
+
+
 def generate_chunk(spec: SyntheticConfig, chunk: int) -> pa.Table:
     """Rows of chunk number `chunk`; a pure function of (spec, chunk)."""
     _check_spec(spec)
@@ -184,6 +240,7 @@ def generate_chunk(spec: SyntheticConfig, chunk: int) -> pa.Table:
     label_u = rng.random(n)
     corrupt_u = rng.random(n)
     corrupt_kind = rng.integers(0, len(CORRUPTION_KINDS), size=n)
+    noise = rng.standard_normal(n)  # drawn last, so adding it left the binary rows unchanged
 
     start_us = int(spec.start.timestamp() * 1e6)
     ts_us = start_us + (offsets * 1e6).astype(np.int64)
@@ -227,20 +284,19 @@ def generate_chunk(spec: SyntheticConfig, chunk: int) -> pa.Table:
         logit = np.where(drifted, true_logit(cols, after), true_logit(cols, COEFFICIENTS))
     else:
         logit = true_logit(cols, COEFFICIENTS)
-    p_true = 1.0 / (1.0 + np.exp(-logit))
-    label = (label_u < p_true).astype(np.float64)
+    labels = _labels(spec.task, logit, cols, label_u, noise)
 
     table = {
         "event_id": np.arange(first, first + n, dtype=np.int64),
         "customer_id": (entity_rank + 1).astype(np.float64),
         "event_ts": ts_us.astype(np.float64),
-        "label": label,
+        "label": labels.pop("label"),
         **cols,
-        "p_true": p_true,
+        **labels,
     }
     if spec.corruption_rate > 0:
         _corrupt(table, corrupt_u < spec.corruption_rate, corrupt_kind)
-    return _to_arrow(table)
+    return _to_arrow(table, integer_label=spec.task == "binary")
 
 
 def _corrupt(table: dict[str, np.ndarray], hit: np.ndarray, kind: np.ndarray) -> None:
@@ -253,7 +309,7 @@ def _corrupt(table: dict[str, np.ndarray], hit: np.ndarray, kind: np.ndarray) ->
         elif what == "credit_score_out_of_range":
             table["credit_score"][row] = 9999.0
         elif what == "null_label":
-            table["label"][row] = np.nan
+            table["label"][row] = None if table["label"].dtype == object else np.nan
         elif what == "unknown_channel":
             table["channel"][row] = "carrier_pigeon"
         elif what == "null_timestamp":
@@ -265,8 +321,9 @@ def _corrupt(table: dict[str, np.ndarray], hit: np.ndarray, kind: np.ndarray) ->
                 values[row] = values[row - 1]
 
 
-def _to_arrow(table: dict[str, np.ndarray]) -> pa.Table:
-    ints = {"customer_id", "account_age_days", "credit_score", "txn_count_24h", "hour_of_day", "label"}
+def _to_arrow(table: dict[str, np.ndarray], integer_label: bool) -> pa.Table:
+    ints = {"customer_id", "account_age_days", "credit_score", "txn_count_24h", "hour_of_day"}
+    ints |= {"label"} if integer_label else set()
     arrays = {}
     for name, values in table.items():
         if name == "event_ts":
@@ -277,7 +334,7 @@ def _to_arrow(table: dict[str, np.ndarray]) -> pa.Table:
             mask = np.isnan(values)
             arrays[name] = pa.array(np.where(mask, 0, values).astype(np.int64), mask=mask)
         elif values.dtype == object:
-            arrays[name] = pa.array(values, type=pa.string())
+            arrays[name] = pa.array(values, type=pa.string(), from_pandas=True)
         else:
             arrays[name] = pa.array(values, from_pandas=True)
     return pa.table(arrays)
@@ -319,3 +376,13 @@ def bayes_log_loss(label: np.ndarray, p_true: np.ndarray) -> float:
     """Mean log-loss of the true probabilities: the floor no model can beat on this data."""
     p = np.clip(p_true, 1e-15, 1 - 1e-15)
     return float(-np.mean(label * np.log(p) + (1 - label) * np.log1p(-p)))
+
+
+def bayes_multiclass_log_loss(p_own: np.ndarray) -> float:
+    """Mean multiclass log-loss of the truth, from its probability of each row's own class."""
+    return float(-np.mean(np.log(np.clip(p_own, 1e-15, 1.0))))
+
+
+def noise_rmse(label: np.ndarray, y_true: np.ndarray) -> float:
+    """RMSE of the true mean: the regression floor no model can beat on this data."""
+    return float(np.sqrt(np.mean((label - y_true) ** 2)))

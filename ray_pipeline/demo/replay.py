@@ -69,7 +69,8 @@ def send_windows(url: str, schema: SchemaConfig, events: pa.Table, inputs: list[
             status, answer = http_json(url + "/predict", body)
             if status != 200:
                 raise RuntimeError(f"POST {url}/predict -> {status}: {answer}")
-            labels += [{"request_id": answer["request_id"], "row": j, "label": int(e[schema.label])}
+            # the raw value, as the upstream system delivers it (`labels ingest` maps it per task)
+            labels += [{"request_id": answer["request_id"], "row": j, "label": e[schema.label]}
                        for j, e in enumerate(part)]  # fmt: skip
     return labels
 

@@ -22,7 +22,7 @@ from ray_pipeline.registry.bootstrap import TASK_COUNTERPART, GateCheck, paired_
 from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
 
 # Metrics where a smaller value is better; every other metric is better when larger.
-LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss", "rmse", "mae"}
+LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss", "rmse", "mae", "excess_rmse"}
 
 
 def task_of(version: ModelVersion) -> str:

@@ -16,7 +16,9 @@ from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_table
 from ray_pipeline.train.models import transform_target
 
-TRUTH = "p_true"  # carried to the test set when the data has it (synthetic ground truth)
+# Synthetic ground truth, carried to the test set as "truth" when the data has it: p_true (binary:
+# P(label=1); multiclass: the truth's probability of the row's own class) or y_true (regression mean).
+TRUTH_COLUMNS = ("p_true", "y_true")
 
 
 @dataclass
@@ -66,13 +68,14 @@ def _in_window(batch: pa.Table, ts: str, lo: int | None, hi: int | None) -> pa.T
 
 def to_xy(batch: pa.Table, spec: FeatureSpec, label: str) -> dict[str, np.ndarray]:
     """The model inputs of a batch: x (float32 matrix), y (float32; a regression target as it is
-    fitted, its transform applied), and p_true if present."""
+    fitted, its transform applied), and the ground truth if the data has one."""
     y = batch[label].to_numpy(zero_copy_only=False).astype(np.float64)
     if spec.label is not None and spec.label.task == "regression":
         y = transform_target(y, spec.label.transform)
     out = {"x": transform_table(batch, spec), "y": y.astype(np.float32)}
-    if TRUTH in batch.column_names:
-        out[TRUTH] = batch[TRUTH].to_numpy(zero_copy_only=False).astype(np.float64)
+    for name in TRUTH_COLUMNS:
+        if name in batch.column_names:
+            out["truth"] = batch[name].to_numpy(zero_copy_only=False).astype(np.float64)
     return out
 
 

@@ -88,23 +88,33 @@ def regression_metrics(y: np.ndarray, v: np.ndarray) -> dict[str, float]:
     }
 
 
-def task_metrics(task: str, y: np.ndarray, p: np.ndarray, p_true: np.ndarray | None = None) -> dict[str, float]:
-    """The task's test metrics: `metrics` for binary, `multiclass_metrics`, `regression_metrics`."""
+def task_metrics(task: str, y: np.ndarray, p: np.ndarray, truth: np.ndarray | None = None) -> dict[str, float]:
+    """The task's test metrics: `metrics` for binary, `multiclass_metrics`, `regression_metrics`;
+    with a known truth, the floor no model can beat and the model's excess over it."""
+    known = truth is not None and len(truth) == len(y) and len(y) > 0 and bool(np.isfinite(truth).all())
     if task == "multiclass":
-        return multiclass_metrics(y, p)
+        out = multiclass_metrics(y, p)
+        if known:  # truth: the true probability of each row's own class
+            out["bayes_log_loss"] = float(-np.mean(np.log(np.clip(truth, 1e-15, 1.0))))
+            out["excess_log_loss"] = out["log_loss"] - out["bayes_log_loss"]
+        return out
     if task == "regression":
-        return regression_metrics(y, p)
-    return metrics(y, p, p_true)
+        out = regression_metrics(y, p)
+        if known:  # truth: the noise-free mean of each row's target
+            out["noise_rmse"] = float(np.sqrt(np.mean((y - truth) ** 2)))
+            out["excess_rmse"] = out["rmse"] - out["noise_rmse"]
+        return out
+    return metrics(y, p, truth if known else None)
 
 
 def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Labels, predictions and p_true (if present) for a prepared split."""
+    """Labels, predictions and the ground truth (if the data has one) for a prepared split."""
     ys, ps, ts = [], [], []
     for batch in ds.iter_batches(batch_size=65536, batch_format="numpy"):
         ys.append(np.asarray(batch["y"], dtype=np.float64))
         ps.append(model.score(np.asarray(batch["x"])))
-        if "p_true" in batch:
-            ts.append(np.asarray(batch["p_true"], dtype=np.float64))
+        if "truth" in batch:
+            ts.append(np.asarray(batch["truth"], dtype=np.float64))
     task = getattr(model, "task", "binary")
     if not ys:
         return np.empty(0), np.empty((0, 0)) if task == "multiclass" else np.empty(0), None
@@ -169,16 +179,17 @@ def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, 
 
 def render(name: str, m: dict[str, float]) -> str:
     """One line per model for the CLI."""
-    if "rmse" in m:
-        return f"{name:<8} rmse {m['rmse']:.4g}  mae {m['mae']:.4g}  r2 {m['r2']:.4f}"
-    if "macro_f1" in m:
-        return (f"{name:<8} log_loss {m['log_loss']:.4f}  accuracy {m['accuracy']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
-                f"roc_auc (one vs rest) {m['roc_auc']:.4f}")  # fmt: skip
     bayes = (
         f"  (Bayes-optimal {m['bayes_log_loss']:.4f}, excess {m['excess_log_loss']:.4f})"
         if "bayes_log_loss" in m
         else ""
     )
+    if "rmse" in m:
+        noise = f"  (noise floor {m['noise_rmse']:.4g}, excess {m['excess_rmse']:.4g})" if "noise_rmse" in m else ""
+        return f"{name:<8} rmse {m['rmse']:.4g}{noise}  mae {m['mae']:.4g}  r2 {m['r2']:.4f}"
+    if "macro_f1" in m:
+        return (f"{name:<8} log_loss {m['log_loss']:.4f}{bayes}  accuracy {m['accuracy']:.4f}  "
+                f"macro_f1 {m['macro_f1']:.4f}  roc_auc (one vs rest) {m['roc_auc']:.4f}")  # fmt: skip
     return (
         f"{name:<8} log_loss {m['log_loss']:.4f}{bayes}  roc_auc {m['roc_auc']:.4f}  pr_auc {m['pr_auc']:.4f}  "
         f"brier {m['brier']:.4f}  ece {m['calibration_error']:.4f}"

@@ -232,6 +232,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if rank != 0:
         return None
     best = state.best_params.reshape(d + 1, k)  # the bias is the last row
+    if k > 1:
+        # Softmax is unchanged when one constant is added to every class's weight of an input (or
+        # to every bias), so those directions are free: floating-point noise in a singular Hessian
+        # moves along them differently per worker count. Centre each row across the classes (the
+        # penalised optimum is centred anyway) so one fit has one set of parameters.
+        best = best - best.mean(axis=1, keepdims=True)
     return {
         "theta": (best[:-1, 0] if k == 1 else best[:-1]).tolist(),
         "bias": float(best[-1, 0]) if k == 1 else best[-1].tolist(),

@@ -66,9 +66,9 @@ def line_search(f: Objective, at: Evaluation, direction: np.ndarray, hessian: bo
 
 def newton_step(f: Objective, at: Evaluation) -> Evaluation | None:
     """One damped Newton (IRLS) step: the least-squares solution of H d = -g, then backtrack."""
-    # Softmax is unchanged when the same constant is added to every class's bias, so the
-    # multiclass Hessian is singular along that direction; the minimum-norm solution never
-    # moves along it (the gradient has no component there), which keeps runs deterministic.
+    # Softmax is unchanged when the same constant is added to every class's bias (or weight of an
+    # input), so the multiclass Hessian is singular along those directions: a least-squares
+    # solution, not a solve. Rounding can still move along them; logreg centres the result.
     direction = -np.linalg.lstsq(at.hess, at.grad, rcond=None)[0]
     return line_search(f, at, direction, hessian=True)
 

@@ -206,8 +206,8 @@ def train_model(
         model = LogisticModel(np.asarray(out["theta"]), bias, names, task=config["task"], transform=target_transform)
 
     t0 = time.perf_counter()
-    y, p, p_true = evaluate.predict_split(model, prepared.test)
-    test_metrics = evaluate.task_metrics(config["task"], y, p, p_true)
+    y, p, truth = evaluate.predict_split(model, prepared.test)
+    test_metrics = evaluate.task_metrics(config["task"], y, p, truth)
     timings["evaluate_s"] = time.perf_counter() - t0
 
     run_dir = join(cfg.training.run_root, name)
