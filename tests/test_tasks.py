@@ -149,6 +149,20 @@ def _infer(tmp_path, frame: pd.DataFrame, label: str, **kw):
     return infer_config(str(path), label, out=str(tmp_path / "p.yaml"), **kw)
 
 
+def test_init_leaves_out_excluded_columns_and_names_a_bad_one(tmp_path):
+    from ray_pipeline.errors import UserError
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "leak": rng.normal(size=300), "y": rng.integers(0, 2, 300)})
+    inference = _infer(tmp_path, frame, "y", exclude=["leak"])
+    assert "leak" not in inference.config.data.schema_.features and "x" in inference.config.data.schema_.features
+    assert next(c for c in inference.columns if c.name == "leak").why == "excluded by --exclude"
+    with pytest.raises(UserError, match="nope"):
+        _infer(tmp_path, frame, "y", exclude=["nope"])
+    with pytest.raises(UserError, match="--label"):
+        _infer(tmp_path, frame, "y", exclude=["y"])
+
+
 def test_init_infers_the_task_from_the_label(tmp_path):
     from ray_pipeline.errors import UserError
 

@@ -110,6 +110,9 @@ def init(
     task: Annotated[
         str | None, typer.Option(help="binary, multiclass or regression; unset: inferred from the label column.")
     ] = None,
+    exclude: Annotated[
+        list[str], typer.Option("--exclude", "-x", help="A column to leave out (a leak, an audit column); repeatable.")
+    ] = [],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pipeline config.")] = Path("pipeline.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     verbose: VerboseOpt = False,
@@ -119,7 +122,7 @@ def init(
 
     if out.exists() and not force:
         raise UserError(f"--out {out}: exists; pass --force to overwrite it")
-    inferred = infer_config(data, label, positive or None, threshold, str(out), task=task)
+    inferred = infer_config(data, label, positive or None, threshold, str(out), task=task, exclude=exclude or None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(inferred.yaml_text)
     typer.echo(inferred.render())

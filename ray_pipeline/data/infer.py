@@ -357,17 +357,26 @@ def infer_config(
     out: str = "pipeline.yaml",
     sample_rows: int = SAMPLE_ROWS,
     task: str | None = None,
+    exclude: list[str] | None = None,
 ) -> Inference:
-    """Sample `data`, infer the schema and write nothing: returns the YAML text and the reasons."""
+    """Sample `data`, infer the schema and write nothing: returns the YAML text and the reasons.
+    `exclude` names columns to leave out whatever they hold (a leak of the label, an audit column)."""
     src = resolve_source(SourceConfig(path=data), data)
     table, ragged = read_sample(src, sample_rows)
     frame = table.to_pandas()
     if label not in frame.columns:
         raise UserError(f"--label {label}: no such column in {src.location}; columns: {list(frame.columns)}")
+    excluded = set(exclude or [])
+    unknown = sorted(excluded - set(frame.columns))
+    if unknown:
+        raise UserError(f"--exclude {unknown}: no such column in {src.location}; columns: {list(frame.columns)}")
+    if label in excluded:
+        raise UserError(f"--exclude {label}: that is the --label column")
     rows = len(frame)
     label_map, label_why, notes = _label_rule(frame[label], label, positive, threshold, task)
     columns = [Column(label, "label", label_why)]
-    columns += [_describe_column(c, frame[c], rows) for c in frame.columns if c != label]
+    columns += [Column(c, "left out", "excluded by --exclude") if c in excluded else _describe_column(c, frame[c], rows)
+                for c in frame.columns if c != label]  # fmt: skip
     key = _first(columns, "entity_key", ID_NAME)
     ts = _first(columns, "event_timestamp", TIME_NAME)
     features = [c for c in columns if c.role == "feature"]
@@ -394,7 +403,9 @@ def q(value: Any) -> str:
 
 
 def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(src.files[0]))[0]) or "model"
+    # A directory names the pipeline (its files are parts, often with generated names).
+    named = data.rstrip("/") if os.path.isdir(data) else src.files[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(named))[0]) or "model"
     work = f"{stem}-pipeline"
     left = [c for c in columns if c.role == "left out"]
     lines = [

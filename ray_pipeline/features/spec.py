@@ -98,6 +98,17 @@ class FeatureSpec(_Frozen):
         return names
 
     @property
+    def sources(self) -> list[str]:
+        """The raw input column behind each entry of the output vector (`feature_names` order):
+        a missing indicator and every one-hot entry belong to their column."""
+        out: list[str] = []
+        for col in self.numeric:
+            out += [col.name] * (2 if col.missing_indicator else 1)
+        for cat in self.categorical:
+            out += [cat.name] * (1 if cat.encoding == "frequency" else len(cat.onehot))
+        return out
+
+    @property
     def task(self) -> str:
         """binary, multiclass or regression (binary for specs without a label)."""
         return self.label.task if self.label is not None else "binary"

@@ -47,6 +47,18 @@ class LogisticModel:
         """The linear part per row: (n,) or (n, K)."""
         return np.asarray(X, dtype=np.float64) @ self.weights + self.bias
 
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Each input's share of the margin, bias last: (n, d+1), or (n, K, d+1) for multiclass;
+        a row sums to `margin` (weight x transformed input: exact for a linear model)."""
+        X = np.asarray(X, dtype=np.float64)
+        if np.ndim(self.weights) == 2:  # multiclass: (d, K)
+            parts = X[:, None, :] * self.weights.T[None, :, :]
+            bias = np.broadcast_to(np.asarray(self.bias, np.float64)[None, :, None], (len(X), parts.shape[1], 1))
+            return np.concatenate([parts, bias], axis=2)
+        w = np.ravel(self.weights)
+        bias = float(np.ravel(np.asarray(self.bias, np.float64))[0])
+        return np.hstack([X * w, np.full((len(X), 1), bias)])
+
     def score(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row (see the module docstring)."""
         z = self.margin(X)
@@ -91,14 +103,30 @@ class XGBoostModel:
     task: str = "binary"
     transform: str = "none"
 
-    def score(self, X: np.ndarray) -> np.ndarray:
-        """The task's output per row (see the module docstring)."""
+    def _predict(self, X: np.ndarray, **how: bool) -> np.ndarray:
         import xgboost
 
         best = self.booster.attr("best_iteration")
         rounds = (0, int(best) + 1) if best is not None else (0, 0)  # (0, 0) means every tree
-        out = self.booster.predict(xgboost.DMatrix(np.asarray(X, dtype=np.float32)), iteration_range=rounds)
+        return self.booster.predict(xgboost.DMatrix(np.asarray(X, dtype=np.float32)), iteration_range=rounds, **how)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """The task's output per row (see the module docstring)."""
+        out = self._predict(X)
         return untransform(out.astype(np.float64), self.transform) if self.task == "regression" else out
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        """The raw score per row before the link: (n,) or (n, K)."""
+        return self._predict(X, output_margin=True).astype(np.float64)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """XGBoost's own per-input contributions to the margin (TreeSHAP), bias last: (n, d+1),
+        or (n, K, d+1) for multiclass; a row sums to `margin`."""
+        return self._predict(X, pred_contribs=True).astype(np.float64)
+
+    def interactions(self, X: np.ndarray) -> np.ndarray:
+        """Pairwise SHAP interaction values (n, d+1, d+1), or (n, K, d+1, d+1) for multiclass."""
+        return self._predict(X, pred_interactions=True).astype(np.float64)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of the positive class per row (binary), or `score` for the other tasks."""

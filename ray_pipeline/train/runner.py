@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.profile import input_profile, save_profile, with_scores
 from ray_pipeline.progress import remote_bar
 from ray_pipeline.storage import join, local_dir
-from ray_pipeline.train import evaluate
+from ray_pipeline.train import evaluate, explain
 from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
 from ray_pipeline.train.models import LogisticModel, XGBoostModel, logged_score
 from ray_pipeline.train.objective import task_weights
@@ -241,6 +242,11 @@ def train_model(
                                      config["n_outputs"] if config["task"] == "multiclass" else None), local)  # fmt: skip
             timings["profile_s"] = time.perf_counter() - t0
         evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind, config["task"])
+        if prepared.test is not None and len(y):  # why the version scores what it scores, stored with it
+            t0 = time.perf_counter()
+            importance = explain.global_importance(model, prepared.spec, prepared.test)
+            (local / explain.IMPORTANCE_FILE).write_text(json.dumps(importance, indent=2))
+            timings["importance_s"] = time.perf_counter() - t0
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
         out.get("worker_nodes", []), out.get("resumed_from"), out.get("resumed_at"), out.get("worker_memory_mb"),
