@@ -173,6 +173,9 @@ def test_promote_refused_then_accepted_with_hot_reload_then_rolled_back(page, si
     assert "refused" in notice and re.search(r"FAIL log_loss .*: [0-9.]+ vs [0-9.]+", notice), notice
     assert registry.aliases("shop")["champion"] == v2
     assert page.locator("table.attempts tr.refused").count() == 1
+    # what drives the version's scores, by raw column, from the importance stored with it
+    columns = page.locator("table.importance tbody td:first-child").all_inner_texts()
+    assert columns and set(columns) <= set(registry.get("shop", v1).signature["inputs"])
     shot(page, "version-refused")
     page.goto(site["console"] + f"models/shop/{v2}")
     page.click("button[data-action=rollback]")

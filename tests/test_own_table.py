@@ -10,6 +10,7 @@ and served scores must equal `predict`'s.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -360,6 +361,9 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
                                            table["flight_time"].max().replace("Z", ".000000Z")]  # fmt: skip
     shown = _invoke("models", "show", "--config", str(config), "models:/flights@champion")
     assert lineage["training_set_sha256"] in shown and "event_time_range" in shown
+    # what drives the champion's scores, in the table's own column names, every input ranked
+    ranked = [c["column"] for c in json.loads(shown)["importance"]["importance"]]
+    assert sorted(ranked) == sorted(champion.spec.input_columns)
     positives = (table["arr_delay"] > 15).mean()
     assert 0.05 < positives < 0.95
 

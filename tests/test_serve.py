@@ -71,6 +71,31 @@ def test_records_are_scored_like_the_registered_model(served):
     assert predict(served["url"], records[:1])["request_id"] != body["request_id"]
 
 
+def test_explain_returns_columns_that_add_up_to_the_logit_and_costs_nothing_unasked(served):
+    records = [{"amount": 12.5, "channel": "pos"}, {"amount": None, "channel": "unseen"}]
+    plain = predict(served["url"], records)
+    assert all("explanation" not in p for p in plain["predictions"])
+    status, body = call(served["url"], "/predict", {"records": records, "explain": True, "top_k": 1})
+    assert status == 200, body
+    for p, same in zip(body["predictions"], plain["predictions"]):
+        assert p["probability"] == same["probability"]  # explaining does not change the answer
+        why = p["explanation"]
+        logit = np.log(p["probability"] / (1 - p["probability"]))
+        assert why["bias"] + sum(c["value"] for c in why["contributions"]) + why["rest"] == pytest.approx(logit, abs=1e-6)
+        assert len(why["contributions"]) == 1 and why["contributions"][0]["column"] in {"amount", "channel"}
+    for bad in ({"records": records, "top_k": 0}, {"records": records, "explain": "yes"}):
+        got, detail = call(served["url"], "/predict", bad)
+        assert got == 422, detail
+        assert list(jsonschema_errors(served["url"], bad)), f"the schema allows {bad}"
+
+
+def jsonschema_errors(url: str, body: dict):
+    """The OpenAPI request schema's complaints about `body`."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(request_schema(url)).iter_errors(body)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [

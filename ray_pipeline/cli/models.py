@@ -59,12 +59,14 @@ def models_show(
     config: ConfigOpt, uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS")],
     verbose: VerboseOpt = False,
 ) -> None:
-    """Show one version: metrics, params, signature, lineage, files."""
+    """Show one version: metrics, params, signature, lineage, files, and what drives its scores."""
     from dataclasses import asdict
 
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.versions import importance, open_registry
 
-    typer.echo(json.dumps(asdict(open_registry(load_config(config)).resolve(uri)), indent=2))
+    registry = open_registry(load_config(config))
+    version = registry.resolve(uri)
+    typer.echo(json.dumps({**asdict(version), "importance": importance(registry, version)}, indent=2))
 
 
 @app.command("promote")

@@ -20,6 +20,7 @@ from ray_pipeline.cli.context import (
     start_ray,
 )
 from ray_pipeline.config import load_config
+from ray_pipeline.errors import UserError
 
 app = typer.Typer()
 
@@ -105,6 +106,9 @@ def predict(
         str | None, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the served alias).")
     ] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="csv, parquet or json (default: from extensions).")] = None,
+    explain: Annotated[
+        int, typer.Option(help="Add an `explanation` column (JSON) with the top N columns by contribution; 0: none.")
+    ] = 0,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -116,4 +120,6 @@ def predict(
     uri = model or f"models:/{cfg.registry.model_name}@{cfg.serving.alias}"
     loaded = load(open_registry(cfg), uri)
     start_ray(address, verbose, cfg)
-    typer.echo(score_files(cfg, loaded, input_path, out, fmt).render())
+    if explain < 0:
+        raise UserError(f"--explain {explain}: give a number of columns (0 for none)")
+    typer.echo(score_files(cfg, loaded, input_path, out, fmt, explain).render())

@@ -24,6 +24,7 @@ from ray_pipeline.registry.browse import history_page, model_names, versions_pag
 from ray_pipeline.registry.runs import get_runs, metric_names, query_runs, registered_as, run_kinds
 from ray_pipeline.registry.store import RegistryError
 from ray_pipeline.registry.traffic import current_traffic, traffic_history
+from ray_pipeline.registry.versions import importance as version_importance
 from ray_pipeline.serve.predlog import STAGES, recent_log
 from ray_pipeline.storage import join, list_files
 
@@ -222,6 +223,7 @@ def version_detail(st: ConsoleState, name: str, version: int) -> dict[str, Any] 
     run_id = run_dir.rstrip("/").rsplit("/", 1)[-1] if run_dir else None
     _, changes = history_page(st.registry, name, 0, 200, version=version)
     return {"v": v, "run_id": run_id, "attempts": attempts(st.registry, name, version),
+            "importance": version_importance(st.registry, v),
             "history": changes, "aliases": _aliases_of(st, name), "plots": plot_files(v.path),
             "serving_alias": st.cfg.serving.alias, "challenger_alias": st.cfg.serving.traffic.challenger_alias,
             "traffic": traffic(st) if name == st.model_name else None}  # fmt: skip

@@ -16,6 +16,7 @@ from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.transform import transform_records, transform_table
 from ray_pipeline.registry.store import ModelVersion, Registry
+from ray_pipeline.train.explain import IMPORTANCE_FILE
 from ray_pipeline.train.models import load_model
 from ray_pipeline.train.rundir import load_spec, model_dir, read_run
 
@@ -98,6 +99,15 @@ class LoadedModel:
         """The model's output per row of a table holding the spec's input columns (the probability
         of label 1 for binary; see train/models.py for the other tasks)."""
         return self.model.score(transform_table(table, self.spec))
+
+
+def importance(registry: Registry, version: ModelVersion) -> dict[str, Any] | None:
+    """The version's stored importance (train/explain.py), read from its checksummed files; None
+    for versions registered before runs wrote it."""
+    import json
+
+    path = registry.checkout(version) / IMPORTANCE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load(registry: Registry, uri: str) -> LoadedModel:

@@ -39,6 +39,11 @@ class Contract:
     ts: str | None
 
 
+EXPLAIN_DOC = ("Also return, per row, the top_k input columns by contribution to the margin (log-odds, the "
+               "predicted class's logit, or the fitted target), the bias and the rest: they add up to the margin.")
+DEFAULT_TOP_K, MAX_TOP_K = 5, 50
+
+
 def contract(spec: FeatureSpec, max_records: int, entity_ids: bool) -> Contract:
     """The request contract of a version fitted with `spec`; `entity_ids` when an online store is set."""
     key, ts = passthrough_fields(spec)
@@ -68,10 +73,13 @@ def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) 
     # The row limit is documented in the schema but answered with 413, not 422 (Payload Too Large).
     limit = {"maxItems": max_records}
     records_doc = "Raw feature values, one object per row."
+    explain = (bool, Field(default=False, strict=True, description=EXPLAIN_DOC))
+    top_k = (int, Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, strict=True, description="Columns per explanation."))
     if not entity_ids:  # no online store: records is the only way in, so it is required
         return create_model(
             "PredictRequest", __config__=ConfigDict(extra="forbid"),
             records=(list[record], Field(description=records_doc, json_schema_extra=limit)),
+            explain=explain, top_k=top_k,
         )  # fmt: skip
 
     class PredictRequest(BaseModel):
@@ -81,6 +89,8 @@ def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) 
         records: list[record] = Field(default=None, description=records_doc, json_schema_extra=limit)  # type: ignore[valid-type]
         entity_ids: list[str | int] = Field(default=None, description="Entities to score from the online store.",
                                             json_schema_extra=limit)  # fmt: skip
+        explain: bool = Field(default=False, strict=True, description=EXPLAIN_DOC)
+        top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, strict=True, description="Columns per explanation.")
 
         @model_validator(mode="after")
         def _exactly_one(self):
@@ -176,6 +186,7 @@ class ParsedRows:
     event_ts: list[datetime | None]
     statuses: list[str]  # ok / expired / unknown_entity
     lookup_ms: float | None = None  # online-store lookup time, for entity ids
+    explain: int = 0  # columns per explanation; 0: not asked for
 
 
 @dataclass
@@ -190,6 +201,7 @@ class ScoreRequest:
     entities: list[str | None]
     event_ts: list[datetime | None] | None = None
     rows: list[int] | None = None  # None: every row, in order
+    explain: int = 0  # columns per explanation; 0: not asked for
 
 
 @dataclass
@@ -204,6 +216,7 @@ class Scored:
     variant: str
     transform_ms: float
     inference_ms: float
+    explanations: list[dict[str, Any]] | None = None  # per scored row, when the request asked
 
 
 def parse_predict(raw: bytes, terms: Contract, max_records: int, store: Any,
@@ -217,7 +230,7 @@ def parse_predict(raw: bytes, terms: Contract, max_records: int, store: Any,
     if getattr(body, "records", None) is not None:
         if len(body.records) > max_records:
             raise HTTPException(413, detail=f"records: {len(body.records)} rows, at most {max_records}")
-        parsed = ParsedRows([], [], [], ["ok"] * len(body.records))
+        parsed = ParsedRows([], [], [], ["ok"] * len(body.records), explain=body.top_k if body.explain else 0)
         for rec in body.records:
             values, entity, event_ts = split_record(rec.model_dump(), terms.key, terms.ts)
             parsed.records.append(values)
@@ -229,14 +242,16 @@ def parse_predict(raw: bytes, terms: Contract, max_records: int, store: Any,
     started = time.perf_counter()
     records, statuses = records_from_store(store, views, body.entity_ids)
     lookup_ms = (time.perf_counter() - started) * 1e3
-    return ParsedRows(records, [str(e) for e in body.entity_ids], [None] * len(records), statuses, lookup_ms)
+    return ParsedRows(records, [str(e) for e in body.entity_ids], [None] * len(records), statuses, lookup_ms,
+                      body.top_k if body.explain else 0)  # fmt: skip
 
 
 def score_request(parsed: ParsedRows, request_id: str, variant: str, model: LoadedModel) -> ScoreRequest:
     """The rows of `parsed` that have features, as one request to score."""
     known = [i for i, st in enumerate(parsed.statuses) if st == "ok"]
     return ScoreRequest(request_id, variant, model, [parsed.records[i] for i in known],
-                        [parsed.entities[i] for i in known], [parsed.event_ts[i] for i in known], known)  # fmt: skip
+                        [parsed.entities[i] for i in known], [parsed.event_ts[i] for i in known], known,
+                        parsed.explain)  # fmt: skip
 
 
 def prediction(spec: FeatureSpec, output: Any) -> dict[str, Any]:
@@ -270,6 +285,8 @@ def answer(parsed: ParsedRows, req: ScoreRequest, scored: Scored) -> dict[str, A
         outs[i] = o
     spec = req.model.spec
     predictions: list[dict[str, Any]] = [{**prediction(spec, o), "status": st} for o, st in zip(outs, parsed.statuses)]
+    for i, why in zip(req.rows or [], scored.explanations or []):
+        predictions[i]["explanation"] = why
     inputs = req.model.spec.input_columns
     for i in req.rows or []:  # which inputs were missing and got the training fill value
         imputed = [c for c in inputs if parsed.records[i].get(c) is None]

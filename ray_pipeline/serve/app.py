@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
@@ -54,6 +55,7 @@ from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
 from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
 from ray_pipeline.storage import read_text
+from ray_pipeline.train.explain import explain_rows
 
 DEPLOYMENT = "predictor"
 MAX_SHADOW_BATCHES = 64  # beyond this backlog, shadow scoring skips batches (counted in rp_shadow_dropped)
@@ -165,14 +167,18 @@ class ModelRunner:
     def _answer(self, model: LoadedModel, variant: str, idxs: list[int], requests: list[ScoreRequest],
                 out: list[Scored | None]) -> None:  # fmt: skip
         chunks, timing = self._score_with(model, variant, [requests[i] for i in idxs])
-        for i, (probs, inputs) in zip(idxs, chunks):
-            out[i] = Scored(probs, inputs, model.version.name, model.version.version, variant, **timing)
+        for i, (probs, inputs, X) in zip(idxs, chunks):
+            # only for the requests that asked: explaining costs nothing otherwise
+            asked = requests[i].explain and X is not None and len(X)
+            why = explain_rows(model.model, model.spec, X, requests[i].explain) if asked else None
+            out[i] = Scored(probs, inputs, model.version.name, model.version.version, variant, **timing,
+                            explanations=why)  # fmt: skip
 
     def _shadow(self, model: LoadedModel, requests: list[ScoreRequest]) -> None:
         try:
             chunks, timing = self._score_with(model, SHADOW, requests)
             now = datetime.now(timezone.utc)
-            for req, (probs, inputs) in zip(requests, chunks):
+            for req, (probs, inputs, _) in zip(requests, chunks):
                 v = model.version
                 self.log.append_table(log_rows(req, probs, inputs, v.name, v.version, SHADOW, timing, now))
         except Exception as exc:  # the caller was answered already; report and carry on
@@ -183,8 +189,8 @@ class ModelRunner:
 
     def _score_with(
         self, model: LoadedModel, variant: str, requests: list[ScoreRequest]
-    ) -> tuple[list[tuple[list[float], pa.Table]], dict[str, float]]:
-        """Per request its probabilities and typed inputs; the batch's transform and inference times."""
+    ) -> tuple[list[tuple[list[float], pa.Table, np.ndarray | None]], dict[str, float]]:
+        """Per request its outputs, typed inputs and feature matrix; the batch's transform and inference times."""
         records = [r for req in requests for r in req.records]
         started = time.perf_counter()
         inputs = records_table(records, model.spec)
@@ -198,7 +204,7 @@ class ModelRunner:
         chunks, i = [], 0
         for req in requests:
             n = len(req.records)
-            chunks.append((probs[i : i + n], inputs.slice(i, n)))
+            chunks.append((probs[i : i + n], inputs.slice(i, n), X[i : i + n] if X is not None else None))
             i += n
         return chunks, timing
 

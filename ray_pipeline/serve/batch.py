@@ -7,6 +7,7 @@ keep their file and row number, and the entity key and event time when the input
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -20,9 +21,11 @@ from ray_pipeline.data import validate as v
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.features.transform import transform_table
 from ray_pipeline.progress import bar
 from ray_pipeline.registry.versions import LoadedModel
 from ray_pipeline.storage import filesystem, reset_dir
+from ray_pipeline.train.explain import explain_rows
 
 QUARANTINE = "_quarantine"  # under the output directory; the leading _ keeps Parquet readers out of it
 
@@ -66,7 +69,15 @@ def output_columns(spec: FeatureSpec, scores: np.ndarray) -> dict[str, pa.Array]
     return {"score": pa.array(scores)}
 
 
-def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: str, quarantine_dir: str) -> pa.Table:
+def explanation_column(model: LoadedModel, table: pa.Table, top_k: int) -> pa.Array:
+    """Per row its explanation as JSON (the service's `explanation` object): the top_k columns by
+    contribution, the bias and the rest, adding up to the margin."""
+    X = transform_table(table, model.spec)
+    return pa.array([json.dumps(e) for e in explain_rows(model.model, model.spec, X, top_k)], pa.string())
+
+
+def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: str, quarantine_dir: str,
+                 explain: int = 0) -> pa.Table:  # fmt: skip
     """Type, score and write one block; return its counts (a Ray Data UDF)."""
     if batch.num_rows == 0:
         return pa.table({"key": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
@@ -81,6 +92,8 @@ def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: 
         out = {"source_file": pc.cast(good[v.SOURCE], pa.string()), "row": good[v.ROW]}
         out |= {k: good[k] for k in keys if k in good.column_names}
         out |= output_columns(spec, np.asarray(scores, dtype=np.float64))
+        if explain:
+            out["explanation"] = explanation_column(model, good, explain)
         out |= {"model_version": pa.array(np.full(good.num_rows, model.version.version, dtype=np.int64))}
         fs, path = filesystem(out_dir)
         pq.write_table(pa.table(out), f"{path}/{name}", filesystem=fs)
@@ -110,8 +123,10 @@ def _check_out(out: str) -> None:
             raise UserError(f"--out {out}: directory holds other files ({other[:3]}); give a new or empty directory")
 
 
-def score_files(cfg: PipelineConfig, model: LoadedModel, location: str, out: str, fmt: str | None = None) -> BatchResult:
-    """Score every row of `location` (file, directory, glob or URI) with `model`; write Parquet to `out`."""
+def score_files(cfg: PipelineConfig, model: LoadedModel, location: str, out: str, fmt: str | None = None,
+                explain: int = 0) -> BatchResult:  # fmt: skip
+    """Score every row of `location` (file, directory, glob or URI) with `model`; write Parquet to `out`
+    (with an `explanation` column of the top `explain` columns per row when explain > 0)."""
     from ray_pipeline.data.ingest import read_source, root_cause
 
     started = time.perf_counter()
@@ -130,7 +145,7 @@ def score_files(cfg: PipelineConfig, model: LoadedModel, location: str, out: str
     reset_dir(quarantine)
     scored = ds.map_batches(
         _score_block,
-        fn_kwargs={"model": model, "keys": keys, "out_dir": out, "quarantine_dir": quarantine},
+        fn_kwargs={"model": model, "keys": keys, "out_dir": out, "quarantine_dir": quarantine, "explain": explain},
         batch_format="pyarrow",
     )
     counts: dict[str, int] = {}

@@ -1,0 +1,115 @@
+"""Explanations: per row, contributions by raw column that add up to the margin (both model kinds,
+every task); per version, an importance that ranks the generator's true strong inputs above its
+weak ones and an input it never uses last."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ray_pipeline.config import parse_config
+from ray_pipeline.train import explain
+from ray_pipeline.train.runner import train_model
+
+from .conftest import DEMO_CONFIG
+from .helpers import linear_cfg, task_prepared
+
+pytestmark = pytest.mark.slow  # Ray Data and in-process training on 30k rows
+
+# The generator's inputs by the size of their true effect on the log-odds (coefficient x the
+# latent spread): amount 0.8, credit_score 0.7, distance_km 0.6, account_age_days 0.54;
+# avg_amount_30d 0.12 is weak; `noise` is not in the truth at all.
+STRONG = ["amount", "credit_score", "distance_km", "account_age_days"]
+WEAK = ["avg_amount_30d"]
+# XGBoost predicts and explains in float32: its margin has ~7 significant digits, so the sum is
+# checked to 1e-6 relative; the linear model's to 1e-6 absolute.
+TOL = {"logreg": {"abs": 1e-6}, "xgboost": {"rel": 1e-6, "abs": 1e-6}}
+
+
+@pytest.fixture(scope="module")
+def generated(ray_session, tmp_path_factory):
+    """30k generated rows plus an input the truth does not use, prepared as a run prepares them."""
+    import ray.data
+
+    from ray_pipeline.config import SyntheticConfig
+    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.train.data import prepare
+
+    frame = generate_chunk(SyntheticConfig(rows=30_000, chunk_rows=30_000, seed=8), 0).to_pandas()
+    frame["noise"] = np.random.default_rng(0).normal(size=len(frame))
+    d = yaml.safe_load(DEMO_CONFIG.read_text())
+    d["training"]["run_root"] = str(tmp_path_factory.mktemp("explain") / "runs")
+    d["features"]["views"] = {}
+    d["features"]["numeric"] = {k: v for k, v in d["features"]["numeric"].items() if k in d["data"]["schema"]["features"]}
+    d["data"]["schema"]["features"]["noise"] = {"type": "float"}
+    d["training"]["logreg"]["optimizer"] = "newton"
+    d["training"]["xgboost"]["num_boost_round"] = 60
+    cfg = parse_config(d)
+    return cfg, prepare(ray.data.from_pandas(frame).repartition(4), cfg)
+
+
+@pytest.fixture(scope="module")
+def models(generated):
+    cfg, prepared = generated
+    return {kind: train_model(cfg, kind, workers=0, prepared=prepared) for kind in ("logreg", "xgboost")}
+
+
+def _test_x(prepared, n: int = 500) -> np.ndarray:
+    return np.asarray(prepared.test.take_batch(n, batch_format="numpy")["x"], dtype=np.float32)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
+def test_contributions_by_column_add_up_to_the_margin(generated, models, kind):
+    _, prepared = generated
+    run = models[kind]
+    X = _test_x(prepared)
+    rows = explain.explain_rows(run.model, prepared.spec, X, top_k=3)
+    margin = run.model.margin(X)
+    for row, m in zip(rows, margin):
+        total = row["bias"] + sum(c["value"] for c in row["contributions"]) + row["rest"]
+        assert total == pytest.approx(float(m), **TOL[kind])
+        assert row["margin"] == pytest.approx(float(m), **TOL[kind])
+        assert len(row["contributions"]) == 3
+        # raw column names: a one-hot channel or a missing indicator is its column, never an entry
+        assert {c["column"] for c in row["contributions"]} <= set(prepared.spec.input_columns)
+        values = [abs(c["value"]) for c in row["contributions"]]
+        assert values == sorted(values, reverse=True)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
+def test_each_task_explains_its_own_margin(ray_session, tmp_path, task, kind):
+    prepared = task_prepared(task, rows=3000)
+    cfg = linear_cfg(tmp_path, optimizer="newton")
+    cfg.training.xgboost.num_boost_round = 20
+    run = train_model(cfg, kind, workers=0, prepared=prepared)
+    X = _test_x(prepared, 200)
+    rows = explain.explain_rows(run.model, prepared.spec, X, top_k=2)
+    margin = run.model.margin(X)
+    if task == "multiclass":  # the predicted class's logit, and which class that is
+        k = margin.argmax(axis=1)
+        margin = margin[np.arange(len(k)), k]
+        assert [r["class"] for r in rows] == [prepared.spec.label.classes[i] for i in k]
+    for row, m in zip(rows, margin):
+        assert row["bias"] + sum(c["value"] for c in row["contributions"]) + row["rest"] == pytest.approx(m, **TOL[kind])
+
+
+@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
+def test_importance_ranks_the_true_strong_inputs_first_and_an_unused_input_last(models, kind):
+    run = models[kind]
+    stored = json.loads((Path(run.run_dir) / explain.IMPORTANCE_FILE).read_text())
+    ranked = [c["column"] for c in stored["importance"]]
+    assert stored["rows"] > 1000 and stored["explained"] == "the log-odds"
+    assert max(ranked.index(c) for c in STRONG) < min(ranked.index(c) for c in WEAK), ranked
+    # Last, or above merchant_id only: the truth's per-merchant risk is invisible to that column's
+    # frequency encoding, so to the model merchant_id is as unused as noise.
+    assert set(ranked[ranked.index("noise") + 1 :]) <= {"merchant_id"}, ranked
+    if kind == "xgboost":  # the truth's two interaction terms: night x online, big amount x far
+        pairs = [set(i["columns"]) for i in stored["interactions"]]
+        assert {"hour_of_day", "channel"} in pairs and {"amount", "distance_km"} in pairs, stored["interactions"]
+    else:
+        assert stored["interactions"] == []
