@@ -62,12 +62,12 @@ def _test_x(prepared, n: int = 500) -> np.ndarray:
     return np.asarray(prepared.test.take_batch(n, batch_format="numpy")["x"], dtype=np.float32)
 
 
-@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
-def test_contributions_by_column_add_up_to_the_margin(generated, models, kind):
+@pytest.mark.parametrize("kind, method", [("logreg", "treeshap"), ("xgboost", "treeshap"), ("xgboost", "saabas")])
+def test_contributions_by_column_add_up_to_the_margin(generated, models, kind, method):
     _, prepared = generated
     run = models[kind]
     X = _test_x(prepared)
-    rows = explain.explain_rows(run.model, prepared.spec, X, top_k=3)
+    rows = explain.explain_rows(run.model, prepared.spec, X, top_k=3, method=method)
     margin = run.model.margin(X)
     for row, m in zip(rows, margin):
         total = row["bias"] + sum(c["value"] for c in row["contributions"]) + row["rest"]

@@ -117,13 +117,21 @@ def _served_and_offline(config: Path, csv: Path, url: str, table: pd.DataFrame, 
     """`predict` over the CSV, and the served answer for five of its rows (data row = index + 1)."""
     from ray_pipeline.serve.client import http_json
 
-    _invoke("predict", "--config", str(config), "--input", str(csv), "--out", str(out))
+    _invoke("predict", "--config", str(config), "--input", str(csv), "--out", str(out), "--explain", "3")
     scores = pd.read_parquet(out).set_index("row").sort_index()
     picked = [0, 1, 6, 7, 8]
     records = [{k: (None if pd.isna(table.loc[i, k]) else table.loc[i, k]) for k in inputs} for i in picked]
     records = [{k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in r.items()} for r in records]
-    status, answer = http_json(url + "/predict", {"records": records})
+    status, answer = http_json(url + "/predict", {"records": records, "explain": True, "top_k": 3})
     assert status == 200, answer
+    # the served explanation and predict's explanation column say the same, in the table's columns
+    for p, row in zip(answer["predictions"], [i + 1 for i in picked]):
+        served, batch = p["explanation"], json.loads(scores.loc[row, "explanation"])
+        assert [c["column"] for c in served["contributions"]] == [c["column"] for c in batch["contributions"]]
+        assert {c["column"] for c in served["contributions"]} <= set(inputs)
+        assert served["margin"] == pytest.approx(batch["margin"], rel=1e-6, abs=1e-6)
+        total = served["bias"] + sum(c["value"] for c in served["contributions"]) + served["rest"]
+        assert total == pytest.approx(served["margin"], rel=1e-6, abs=1e-6)
     return answer, scores, [i + 1 for i in picked]
 
 

@@ -60,6 +60,11 @@ class ServingConfig(StrictModel):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     reload_poll_s: float = Field(default=1.0, gt=0, description="How often replicas check the alias.")
+    explain_method: Literal["treeshap", "saabas"] = Field(
+        default="treeshap",
+        description="XGBoost per-request explanations: treeshap (exact Shapley values) or saabas (path "
+        "attribution, several times cheaper per row; both add up to the margin). Linear models are exact either way.",
+    )
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the API key; unset means no auth."
     )

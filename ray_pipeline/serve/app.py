@@ -81,6 +81,7 @@ class ServingSettings:
     alerts_file: str | None = None
     api_key: str | None = None
     max_records: int = 1000
+    explain_method: str = "treeshap"
     views: dict[str, tuple[list[str], int | None]] = field(default_factory=dict)  # view -> (features, TTL)
     store: Any = None  # the online store (features/online.py), when views are configured
 
@@ -98,7 +99,7 @@ class ServingSettings:
             batch_wait_timeout_s=s.batch_wait_timeout_s, reload_poll_s=s.reload_poll_s,
             log_flush_rows=s.log_flush_rows, log_flush_s=s.log_flush_s,
             alerts_file=cfg.monitoring.active_alerts, api_key=api_key,
-            max_records=s.max_records_per_request, views=views, store=online_store(cfg) if views else None,
+            max_records=s.max_records_per_request, explain_method=s.explain_method, views=views, store=online_store(cfg) if views else None,
         )  # fmt: skip
 
 
@@ -170,7 +171,8 @@ class ModelRunner:
         for i, (probs, inputs, X) in zip(idxs, chunks):
             # only for the requests that asked: explaining costs nothing otherwise
             asked = requests[i].explain and X is not None and len(X)
-            why = explain_rows(model.model, model.spec, X, requests[i].explain) if asked else None
+            why = explain_rows(model.model, model.spec, X, requests[i].explain, self.settings.explain_method) \
+                if asked else None  # fmt: skip
             out[i] = Scored(probs, inputs, model.version.name, model.version.version, variant, **timing,
                             explanations=why)  # fmt: skip
 

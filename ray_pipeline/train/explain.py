@@ -34,10 +34,11 @@ def column_matrix(spec: FeatureSpec) -> tuple[list[str], np.ndarray]:
     return columns, agg
 
 
-def explained_output(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def explained_output(model: Any, X: np.ndarray, method: str = "treeshap") -> tuple[np.ndarray, np.ndarray | None]:
     """Per row the contributions (n, d+1) of the output being explained, and for multiclass the
-    class index explained (the predicted one)."""
-    contribs = model.contributions(X)
+    class index explained (the predicted one). `method` saabas: XGBoost's path attribution."""
+    contribs = model.contributions(X, approximate=True) if method == "saabas" and hasattr(model, "booster") \
+        else model.contributions(X)  # fmt: skip
     if contribs.ndim == 3:  # multiclass: the predicted class's logit
         k = contribs.sum(axis=2).argmax(axis=1)
         return contribs[np.arange(len(k)), k], k
@@ -50,10 +51,11 @@ def by_column(contribs: np.ndarray, spec: FeatureSpec) -> tuple[list[str], np.nd
     return columns, contribs[:, :-1] @ agg, contribs[:, -1]
 
 
-def explain_rows(model: Any, spec: FeatureSpec, X: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+def explain_rows(model: Any, spec: FeatureSpec, X: np.ndarray, top_k: int,
+                 method: str = "treeshap") -> list[dict[str, Any]]:  # fmt: skip
     """Per row: the margin, the bias, the `top_k` columns by |contribution| and the rest's sum
     (so bias + contributions + rest = margin), and the class explained for multiclass."""
-    contribs, k = explained_output(model, X)
+    contribs, k = explained_output(model, X, method)
     columns, values, bias = by_column(contribs, spec)
     classes = spec.label.classes if spec.label is not None else None
     out = []

@@ -119,10 +119,10 @@ class XGBoostModel:
         """The raw score per row before the link: (n,) or (n, K)."""
         return self._predict(X, output_margin=True).astype(np.float64)
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """XGBoost's own per-input contributions to the margin (TreeSHAP), bias last: (n, d+1),
-        or (n, K, d+1) for multiclass; a row sums to `margin`."""
-        return self._predict(X, pred_contribs=True).astype(np.float64)
+    def contributions(self, X: np.ndarray, approximate: bool = False) -> np.ndarray:
+        """XGBoost's own per-input contributions to the margin (TreeSHAP; `approximate`: Saabas
+        path attribution), bias last: (n, d+1), or (n, K, d+1) for multiclass; a row sums to `margin`."""
+        return self._predict(X, pred_contribs=True, approx_contribs=approximate).astype(np.float64)
 
     def interactions(self, X: np.ndarray) -> np.ndarray:
         """Pairwise SHAP interaction values (n, d+1, d+1), or (n, K, d+1, d+1) for multiclass."""
