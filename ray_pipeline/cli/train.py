@@ -48,6 +48,26 @@ def train(
 
 @app.command()
 @friendly_errors
+def tune(
+    config: ConfigOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="logreg or xgboost.")] = "xgboost",
+    trials: Annotated[int | None, typer.Option(help="Trials in all (default: training.search.trials).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Search hyperparameters on Ray Tune (training.search); register the best trial and offer it to the gates."""
+    from ray_pipeline.workflow.pipeline import check_models
+    from ray_pipeline.workflow.search import search_and_register
+
+    cfg = connect(config, address, verbose).cfg
+    [kind] = check_models([model])
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials {trials}: give at least 1")
+    search_and_register(cfg, kind, trials, echo=typer.echo)
+
+
+@app.command()
+@friendly_errors
 def run(
     config: ConfigOpt,
     models: Annotated[str, typer.Option(help="Comma-separated model kinds to train.")] = "logreg,xgboost",

@@ -6,9 +6,11 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    model_validator,
 )
 
 from ray_pipeline.config.base import StrictModel
+from ray_pipeline.errors import UserError
 
 
 class SplitConfig(StrictModel):
@@ -63,6 +65,69 @@ class XGBoostTrainConfig(StrictModel):
     )
 
 
+class ParamRange(StrictModel):
+    """One hyperparameter's search range: numbers between `low` and `high` (log scale for
+    `loguniform`; whole numbers for `int`), or one of `values` for `choice`."""
+
+    kind: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[float | int | str | None] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ParamRange":
+        if self.kind == "choice":
+            if self.values is None:
+                raise UserError("search range: kind choice needs `values`")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise UserError(f"search range: kind {self.kind} needs low < high (got {self.low}, {self.high})")
+        if self.kind == "loguniform" and self.low <= 0:
+            raise UserError(f"search range: loguniform needs low > 0 (got {self.low})")
+        return self
+
+
+def _xgboost_space() -> dict[str, ParamRange]:
+    return {
+        "max_depth": ParamRange(kind="int", low=2, high=10),
+        "eta": ParamRange(kind="loguniform", low=0.01, high=0.3),
+        "min_child_weight": ParamRange(kind="loguniform", low=0.5, high=50),
+        "subsample": ParamRange(kind="uniform", low=0.5, high=1.0),
+        "colsample_bytree": ParamRange(kind="uniform", low=0.5, high=1.0),
+        "lambda": ParamRange(kind="loguniform", low=0.01, high=10),
+        "alpha": ParamRange(kind="uniform", low=0.0, high=1.0),  # holds XGBoost's default 0
+    }
+
+
+def _logreg_space() -> dict[str, ParamRange]:
+    return {"l2": ParamRange(kind="loguniform", low=1e-7, high=1e-1),
+            "class_weight": ParamRange(kind="choice", values=[None, "balanced"])}  # fmt: skip
+
+
+class SearchConfig(StrictModel):
+    """Hyperparameter search on Ray Tune (`ray-pipeline tune`, `run --search`): each trial is a
+    training run; the best on the validation split is registered and offered to the gates."""
+
+    trials: int = Field(default=16, ge=1, description="Trials in all, the untuned defaults first.")
+    time_budget_s: float = Field(default=1800, gt=0, description="The search stops starting trials after this.")
+    algorithm: Literal["random", "tpe"] = Field(
+        default="tpe", description="random sampling, or Optuna's TPE (model-based) through ray.tune.search."
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        default="asha", description="asha stops trials whose validation loss trails at each rung; fifo runs each to the end."
+    )
+    grace: int = Field(default=10, ge=1, description="asha: epochs or rounds every trial gets before it can be stopped.")
+    max_concurrent: int = Field(default=0, ge=0, description="Trials at once; 0: as many as the CPUs hold.")
+    seed: int = 0
+    xgboost: dict[str, ParamRange] = Field(
+        default_factory=_xgboost_space,
+        description="XGBoost parameter -> range (any key of training.xgboost.params, and num_boost_round).",
+    )
+    logreg: dict[str, ParamRange] = Field(
+        default_factory=_logreg_space, description="Logistic regression setting -> range (any key of training.logreg)."
+    )
+
+
 class TrainingConfig(StrictModel):
     """Distributed training on Ray Train."""
 
@@ -85,3 +150,4 @@ class TrainingConfig(StrictModel):
     max_failures: int = Field(default=1, ge=0, description="Worker-group restarts allowed before the run fails.")
     logreg: LogRegConfig = Field(default_factory=LogRegConfig)
     xgboost: XGBoostTrainConfig = Field(default_factory=XGBoostTrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)

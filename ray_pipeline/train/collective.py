@@ -74,9 +74,9 @@ class StarGroup:
 def allreduce(values: np.ndarray, op: str = "sum") -> np.ndarray:
     """Sum (or max) across the Ray Train workers of this run; the identity for one worker."""
     global _group
-    import ray.train
+    from ray_pipeline.train import session
 
-    ctx = ray.train.get_context()
+    ctx = session.get_context()
     world_size = ctx.get_world_size()
     if world_size == 1:
         return np.asarray(values, dtype=np.float64)

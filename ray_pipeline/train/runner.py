@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,7 +46,7 @@ class TrainRun:
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
-             workers: int, strategy: str):  # fmt: skip
+             workers: int, strategy: str, callbacks: list | None = None):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.xgboost import XGBoostConfig
@@ -65,6 +66,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         # Ray Train logs every report at INFO; our loops print their own progress.
         logging_config=LoggingConfig(log_level="WARNING"),
+        callbacks=callbacks or None,
     )
     # Workers read their rows by reference (train/data.shard_refs), not as Ray Train `datasets`.
     shards = {name: shard_refs(getattr(prepared, name), workers) for name in ("train", "valid")}
@@ -76,6 +78,24 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
         )  # fmt: skip
     # No backend: the loop brings its own allreduce (train/collective.py), cheaper to start.
     return Trainer(worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run)
+
+
+@dataclass
+class _DirectResult:
+    """What a fit returns, for a loop run without Ray Train."""
+
+    return_value: dict[str, Any] | None
+    error: BaseException | None = None
+    path: str | None = None
+
+
+def _direct(kind: str, loop_config: dict[str, Any], prepared: Prepared) -> _DirectResult:
+    """Run the loop in this process without Ray Train (a search trial on a small table)."""
+    from ray_pipeline.train.session import direct_loop
+
+    shards = {name: shard_refs(getattr(prepared, name), 1) for name in ("train", "valid")}
+    with direct_loop():
+        return _DirectResult(worker_loop(kind)({**loop_config, "shards": shards}))
 
 
 # Newton's pass builds a (d+1)^2 Hessian (n d^2 work) but converges in a handful of iterations
@@ -158,12 +178,15 @@ def train_model(
     placement_strategy: str = "PACK",
     measure_memory: bool = False,
     trigger: str = "train",
+    search: dict[str, Any] | None = None,
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
 
     `workers`: Ray Train workers, 0 for in-process; by default `training.workers`, or in-process
     for a train split of at most `training.in_process_max_rows` rows. `trigger`: what started the
-    run (run, train, feedback), kept in its lineage.
+    run (run, train, feedback, search), kept in its lineage. `search`: this run is a Ray Tune trial
+    (its search id and trial id go into its lineage; it reports each epoch's or round's validation
+    loss to Tune, from the loop in-process or through Ray Train's TuneReportCallback).
     """
     import xgboost
 
@@ -182,15 +205,30 @@ def train_model(
         workers = in_process_or(cfg.training, prepared)
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
-    config = {**loop_config(kind, cfg, prepared.spec, workers, fault), "progress_key": name,
-              "measure_memory": measure_memory}  # fmt: skip
+    config = {**loop_config(kind, cfg, prepared.spec, workers, fault),
+              "progress_key": name if search is None else None, "measure_memory": measure_memory}  # fmt: skip
+    callbacks = None
+    if search is not None:
+        if workers:  # the workers' reports reach the trial through Ray Train's callback
+            from ray.tune.integration.ray_train import TuneReportCallback
+
+            callbacks = [TuneReportCallback()]
+        else:
+            config["tune_report"] = True
     if kind == "xgboost" and cfg.training.xgboost.class_weight is not None and prepared.spec.task != "regression":
         config["class_weights"] = list(task_weights(prepared.spec.task, cfg.training.xgboost.class_weight,
                                                     class_counts(prepared.train, max(config["n_outputs"], 2))))  # fmt: skip
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
     t0 = time.perf_counter()
-    with remote_bar(name, f"train {kind}", total, "rounds" if kind == "xgboost" else "epochs"):
-        result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
+    # A trial's progress is Tune's to show; a bar per trial would also put the board actor inside
+    # one trial's placement group, which ends with that trial.
+    bar = nullcontext() if search is not None else remote_bar(name, f"train {kind}", total,
+                                                              "rounds" if kind == "xgboost" else "epochs")  # fmt: skip
+    with bar:
+        if search is not None and not workers:  # a trial in-process: the loop itself (train/session.py)
+            result = _direct(kind, config, prepared)
+        else:
+            result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy, callbacks).fit()
     timings["fit_s"] = time.perf_counter() - t0
     timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:
@@ -213,7 +251,7 @@ def train_model(
 
     run_dir = join(cfg.training.run_root, name)
     history = out.get("history", [])
-    internal = ("fail_marker", "progress_key", "measure_memory")
+    internal = ("fail_marker", "progress_key", "measure_memory", "tune_report")
     params = {"workers": workers, **{k: v for k, v in config.items() if k not in internal}}
     lineage = {
         "training_set": training_set_path(cfg),
@@ -228,6 +266,7 @@ def train_model(
         "trigger": trigger,
         "started_at": started_at.isoformat(),
         "duration_s": round(timings["prepare_s"] + timings["fit_s"] + timings["evaluate_s"], 3),
+        **({"search": search} if search is not None else {}),
     }
     artifacts = RunArtifacts(kind, prepared.spec, test_metrics, params, lineage,
                              prepared.rows, history)  # fmt: skip

@@ -7,6 +7,8 @@ fixed cost of a run, but there is no reason to load pydantic and matplotlib on e
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Iterator
 
 import numpy as np
@@ -43,11 +45,10 @@ def load_shard(shard: tuple[list, int], n_features: int) -> tuple[np.ndarray, np
 
 def gather_rows(values: list[float]) -> list[list[float]]:
     """Each worker's row of numbers, gathered on every worker with the allreduce."""
-    import ray.train
-
+    from ray_pipeline.train import session
     from ray_pipeline.train.collective import allreduce
 
-    ctx = ray.train.get_context()
+    ctx = session.get_context()
     rows = np.zeros((ctx.get_world_size(), len(values)))
     rows[ctx.get_world_rank()] = values
     return allreduce(rows.ravel()).reshape(rows.shape).tolist()
@@ -60,6 +61,15 @@ def node_ids() -> list[str]:
     raw = ray.get_runtime_context().get_node_id().encode()[:64]
     rows = gather_rows(list(raw) + [0] * (64 - len(raw)))
     return [bytes(int(b) for b in row if b).decode() for row in rows]
+
+
+def tune_report(config: dict[str, Any], step: int, valid_loss: float) -> None:
+    """An epoch's or round's validation loss to Ray Tune, for a search trial whose loop runs in the
+    trial's own process (its scheduler stops the trials that trail)."""
+    if config.get("tune_report"):
+        import ray.tune
+
+        ray.tune.report({"valid_loss": float(valid_loss), "step": step})
 
 
 def quiet_report_log() -> None:

@@ -23,11 +23,13 @@ def _callback(frequency: int):
     return CheckpointEveryN(frequency=frequency, checkpoint_at_end=False)
 
 
-def _progress(key: str | None, total: int):
-    """Rounds done, sent to the driver's progress bar by rank 0."""
+def _progress(key: str | None, total: int, config: dict[str, Any]):
+    """Rounds done, sent to the driver's progress bar by rank 0 (and each round's validation loss
+    to Ray Tune in a search trial)."""
     import xgboost
 
     from ray_pipeline.progress import Reporter
+    from ray_pipeline.train.worker import tune_report
 
     class Progress(xgboost.callback.TrainingCallback):
         def __init__(self) -> None:
@@ -35,6 +37,8 @@ def _progress(key: str | None, total: int):
 
         def after_iteration(self, model, epoch: int, evals_log) -> bool:
             self.report(model.num_boosted_rounds(), total)
+            if "valid" in evals_log:
+                tune_report(config, model.num_boosted_rounds(), next(iter(evals_log["valid"].values()))[-1])
             return False
 
         def after_training(self, model):
@@ -84,11 +88,12 @@ def task_params(task: str, n_outputs: int) -> dict[str, Any]:
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop: checkpoints every `checkpoint_every` rounds, resumes from the last."""
-    import ray.train
     import xgboost
     from ray.train.xgboost import RayTrainReportCallback
 
-    d, rank = config["n_features"], ray.train.get_context().get_world_rank()
+    from ray_pipeline.train import session
+
+    d, rank = config["n_features"], session.get_context().get_world_rank()
     params = {
         **task_params(config.get("task", "binary"), config.get("n_outputs", 1)),
         "tree_method": "hist",
@@ -107,11 +112,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     dvalid = xgboost.QuantileDMatrix(_shard_iter(shards["valid"][rank], d), ref=dtrain, nthread=config["nthread"])
 
     booster = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         booster = RayTrainReportCallback.get_model(checkpoint)
     done = booster.num_boosted_rounds() if booster is not None else 0
-    if ray.train.get_context().get_world_rank() == 0 and done:
+    if rank == 0 and done:
         print(f"resuming from round {done}")
     history: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
@@ -127,12 +132,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         xgb_model=booster,
         evals_result=history,
         callbacks=[
-            _callback(config["checkpoint_every"]),
-            _progress(config.get("progress_key") if ray.train.get_context().get_world_rank() == 0 else None,
-                      config["num_boost_round"]),
+            *([] if session.is_direct() else [_callback(config["checkpoint_every"])]),
+            _progress(config.get("progress_key") if rank == 0 else None, config["num_boost_round"],
+                      config if rank == 0 else {}),
         ],
     )
-    if ray.train.get_context().get_world_rank() != 0:
+    if rank != 0:
         return None
     metric = next(iter(history["valid"]))  # the one eval_metric: logloss, mlogloss or rmse
     valid = history["valid"][metric]

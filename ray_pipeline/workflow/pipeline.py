@@ -8,9 +8,10 @@ so what a user runs on their own table is what the demo shows.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import IngestResult
@@ -99,8 +100,14 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
     return runs
 
 
-def register_and_promote(cfg: PipelineConfig, runs: list[TrainRun], alias: str = "champion") -> Promotion:
-    """Register every run, then offer them to `alias` best test log-loss first, through the gates.
+class HasRunDir(Protocol):
+    """A finished training run, as registration needs it: its directory."""
+
+    run_dir: str
+
+
+def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: str = "champion") -> Promotion:
+    """Register every run (a TrainRun, or a search's best trial), then offer them to `alias` best test log-loss first, through the gates.
 
     The best run becomes the holder if it beats the current one (or there is none); the others
     are then checked against it, so the report shows each gate decision.

@@ -1,0 +1,223 @@
+"""Hyperparameter search on Ray Tune, each trial a training run of this project.
+
+A Tune function trainable builds and fits the run (`train_model`), as Ray's Train V2 + Tune
+pattern has it: in the trial's own process for a small table (1 CPU per trial, so trials run side
+by side across the cluster's CPUs), or on Ray Train workers for a large one (the workers' reports
+reach Tune through `TuneReportCallback`). Every epoch or round reports its validation loss, so
+ASHA stops the trials that trail; a trial that finishes reports the validation metric of the model
+it returns (log-loss, or RMSE for regression), and the best of those wins. The untuned settings are
+the first trial, so the search can only match or beat them on the validation split.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.config.training import ParamRange
+from ray_pipeline.errors import UserError
+from ray_pipeline.storage import join
+from ray_pipeline.train.data import Prepared
+
+SEARCH_FILE = "search.json"  # written into the best trial's run directory, so its version carries it
+# XGBoost's own defaults, for searched parameters training.xgboost.params leaves unset.
+XGBOOST_DEFAULTS = {"max_depth": 6, "eta": 0.3, "min_child_weight": 1.0, "subsample": 1.0,
+                    "colsample_bytree": 1.0, "lambda": 1.0, "alpha": 0.0, "gamma": 0.0}  # fmt: skip
+
+
+@dataclass
+class Trial:
+    """One trial: its parameters, how it ended and, if it finished, its run directory."""
+
+    trial_id: str
+    params: dict[str, Any]
+    status: str  # finished / stopped (by the scheduler) / failed
+    valid_metric: float | None = None  # the returned model's validation log-loss (RMSE for regression)
+    last_valid_loss: float | None = None  # the last epoch's or round's loss the scheduler saw
+    steps: int = 0
+    run_dir: str | None = None
+    node: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SearchResult:
+    """A finished search: its trials and the best finished one."""
+
+    search_id: str
+    kind: str
+    algorithm: str
+    scheduler: str
+    metric: str
+    space: dict[str, Any]
+    path: str  # the Tune experiment directory (`Tuner.restore` resumes from it)
+    trials: list[Trial] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> Trial | None:
+        """The finished trial with the lowest validation metric."""
+        done = [t for t in self.trials if t.status == "finished" and t.valid_metric is not None]
+        return min(done, key=lambda t: t.valid_metric) if done else None
+
+    def summary(self) -> dict[str, Any]:
+        """What the registered version keeps of its search (JSON-ready)."""
+        best = self.best
+        return {"search_id": self.search_id, "kind": self.kind, "algorithm": self.algorithm,
+                "scheduler": self.scheduler, "metric": f"validation {self.metric}", "space": self.space,
+                "trials": [asdict(t) for t in self.trials], "seconds": round(self.seconds, 2),
+                "best_trial": best.trial_id if best else None, "best_params": best.params if best else None}  # fmt: skip
+
+
+def _tune_range(r: ParamRange):
+    from ray import tune
+
+    if r.kind == "choice":
+        return tune.choice(list(r.values or []))
+    if r.kind == "int":
+        return tune.randint(int(r.low), int(r.high) + 1)  # randint's upper bound is exclusive
+    if r.kind == "loguniform":
+        return tune.loguniform(r.low, r.high)
+    return tune.uniform(r.low, r.high)
+
+
+def space_of(cfg: PipelineConfig, kind: str, task: str = "binary") -> dict[str, ParamRange]:
+    """The configured search space of `kind`, checked against what the model kind takes (class
+    weights mean nothing to a regression target and leave its space)."""
+    s = cfg.training.search
+    space = dict(s.xgboost if kind == "xgboost" else s.logreg)
+    if task == "regression":
+        space.pop("class_weight", None)
+    if kind == "logreg":
+        unknown = sorted(set(space) - set(type(cfg.training.logreg).model_fields))
+        if unknown:
+            raise UserError(f"training.search.logreg: {unknown} are not training.logreg settings")
+    if not space:
+        raise UserError(f"training.search.{kind}: the search space is empty")
+    return space
+
+
+def defaults(cfg: PipelineConfig, kind: str, space: dict[str, ParamRange]) -> dict[str, Any]:
+    """The untuned value of each searched parameter (the first trial)."""
+    if kind == "logreg":
+        return {k: getattr(cfg.training.logreg, k) for k in space}
+    x = cfg.training.xgboost
+    known = {**XGBOOST_DEFAULTS, **x.params, "num_boost_round": x.num_boost_round}
+    return {k: known[k] for k in space if k in known}
+
+
+def with_params(cfg: PipelineConfig, kind: str, params: dict[str, Any]) -> PipelineConfig:
+    """`cfg` with one trial's parameters in its training section."""
+    out = cfg.model_copy(deep=True)
+    if kind == "logreg":
+        for k, v in params.items():
+            setattr(out.training.logreg, k, v)
+        return out
+    x = out.training.xgboost
+    for k, v in params.items():
+        if k == "num_boost_round":
+            x.num_boost_round = int(v)
+        else:
+            x.params = {**x.params, k: int(v) if k in ("max_depth", "max_bin") else v}
+    return out
+
+
+def _loss_metric(prepared: Prepared) -> str:
+    return "rmse" if prepared.spec.task == "regression" else "log_loss"
+
+
+def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Prepared, search_id: str,
+           workers: int) -> None:  # fmt: skip
+    """The Tune function trainable: one training run with `params`, reported to Tune."""
+    import ray
+    from ray import tune
+
+    from ray_pipeline.train import evaluate
+    from ray_pipeline.train.runner import train_model
+
+    trial_id = tune.get_context().get_trial_id()
+    run = train_model(with_params(cfg, kind, params), kind, workers, prepared=prepared, trigger="search",
+                      search={"id": search_id, "trial": trial_id, "params": params})  # fmt: skip
+    y, p, _ = evaluate.predict_split(run.model, prepared.valid)
+    metric = evaluate.task_metrics(prepared.spec.task, y, p)[_loss_metric(prepared)]
+    tune.report({"valid_loss": run.history[-1]["valid_loss"] if run.history else float("nan"),
+                 "valid_metric": float(metric), "step": len(run.history) + 1, "run_dir": str(run.run_dir),
+                 "node": ray.get_runtime_context().get_node_id(), "finished": True})  # fmt: skip
+
+
+def _max_steps(cfg: PipelineConfig, kind: str, space: dict[str, ParamRange]) -> int:
+    if kind == "logreg":
+        return cfg.training.logreg.epochs + 1
+    rounds = space.get("num_boost_round")
+    return int(rounds.high if rounds is not None and rounds.high else cfg.training.xgboost.num_boost_round) + 1
+
+
+def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int | None = None,
+               workers: int | None = None, search_id: str | None = None) -> SearchResult:  # fmt: skip
+    """Search `kind`'s hyperparameters with Ray Tune over `prepared` (one split for every trial)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ray_pipeline.train.runner import in_process_or
+
+    if kind not in ("logreg", "xgboost"):
+        raise UserError(f"--model {kind!r}: expected logreg or xgboost")
+    s = cfg.training.search
+    space = space_of(cfg, kind, prepared.spec.task)
+    workers = in_process_or(cfg.training, prepared) if workers is None else workers
+    search_id = search_id or f"search-{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    first = [defaults(cfg, kind, space)]
+    if s.algorithm == "tpe":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(points_to_evaluate=first, seed=s.seed)
+    else:
+        searcher = BasicVariantGenerator(points_to_evaluate=first, random_state=np.random.RandomState(s.seed))
+    scheduler = (ASHAScheduler(time_attr="step", max_t=_max_steps(cfg, kind, space), grace_period=s.grace,
+                               reduction_factor=3) if s.scheduler == "asha" else FIFOScheduler())  # fmt: skip
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if workers:  # the trial's own process only drives its Ray Train workers
+        resources = {"cpu": 0}
+        concurrent = s.max_concurrent or max(1, int(cpus // (workers * cfg.training.cpus_per_worker)))
+    else:
+        resources = {"cpu": 1}
+        concurrent = s.max_concurrent or max(1, cpus)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers),
+        resources,
+    )
+    storage = join(cfg.training.run_root, "searches")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={k: _tune_range(r) for k, r in space.items()},
+        tune_config=tune.TuneConfig(metric="valid_loss", mode="min", search_alg=searcher, scheduler=scheduler,
+                                    num_samples=trials or s.trials, max_concurrent_trials=concurrent,
+                                    time_budget_s=s.time_budget_s),  # fmt: skip
+        run_config=tune.RunConfig(name=search_id, storage_path=storage, verbose=0),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    result = SearchResult(search_id, kind, s.algorithm, s.scheduler, _loss_metric(prepared),
+                          {k: r.model_dump(exclude_none=True) for k, r in space.items()}, join(storage, search_id))  # fmt: skip
+    result.trials = [_trial_of(r) for r in grid]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _trial_of(r) -> Trial:
+    """A Tune result as a Trial."""
+    m = r.metrics or {}
+    params = {k: v for k, v in (r.config or {}).items()}
+    status = "failed" if r.error is not None else "finished" if m.get("finished") else "stopped"
+    return Trial(trial_id=str(m.get("trial_id") or r.path.rsplit("/", 1)[-1]), params=params, status=status,
+                 valid_metric=m.get("valid_metric"), last_valid_loss=m.get("valid_loss"), steps=int(m.get("step") or 0),
+                 run_dir=m.get("run_dir"), node=m.get("node"),
+                 error=str(r.error).splitlines()[0][:300] if r.error is not None else None)  # fmt: skip

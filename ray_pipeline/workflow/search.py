@@ -1,0 +1,84 @@
+"""A hyperparameter search as a step of the pipeline: search on Ray Tune, index every finished
+trial as a run, keep the best trial's run (no refit: it trained on the same split with the same
+code, so refitting would only repeat it), register it with its search and offer it to the gates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
+from ray_pipeline.storage import join, write_bytes
+from ray_pipeline.train.search import SEARCH_FILE, SearchResult
+from ray_pipeline.workflow.pipeline import Promotion, register_and_promote
+
+
+@dataclass
+class SearchedRun:
+    """The best trial's run directory, as the registration step takes runs."""
+
+    run_dir: str
+
+
+@dataclass
+class SearchOutcome:
+    """A search and what became of its best trial."""
+
+    search: SearchResult
+    promotion: Promotion
+
+    def render(self) -> str:
+        """Trials table, the best trial, the registration and the gates' report."""
+        s = self.search
+        lines = [f"{s.search_id}: {len(s.trials)} trials of {s.kind} ({s.algorithm}, {s.scheduler}) in {s.seconds:.1f} s"]
+        lines.append(f"  {'trial':<18} {'status':<9} {'valid ' + s.metric:>14}  params")
+        for t in sorted(s.trials, key=lambda t: (t.valid_metric is None, t.valid_metric or 0.0)):
+            metric = f"{t.valid_metric:.6f}" if t.valid_metric is not None else "-"
+            params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+            lines.append(f"  {t.trial_id[-18:]:<18} {t.status:<9} {metric:>14}  {params}")
+        best = s.best
+        if best is not None:
+            lines.append(f"best: {best.trial_id} (validation {s.metric} {best.valid_metric:.6f})")
+        return "\n".join(lines + self.promotion.lines)
+
+
+def _short(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = None,
+                        echo: Callable[[str], None] | None = None) -> SearchOutcome:  # fmt: skip
+    """Search `kind` on the feature store's training set, register the best trial (its version
+    carries search.json: space, algorithm, every trial, the best parameters) and promote it
+    through the gates."""
+    from ray_pipeline.registry.runs import index_run
+    from ray_pipeline.registry.versions import model_sha256, open_registry, same_model
+    from ray_pipeline.train.data import prepare_training_set
+    from ray_pipeline.train.search import run_search, space_of
+
+    space_of(cfg, kind)  # a space the model kind does not take stops here, before any data is read
+    prepared = prepare_training_set(cfg)
+    result = run_search(cfg, kind, prepared, trials)
+    registry = open_registry(cfg)
+    for t in result.trials:
+        if t.run_dir:
+            index_run(registry, t.run_dir)
+    best = result.best
+    if best is None or best.run_dir is None:
+        why = "; ".join(f"{t.trial_id}: {t.status} {t.error or ''}".strip() for t in result.trials)
+        raise UserError(f"{result.search_id}: no trial finished ({why})")
+    twin = same_model(registry, cfg.registry.model_name, model_sha256(best.run_dir))
+    if twin is not None:  # e.g. the untuned settings won and the champion was trained with them
+        holder = registry.aliases(cfg.registry.model_name).get(cfg.serving.alias)
+        champion = registry.get(cfg.registry.model_name, holder) if holder is not None else None
+        promotion = Promotion([], champion, [f"the best trial's model is {twin.uri} again (same model files): "
+                                             "not registered"])  # fmt: skip
+    else:
+        write_bytes(join(best.run_dir, SEARCH_FILE), json.dumps(result.summary(), indent=2, default=str).encode())
+        promotion = register_and_promote(cfg, [SearchedRun(best.run_dir)], cfg.serving.alias)
+    outcome = SearchOutcome(result, promotion)
+    if echo is not None:
+        echo(outcome.render())
+    return outcome

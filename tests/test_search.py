@@ -1,0 +1,84 @@
+"""Hyperparameter search on Ray Tune: `tune` on a user's table runs trials that are runs like any
+other, starts from the untuned settings so it can only match or beat them on the validation
+split, and registers the best trial with its search, through the gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ray_pipeline.cli import app
+
+from .tables import churn_table
+
+pytestmark = pytest.mark.slow  # Ray Tune trials: `make test-fast` skips these
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def churn(ray_session, tmp_path_factory) -> Path:
+    """The churn table from CSV through `init` and `run` (a champion to beat), a small search set up."""
+    tmp = tmp_path_factory.mktemp("search")
+    csv = tmp / "churn.csv"
+    churn_table().to_csv(csv, index=False)
+    config = tmp / "pipeline.yaml"
+    _invoke("init", "--data", str(csv), "--label", "Churn", "--positive", "Yes", "--out", str(config))
+    body = yaml.safe_load(config.read_text())
+    body.setdefault("training", {})["xgboost"] = {"num_boost_round": 60, "early_stopping_rounds": 10}
+    body["training"]["search"] = {"algorithm": "random", "scheduler": "asha", "grace": 5, "seed": 3,
+                                  "xgboost": {"max_depth": {"kind": "int", "low": 2, "high": 8},
+                                              "eta": {"kind": "loguniform", "low": 0.02, "high": 0.3},
+                                              "min_child_weight": {"kind": "loguniform", "low": 0.5, "high": 30}}}  # fmt: skip
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    _invoke("run", "--config", str(config), "--models", "logreg")
+    return config
+
+
+def test_tune_registers_the_best_trial_with_its_search_through_the_gates(churn):
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.runs import get_runs
+    from ray_pipeline.registry.versions import open_registry
+
+    out = _invoke("tune", "--config", str(churn), "--model", "xgboost", "--trials", "5")
+    cfg = load_config(churn)
+    registry = open_registry(cfg)
+    name = cfg.registry.model_name
+    version = registry.get(name, max(v.version for v in registry.versions(name)))
+    assert version.kind == "xgboost" and "search" in version.lineage
+    stored = json.loads((registry.checkout(version) / "search.json").read_text())
+    trials = stored["trials"]
+    assert len(trials) == 5 and stored["algorithm"] == "random" and set(stored["space"]) == {"max_depth", "eta",
+                                                                                               "min_child_weight"}
+    # the untuned settings are the first trial, so the search can only match or beat them
+    first = next(t for t in trials if t["params"] == {"max_depth": 6, "eta": 0.1, "min_child_weight": 1.0})
+    finished = [t for t in trials if t["status"] == "finished"]
+    best = min(finished, key=lambda t: t["valid_metric"])
+    assert stored["best_params"] == best["params"] == version.lineage["search"]["params"]
+    assert first["status"] != "finished" or best["valid_metric"] <= first["valid_metric"]
+    # every finished trial is a run like any other, with its search in its lineage
+    runs = {r.run_id: r for r in get_runs(registry, [Path(t["run_dir"]).name for t in finished])}
+    assert len(runs) == len(finished)
+    assert all(r.trigger == "search" for r in runs.values())
+    # the best trial went through the same gates as every promotion
+    assert "gates do not apply" in out or "PASS" in out or "FAIL" in out, out
+    assert version.uri in out and f"best: {best['trial_id']}" in out
+
+
+def test_a_search_space_the_model_does_not_take_is_refused(churn):
+    body = yaml.safe_load(churn.read_text())
+    body["training"]["search"]["logreg"] = {"learning_rte": {"kind": "uniform", "low": 0.1, "high": 1.0}}
+    bad = churn.parent / "bad.yaml"
+    bad.write_text(yaml.safe_dump(body, sort_keys=False))
+    result = runner.invoke(app, ["tune", "--config", str(bad), "--model", "logreg", "--trials", "2"])
+    assert result.exit_code != 0 and "learning_rte" in result.output
