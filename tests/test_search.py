@@ -48,7 +48,7 @@ def churn(ray_session, tmp_path_factory) -> Path:
 def test_tune_registers_the_best_trial_with_its_search_through_the_gates(churn):
     from ray_pipeline.config import load_config
     from ray_pipeline.registry.runs import get_runs
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.versions import importance, open_registry
 
     out = _invoke("tune", "--config", str(churn), "--model", "xgboost", "--trials", "5")
     cfg = load_config(churn)
@@ -57,6 +57,7 @@ def test_tune_registers_the_best_trial_with_its_search_through_the_gates(churn):
     version = registry.get(name, max(v.version for v in registry.versions(name)))
     assert version.kind == "xgboost" and "search" in version.lineage
     stored = json.loads((registry.checkout(version) / "search.json").read_text())
+    assert importance(registry, version)["rows"] > 0  # computed for the best trial at registration
     trials = stored["trials"]
     assert len(trials) == 5 and stored["algorithm"] == "random" and set(stored["space"]) == {"max_depth", "eta",
                                                                                                "min_child_weight"}
@@ -82,3 +83,56 @@ def test_a_search_space_the_model_does_not_take_is_refused(churn):
     bad.write_text(yaml.safe_dump(body, sort_keys=False))
     result = runner.invoke(app, ["tune", "--config", str(bad), "--model", "logreg", "--trials", "2"])
     assert result.exit_code != 0 and "learning_rte" in result.output
+
+
+def _finished_runs(run_root: Path, search_id: str) -> dict[str, str]:
+    """Trial id -> run directory of every trial run of `search_id` written so far."""
+    found = {}
+    for lineage in run_root.glob("*/lineage.json"):
+        search = json.loads(lineage.read_text()).get("search") or {}
+        if search.get("id") == search_id:
+            found[search["trial"]] = str(lineage.parent)
+    return found
+
+
+def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, ray_session):
+    """The driver is killed (SIGKILL) after some trials finished; `tune --resume` finishes the search
+    with the trials Tune had recorded as finished kept, not run again."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from ray_pipeline.config import load_config
+
+    body = yaml.safe_load(churn.read_text())
+    body["training"]["search"].update(scheduler="fifo", max_concurrent=1)  # one trial at a time: a clean cut
+    config = churn.parent / "resume.yaml"
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    run_root = Path(load_config(config).training.run_root)
+    cli = Path(sys.executable).parent / "ray-pipeline"
+    proc = subprocess.Popen([str(cli), "tune", "--config", str(config), "--model", "xgboost", "--trials", "6",
+                             "--address", ray_session.address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "RAY_PIPELINE_PROGRESS": "0"})  # fmt: skip
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("starting search-xgboost-"), first
+        search_id = first.split()[1]
+        deadline = time.monotonic() + 180
+        while len(_finished_runs(run_root, search_id)) < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        time.sleep(2.5)  # one more save of the experiment's state (TUNE_GLOBAL_CHECKPOINT_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = _finished_runs(run_root, search_id)
+    assert len(before) >= 3, "the driver was killed before three trials finished"
+
+    out = _invoke("tune", "--config", str(config), "--model", "xgboost", "--resume", search_id,
+                  "--address", ray_session.address)  # fmt: skip
+    assert f"resuming {search_id}" in out and f"{search_id}: 6 trials" in out
+    after = _finished_runs(run_root, search_id)
+    kept = [t for t, d in before.items() if after.get(t) == d]
+    assert kept, (before, after)  # finished before the kill, not run again
+    assert len(after) == 6 or "stopped" in out

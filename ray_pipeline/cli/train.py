@@ -52,6 +52,9 @@ def tune(
     config: ConfigOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="logreg or xgboost.")] = "xgboost",
     trials: Annotated[int | None, typer.Option(help="Trials in all (default: training.search.trials).")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Finish the search with this id whose driver stopped (finished trials are kept).")
+    ] = None,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -63,7 +66,9 @@ def tune(
     [kind] = check_models([model])
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials}: give at least 1")
-    search_and_register(cfg, kind, trials, echo=typer.echo)
+    if resume is not None and trials is not None:
+        raise UserError("--resume finishes a search with the trials it was started with; leave out --trials")
+    search_and_register(cfg, kind, trials, echo=typer.echo, resume=resume)
 
 
 @app.command()

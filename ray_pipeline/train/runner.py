@@ -281,7 +281,9 @@ def train_model(
                                      config["n_outputs"] if config["task"] == "multiclass" else None), local)  # fmt: skip
             timings["profile_s"] = time.perf_counter() - t0
         evaluate.save_plots(local / PLOTS_DIR, history, y, p, kind, config["task"])
-        if prepared.test is not None and len(y):  # why the version scores what it scores, stored with it
+        # Why the version scores what it scores, stored with it; a search computes it for its best
+        # trial only (workflow/search.py).
+        if prepared.test is not None and len(y) and search is None:
             t0 = time.perf_counter()
             importance = explain.global_importance(model, prepared.spec, prepared.test)
             (local / explain.IMPORTANCE_FILE).write_text(json.dumps(importance, indent=2))

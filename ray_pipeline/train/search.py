@@ -11,6 +11,7 @@ the first trial, so the search can only match or beat them on the validation spl
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -158,9 +159,21 @@ def _max_steps(cfg: PipelineConfig, kind: str, space: dict[str, ParamRange]) -> 
     return int(rounds.high if rounds is not None and rounds.high else cfg.training.xgboost.num_boost_round) + 1
 
 
+def searches_root(cfg: PipelineConfig) -> str:
+    """Where every search's Tune experiment directory lives."""
+    return join(cfg.training.run_root, "searches")
+
+
+def new_search_id(kind: str) -> str:
+    """A fresh search id (the name of its Tune experiment directory)."""
+    return f"search-{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
 def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int | None = None,
-               workers: int | None = None, search_id: str | None = None) -> SearchResult:  # fmt: skip
-    """Search `kind`'s hyperparameters with Ray Tune over `prepared` (one split for every trial)."""
+               workers: int | None = None, search_id: str | None = None, resume: bool = False) -> SearchResult:  # fmt: skip
+    """Search `kind`'s hyperparameters with Ray Tune over `prepared` (one split for every trial);
+    `resume`: finish the search `search_id` whose driver stopped (finished trials are kept, the
+    unfinished ones start again)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -173,36 +186,55 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     s = cfg.training.search
     space = space_of(cfg, kind, prepared.spec.task)
     workers = in_process_or(cfg.training, prepared) if workers is None else workers
-    search_id = search_id or f"search-{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    search_id = search_id or new_search_id(kind)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if workers:  # the trial's own process only drives its Ray Train workers
+        resources = {"cpu": 0}
+        concurrent = s.max_concurrent or max(1, int(cpus // (workers * cfg.training.cpus_per_worker)))
+    else:
+        # One CPU stays free: a trial's evaluation runs Ray Data tasks, which would wait forever
+        # behind trials holding every CPU.
+        resources = {"cpu": 1}
+        concurrent = s.max_concurrent or max(1, cpus - 1)
+    # Every trial reads the same rows: computed once here, not once per trial.
+    prepared.train, prepared.valid, prepared.test = (ds.materialize() if ds is not None else None
+                                                     for ds in (prepared.train, prepared.valid, prepared.test))
     first = [defaults(cfg, kind, space)]
     if s.algorithm == "tpe":
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(points_to_evaluate=first, seed=s.seed)
     else:
-        searcher = BasicVariantGenerator(points_to_evaluate=first, random_state=np.random.RandomState(s.seed))
+        # it keeps its own limit on trials at once (TuneConfig's applies to Searchers only)
+        searcher = BasicVariantGenerator(points_to_evaluate=first, random_state=np.random.RandomState(s.seed),
+                                         max_concurrent=concurrent)  # fmt: skip
     scheduler = (ASHAScheduler(time_attr="step", max_t=_max_steps(cfg, kind, space), grace_period=s.grace,
                                reduction_factor=3) if s.scheduler == "asha" else FIFOScheduler())  # fmt: skip
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    if workers:  # the trial's own process only drives its Ray Train workers
-        resources = {"cpu": 0}
-        concurrent = s.max_concurrent or max(1, int(cpus // (workers * cfg.training.cpus_per_worker)))
-    else:
-        resources = {"cpu": 1}
-        concurrent = s.max_concurrent or max(1, cpus)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers),
         resources,
     )
-    storage = join(cfg.training.run_root, "searches")
-    tuner = tune.Tuner(
-        trainable,
-        param_space={k: _tune_range(r) for k, r in space.items()},
-        tune_config=tune.TuneConfig(metric="valid_loss", mode="min", search_alg=searcher, scheduler=scheduler,
-                                    num_samples=trials or s.trials, max_concurrent_trials=concurrent,
-                                    time_budget_s=s.time_budget_s),  # fmt: skip
-        run_config=tune.RunConfig(name=search_id, storage_path=storage, verbose=0),
-    )
+    storage = searches_root(cfg)
+    param_space = {k: _tune_range(r) for k, r in space.items()}
+    # The experiment's state is saved at most this often (s): what a resumed search can keep.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if resume:
+        path = join(storage, search_id)
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"--resume {search_id}: no search to resume at {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True,
+                                   param_space=param_space)  # fmt: skip
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric="valid_loss", mode="min", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=trials or s.trials,
+                                        max_concurrent_trials=concurrent if s.algorithm == "tpe" else None,
+                                        time_budget_s=s.time_budget_s),  # fmt: skip
+            run_config=tune.RunConfig(name=search_id, storage_path=storage, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.training.max_failures)),
+        )  # fmt: skip
     started = time.perf_counter()
     grid = tuner.fit()
     result = SearchResult(search_id, kind, s.algorithm, s.scheduler, _loss_metric(prepared),

@@ -49,18 +49,25 @@ def _short(v: object) -> str:
 
 
 def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = None,
-                        echo: Callable[[str], None] | None = None) -> SearchOutcome:  # fmt: skip
-    """Search `kind` on the feature store's training set, register the best trial (its version
-    carries search.json: space, algorithm, every trial, the best parameters) and promote it
-    through the gates."""
+                        echo: Callable[[str], None] | None = None, resume: str | None = None) -> SearchOutcome:  # fmt: skip
+    """Search `kind` on the feature store's training set (or finish the stopped search `resume`),
+    register the best trial (its version carries search.json: space, algorithm, every trial, the
+    best parameters) and promote it through the gates."""
     from ray_pipeline.registry.runs import index_run
     from ray_pipeline.registry.versions import model_sha256, open_registry, same_model
     from ray_pipeline.train.data import prepare_training_set
-    from ray_pipeline.train.search import run_search, space_of
+    from ray_pipeline.train.explain import IMPORTANCE_FILE, global_importance
+    from ray_pipeline.train.models import load_model
+    from ray_pipeline.train.rundir import model_dir
+    from ray_pipeline.train.search import new_search_id, run_search, searches_root, space_of
 
     space_of(cfg, kind)  # a space the model kind does not take stops here, before any data is read
+    search_id = resume or new_search_id(kind)
+    if echo is not None:
+        echo(f"{'resuming' if resume else 'starting'} {search_id} (in {searches_root(cfg)}; if this stops, "
+             f"`tune --resume {search_id}` finishes it)")  # fmt: skip
     prepared = prepare_training_set(cfg)
-    result = run_search(cfg, kind, prepared, trials)
+    result = run_search(cfg, kind, prepared, trials, search_id=search_id, resume=resume is not None)
     registry = open_registry(cfg)
     for t in result.trials:
         if t.run_dir:
@@ -77,6 +84,9 @@ def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = Non
                                              "not registered"])  # fmt: skip
     else:
         write_bytes(join(best.run_dir, SEARCH_FILE), json.dumps(result.summary(), indent=2, default=str).encode())
+        model = load_model(model_dir(best.run_dir))
+        importance = global_importance(model, prepared.spec, prepared.test)
+        write_bytes(join(best.run_dir, IMPORTANCE_FILE), json.dumps(importance, indent=2).encode())
         promotion = register_and_promote(cfg, [SearchedRun(best.run_dir)], cfg.serving.alias)
     outcome = SearchOutcome(result, promotion)
     if echo is not None:
