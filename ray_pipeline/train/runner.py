@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -46,7 +46,7 @@ class TrainRun:
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
-             workers: int, strategy: str, callbacks: list | None = None):  # fmt: skip
+             workers: int, strategy: str):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.xgboost import XGBoostConfig
@@ -66,7 +66,6 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         # Ray Train logs every report at INFO; our loops print their own progress.
         logging_config=LoggingConfig(log_level="WARNING"),
-        callbacks=callbacks or None,
     )
     # Workers read their rows by reference (train/data.shard_refs), not as Ray Train `datasets`.
     shards = {name: shard_refs(getattr(prepared, name), workers) for name in ("train", "valid")}
@@ -185,8 +184,8 @@ def train_model(
     `workers`: Ray Train workers, 0 for in-process; by default `training.workers`, or in-process
     for a train split of at most `training.in_process_max_rows` rows. `trigger`: what started the
     run (run, train, feedback, search), kept in its lineage. `search`: this run is a Ray Tune trial
-    (its search id and trial id go into its lineage; it reports each epoch's or round's validation
-    loss to Tune, from the loop in-process or through Ray Train's TuneReportCallback).
+    (its search id and trial id go into its lineage; its loop runs in this process and reports each
+    epoch's or round's validation loss to Tune).
     """
     import xgboost
 
@@ -207,14 +206,10 @@ def train_model(
     names = prepared.spec.feature_names
     config = {**loop_config(kind, cfg, prepared.spec, workers, fault),
               "progress_key": name if search is None else None, "measure_memory": measure_memory}  # fmt: skip
-    callbacks = None
     if search is not None:
-        if workers:  # the workers' reports reach the trial through Ray Train's callback
-            from ray.tune.integration.ray_train import TuneReportCallback
-
-            callbacks = [TuneReportCallback()]
-        else:
-            config["tune_report"] = True
+        if workers:  # see train/search.py: trials train in their own process for now
+            raise UserError(f"search trial {search.get('trial')}: trials on Ray Train workers are not supported yet")
+        config["tune_report"] = True
     if kind == "xgboost" and cfg.training.xgboost.class_weight is not None and prepared.spec.task != "regression":
         config["class_weights"] = list(task_weights(prepared.spec.task, cfg.training.xgboost.class_weight,
                                                     class_counts(prepared.train, max(config["n_outputs"], 2))))  # fmt: skip
@@ -228,7 +223,7 @@ def train_model(
         if search is not None and not workers:  # a trial in-process: the loop itself (train/session.py)
             result = _direct(kind, config, prepared)
         else:
-            result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy, callbacks).fit()
+            result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
     timings["fit_s"] = time.perf_counter() - t0
     timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:

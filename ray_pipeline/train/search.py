@@ -1,10 +1,11 @@
 """Hyperparameter search on Ray Tune, each trial a training run of this project.
 
 A Tune function trainable builds and fits the run (`train_model`), as Ray's Train V2 + Tune
-pattern has it: in the trial's own process for a small table (1 CPU per trial, so trials run side
-by side across the cluster's CPUs), or on Ray Train workers for a large one (the workers' reports
-reach Tune through `TuneReportCallback`). Every epoch or round reports its validation loss, so
-ASHA stops the trials that trail; a trial that finishes reports the validation metric of the model
+pattern has it, in the trial's own process (1 CPU per trial, so trials run side by side across the
+cluster's CPUs). Trials on Ray Train workers for a table past `training.in_process_max_rows` are
+not supported yet: the loops report to Ray Train only with checkpoints, and Tune needs the
+validation loss in every report. Every epoch or round reports its validation loss, so ASHA stops
+the trials that trail; a trial that finishes reports the validation metric of the model
 it returns (log-loss, or RMSE for regression), and the best of those wins. The untuned settings are
 the first trial, so the search can only match or beat them on the validation split.
 """
@@ -187,15 +188,15 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     space = space_of(cfg, kind, prepared.spec.task)
     workers = in_process_or(cfg.training, prepared) if workers is None else workers
     search_id = search_id or new_search_id(kind)
+    if workers:
+        raise UserError(f"training.search: the train split has {prepared.rows['train']:,} rows, more than "
+                        f"training.in_process_max_rows ({cfg.training.in_process_max_rows:,}); searching with trials "
+                        "on Ray Train workers is not supported yet: raise in_process_max_rows to search in-process")  # fmt: skip
+    # One CPU stays free: a trial's evaluation runs Ray Data tasks, which would wait forever behind
+    # trials holding every CPU.
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    if workers:  # the trial's own process only drives its Ray Train workers
-        resources = {"cpu": 0}
-        concurrent = s.max_concurrent or max(1, int(cpus // (workers * cfg.training.cpus_per_worker)))
-    else:
-        # One CPU stays free: a trial's evaluation runs Ray Data tasks, which would wait forever
-        # behind trials holding every CPU.
-        resources = {"cpu": 1}
-        concurrent = s.max_concurrent or max(1, cpus - 1)
+    resources = {"cpu": 1}
+    concurrent = s.max_concurrent or max(1, cpus - 1)
     # Every trial reads the same rows: computed once here, not once per trial.
     prepared.train, prepared.valid, prepared.test = (ds.materialize() if ds is not None else None
                                                      for ds in (prepared.train, prepared.valid, prepared.test))
