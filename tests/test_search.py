@@ -136,3 +136,22 @@ def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, r
     kept = [t for t, d in before.items() if after.get(t) == d]
     assert kept, (before, after)  # finished before the kill, not run again
     assert len(after) == 6 or "stopped" in out
+
+
+def test_run_search_searches_each_model_and_registers_its_best_trial(churn):
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.versions import open_registry
+
+    body = yaml.safe_load(churn.read_text())
+    body["training"]["search"].update(trials=3, scheduler="fifo")
+    config = churn.parent / "run-search.yaml"
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    out = _invoke("run", "--config", str(config), "--models", "logreg", "--search")
+    assert "hyperparameter search on Ray Tune: logreg" in out and "3 trials of logreg" in out, out
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    searched = [v for v in registry.versions(cfg.registry.model_name) if "search" in v.lineage and v.kind == "logreg"]
+    # the best logreg trial is registered with its search, or said to repeat a registered model
+    assert searched or "again (same model files): not registered" in out, out
+    if searched:
+        assert searched[-1].uri in out and set(searched[-1].lineage["search"]["params"]) == {"l2", "class_weight"}

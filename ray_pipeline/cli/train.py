@@ -77,6 +77,9 @@ def run(
     config: ConfigOpt,
     models: Annotated[str, typer.Option(help="Comma-separated model kinds to train.")] = "logreg,xgboost",
     serve: Annotated[bool, typer.Option("--serve", help="Deploy the champion on Ray Serve.")] = False,
+    search: Annotated[
+        bool, typer.Option("--search", help="Search each model's hyperparameters on Ray Tune (training.search).")
+    ] = False,
     wait: Annotated[
         bool | None, typer.Option(help="With --serve: keep serving until Ctrl-C (default: yes on an embedded Ray).")
     ] = None,
@@ -91,7 +94,7 @@ def run(
     kinds = check_models([m.strip() for m in models.split(",") if m.strip()])
     runtime = start_ray(address, verbose)
     stages = Stages(5 + serve, typer.echo, heading)
-    done = run_pipeline(cfg, kinds, serve=serve, local=runtime.local, echo=typer.echo, stages=stages)
+    done = run_pipeline(cfg, kinds, serve=serve, local=runtime.local, echo=typer.echo, stages=stages, search=search)
     typer.echo(done.timing_line())
     logs = logs_dir()
     run_root = cfg.training.run_root

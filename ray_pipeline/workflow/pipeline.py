@@ -42,7 +42,7 @@ class PipelineRun:
     features: FeatureBuild
     online: dict[str, dict[str, int]]
     prepared: Prepared
-    runs: list[TrainRun]
+    runs: Sequence[HasRunDir]  # TrainRun objects, or a search's best trials (`run --search`)
     promotion: Promotion
     url: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -130,6 +130,26 @@ def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: 
     return Promotion(versions, champion, lines)
 
 
+def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
+                   echo: Echo) -> tuple[list[HasRunDir], list[str]]:  # fmt: skip
+    """A search per model kind on one prepared split: the best trials' runs to register, and a
+    line for each best trial that is a registered model again."""
+    from ray_pipeline.train.search import run_search
+    from ray_pipeline.workflow.search import SearchedRun, keep_best, not_registered, render_search
+
+    runs: list[HasRunDir] = []
+    repeated = []
+    for kind in models:
+        result = run_search(cfg, kind, prepared)
+        echo(render_search(result))
+        kept = keep_best(cfg, result, prepared)
+        if isinstance(kept, SearchedRun):
+            runs.append(kept)
+        else:
+            repeated.append(not_registered(kept))
+    return runs, repeated
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     models: list[str] | tuple[str, ...] = MODEL_KINDS,
@@ -137,9 +157,11 @@ def run_pipeline(
     local: bool = True,
     echo: Echo = print,
     stages: Stages | None = None,
+    search: bool = False,
 ) -> PipelineRun:
     """Ingest, build features (and the online store when views exist), train each model kind on
-    one prepared split, register, promote through the gates, and optionally deploy on Ray Serve."""
+    one prepared split (or search its hyperparameters on Ray Tune: `search`), register, promote
+    through the gates, and optionally deploy on Ray Serve."""
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.features.build import build_features, materialize_online
     from ray_pipeline.train.data import describe_split, prepare_training_set
@@ -171,11 +193,16 @@ def run_pipeline(
 
     workers = in_process_or(cfg.training, prepared)
     where = f"{workers} workers" if workers else "in-process: a small table"
-    with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
-        runs = train_models(cfg, models, prepared, workers, echo, trigger="run")
+    if search:
+        with stages.stage("train", f"hyperparameter search on Ray Tune: {', '.join(models)}"):
+            runs, repeated = _search_models(cfg, models, prepared, echo)
+    else:
+        with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
+            runs, repeated = train_models(cfg, models, prepared, workers, echo, trigger="run"), []
 
     with stages.stage("registry", "model registry: register, promote through the gates"):
         promotion = register_and_promote(cfg, runs, cfg.serving.alias)
+        promotion.lines[:0] = repeated
         echo("\n".join(promotion.lines))
 
     url = None

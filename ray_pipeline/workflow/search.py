@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
+from ray_pipeline.registry.store import ModelVersion
 from ray_pipeline.storage import join, write_bytes
+from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.search import SEARCH_FILE, SearchResult
 from ray_pipeline.workflow.pipeline import Promotion, register_and_promote
 
@@ -31,43 +33,36 @@ class SearchOutcome:
 
     def render(self) -> str:
         """Trials table, the best trial, the registration and the gates' report."""
-        s = self.search
-        lines = [f"{s.search_id}: {len(s.trials)} trials of {s.kind} ({s.algorithm}, {s.scheduler}) in {s.seconds:.1f} s"]
-        lines.append(f"  {'trial':<18} {'status':<9} {'valid ' + s.metric:>14}  params")
-        for t in sorted(s.trials, key=lambda t: (t.valid_metric is None, t.valid_metric or 0.0)):
-            metric = f"{t.valid_metric:.6f}" if t.valid_metric is not None else "-"
-            params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
-            lines.append(f"  {t.trial_id[-18:]:<18} {t.status:<9} {metric:>14}  {params}")
-        best = s.best
-        if best is not None:
-            lines.append(f"best: {best.trial_id} (validation {s.metric} {best.valid_metric:.6f})")
-        return "\n".join(lines + self.promotion.lines)
+        return "\n".join([render_search(self.search), *self.promotion.lines])
+
+
+def render_search(s: SearchResult) -> str:
+    """The trials, best first, and which one won."""
+    lines = [f"{s.search_id}: {len(s.trials)} trials of {s.kind} ({s.algorithm}, {s.scheduler}) in {s.seconds:.1f} s"]
+    lines.append(f"  {'trial':<18} {'status':<9} {'valid ' + s.metric:>14}  params")
+    for t in sorted(s.trials, key=lambda t: (t.valid_metric is None, t.valid_metric or 0.0)):
+        metric = f"{t.valid_metric:.6f}" if t.valid_metric is not None else "-"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+        lines.append(f"  {t.trial_id[-18:]:<18} {t.status:<9} {metric:>14}  {params}")
+    best = s.best
+    if best is not None:
+        lines.append(f"best: {best.trial_id} (validation {s.metric} {best.valid_metric:.6f})")
+    return "\n".join(lines)
 
 
 def _short(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = None,
-                        echo: Callable[[str], None] | None = None, resume: str | None = None) -> SearchOutcome:  # fmt: skip
-    """Search `kind` on the feature store's training set (or finish the stopped search `resume`),
-    register the best trial (its version carries search.json: space, algorithm, every trial, the
-    best parameters) and promote it through the gates."""
+def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> SearchedRun | ModelVersion:
+    """Index every finished trial as a run; the best one's run with search.json and importance.json
+    written into it, or the registered version whose model files it repeats."""
     from ray_pipeline.registry.runs import index_run
     from ray_pipeline.registry.versions import model_sha256, open_registry, same_model
-    from ray_pipeline.train.data import prepare_training_set
     from ray_pipeline.train.explain import IMPORTANCE_FILE, global_importance
     from ray_pipeline.train.models import load_model
     from ray_pipeline.train.rundir import model_dir
-    from ray_pipeline.train.search import new_search_id, run_search, searches_root, space_of
 
-    space_of(cfg, kind)  # a space the model kind does not take stops here, before any data is read
-    search_id = resume or new_search_id(kind)
-    if echo is not None:
-        echo(f"{'resuming' if resume else 'starting'} {search_id} (in {searches_root(cfg)}; if this stops, "
-             f"`tune --resume {search_id}` finishes it)")  # fmt: skip
-    prepared = prepare_training_set(cfg)
-    result = run_search(cfg, kind, prepared, trials, search_id=search_id, resume=resume is not None)
     registry = open_registry(cfg)
     for t in result.trials:
         if t.run_dir:
@@ -78,16 +73,42 @@ def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = Non
         raise UserError(f"{result.search_id}: no trial finished ({why})")
     twin = same_model(registry, cfg.registry.model_name, model_sha256(best.run_dir))
     if twin is not None:  # e.g. the untuned settings won and the champion was trained with them
+        return twin
+    write_bytes(join(best.run_dir, SEARCH_FILE), json.dumps(result.summary(), indent=2, default=str).encode())
+    importance = global_importance(load_model(model_dir(best.run_dir)), prepared.spec, prepared.test)
+    write_bytes(join(best.run_dir, IMPORTANCE_FILE), json.dumps(importance, indent=2).encode())
+    return SearchedRun(best.run_dir)
+
+
+def not_registered(twin: ModelVersion) -> str:
+    """What a search says when its best trial is a registered model again."""
+    return f"the best trial's model is {twin.uri} again (same model files): not registered"
+
+
+def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = None,
+                        echo: Callable[[str], None] | None = None, resume: str | None = None) -> SearchOutcome:  # fmt: skip
+    """Search `kind` on the feature store's training set (or finish the stopped search `resume`),
+    register the best trial (its version carries search.json: space, algorithm, every trial, the
+    best parameters) and promote it through the gates."""
+    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.train.data import prepare_training_set
+    from ray_pipeline.train.search import new_search_id, run_search, searches_root, space_of
+
+    space_of(cfg, kind)  # a space the model kind does not take stops here, before any data is read
+    search_id = resume or new_search_id(kind)
+    if echo is not None:
+        echo(f"{'resuming' if resume else 'starting'} {search_id} (in {searches_root(cfg)}; if this stops, "
+             f"`tune --resume {search_id}` finishes it)")  # fmt: skip
+    prepared = prepare_training_set(cfg)
+    result = run_search(cfg, kind, prepared, trials, search_id=search_id, resume=resume is not None)
+    kept = keep_best(cfg, result, prepared)
+    if isinstance(kept, SearchedRun):
+        promotion = register_and_promote(cfg, [kept], cfg.serving.alias)
+    else:
+        registry = open_registry(cfg)
         holder = registry.aliases(cfg.registry.model_name).get(cfg.serving.alias)
         champion = registry.get(cfg.registry.model_name, holder) if holder is not None else None
-        promotion = Promotion([], champion, [f"the best trial's model is {twin.uri} again (same model files): "
-                                             "not registered"])  # fmt: skip
-    else:
-        write_bytes(join(best.run_dir, SEARCH_FILE), json.dumps(result.summary(), indent=2, default=str).encode())
-        model = load_model(model_dir(best.run_dir))
-        importance = global_importance(model, prepared.spec, prepared.test)
-        write_bytes(join(best.run_dir, IMPORTANCE_FILE), json.dumps(importance, indent=2).encode())
-        promotion = register_and_promote(cfg, [SearchedRun(best.run_dir)], cfg.serving.alias)
+        promotion = Promotion([], champion, [not_registered(kept)])
     outcome = SearchOutcome(result, promotion)
     if echo is not None:
         echo(outcome.render())
