@@ -69,10 +69,9 @@ def output_columns(spec: FeatureSpec, scores: np.ndarray) -> dict[str, pa.Array]
     return {"score": pa.array(scores)}
 
 
-def explanation_column(model: LoadedModel, table: pa.Table, top_k: int) -> pa.Array:
-    """Per row its explanation as JSON (the service's `explanation` object): the top_k columns by
-    contribution, the bias and the rest, adding up to the margin."""
-    X = transform_table(table, model.spec)
+def explanation_column(model: LoadedModel, X: np.ndarray, top_k: int) -> pa.Array:
+    """Per row of the feature matrix `X` its explanation as JSON (the service's `explanation`
+    object): the top_k columns by contribution, the bias and the rest, adding up to the margin."""
     return pa.array([json.dumps(e) for e in explain_rows(model.model, model.spec, X, top_k)], pa.string())
 
 
@@ -88,12 +87,13 @@ def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: 
     good = checked.filter(pc.is_null(checked[v.REASON]))
     name = f"part-{pc.min(batch[v.ORDER]).as_py():020d}.parquet"
     if good.num_rows:
-        scores = model.predict_table(good)
+        X = transform_table(good, spec)  # once: scored, and explained when asked
+        scores = model.model.score(X)
         out = {"source_file": pc.cast(good[v.SOURCE], pa.string()), "row": good[v.ROW]}
         out |= {k: good[k] for k in keys if k in good.column_names}
         out |= output_columns(spec, np.asarray(scores, dtype=np.float64))
         if explain:
-            out["explanation"] = explanation_column(model, good, explain)
+            out["explanation"] = explanation_column(model, X, explain)
         out |= {"model_version": pa.array(np.full(good.num_rows, model.version.version, dtype=np.int64))}
         fs, path = filesystem(out_dir)
         pq.write_table(pa.table(out), f"{path}/{name}", filesystem=fs)

@@ -120,11 +120,10 @@ def global_importance(model: Any, spec: FeatureSpec, ds) -> dict[str, Any]:
     return out
 
 
-def render(importance: dict[str, Any], top: int = 10) -> str:
-    """The importance as lines for `models show`."""
-    lines = [f"importance (mean |contribution| to {importance['explained']}, {importance['rows']:,} test rows):"]
-    lines += [f"  {c['column']:<28} {c['mean_abs']:.4f}" for c in importance["importance"][:top]]
-    if importance["interactions"]:
-        lines.append("top interactions (mean |SHAP interaction|):")
-        lines += [f"  {' x '.join(i['columns']):<40} {i['mean_abs']:.4f}" for i in importance["interactions"]]
-    return "\n".join(lines)
+def save_importance(run_dir: str, model: Any, spec: FeatureSpec, ds) -> None:
+    """Compute `global_importance` over `ds` and write it as the run directory's importance.json."""
+    import json
+
+    from ray_pipeline.storage import join, write_bytes
+
+    write_bytes(join(run_dir, IMPORTANCE_FILE), json.dumps(global_importance(model, spec, ds), indent=2).encode())

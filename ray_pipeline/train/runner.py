@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from contextlib import nullcontext
@@ -280,8 +279,7 @@ def train_model(
         # trial only (workflow/search.py).
         if prepared.test is not None and len(y) and search is None:
             t0 = time.perf_counter()
-            importance = explain.global_importance(model, prepared.spec, prepared.test)
-            (local / explain.IMPORTANCE_FILE).write_text(json.dumps(importance, indent=2))
+            explain.save_importance(str(local), model, prepared.spec, prepared.test)
             timings["importance_s"] = time.perf_counter() - t0
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,

@@ -59,7 +59,7 @@ def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> 
     written into it, or the registered version whose model files it repeats."""
     from ray_pipeline.registry.runs import index_run
     from ray_pipeline.registry.versions import model_sha256, open_registry, same_model
-    from ray_pipeline.train.explain import IMPORTANCE_FILE, global_importance
+    from ray_pipeline.train.explain import save_importance
     from ray_pipeline.train.models import load_model
     from ray_pipeline.train.rundir import model_dir
 
@@ -75,8 +75,7 @@ def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> 
     if twin is not None:  # e.g. the untuned settings won and the champion was trained with them
         return twin
     write_bytes(join(best.run_dir, SEARCH_FILE), json.dumps(result.summary(), indent=2, default=str).encode())
-    importance = global_importance(load_model(model_dir(best.run_dir)), prepared.spec, prepared.test)
-    write_bytes(join(best.run_dir, IMPORTANCE_FILE), json.dumps(importance, indent=2).encode())
+    save_importance(best.run_dir, load_model(model_dir(best.run_dir)), prepared.spec, prepared.test)
     return SearchedRun(best.run_dir)
 
 
