@@ -155,3 +155,43 @@ def test_run_search_searches_each_model_and_registers_its_best_trial(churn):
     assert searched or "again (same model files): not registered" in out, out
     if searched:
         assert searched[-1].uri in out and set(searched[-1].lineage["search"]["params"]) == {"l2", "class_weight"}
+
+
+def test_trials_on_ray_train_workers_report_every_epoch_and_a_killed_worker_resumes_its_trial(churn):
+    """A table past in_process_max_rows: each trial is a Ray Train run on 2 workers whose epochs
+    reach Tune through TuneReportCallback (ASHA sees them); a worker killed mid-trial restarts the
+    trial's worker group from its last checkpoint, and the trial finishes."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.train.data import prepare_training_set
+    from ray_pipeline.train.search import run_search
+
+    cfg = load_config(churn)
+    cfg.training.in_process_max_rows = 0
+    cfg.training.workers = 2
+    cfg.training.checkpoint_every = 2
+    cfg.training.logreg.optimizer = "adam"  # epochs enough to kill one in
+    cfg.training.logreg.epochs = 12
+    cfg.training.logreg.early_stopping_patience = 100
+    cfg.training.search.scheduler = "fifo"
+    marker = churn.parent / "killed-trial-worker"
+    prepared = prepare_training_set(cfg)
+    result = run_search(cfg, "logreg", prepared, trials=2, fault={"fail_at_epoch": 5, "fail_marker": str(marker)})
+
+    assert marker.exists(), "the fault hook did not fire"
+    assert [t.status for t in result.trials] == ["finished", "finished"], [t.error for t in result.trials]
+    resumed = [t for t in result.trials if t.resumed_from is not None]
+    assert resumed and all(0 < t.resumed_from <= 5 and t.resumed_from % 2 == 0 for t in resumed)
+    for trial in result.trials:
+        assert len(trial.nodes) == 1  # both workers on this one node
+        # every epoch reached Tune from the workers (the restarted group repeats a few)
+        reported = [json.loads(line) for line in _result_lines(Path(result.path), trial.trial_id)]
+        epochs = {r["step"] for r in reported if "epoch" in r}
+        assert epochs == set(range(1, 13)), sorted(epochs)
+        history = json.loads((Path(trial.run_dir) / "history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(1, 13))
+
+
+def _result_lines(experiment: Path, trial_id: str) -> list[str]:
+    """The lines of one trial's result.json in a Tune experiment directory."""
+    (found,) = [p for p in experiment.glob("*/result.json") if trial_id in p.parent.name]
+    return found.read_text().splitlines()

@@ -23,6 +23,7 @@ from ray_pipeline.train.models import LogisticModel, XGBoostModel, logged_score
 from ray_pipeline.train.objective import task_weights
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
 from ray_pipeline.train.entry import worker_loop
+from ray_pipeline.train.worker import TUNE_DIRECT, TUNE_VIA_TRAIN
 
 
 @dataclass
@@ -45,10 +46,11 @@ class TrainRun:
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
-             workers: int, strategy: str):  # fmt: skip
+             workers: int, strategy: str, tune_trial: bool = False):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.xgboost import XGBoostConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_pipeline.train.trainer import Trainer, XGBoostTrainer
 
@@ -65,6 +67,8 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         # Ray Train logs every report at INFO; our loops print their own progress.
         logging_config=LoggingConfig(log_level="WARNING"),
+        # A search trial: rank 0's reports (each epoch's or round's validation loss) go on to Tune.
+        callbacks=[TuneReportCallback()] if tune_trial else None,
     )
     # Workers read their rows by reference (train/data.shard_refs), not as Ray Train `datasets`.
     shards = {name: shard_refs(getattr(prepared, name), workers) for name in ("train", "valid")}
@@ -183,8 +187,8 @@ def train_model(
     `workers`: Ray Train workers, 0 for in-process; by default `training.workers`, or in-process
     for a train split of at most `training.in_process_max_rows` rows. `trigger`: what started the
     run (run, train, feedback, search), kept in its lineage. `search`: this run is a Ray Tune trial
-    (its search id and trial id go into its lineage; its loop runs in this process and reports each
-    epoch's or round's validation loss to Tune).
+    (its search id and trial id go into its lineage; each epoch's or round's validation loss goes to
+    Tune, from the loop in this process or, on workers, through Ray Train's TuneReportCallback).
     """
     import xgboost
 
@@ -206,9 +210,7 @@ def train_model(
     config = {**loop_config(kind, cfg, prepared.spec, workers, fault),
               "progress_key": name if search is None else None, "measure_memory": measure_memory}  # fmt: skip
     if search is not None:
-        if workers:  # see train/search.py: trials train in their own process for now
-            raise UserError(f"search trial {search.get('trial')}: trials on Ray Train workers are not supported yet")
-        config["tune_report"] = True
+        config["tune_report"] = TUNE_VIA_TRAIN if workers else TUNE_DIRECT
     if kind == "xgboost" and cfg.training.xgboost.class_weight is not None and prepared.spec.task != "regression":
         config["class_weights"] = list(task_weights(prepared.spec.task, cfg.training.xgboost.class_weight,
                                                     class_counts(prepared.train, max(config["n_outputs"], 2))))  # fmt: skip
@@ -222,7 +224,8 @@ def train_model(
         if search is not None and not workers:  # a trial in-process: the loop itself (train/session.py)
             result = _direct(kind, config, prepared)
         else:
-            result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy).fit()
+            result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy,
+                              tune_trial=search is not None).fit()  # fmt: skip
     timings["fit_s"] = time.perf_counter() - t0
     timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:

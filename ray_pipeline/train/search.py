@@ -1,17 +1,20 @@
 """Hyperparameter search on Ray Tune, each trial a training run of this project.
 
 A Tune function trainable builds and fits the run (`train_model`), as Ray's Train V2 + Tune
-pattern has it, in the trial's own process (1 CPU per trial, so trials run side by side across the
-cluster's CPUs). Trials on Ray Train workers for a table past `training.in_process_max_rows` are
-not supported yet: the loops report to Ray Train only with checkpoints, and Tune needs the
-validation loss in every report. Every epoch or round reports its validation loss, so ASHA stops
-the trials that trail; a trial that finishes reports the validation metric of the model
-it returns (log-loss, or RMSE for regression), and the best of those wins. The untuned settings are
-the first trial, so the search can only match or beat them on the validation split.
+pattern has it, following the rule `run` uses: a small table trains in the trial's own process (1
+CPU per trial, so trials run side by side across the cluster's CPUs); a table past
+`training.in_process_max_rows` trains on its Ray Train workers, which report every epoch or round
+and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
+trial's worker group from its last checkpoint, as in any run). Every epoch or round reports its
+validation loss, so ASHA stops the trials that trail; a trial that finishes reports the validation
+metric of the model it returns (log-loss, or RMSE for regression), and the best of those wins.
+The untuned settings are the first trial, so the search can only match or beat them on the
+validation split.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -44,7 +47,8 @@ class Trial:
     last_valid_loss: float | None = None  # the last epoch's or round's loss the scheduler saw
     steps: int = 0
     run_dir: str | None = None
-    node: str | None = None
+    nodes: list[str] = field(default_factory=list)  # where it trained: its process, or its workers
+    resumed_from: int | None = None  # a killed worker's trial: the checkpoint's epoch or round
     error: str | None = None
 
 
@@ -135,7 +139,7 @@ def _loss_metric(prepared: Prepared) -> str:
 
 
 def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Prepared, search_id: str,
-           workers: int) -> None:  # fmt: skip
+           workers: int, fault: dict[str, Any] | None = None) -> None:  # fmt: skip
     """The Tune function trainable: one training run with `params`, reported to Tune."""
     import ray
     from ray import tune
@@ -145,12 +149,13 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
 
     trial_id = tune.get_context().get_trial_id()
     run = train_model(with_params(cfg, kind, params), kind, workers, prepared=prepared, trigger="search",
-                      search={"id": search_id, "trial": trial_id, "params": params})  # fmt: skip
+                      search={"id": search_id, "trial": trial_id, "params": params}, fault=fault)  # fmt: skip
     y, p, _ = evaluate.predict_split(run.model, prepared.valid)
     metric = evaluate.task_metrics(prepared.spec.task, y, p)[_loss_metric(prepared)]
     tune.report({"valid_loss": run.history[-1]["valid_loss"] if run.history else float("nan"),
                  "valid_metric": float(metric), "step": len(run.history) + 1, "run_dir": str(run.run_dir),
-                 "node": ray.get_runtime_context().get_node_id(), "finished": True})  # fmt: skip
+                 "nodes": sorted(set(run.worker_nodes)) or [ray.get_runtime_context().get_node_id()],
+                 "resumed_from": run.resumed_from, "finished": True})  # fmt: skip
 
 
 def _max_steps(cfg: PipelineConfig, kind: str, space: dict[str, ParamRange]) -> int:
@@ -171,10 +176,11 @@ def new_search_id(kind: str) -> str:
 
 
 def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int | None = None,
-               workers: int | None = None, search_id: str | None = None, resume: bool = False) -> SearchResult:  # fmt: skip
+               workers: int | None = None, search_id: str | None = None, resume: bool = False,
+               fault: dict[str, Any] | None = None) -> SearchResult:  # fmt: skip
     """Search `kind`'s hyperparameters with Ray Tune over `prepared` (one split for every trial);
     `resume`: finish the search `search_id` whose driver stopped (finished trials are kept, the
-    unfinished ones start again)."""
+    unfinished ones start again); `fault`: the training fault hook, for tests."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -188,15 +194,17 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     space = space_of(cfg, kind, prepared.spec.task)
     workers = in_process_or(cfg.training, prepared) if workers is None else workers
     search_id = search_id or new_search_id(kind)
-    if workers:
-        raise UserError(f"training.search: the train split has {prepared.rows['train']:,} rows, more than "
-                        f"training.in_process_max_rows ({cfg.training.in_process_max_rows:,}); searching with trials "
-                        "on Ray Train workers is not supported yet: raise in_process_max_rows to search in-process")  # fmt: skip
-    # One CPU stays free: a trial's evaluation runs Ray Data tasks, which would wait forever behind
-    # trials holding every CPU.
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    resources = {"cpu": 1}
-    concurrent = s.max_concurrent or max(1, cpus - 1)
+    if workers:
+        # The trial's own process only waits on its Ray Train workers, which hold the CPUs (Tune
+        # refuses a trial asking for nothing at all: one byte of memory).
+        resources: dict[str, float] = {"cpu": 0, "memory": 1}
+        concurrent = s.max_concurrent or max(1, cpus // max(1, math.ceil(workers * cfg.training.cpus_per_worker)))
+    else:
+        # One CPU stays free: a trial's evaluation runs Ray Data tasks, which would wait forever
+        # behind trials holding every CPU.
+        resources = {"cpu": 1}
+        concurrent = s.max_concurrent or max(1, cpus - 1)
     # Every trial reads the same rows: computed once here, not once per trial.
     prepared.train, prepared.valid, prepared.test = (ds.materialize() if ds is not None else None
                                                      for ds in (prepared.train, prepared.valid, prepared.test))
@@ -212,7 +220,8 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     scheduler = (ASHAScheduler(time_attr="step", max_t=_max_steps(cfg, kind, space), grace_period=s.grace,
                                reduction_factor=3) if s.scheduler == "asha" else FIFOScheduler())  # fmt: skip
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers),
+        tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers,
+                             fault=fault),  # fmt: skip
         resources,
     )
     storage = searches_root(cfg)
@@ -252,5 +261,5 @@ def _trial_of(r) -> Trial:
     status = "failed" if r.error is not None else "finished" if m.get("finished") else "stopped"
     return Trial(trial_id=str(m.get("trial_id") or r.path.rsplit("/", 1)[-1]), params=params, status=status,
                  valid_metric=m.get("valid_metric"), last_valid_loss=m.get("valid_loss"), steps=int(m.get("step") or 0),
-                 run_dir=m.get("run_dir"), node=m.get("node"),
+                 run_dir=m.get("run_dir"), nodes=list(m.get("nodes") or []), resumed_from=m.get("resumed_from"),
                  error=str(r.error).splitlines()[0][:300] if r.error is not None else None)  # fmt: skip

@@ -63,10 +63,16 @@ def node_ids() -> list[str]:
     return [bytes(int(b) for b in row if b).decode() for row in rows]
 
 
+# How a search trial's loop reports each epoch's or round's validation loss to Ray Tune: "direct"
+# (the loop runs in the trial's own process and calls Tune), "train" (the loop runs on Ray Train
+# workers, reports to Ray Train every epoch or round, and TuneReportCallback forwards rank 0's).
+TUNE_DIRECT, TUNE_VIA_TRAIN = "direct", "train"
+
+
 def tune_report(config: dict[str, Any], step: int, valid_loss: float) -> None:
     """An epoch's or round's validation loss to Ray Tune, for a search trial whose loop runs in the
     trial's own process (its scheduler stops the trials that trail)."""
-    if config.get("tune_report"):
+    if config.get("tune_report") == TUNE_DIRECT:
         import ray.tune
 
         ray.tune.report({"valid_loss": float(valid_loss), "step": step})

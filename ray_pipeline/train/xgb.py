@@ -9,14 +9,30 @@ from typing import Any
 import numpy as np
 
 
-def _callback(frequency: int):
+def _callback(frequency: int, every_round: bool = False):
     """Ray Train's XGBoost callback, reporting only with checkpoints: each ray.train.report is a
-    synchronisation of the whole worker group, far slower than a boosting round."""
+    synchronisation of the whole worker group, far slower than a boosting round. `every_round`: a
+    search trial on workers, whose scheduler needs each round's validation loss (`valid_loss`, at
+    `step` rounds) through Ray Train."""
+    import ray.train
     from ray.train.xgboost import RayTrainReportCallback
 
     class CheckpointEveryN(RayTrainReportCallback):
+        rounds = 0
+
+        def after_iteration(self, model, epoch: int, evals_log) -> bool:
+            self.rounds = model.num_boosted_rounds()  # counts the rounds a resumed run started from
+            return super().after_iteration(model, epoch, evals_log)
+
+        def _get_report_dict(self, evals_log) -> dict:
+            report = super()._get_report_dict(evals_log)
+            if "valid" in evals_log:
+                report.update(valid_loss=float(next(iter(evals_log["valid"].values()))[-1]), step=self.rounds)
+            return report
+
         def _report_metrics(self, report_dict: dict) -> None:
-            return None
+            if every_round:
+                ray.train.report(report_dict)
 
     # Not at the end: the driver builds the model from the loop's return value (`model_ubj`),
     # and a finished run is never resumed.
@@ -92,6 +108,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from ray.train.xgboost import RayTrainReportCallback
 
     from ray_pipeline.train import session
+    from ray_pipeline.train.worker import TUNE_VIA_TRAIN
 
     d, rank = config["n_features"], session.get_context().get_world_rank()
     params = {
@@ -132,7 +149,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         xgb_model=booster,
         evals_result=history,
         callbacks=[
-            *([] if session.is_direct() else [_callback(config["checkpoint_every"])]),
+            *([] if session.is_direct() else [_callback(config["checkpoint_every"],
+                                                        config.get("tune_report") == TUNE_VIA_TRAIN)]),  # fmt: skip
             _progress(config.get("progress_key") if rank == 0 else None, config["num_boost_round"],
                       config if rank == 0 else {}),
         ],

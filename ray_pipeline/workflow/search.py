@@ -39,11 +39,14 @@ class SearchOutcome:
 def render_search(s: SearchResult) -> str:
     """The trials, best first, and which one won."""
     lines = [f"{s.search_id}: {len(s.trials)} trials of {s.kind} ({s.algorithm}, {s.scheduler}) in {s.seconds:.1f} s"]
-    lines.append(f"  {'trial':<18} {'status':<9} {'valid ' + s.metric:>14}  params")
+    lines.append(f"  {'trial':<18} {'status':<9} {'valid ' + s.metric:>14}  {'node(s)':<13}  params")
     for t in sorted(s.trials, key=lambda t: (t.valid_metric is None, t.valid_metric or 0.0)):
         metric = f"{t.valid_metric:.6f}" if t.valid_metric is not None else "-"
         params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
-        lines.append(f"  {t.trial_id[-18:]:<18} {t.status:<9} {metric:>14}  {params}")
+        # node ids shortened as `ray status` and the dashboard show them
+        nodes = ",".join(n[:6] for n in t.nodes) or "-"
+        resumed = f" (a worker was lost: resumed from {t.resumed_from})" if t.resumed_from is not None else ""
+        lines.append(f"  {t.trial_id[-18:]:<18} {t.status:<9} {metric:>14}  {nodes:<13}  {params}{resumed}")
     best = s.best
     if best is not None:
         lines.append(f"best: {best.trial_id} (validation {s.metric} {best.valid_metric:.6f})")
