@@ -62,7 +62,7 @@ def main() -> None:
         results[label] = {"trials": len(done), "wall_s": round(wall, 2), "trials_per_hour": round(len(done) / wall * 3600),
                           "cpu_utilisation": round(cpu / (wall * runtime.num_cpus), 3),
                           "best_valid_log_loss": min(t.valid_metric for t in done)}  # fmt: skip
-        where[label] = sorted({t.node[:12] for t in done if t.node})
+        where[label] = sorted({n[:12] for t in done for n in t.nodes})
     rows = [[k, r["trials"], r["wall_s"], r["trials_per_hour"], r["cpu_utilisation"], r["best_valid_log_loss"],
              ", ".join(where[k])] for k, r in results.items()]  # fmt: skip
     print(table(rows, ["trials", "finished", "wall s", "trials/hour", "CPU utilisation", "best valid log-loss",

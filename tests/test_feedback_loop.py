@@ -184,6 +184,20 @@ def test_concept_drift_keeps_input_drift_quiet_and_fires_the_performance_alert(b
         assert any(e["rule"] == "performance" and e["status"] == "firing" for r in busy[1:] for e in r.events)
         ratio = [m["value"] for m in busy[1].metrics if m["metric"] == "log_loss_ratio"]
         assert ratio and ratio[0] > 1.2
+
+        # a retrain on this traffic that searches instead of reusing settings: its best trial competes
+        from ray_pipeline.workflow.retrain import retrain
+
+        cfg.monitoring.feedback.hyperparameters = "search"
+        cfg.monitoring.feedback.search_trials = 3
+        cfg.training.search.scheduler = "fifo"
+        record = retrain(cfg, reason="manual")
+        searched = record["searches"]["logreg"]
+        assert searched["trials"] == 3 and searched["finished"] == 3, record.get("error")
+        assert record["decision"] == "promoted", (record.get("why"), record.get("gate_report"))
+        version = registry.get("concept", registry.aliases("concept")["champion"])
+        assert version.lineage["search"]["id"] == searched["id"]
+        assert version.lineage["search"]["params"] == searched["best_params"]
     finally:
         serve.delete(cfg.serving.app_name)
 

@@ -195,3 +195,18 @@ def _result_lines(experiment: Path, trial_id: str) -> list[str]:
     """The lines of one trial's result.json in a Tune experiment directory."""
     (found,) = [p for p in experiment.glob("*/result.json") if trial_id in p.parent.name]
     return found.read_text().splitlines()
+
+
+def test_a_retrain_keeps_the_champions_searched_parameters(churn):
+    """feedback.hyperparameters: champion (the default) retrains the champion's kind with the
+    parameters its search found, and every other kind with the config's."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.workflow.retrain import retrain_config
+
+    cfg = load_config(churn)
+    lineage = {"search": {"id": "search-xgboost-x", "trial": "t1", "params": {"max_depth": 3, "eta": 0.05}}}
+    tuned = retrain_config(cfg, "xgboost", "xgboost", lineage)
+    assert tuned.training.xgboost.params["max_depth"] == 3 and tuned.training.xgboost.params["eta"] == 0.05
+    assert cfg.training.xgboost.params.get("max_depth") != 3  # the loaded config is left as it was
+    assert retrain_config(cfg, "logreg", "xgboost", lineage) is cfg
+    assert retrain_config(cfg, "xgboost", "xgboost", {}) is cfg

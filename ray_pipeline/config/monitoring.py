@@ -117,6 +117,16 @@ class FeedbackConfig(StrictModel):
         default=None, gt=0, description="Train on events this recent (before the newest labeled one); unset: all."
     )
     promote: bool = Field(default=True, description="Promote a challenger that passes the gates to the served alias.")
+    hyperparameters: Literal["champion", "search"] = Field(
+        default="champion",
+        description="champion: a model kind retrains with the champion's searched parameters when the champion is "
+        "that kind and came from a search (else with training's); search: a small search on Ray Tune per kind, "
+        "its best trial the challenger.",
+    )
+    search_trials: int = Field(default=8, ge=1, description="hyperparameters: search: trials per model kind.")
+    search_time_budget_s: float = Field(
+        default=600, gt=0, description="hyperparameters: search: the search stops starting trials after this."
+    )
 
 
 class MonitoringConfig(StrictModel):

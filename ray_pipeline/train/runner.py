@@ -74,12 +74,15 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
     shards = {name: shard_refs(getattr(prepared, name), workers) for name in ("train", "valid")}
     loop_config = {**loop_config, "shards": shards}
     if kind == "xgboost":
-        return XGBoostTrainer(
+        trainer: Trainer | XGBoostTrainer = XGBoostTrainer(
             worker_loop("xgboost"), train_loop_config=loop_config, xgboost_config=XGBoostConfig(),
             scaling_config=scaling, run_config=run,
         )  # fmt: skip
-    # No backend: the loop brings its own allreduce (train/collective.py), cheaper to start.
-    return Trainer(worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run)
+    else:
+        # No backend: the loop brings its own allreduce (train/collective.py), cheaper to start.
+        trainer = Trainer(worker_loop("logreg"), train_loop_config=loop_config, scaling_config=scaling, run_config=run)
+    trainer.in_tune_trial = tune_trial
+    return trainer
 
 
 @dataclass

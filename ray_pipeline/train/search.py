@@ -6,7 +6,7 @@ CPU per trial, so trials run side by side across the cluster's CPUs); a table pa
 `training.in_process_max_rows` trains on its Ray Train workers, which report every epoch or round
 and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
 trial's worker group from its last checkpoint, as in any run). Every epoch or round reports its
-validation loss, so ASHA stops the trials that trail; a trial that finishes reports the validation
+validation loss, so ASHA stops the trials that trail (never the untuned one); a trial that finishes reports the validation
 metric of the model it returns (log-loss, or RMSE for regression), and the best of those wins.
 The untuned settings are the first trial, so the search can only match or beat them on the
 validation split.
@@ -18,6 +18,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -134,6 +135,20 @@ def with_params(cfg: PipelineConfig, kind: str, params: dict[str, Any]) -> Pipel
     return out
 
 
+def _asha_sparing(untuned: dict[str, Any]) -> type:
+    """ASHA that never stops the untuned trial: the search's best is the best finished trial, and
+    with the untuned settings always finished it can only match or beat them on validation (ASHA
+    alone stopped them on the demo data, a boosting run at a high learning rate leading early)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class SparingASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            return TrialScheduler.CONTINUE if trial.config == untuned else decision
+
+    return SparingASHA
+
+
 def _loss_metric(prepared: Prepared) -> str:
     return "rmse" if prepared.spec.task == "regression" else "log_loss"
 
@@ -183,7 +198,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     unfinished ones start again); `fault`: the training fault hook, for tests."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ray_pipeline.train.runner import in_process_or
@@ -194,17 +209,17 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     space = space_of(cfg, kind, prepared.spec.task)
     workers = in_process_or(cfg.training, prepared) if workers is None else workers
     search_id = search_id or new_search_id(kind)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # One CPU stays free: a trial's evaluation runs Ray Data tasks, which wait behind trials holding
+    # every CPU (forever when the trials themselves wait on them).
+    free = int(ray.cluster_resources().get("CPU", 1)) - 1
     if workers:
         # The trial's own process only waits on its Ray Train workers, which hold the CPUs (Tune
         # refuses a trial asking for nothing at all: one byte of memory).
         resources: dict[str, float] = {"cpu": 0, "memory": 1}
-        concurrent = s.max_concurrent or max(1, cpus // max(1, math.ceil(workers * cfg.training.cpus_per_worker)))
+        concurrent = s.max_concurrent or max(1, free // max(1, math.ceil(workers * cfg.training.cpus_per_worker)))
     else:
-        # One CPU stays free: a trial's evaluation runs Ray Data tasks, which would wait forever
-        # behind trials holding every CPU.
         resources = {"cpu": 1}
-        concurrent = s.max_concurrent or max(1, cpus - 1)
+        concurrent = s.max_concurrent or max(1, free)
     # Every trial reads the same rows: computed once here, not once per trial.
     prepared.train, prepared.valid, prepared.test = (ds.materialize() if ds is not None else None
                                                      for ds in (prepared.train, prepared.valid, prepared.test))
@@ -217,8 +232,10 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
         # it keeps its own limit on trials at once (TuneConfig's applies to Searchers only)
         searcher = BasicVariantGenerator(points_to_evaluate=first, random_state=np.random.RandomState(s.seed),
                                          max_concurrent=concurrent)  # fmt: skip
-    scheduler = (ASHAScheduler(time_attr="step", max_t=_max_steps(cfg, kind, space), grace_period=s.grace,
-                               reduction_factor=3) if s.scheduler == "asha" else FIFOScheduler())  # fmt: skip
+    scheduler = FIFOScheduler()
+    if s.scheduler == "asha":
+        scheduler = _asha_sparing(first[0])(time_attr="step", max_t=_max_steps(cfg, kind, space),
+                                            grace_period=s.grace, reduction_factor=3)  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers,
                              fault=fault),  # fmt: skip
@@ -246,6 +263,9 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
                                       failure_config=tune.FailureConfig(max_failures=cfg.training.max_failures)),
         )  # fmt: skip
     started = time.perf_counter()
+    # Optuna warns for each repeated training_iteration Tune passes on from Ray Train's reports; it
+    # only feeds Optuna's own pruning, which the search does not use.
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
     grid = tuner.fit()
     result = SearchResult(search_id, kind, s.algorithm, s.scheduler, _loss_metric(prepared),
                           {k: r.model_dump(exclude_none=True) for k, r in space.items()}, join(storage, search_id))  # fmt: skip

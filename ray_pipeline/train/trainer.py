@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.xgboost import XGBoostTrainer as _XGBoostTrainer
@@ -72,15 +72,23 @@ def placement_groups_removed_on_failure() -> Iterator[None]:
 
 class _NoCleanerActor:
     """Mixin for a DataParallelTrainer: fast polling during the fit, and no per-run cleaner actor
-    (the driver cleans up instead)."""
+    (the driver cleans up instead), except in a Ray Tune trial (`in_tune_trial`)."""
+
+    # A Tune trial keeps Ray's cleaner: trials fit side by side in one job, so the driver-side
+    # cleanup would take the other trials' placement groups; and a trial its scheduler stops is
+    # killed with its controller, leaving the run's placement group (scoped to the job) holding its
+    # CPUs unless the cleaner removes it.
+    in_tune_trial = False
 
     def _create_default_callbacks(self):  # a private hook of DataParallelTrainer: see raycompat.py
         callbacks = super()._create_default_callbacks()  # type: ignore[misc]
         cleaner = placement_group_cleaner_callback()
-        return callbacks if cleaner is None else [c for c in callbacks if not isinstance(c, cleaner)]
+        if cleaner is None or self.in_tune_trial:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, cleaner)]
 
     def fit(self):
-        with _fast_polling(), placement_groups_removed_on_failure():
+        with _fast_polling(), nullcontext() if self.in_tune_trial else placement_groups_removed_on_failure():
             return super().fit()  # type: ignore[misc]
 
 

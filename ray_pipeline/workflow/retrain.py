@@ -5,7 +5,8 @@ selects, with the holdout as the test split and the paired-bootstrap gates decid
    row before them feeds back once as accepted rows of the data pipeline (the arrow back).
 2. The feature step rebuilds views and the training set; the train step retrains each configured
    model kind on everything before the holdout, newest rows included (validation for early
-   stopping: a random slice of it).
+   stopping: a random slice of it), with the champion's searched parameters or, configured so, the
+   best trial of a small search on Ray Tune (`feedback.hyperparameters`).
 3. Challenger and champion are scored on the holdout, which neither trained on. A challenger that
    is a registered model again (same model files) or scores every row as the champion does is not
    registered. Otherwise it is registered as @challenger and offered to the serving alias through
@@ -20,6 +21,7 @@ import logging
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -139,7 +141,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     p_champ = champion.predict_table(with_columns(holdout, champion.spec.input_columns))
     candidates = []
     task = champion.spec.label.task
-    for run in train_models(cfg, fb.models, prepared, trigger="feedback"):
+    for run in challengers(cfg, prepared, champion.version.kind, champion.version.lineage, record):
         p = run.model.score(evaluate_inputs(holdout, run))
         candidates.append((evaluate.task_metrics(task, y, p), p, run))
     record["models"] = {"champion": {"version": champion.version.version,
@@ -173,6 +175,65 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record.update(decision="refused", gate_report=str(refused).split("\n", 1)[1])
         return
     record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
+
+
+@dataclass
+class Challenger:
+    """A retrained model as the comparison needs it: a training run, or a search's best trial."""
+
+    name: str
+    kind: str
+    run_dir: str
+    model: Any
+    spec: Any
+
+    @classmethod
+    def of(cls, run_dir: str) -> Challenger:
+        """The run in `run_dir`."""
+        from ray_pipeline.train.models import load_model
+        from ray_pipeline.train.rundir import model_dir, read_run
+
+        run = read_run(run_dir)
+        return cls(run_dir.rstrip("/").rsplit("/", 1)[-1], run.kind, run_dir, load_model(model_dir(run_dir)), run.spec)
+
+
+def retrain_config(cfg: PipelineConfig, kind: str, champion_kind: str, champion_lineage: dict[str, Any]) -> PipelineConfig:
+    """The settings `kind` retrains with: the champion's searched parameters when the champion is
+    that kind and came from a search (a retrain must not quietly undo a search), else the config's."""
+    from ray_pipeline.train.search import with_params
+
+    params = (champion_lineage.get("search") or {}).get("params")
+    return with_params(cfg, kind, params) if params and champion_kind == kind else cfg
+
+
+def challengers(cfg: PipelineConfig, prepared: Any, champion_kind: str, champion_lineage: dict[str, Any],
+                record: dict[str, Any]) -> list[Any]:  # fmt: skip
+    """Each configured model kind retrained on `prepared`: with the champion's parameters, or the
+    best trial of a small search (`feedback.hyperparameters`); what was used goes into `record`."""
+    from ray_pipeline.train.search import run_search
+    from ray_pipeline.workflow.search import keep_best
+
+    fb = cfg.monitoring.feedback
+    if fb.hyperparameters == "champion":
+        runs = []
+        for kind in fb.models:
+            settings = retrain_config(cfg, kind, champion_kind, champion_lineage)
+            if settings is not cfg:
+                record.setdefault("params_from_champion", {})[kind] = champion_lineage["search"]["params"]
+            runs += train_models(settings, [kind], prepared, trigger="feedback")
+        return runs
+    budget = cfg.model_copy(deep=True)
+    budget.training.search.time_budget_s = fb.search_time_budget_s
+    found = []
+    for kind in fb.models:
+        result = run_search(budget, kind, prepared, fb.search_trials)
+        keep_best(budget, result, prepared)  # indexes the trials; the best keeps its search and importance
+        best = result.best
+        record.setdefault("searches", {})[kind] = {"id": result.search_id, "trials": len(result.trials),
+                                                   "finished": sum(t.status == "finished" for t in result.trials),
+                                                   "best_trial": best.trial_id, "best_params": best.params}  # fmt: skip
+        found.append(Challenger.of(str(best.run_dir)))
+    return found
 
 
 def _reference(cfg: PipelineConfig, holdout: pa.Table, spec: Any) -> dict[str, Any]:
