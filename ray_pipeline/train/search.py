@@ -6,10 +6,10 @@ CPU per trial, so trials run side by side across the cluster's CPUs); a table pa
 `training.in_process_max_rows` trains on its Ray Train workers, which report every epoch or round
 and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
 trial's worker group from its last checkpoint, as in any run). Every epoch or round reports its
-validation loss, so ASHA stops the trials that trail (never the untuned one); a trial that finishes reports the validation
+validation loss, so ASHA stops the trials that trail; a trial that finishes reports the validation
 metric of the model it returns (log-loss, or RMSE for regression), and the best of those wins.
-The untuned settings are the first trial, so the search can only match or beat them on the
-validation split.
+The untuned settings are the first trial and ASHA never stops it, so the search can only match
+or beat them on the validation split.
 """
 
 from __future__ import annotations
