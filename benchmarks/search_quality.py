@@ -70,8 +70,8 @@ def main() -> None:
     search = run_search(cfg, "xgboost", prepared)
     wall = time.perf_counter() - t0
     print(render_search(search))
-    kept = keep_best(cfg, search, prepared)
-    best = read_run(kept.run_dir).metrics if hasattr(kept, "run_dir") else untuned
+    keep_best(cfg, search, prepared)  # indexes the trials, as `tune` does
+    best = read_run(search.best.run_dir).metrics
 
     bayes = untuned["bayes_log_loss"]
     rows, figures = [], {}

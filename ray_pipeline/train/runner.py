@@ -119,6 +119,14 @@ def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
     return 0 if prepared.rows["train"] <= training.in_process_max_rows else training.workers
 
 
+def profile_once(cfg: PipelineConfig, prepared: Prepared) -> None:
+    """The train split's input profile (monitoring's reference), computed once per split: every
+    model kind, and every search trial, of the split shares it."""
+    if prepared.input_profile is None and prepared.raw_train is not None:
+        m = cfg.monitoring
+        prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
+
+
 def resolve_optimizer(optimizer: str, n_features: int) -> str:
     """The optimizer `auto` stands for at this many features."""
     if optimizer != "auto":
@@ -274,9 +282,7 @@ def train_model(
         write_run(local, model, artifacts)
         if prepared.raw_train is not None:  # what monitoring compares served traffic with
             t0 = time.perf_counter()
-            if prepared.input_profile is None:
-                m = cfg.monitoring
-                prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
+            profile_once(cfg, prepared)
             save_profile(with_scores(prepared.input_profile, logged_score(config["task"], p),
                                      config["n_outputs"] if config["task"] == "multiclass" else None), local)  # fmt: skip
             timings["profile_s"] = time.perf_counter() - t0

@@ -201,7 +201,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from ray_pipeline.train.runner import in_process_or
+    from ray_pipeline.train.runner import in_process_or, profile_once
 
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")
@@ -220,9 +220,11 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     else:
         resources = {"cpu": 1}
         concurrent = s.max_concurrent or max(1, free)
-    # Every trial reads the same rows: computed once here, not once per trial.
+    # Every trial reads the same rows and writes the same input profile: computed once here, not
+    # once per trial (each trial gets its own copy of `prepared`).
     prepared.train, prepared.valid, prepared.test = (ds.materialize() if ds is not None else None
                                                      for ds in (prepared.train, prepared.valid, prepared.test))
+    profile_once(cfg, prepared)
     first = [defaults(cfg, kind, space)]
     if s.algorithm == "tpe":
         from ray.tune.search.optuna import OptunaSearch
