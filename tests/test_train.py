@@ -3,6 +3,7 @@ scikit-learn, resume after a killed worker, XGBoost, evaluation outputs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -182,15 +183,32 @@ def test_resumes_after_a_worker_is_killed(linear, two_worker_run, tmp_path, opti
     assert run.metrics["log_loss"] == pytest.approx(uninterrupted.metrics["log_loss"], abs=1e-9)
 
 
+def _parent(pid: int) -> int:
+    """The parent pid of `pid` (0 when it ended): the field after the command name in /proc/PID/stat."""
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _processes(prefix: str) -> list[int]:
-    """Pids of this machine's processes whose command line starts with `prefix`."""
-    pids = []
+    """Pids of this test session's processes whose command line starts with `prefix`.
+
+    Only descendants of this process (its embedded Ray's raylet starts the workers): another Ray
+    on the machine - a user's demo, or a second pytest worker - runs processes of the same names,
+    and killing those is another run's failure (seen under pytest-xdist)."""
+    me, pids = os.getpid(), []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(prefix.encode()):
-                pids.append(int(entry.name))
+            if not (entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(prefix.encode())):
+                continue
         except OSError:  # the process ended while we looked
-            pass
+            continue
+        pid = parent = int(entry.name)
+        while parent > 1 and parent != me:
+            parent = _parent(parent)
+        if parent == me:
+            pids.append(pid)
     return pids
 
 
