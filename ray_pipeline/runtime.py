@@ -77,9 +77,14 @@ def _serve_fast_path_env(temp_dir: str) -> None:
     _setdefault_env("RAY_SERVE_HAPROXY_SOCKET_PATH", os.path.join(base, "admin.sock"))
     _setdefault_env("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", base)
     _setdefault_env("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", os.path.join(base, "server-state"))
-    metrics_port, stats_port = _reserved_ports(2)
+    # So does the fallback Python proxy's (8500/9500), which HAProxy sends requests to when the
+    # replica is full or marked down: bound with SO_REUSEPORT, a second instance's fallback shares
+    # the port, and requests for this instance's routes reached the other one's proxy (404).
+    metrics_port, stats_port, fallback_http, fallback_grpc = _reserved_ports(4)
     _setdefault_env("RAY_SERVE_HAPROXY_METRICS_PORT", str(metrics_port))
     _setdefault_env("RAY_SERVE_HAPROXY_STATS_PORT", str(stats_port))
+    _setdefault_env("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(fallback_http))
+    _setdefault_env("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(fallback_grpc))
     # A stopping ingress replica keeps answering for this long so external load balancers can
     # drain it (default 30 s). HAProxy here runs beside the replicas and is told at once.
     _setdefault_env("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
@@ -93,7 +98,9 @@ def _reserved_ports(n: int, lo: int = 25000, hi: int = 30000) -> list[int]:
     on it). Ports below the ephemeral range are only ever taken by explicit binds.
     """
     found: list[int] = []
-    start = os.getpid() % (hi - lo)
+    # A block of `n` per process id: processes started one after another (pytest workers, a demo
+    # beside the tests) have adjacent ids, and overlapping blocks would pick the same ports.
+    start = os.getpid() % ((hi - lo) // n) * n
     for i in range(hi - lo):
         port = lo + (start + i) % (hi - lo)
         with socket.socket() as s:

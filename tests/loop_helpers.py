@@ -20,7 +20,8 @@ FEATURES = {
     "merchant_category": {"type": "category"}, "channel": {"type": "category"}, "country": {"type": "category"},
 }  # fmt: skip
 INPUTS = list(FEATURES)
-WINDOW_S = 3.0  # at most 2,000 rows a window, sent in about a second
+WINDOW_S = 3.0  # at most 2,000 rows a window, in requests of 500 (the configs' max_records_per_request)
+PER_REQUEST = 500
 
 
 def loop_config(tmp: Path, shared: Path, name: str, label: str | dict = "label", logreg: dict | None = None,
@@ -59,8 +60,11 @@ def traffic(seed: int, rows: int, start: str, days: float, drift: dict | None = 
 
 
 def send_windows(url: str, cfg: PipelineConfig, events: list[dict[str, Any]], per_window: int) -> list[dict]:
-    """Send `events` in consecutive test windows; returns labels keyed by request id and row."""
-    return replay.send_windows(url, cfg.data.schema_, pa.Table.from_pylist(events), INPUTS, per_window, WINDOW_S)
+    """Send `events` in consecutive test windows; returns labels keyed by request id and row.
+
+    Strict: a window that overran its end fails with WindowOverrun rather than odd rows per window."""
+    return replay.send_windows(url, cfg.data.schema_, pa.Table.from_pylist(events), INPUTS, per_window, WINDOW_S,
+                               per_request=PER_REQUEST, strict=True)  # fmt: skip
 
 
 def next_window(offset: float = 0.3) -> None:

@@ -392,3 +392,23 @@ def test_a_non_nullable_input_is_required_by_the_contract_and_the_schema():
     assert list(jsonschema.Draft202012Validator(schema).iter_errors({"records": [{}]}))
     # specs written before `required` existed keep their content hash
     assert SPEC.content_hash() == SPEC.model_copy(update={"required": []}).content_hash()
+
+
+def test_embedded_instances_started_one_after_another_get_their_own_serve_ports(tmp_path, monkeypatch):
+    """Two embedded Rays on one box (pytest workers, a demo beside the tests) have adjacent process
+    ids: each gets its own HAProxy and fallback-proxy ports, none of Ray's machine-wide defaults."""
+    from ray_pipeline import runtime
+
+    keys = ["RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]  # fmt: skip
+    monkeypatch.setattr(runtime, "_env_set_by_us", set())
+    picked = []
+    for pid in (4242, 4243):
+        for key in [*keys, "RAY_SERVE_ENABLE_HA_PROXY"]:
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setattr(runtime.os, "getpid", lambda pid=pid: pid)
+        runtime._serve_fast_path_env(str(tmp_path / str(pid)))
+        picked.append({int(runtime.os.environ[key]) for key in keys})
+    assert len(picked[0]) == len(picked[1]) == 4
+    assert not picked[0] & picked[1], picked
+    assert not (picked[0] | picked[1]) & {8500, 9500, 9101, 8404}

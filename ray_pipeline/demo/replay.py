@@ -55,13 +55,21 @@ def wait_for_window(window_s: float, offset: float = 0.3) -> None:
     time.sleep(window_s - time.time() % window_s + offset)
 
 
+class WindowOverrun(RuntimeError):
+    """A window's requests were still being sent after its boundary: its rows fell into two windows."""
+
+
 def send_windows(url: str, schema: SchemaConfig, events: pa.Table, inputs: list[str], per_window: int,
-                 window_s: float, per_request: int = 100) -> list[dict[str, Any]]:  # fmt: skip
-    """POST `events` in consecutive windows (`per_window` each); returns their labels by request id and row."""
+                 window_s: float, per_request: int = 100, strict: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """POST `events` in consecutive windows (`per_window` each); returns their labels by request id and row.
+
+    With `strict`, a window whose sending ran past its boundary raises WindowOverrun: a caller that
+    asserts rows per window then learns the machine was too busy, not that the monitor miscounted."""
     rows = events.to_pylist()
     labels: list[dict[str, Any]] = []
-    for w in range(0, len(rows), per_window):
+    for n, w in enumerate(range(0, len(rows), per_window)):
         wait_for_window(window_s)
+        started = time.time()
         chunk = rows[w : w + per_window]
         for i in range(0, len(chunk), per_request):
             part = chunk[i : i + per_request]
@@ -72,6 +80,9 @@ def send_windows(url: str, schema: SchemaConfig, events: pa.Table, inputs: list[
             # the raw value, as the upstream system delivers it (`labels ingest` maps it per task)
             labels += [{"request_id": answer["request_id"], "row": j, "label": e[schema.label]}
                        for j, e in enumerate(part)]  # fmt: skip
+        if strict and time.time() // window_s != started // window_s:
+            raise WindowOverrun(f"window {n + 1}: sending {len(chunk):,} rows took {time.time() - started:.1f} s, "
+                                f"past the {window_s:g} s window's end (the machine was too busy for this window)")  # fmt: skip
     return labels
 
 
