@@ -102,14 +102,14 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     body = yaml.safe_load(config.read_text())
     body["serving"]["port"] = free_port()  # the suite must not depend on 8000 being free on the machine
     config.write_text(yaml.safe_dump(body, sort_keys=False))
-    # A short loop (4 s windows of 1,500 records): the notebook test runs the same loop; the
-    # demo's default (10 s windows of 6,000) is what `make demo` shows.
-    result = runner.invoke(app, ["demo", "--config", str(config), "--rows", "30000", "--loop-window", "4",
-                                 "--per-window", "1500"])
+    # A short loop (3 s windows of 1,000 records) on a small table: the notebook test runs the
+    # same loop; the demo's default (10 s windows of 6,000) is what `make demo` shows.
+    result = runner.invoke(app, ["demo", "--config", str(config), "--rows", "15000", "--loop-window", "3",
+                                 "--per-window", "1000"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "generated 30,000 synthetic rows" in out
-    assert "read               30,000" in out
+    assert "generated 15,000 synthetic rows" in out
+    assert "read               15,000" in out
     assert "Bayes-optimal log-loss" in out
     assert (project_copy / "data" / "demo" / "ingested" / "summary.json").exists()
     assert "FeatureSpec" in out and "point-in-time" in out

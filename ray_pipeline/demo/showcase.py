@@ -98,8 +98,9 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     echo(f"replaying {before.num_rows:,} events before the drift and {during.num_rows:,} after it (amount and "
          f"distance shifted, 30% unseen merchant categories; true intercept -2.9 -> -2.2, amount coefficient 0.8 -> 0.2) "
          f"in {window_s:g} s windows")  # fmt: skip
-    wait_for_window(window_s, 0.0)
-    first = time.time() - time.time() % window_s + window_s
+    # the first window sent is the next one (send_windows waits for its start)
+    now = time.time()
+    first = now - now % window_s + window_s
     labels = send_windows(url, cfg.data.schema_, before, inputs, per_window, window_s)
     labels += send_windows(url, cfg.data.schema_, during, inputs, per_window, window_s)
     sent = time.time()
