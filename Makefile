@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ray-pipeline demo --config configs/demo.yaml
 
+# Two pytest workers, each with its own local Ray, take whole files (module fixtures are built once),
+# longest files first (tests/conftest.py): much of the suite waits on Ray start-up, Serve and
+# wall-clock monitoring windows, so two workers on two cores finish well before one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) redis-server promtool postgresql chromium
 	$(BIN)/lint-imports
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests --durations=30
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  --durations=30
 
 # The inner loop while developing (about a minute): everything not marked slow. `make test` is
 # still what guards behaviour and what CI runs.

@@ -31,7 +31,7 @@ def nodeloss(workdir: Path) -> dict:
     node, then paused 0.3 s per epoch (checkpoint every 2) with workers spread over both worker
     nodes, for the test to kill one."""
     prepared = linear_prepared(rows=6_000)
-    cfg = {"epochs": 60, "optimizer": "gd", "early_stopping_patience": 1000}
+    cfg = {"epochs": 40, "optimizer": "gd", "early_stopping_patience": 1000}
     baseline = train_model(linear_cfg(workdir / "baseline", **cfg), "logreg", workers=2, prepared=prepared,
                            placement_strategy="STRICT_PACK")  # fmt: skip
     slow = linear_cfg(workdir / "slow", **cfg)

@@ -208,7 +208,9 @@ def test_monitoring_shows_the_firing_alert_and_the_drift_crossing_its_threshold(
     limit = float(chart.locator("line.threshold[data-name*='rule input_drift']").get_attribute("data-threshold"))
     assert values[0] < limit < values[-1]  # quiet before the shift, above the rule's line after it
     shot(page, "monitoring-drift")
-    page.click("text=Per-window reports >> xpath=following::a[last()]")  # the drifted window's report
+    # the drifted window's report, once loaded with its images: a click alone waits for less (seen under load)
+    with page.expect_navigation(wait_until="load"):
+        page.click("text=Per-window reports >> xpath=following::a[last()]")
     assert page.locator("h1", has_text="Window").count() == 1
     assert all(img.evaluate("i => i.naturalWidth") > 0 for img in page.locator("img").all())  # its PNGs load
 

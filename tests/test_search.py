@@ -112,7 +112,7 @@ def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, r
     config.write_text(yaml.safe_dump(body, sort_keys=False))
     run_root = Path(load_config(config).training.run_root)
     cli = Path(sys.executable).parent / "ray-pipeline"
-    proc = subprocess.Popen([str(cli), "tune", "--config", str(config), "--model", "xgboost", "--trials", "6",
+    proc = subprocess.Popen([str(cli), "tune", "--config", str(config), "--model", "xgboost", "--trials", "4",
                              "--address", ray_session.address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "RAY_PIPELINE_PROGRESS": "0"})  # fmt: skip
     try:
@@ -120,7 +120,7 @@ def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, r
         assert first.startswith("starting search-xgboost-"), first
         search_id = first.split()[1]
         deadline = time.monotonic() + 180
-        while len(_finished_runs(run_root, search_id)) < 3 and time.monotonic() < deadline:
+        while len(_finished_runs(run_root, search_id)) < 2 and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
         time.sleep(2.5)  # one more save of the experiment's state (TUNE_GLOBAL_CHECKPOINT_S)
@@ -128,15 +128,15 @@ def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, r
         proc.kill()
         proc.wait()
     before = _finished_runs(run_root, search_id)
-    assert len(before) >= 3, "the driver was killed before three trials finished"
+    assert len(before) >= 2, "the driver was killed before two trials finished"
 
     out = _invoke("tune", "--config", str(config), "--model", "xgboost", "--resume", search_id,
                   "--address", ray_session.address)  # fmt: skip
-    assert f"resuming {search_id}" in out and f"{search_id}: 6 trials" in out
+    assert f"resuming {search_id}" in out and f"{search_id}: 4 trials" in out
     after = _finished_runs(run_root, search_id)
     kept = [t for t, d in before.items() if after.get(t) == d]
     assert kept, (before, after)  # finished before the kill, not run again
-    assert len(after) == 6 or "stopped" in out
+    assert len(after) == 4 or "stopped" in out
 
 
 def test_run_search_searches_each_model_and_registers_its_best_trial(churn):
