@@ -192,19 +192,19 @@ def _result(stdout: str, stderr: str) -> dict:
 
 
 def _actor_nodes(local_cluster, class_prefix: str) -> list[str]:
-    """Node names (one per actor, sorted) of the alive actors whose class starts with `class_prefix`."""
-    probe = (
-        "import json, sys, ray\n"
-        "from ray.util.state import list_actors\n"
-        "ray.init(log_to_driver=False)\n"
-        "names = {n['NodeID']: n['NodeName'] for n in ray.nodes()}\n"
-        "actors = list_actors(filters=[('state', '=', 'ALIVE')], limit=10000)\n"
-        "print('NODES', json.dumps(sorted(names[a.node_id] for a in actors if a.class_name.startswith(sys.argv[1]))))\n"
-    )
-    env = {**local_cluster.client_env, "RAY_ADDRESS": local_cluster.client_env["RP_GCS_ADDRESS"]}
-    out = subprocess.run([sys.executable, "-c", probe, class_prefix], env=env, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
-    return _tagged("NODES", out.stdout, out.stderr)
+    """Node names (one per actor, sorted) of the alive actors whose class starts with `class_prefix`.
+
+    From the head's state API over HTTP: a probe process joining as a driver (as this did) makes
+    every node start workers for its job, and the serving test polls it every 2 s."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    client = StateApiClient(local_cluster.dashboard, headers=local_cluster.headers())
+    nodes = client.list(StateResource.NODES, ListApiOptions(limit=10_000), raise_on_missing_output=False)
+    names = {n.node_id: n.node_name for n in nodes}
+    actors = client.list(StateResource.ACTORS, ListApiOptions(filters=[("state", "=", "ALIVE")], limit=10_000),
+                         raise_on_missing_output=False)  # fmt: skip
+    return sorted(names[a.node_id] for a in actors if a.class_name.startswith(class_prefix))
 
 
 def test_training_across_nodes_resumes_when_a_worker_node_is_lost(local_cluster, tmp_path):
