@@ -20,8 +20,7 @@ FEATURES = {
     "merchant_category": {"type": "category"}, "channel": {"type": "category"}, "country": {"type": "category"},
 }  # fmt: skip
 INPUTS = list(FEATURES)
-WINDOW_S = 3.0  # at most 2,000 rows a window, in requests of 500 (the configs' max_records_per_request)
-PER_REQUEST = 500
+WINDOW_S = 3.0  # at most 2,000 rows a window, in requests as large as the endpoint takes
 
 
 def loop_config(tmp: Path, shared: Path, name: str, label: str | dict = "label", logreg: dict | None = None,
@@ -64,7 +63,7 @@ def send_windows(url: str, cfg: PipelineConfig, events: list[dict[str, Any]], pe
 
     Strict: a window that overran its end fails with WindowOverrun rather than odd rows per window."""
     return replay.send_windows(url, cfg.data.schema_, pa.Table.from_pylist(events), INPUTS, per_window, WINDOW_S,
-                               per_request=PER_REQUEST, strict=True)  # fmt: skip
+                               per_request=cfg.serving.max_records_per_request, strict=True)  # fmt: skip
 
 
 def next_window(offset: float = 0.3) -> None:
