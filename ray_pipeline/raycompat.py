@@ -12,6 +12,8 @@ On a Ray upgrade, re-check each function below (tests/test_raycompat.py exercise
   Serve runs on the cluster, and where its HTTP proxy really listens.
 - `node_logs_dir`: the connected node's log directory (`ray._private.worker.global_worker`).
 - `DATA_PROGRESS_LOGGER`: Ray Data's logger that warns once that progress bars are off.
+- `AUTH_SETUP_LOGGER`: the logger `ray.init` announces with that a new local instance turned on
+  token authentication (Ray's default when RAY_AUTH_MODE is unset).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ray
 
 WRITTEN_FOR = "2.60.0"
 DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray
 
-from ray_pipeline.raycompat import DATA_PROGRESS_LOGGER, node_logs_dir
+from ray_pipeline.raycompat import AUTH_SETUP_LOGGER, DATA_PROGRESS_LOGGER, node_logs_dir
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ def init_ray(
             tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
             _serve_fast_path_env(tmp)
             extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
+            if quiet:  # Ray's notice that it turned token auth on (its default): nothing to act on
+                logging.getLogger(AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
             ray.init(
                 num_cpus=cpus,
                 # The dashboard serves Ray's state API: without it Ray Train's placement-group

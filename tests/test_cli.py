@@ -146,6 +146,31 @@ def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path
     assert summary["read"] == 2000 and summary["accepted"] == 2000
 
 
+# A line Ray printed, not the project: its log format, its processes' prefixes, its native exit noise.
+RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|pid=)|nanobind|Token authentication")
+
+
+@pytest.mark.slow  # starts a Ray of its own (seconds): `make test-fast` leaves it out
+def test_a_command_on_its_own_local_ray_prints_only_the_projects_lines(tmp_path, demo_config_dict):
+    """As a newcomer runs it (no RAY_AUTH_MODE, so Ray turns token auth on and says so): from the
+    local Ray's start to its shutdown at exit, the terminal shows the command's lines only."""
+    raw = tmp_path / "raw"
+    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
+    demo_config_dict["data"]["source"]["path"] = str(raw)
+    demo_config_dict["data"]["output"]["root"] = str(tmp_path / "out")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(demo_config_dict))
+    # HOME: Ray writes the token it generates under ~/.ray, here the test's own directory
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env.update(HOME=str(tmp_path), RAY_PIPELINE_PROGRESS="0")
+    proc = subprocess.run([str(BIN), "ingest", "--config", str(config)], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"read\s+2,000", proc.stdout), proc.stdout
+    assert (tmp_path / ".ray" / "auth_token").exists()  # token auth was on: the notice was due, and kept off
+    ray_lines = [line for line in (proc.stdout + proc.stderr).splitlines() if RAY_LINE.search(line)]
+    assert not ray_lines, "\n".join(ray_lines)
+
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_features_fit_materialize_get(ray_session, project_copy):
     config = project_copy / "configs" / "demo.yaml"

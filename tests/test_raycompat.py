@@ -46,3 +46,9 @@ def test_the_node_log_dir_and_data_progress_logger_exist(ray_session):
     logs = raycompat.node_logs_dir()
     assert logs and os.path.isdir(logs) and any(name.startswith("raylet") for name in os.listdir(logs))
     importlib.import_module(raycompat.DATA_PROGRESS_LOGGER)  # the logger is named after this module
+
+
+def test_the_auth_setup_logger_is_the_one_that_announces_token_auth():
+    module = importlib.import_module(raycompat.AUTH_SETUP_LOGGER)
+    assert module.logger.name == raycompat.AUTH_SETUP_LOGGER
+    assert hasattr(module, "enable_token_auth_by_default"), "Ray's default-on token auth moved: re-check runtime.py"
