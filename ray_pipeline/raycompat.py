@@ -14,11 +14,14 @@ On a Ray upgrade, re-check each function below (tests/test_raycompat.py exercise
 - `DATA_PROGRESS_LOGGER`: Ray Data's logger that warns once that progress bars are off.
 - `AUTH_SETUP_LOGGER`: the logger `ray.init` announces with that a new local instance turned on
   token authentication (Ray's default when RAY_AUTH_MODE is unset).
+- `default_token_path`: where `ray.init` saves the token it generates for a new local instance
+  (`ray._private.authentication`); runtime.py makes the file readable by its owner only.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -61,6 +64,13 @@ def serve_client(required: bool = True) -> Any:
     from ray.serve.context import _get_global_client
 
     return _get_global_client(raise_if_no_controller_running=required)
+
+
+def default_token_path() -> Path:
+    """Where Ray saves the authentication token it generates for a new local instance."""
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+
+    return _get_default_token_path()
 
 
 def node_logs_dir() -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray
 
-from ray_pipeline.raycompat import AUTH_SETUP_LOGGER, DATA_PROGRESS_LOGGER, node_logs_dir
+from ray_pipeline.raycompat import AUTH_SETUP_LOGGER, DATA_PROGRESS_LOGGER, default_token_path, node_logs_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _owner_only(path: Path) -> None:
+    """Make a secret file ours readable by us only: Ray writes its generated token with the umask's
+    mode (often 0644), which would let any local user reach the instance the token guards."""
+    try:
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+    except FileNotFoundError:  # token auth is off: Ray generated nothing
+        pass
+
+
 def _configure_data_context(quiet: bool) -> None:
     import ray.data
 
@@ -198,6 +208,7 @@ def init_ray(
                 _temp_dir=tmp,
                 **extra,
             )
+            _owner_only(default_token_path())
     _configure_data_context(quiet)
     ctx = ray.get_runtime_context()
     resources = ray.cluster_resources()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +168,8 @@ def test_a_command_on_its_own_local_ray_prints_only_the_projects_lines(tmp_path,
                           timeout=300, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"read\s+2,000", proc.stdout), proc.stdout
-    assert (tmp_path / ".ray" / "auth_token").exists()  # token auth was on: the notice was due, and kept off
+    token = tmp_path / ".ray" / "auth_token"  # token auth was on: the notice was due, and kept off
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600  # Ray writes it with the umask's mode
     ray_lines = [line for line in (proc.stdout + proc.stderr).splitlines() if RAY_LINE.search(line)]
     assert not ray_lines, "\n".join(ray_lines)
 

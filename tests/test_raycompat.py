@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,7 @@ def test_the_auth_setup_logger_is_the_one_that_announces_token_auth():
     module = importlib.import_module(raycompat.AUTH_SETUP_LOGGER)
     assert module.logger.name == raycompat.AUTH_SETUP_LOGGER
     assert hasattr(module, "enable_token_auth_by_default"), "Ray's default-on token auth moved: re-check runtime.py"
+
+
+def test_the_default_token_path_is_under_the_users_home():
+    assert raycompat.default_token_path() == Path.home() / ".ray" / "auth_token"
