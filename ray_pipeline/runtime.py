@@ -129,6 +129,8 @@ def _owner_only(path: Path) -> None:
             path.chmod(0o600)
     except FileNotFoundError:  # token auth is off: Ray generated nothing
         pass
+    except OSError as exc:  # the instance runs either way; say what was left open
+        log.warning("could not make %s readable by its owner only: %s", path, exc)
 
 
 def _configure_data_context(quiet: bool) -> None:
