@@ -128,15 +128,21 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     assert re.search(r"online store refreshed: customer_daily [1-9][\d,]* entity values", out), out[-3000:]
 
 
+def _small_table_config(tmp_path: Path, body: dict) -> Path:
+    """The demo config on 2,000 generated rows under tmp_path."""
+    raw = tmp_path / "raw"
+    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
+    body["data"]["source"]["path"] = str(raw)
+    body["data"]["output"]["root"] = str(tmp_path / "out")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(body))
+    return config
+
+
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path, demo_config_dict):
     """`--address` reaches an existing cluster: here, this test session's Ray."""
-    raw = tmp_path / "raw"
-    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
-    demo_config_dict["data"]["source"]["path"] = str(raw)
-    demo_config_dict["data"]["output"]["root"] = str(tmp_path / "out")
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(demo_config_dict))
+    config = _small_table_config(tmp_path, demo_config_dict)
     env = {**os.environ, "RAY_PIPELINE_PROGRESS": "0"}
     proc = subprocess.run(
         [str(BIN), "ingest", "--config", str(config), "--address", ray_session.address, "--json"],
@@ -155,12 +161,7 @@ RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|
 def test_a_command_on_its_own_local_ray_prints_only_the_projects_lines(tmp_path, demo_config_dict):
     """As a newcomer runs it (no RAY_AUTH_MODE, so Ray turns token auth on and says so): from the
     local Ray's start to its shutdown at exit, the terminal shows the command's lines only."""
-    raw = tmp_path / "raw"
-    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
-    demo_config_dict["data"]["source"]["path"] = str(raw)
-    demo_config_dict["data"]["output"]["root"] = str(tmp_path / "out")
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(demo_config_dict))
+    config = _small_table_config(tmp_path, demo_config_dict)
     # HOME: Ray writes the token it generates under ~/.ray, here the test's own directory
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env.update(HOME=str(tmp_path), RAY_PIPELINE_PROGRESS="0")
@@ -172,6 +173,7 @@ def test_a_command_on_its_own_local_ray_prints_only_the_projects_lines(tmp_path,
     assert stat.S_IMODE(token.stat().st_mode) == 0o600  # Ray writes it with the umask's mode
     ray_lines = [line for line in (proc.stdout + proc.stderr).splitlines() if RAY_LINE.search(line)]
     assert not ray_lines, "\n".join(ray_lines)
+
 
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_features_fit_materialize_get(ray_session, project_copy):
