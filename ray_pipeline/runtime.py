@@ -122,12 +122,12 @@ def free_port() -> int:
 
 
 def _owner_only(path: Path) -> None:
-    """Make a secret file ours readable by us only: Ray writes its generated token with the umask's
+    """Make a secret file of ours readable by its owner only: Ray writes its generated token with the umask's
     mode (often 0644), which would let any local user reach the instance the token guards."""
     try:
         if path.stat().st_uid == os.getuid():
             path.chmod(0o600)
-    except FileNotFoundError:  # token auth is off: Ray generated nothing
+    except FileNotFoundError:  # no token: auth is off and Ray generated none
         pass
     except OSError as exc:  # the instance runs either way; say what was left open
         log.warning("could not make %s readable by its owner only: %s", path, exc)
