@@ -16,6 +16,9 @@ On a Ray upgrade, re-check each function below (tests/test_raycompat.py exercise
   token authentication (Ray's default when RAY_AUTH_MODE is unset).
 - `default_token_path`: where `ray.init` saves the token it generates for a new local instance
   (`ray._private.authentication`); runtime.py makes the file readable by its owner only.
+- `use_saved_token`: what `ray.init` does only for a cluster it finds by itself (no address): turn
+  token auth on when RAY_AUTH_MODE is unset and a token is saved. With an explicit address Ray
+  skips it, and a command attaching to an embedded instance (token auth on) was refused.
 """
 
 from __future__ import annotations
@@ -71,6 +74,13 @@ def default_token_path() -> Path:
     from ray._private.authentication.authentication_token_setup import _get_default_token_path
 
     return _get_default_token_path()
+
+
+def use_saved_token() -> bool:
+    """Turn token auth on for this process when RAY_AUTH_MODE is unset and a token is saved; whether it is on."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def node_logs_dir() -> str | None:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import ray
 
-from ray_pipeline.raycompat import AUTH_SETUP_LOGGER, DATA_PROGRESS_LOGGER, default_token_path, node_logs_dir
+from ray_pipeline.raycompat import (
+    AUTH_SETUP_LOGGER,
+    DATA_PROGRESS_LOGGER,
+    default_token_path,
+    node_logs_dir,
+    use_saved_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +191,11 @@ def init_ray(
     address = address or os.environ.get("RAY_ADDRESS") or None
     started = not ray.is_initialized() and not address
     if not ray.is_initialized():
+        if quiet:  # Ray's notice that it turned token auth on (its default): nothing to act on
+            logging.getLogger(AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
         if address:
             log.info("connecting to Ray cluster at %s", address)
+            use_saved_token()  # the token of an embedded instance started on this machine (e.g. `run --serve`)
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not quiet)
         else:
             cpus = num_cpus or local_cpus()
@@ -195,8 +204,6 @@ def init_ray(
             tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
             _serve_fast_path_env(tmp)
             extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
-            if quiet:  # Ray's notice that it turned token auth on (its default): nothing to act on
-                logging.getLogger(AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
             ray.init(
                 num_cpus=cpus,
                 # The dashboard serves Ray's state API: without it Ray Train's placement-group

@@ -157,21 +157,41 @@ def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path
 RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|pid=)|nanobind|Token authentication")
 
 
+# A process that starts the embedded local Ray as every command does, says its address, holds it
+# until its stdin closes, then stops it (its exit is checked too).
+HOLD_RAY = """import sys
+from ray_pipeline.runtime import init_ray, shutdown_ray
+print("ADDRESS", init_ray(quiet=True).address, flush=True)
+sys.stdin.read()
+shutdown_ray()
+"""
+
+
 @pytest.mark.slow  # starts a Ray of its own (seconds): `make test-fast` leaves it out
-def test_a_command_on_its_own_local_ray_prints_only_the_projects_lines(tmp_path, demo_config_dict):
-    """As a newcomer runs it (no RAY_AUTH_MODE, so Ray turns token auth on and says so): from the
-    local Ray's start to its shutdown at exit, the terminal shows the command's lines only."""
+def test_an_embedded_ray_with_token_auth_is_quiet_and_other_commands_attach_to_it(tmp_path, demo_config_dict):
+    """As a newcomer runs them (no RAY_AUTH_MODE: Ray turns token auth on for a local instance and
+    says so): the instance's token is the owner's only, a second command attaches with it (`run
+    --serve` and the commands beside it), and neither terminal shows a line Ray printed."""
     config = _small_table_config(tmp_path, demo_config_dict)
-    # HOME: Ray writes the token it generates under ~/.ray, here the test's own directory
+    # HOME: Ray saves the token it generates under ~/.ray, here the test's own directory
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env.update(HOME=str(tmp_path), RAY_PIPELINE_PROGRESS="0")
-    proc = subprocess.run([str(BIN), "ingest", "--config", str(config)], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=tmp_path)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    try:
+        first = holder.stdout.readline()
+        assert first.startswith("ADDRESS "), first + holder.stderr.read()
+        proc = subprocess.run([str(BIN), "ingest", "--config", str(config), "--address", first.split()[1]],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
+    finally:
+        held_out, held_err = holder.communicate("", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"read\s+2,000", proc.stdout), proc.stdout
+    assert holder.returncode == 0, held_err[-2000:]
     token = tmp_path / ".ray" / "auth_token"  # token auth was on: the notice was due, and kept off
     assert stat.S_IMODE(token.stat().st_mode) == 0o600  # Ray writes it with the umask's mode
-    ray_lines = [line for line in (proc.stdout + proc.stderr).splitlines() if RAY_LINE.search(line)]
+    lines = (first + held_out + held_err + proc.stdout + proc.stderr).splitlines()
+    ray_lines = [line for line in lines if RAY_LINE.search(line)]
     assert not ray_lines, "\n".join(ray_lines)
 
 

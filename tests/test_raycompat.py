@@ -57,3 +57,8 @@ def test_the_auth_setup_logger_is_the_one_that_announces_token_auth():
 
 def test_the_default_token_path_is_under_the_users_home():
     assert raycompat.default_token_path() == Path.home() / ".ray" / "auth_token"
+
+
+def test_a_saved_token_is_not_used_when_the_auth_mode_is_set(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # explicit: Ray's choice stands, nothing changes
+    assert raycompat.use_saved_token() is False and os.environ["RAY_AUTH_MODE"] == "disabled"
