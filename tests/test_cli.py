@@ -128,31 +128,6 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     assert re.search(r"online store refreshed: customer_daily [1-9][\d,]* entity values", out), out[-3000:]
 
 
-def _small_table_config(tmp_path: Path, body: dict) -> Path:
-    """The demo config on 2,000 generated rows under tmp_path."""
-    raw = tmp_path / "raw"
-    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
-    body["data"]["source"]["path"] = str(raw)
-    body["data"]["output"]["root"] = str(tmp_path / "out")
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(body))
-    return config
-
-
-@pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
-def test_ingest_as_a_process_connects_to_a_running_cluster(ray_session, tmp_path, demo_config_dict):
-    """`--address` reaches an existing cluster: here, this test session's Ray."""
-    config = _small_table_config(tmp_path, demo_config_dict)
-    env = {**os.environ, "RAY_PIPELINE_PROGRESS": "0"}
-    proc = subprocess.run(
-        [str(BIN), "ingest", "--config", str(config), "--address", ray_session.address, "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = yaml.safe_load(proc.stdout[proc.stdout.index("{") :])
-    assert summary["read"] == 2000 and summary["accepted"] == 2000
-
-
 # A line Ray printed, not the project: its log format, its processes' prefixes, its native exit noise.
 RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|pid=)|nanobind|Token authentication")
 
@@ -170,9 +145,15 @@ shutdown_ray()
 @pytest.mark.slow  # starts a Ray of its own (seconds): `make test-fast` leaves it out
 def test_an_embedded_ray_with_token_auth_is_quiet_and_other_commands_attach_to_it(tmp_path, demo_config_dict):
     """As a newcomer runs them (no RAY_AUTH_MODE: Ray turns token auth on for a local instance and
-    says so): the instance's token is the owner's only, a second command attaches with it (`run
-    --serve` and the commands beside it), and neither terminal shows a line Ray printed."""
-    config = _small_table_config(tmp_path, demo_config_dict)
+    says so): the instance's token is the owner's only, a second process reaches the running Ray
+    with `--address` and its token (`run --serve` and the commands beside it), and neither terminal
+    shows a line Ray printed."""
+    raw = tmp_path / "raw"
+    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
+    demo_config_dict["data"]["source"]["path"] = str(raw)
+    demo_config_dict["data"]["output"]["root"] = str(tmp_path / "out")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(demo_config_dict))
     # HOME: Ray saves the token it generates under ~/.ray, here the test's own directory
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env.update(HOME=str(tmp_path), RAY_PIPELINE_PROGRESS="0")
@@ -181,12 +162,13 @@ def test_an_embedded_ray_with_token_auth_is_quiet_and_other_commands_attach_to_i
     try:
         first = holder.stdout.readline()
         assert first.startswith("ADDRESS "), first + holder.stderr.read()
-        proc = subprocess.run([str(BIN), "ingest", "--config", str(config), "--address", first.split()[1]],
+        proc = subprocess.run([str(BIN), "ingest", "--config", str(config), "--address", first.split()[1], "--json"],
                               capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
     finally:
         held_out, held_err = holder.communicate("", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"read\s+2,000", proc.stdout), proc.stdout
+    summary = yaml.safe_load(proc.stdout[proc.stdout.index("{") :])
+    assert summary["read"] == 2000 and summary["accepted"] == 2000
     assert holder.returncode == 0, held_err[-2000:]
     token = tmp_path / ".ray" / "auth_token"  # token auth was on: the notice was due, and kept off
     assert stat.S_IMODE(token.stat().st_mode) == 0o600  # Ray writes it with the umask's mode
