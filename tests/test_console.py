@@ -128,6 +128,8 @@ def test_the_map_shows_each_stage_and_every_link_answers(page, site):
 
 
 def test_runs_sort_by_log_loss_filter_by_kind_and_compare(page, site):
+    from playwright.sync_api import expect
+
     sign_in(page, site)
     page.goto(site["console"] + "runs?sort=log_loss&desc=0")
     losses = [float(c.inner_text()) for c in page.locator("td[data-metric=log_loss]").all()]
@@ -141,13 +143,14 @@ def test_runs_sort_by_log_loss_filter_by_kind_and_compare(page, site):
     boxes.nth(0).check()
     boxes.nth(1).check()
     page.click("text=compare selected")
-    assert "/compare?" in page.url
-    assert page.locator("tr.differs[data-key=epochs]").count() == 1  # the one parameter set apart
-    assert page.locator("tr[data-key=l2]:not(.differs)").count() == 1
+    # after a click the next page may still be loading: the checks wait for it (count() does not)
+    page.wait_for_url("**/compare?**")
+    expect(page.locator("tr.differs[data-key=epochs]")).to_have_count(1)  # the one parameter set apart
+    expect(page.locator("tr[data-key=l2]:not(.differs)")).to_have_count(1)
     assert page.locator(".side-by-side img").count() >= 2
     shot(page, "compare")
     page.click(".compare thead a >> nth=0")
-    assert page.locator("h2", has_text="FeatureSpec").count() == 1
+    expect(page.locator("h2", has_text="FeatureSpec")).to_have_count(1)
     shot(page, "run")
 
 
