@@ -33,7 +33,7 @@ RULES = [
      "summary": "live log-loss well above the test log-loss"},
 ]  # fmt: skip
 # no lookback: the retrain learns from the 20k base rows and every fed-back window, newest included
-FEEDBACK = {"rules": ["input_drift", "performance"], "min_labeled_rows": 1000, "cooldown_s": 3600,
+FEEDBACK = {"triggers": {"rules": ["input_drift", "performance"]}, "min_labeled_rows": 1000, "cooldown_s": 3600,
             "holdout_windows": 1}  # fmt: skip
 # Large amounts far from home become common: the base model's linear fit of that interaction is off there.
 SHIFT = {"start": "2024-02-04T00:00:00Z", "covariate_shift": {"amount": {"loc": 2.0}, "distance_km": {"loc": 1.5}},
@@ -70,10 +70,9 @@ def _scenario(base, tmp_path, name: str):
 
 
 def _monitor(cfg):
-    from ray_pipeline.workflow.retrain import retrain
-    from ray_pipeline.monitor.job import Monitor
+    from ray_pipeline.workflow.loop import Loop
 
-    mon = Monitor(cfg, retrain=retrain)
+    mon = Loop(cfg)
     try:
         return mon.run()
     finally:
@@ -169,7 +168,7 @@ def test_concept_drift_keeps_input_drift_quiet_and_fires_the_performance_alert(b
     from ray import serve
 
     cfg, registry = _scenario(base, tmp_path, "concept")
-    cfg.monitoring.feedback.rules = []  # this run checks the alerts only
+    cfg.monitoring.feedback.triggers.rules = []  # this run checks the alerts only
     url = _deploy(cfg)
     try:
         before = traffic(31, PER_WINDOW, "2024-02-01T00:00:00Z", 3)

@@ -28,7 +28,7 @@ WINDOW_S = 60.0  # windows of the last few minutes: the watch has nothing older 
 SERVED = [3, 4, 5]
 # fires on every window with traffic, so each one asks for a retrain (only one has new labels)
 RULES = [{"name": "traffic", "metric": "rows", "feature": "all", "op": ">", "threshold": 0}]
-FEEDBACK = {"rules": ["traffic"], "min_labeled_rows": 200, "min_new_labels": 200, "cooldown_s": 0}
+FEEDBACK = {"triggers": {"rules": ["traffic"]}, "min_labeled_rows": 200, "min_new_labels": 200, "cooldown_s": 0}
 
 
 def _watch(config: Path, address: str) -> subprocess.Popen:
@@ -82,7 +82,7 @@ def test_killed_monitor_resumes_without_losing_or_duplicating(ray_session, tmp_p
 
     # 2. SIGKILL mid-retrain: the position and the pending retrain are saved before it starts
     proc = _watch(config, ray_session.address)
-    pending = _until(lambda: _state(tmp_path).get("pending_retrain"), proc)
+    pending = _until(lambda: _state(tmp_path).get("loop", {}).get("pending"), proc)
     interrupted = pending["id"]
     fed_file = tmp_path / "ingested" / "feedback" / f"{interrupted}.parquet"
     _until(fed_file.exists, proc)  # inside the retrain: rows fed back, features being rebuilt
@@ -92,7 +92,7 @@ def test_killed_monitor_resumes_without_losing_or_duplicating(ray_session, tmp_p
     # 3. restarted: finishes that retrain under its own id, then the windows left; SIGTERM stops it
     proc = _watch(config, ray_session.address)
     last_end = (start + timedelta(seconds=(SERVED[-1] + 1) * WINDOW_S)).isoformat()
-    _until(lambda: _state(tmp_path).get("next", "") >= last_end and "pending_retrain" not in _state(tmp_path), proc)
+    _until(lambda: _state(tmp_path).get("next", "") >= last_end and "pending" not in _state(tmp_path).get("loop", {}), proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out

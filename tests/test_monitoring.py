@@ -45,8 +45,8 @@ def test_rules_on_unknown_metrics_and_feedback_on_unknown_rules_are_config_error
     bad_metric = config(tmp_path, rules=[{**RULE, "metric": "psii"}])
     with pytest.raises(ConfigError, match=r"monitoring\.rules\.0\.metric: unknown metric 'psii'"):
         parse_config(bad_metric, "p.yaml")
-    bad_feedback = config(tmp_path, feedback={"rules": ["nope"]})
-    with pytest.raises(ConfigError, match=r"monitoring: feedback.rules names unknown rules \['nope'\]"):
+    bad_feedback = config(tmp_path, feedback={"triggers": {"rules": ["nope"]}})
+    with pytest.raises(ConfigError, match=r"monitoring: feedback.triggers.rules names unknown rules \['nope'\]"):
         parse_config(bad_feedback, "p.yaml")
 
 

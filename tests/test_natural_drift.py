@@ -33,7 +33,7 @@ RULES = [
     {"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25, "severity": "critical"},
     {"name": "performance", "metric": "log_loss_ratio", "op": ">", "threshold": 1.05},
 ]  # fmt: skip
-FEEDBACK = {"rules": ["input_drift", "performance"], "min_labeled_rows": 500, "min_new_labels": 500,
+FEEDBACK = {"triggers": {"rules": ["input_drift", "performance"]}, "min_labeled_rows": 500, "min_new_labels": 500,
             "cooldown_s": 0, "holdout_windows": 1}  # fmt: skip
 
 
@@ -136,14 +136,13 @@ def oracle_auc(k: int) -> float:
 
 def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
     from ray_pipeline.feedback.records import feedback_runs
-    from ray_pipeline.workflow.retrain import retrain
-    from ray_pipeline.monitor.job import Monitor
+    from ray_pipeline.workflow.loop import Loop
 
     cfg = drift_config(tmp_path)
     registry = base_model(cfg, [period(k) for k in BASE_PERIODS])
 
     table, results, fired, resolved = [], [], set(), set()
-    mon = Monitor(cfg, retrain=retrain)
+    mon = Loop(cfg)
     try:
         for k in SERVED:
             rows = period(k)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # Ray Serve / Ray Train / the whole pipeline: `ma
 PER_WINDOW = 1500
 RULES = [{"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25, "severity": "critical",
           "summary": "an input or the predictions drifted"}]  # fmt: skip
-FEEDBACK = {"rules": ["input_drift"], "min_labeled_rows": 1000, "min_new_labels": 1000, "cooldown_s": 3600,
+FEEDBACK = {"triggers": {"rules": ["input_drift"]}, "min_labeled_rows": 1000, "min_new_labels": 1000, "cooldown_s": 3600,
             "holdout_windows": 1}  # fmt: skip
 # Large amounts far from home become common: the old model's linear fit of that interaction is off there.
 SHIFT = {"start": "2024-02-04T00:00:00Z", "covariate_shift": {"amount": {"loc": 2.0}, "distance_km": {"loc": 1.5}}}
@@ -62,12 +62,11 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.data.synthetic import generate
     from ray_pipeline.features.build import build_features
-    from ray_pipeline.monitor.job import Monitor
+    from ray_pipeline.workflow.loop import Loop
     from ray_pipeline.monitor.labels import ingest_labels
     from ray_pipeline.registry.versions import open_registry, register_run
     from ray_pipeline.serve.app import deploy
     from ray_pipeline.train.runner import train_model
-    from ray_pipeline.workflow.retrain import retrain
 
     name = f"loop-{task}"
     cfg = loop_config(tmp_path, tmp_path, name, label=LABELS[task], logreg={"optimizer": "newton", "epochs": 20},
@@ -97,7 +96,7 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
         got = ingest_labels(cfg, write_labels(tmp_path / "labels.csv", labels))
         assert got.accepted == len(labels) and not got.quarantined  # raw labels mapped with the version's mapping
 
-        mon = Monitor(cfg, retrain=retrain)
+        mon = Loop(cfg)
         try:
             results = mon.run()
         finally:

@@ -1,4 +1,4 @@
-"""`monitor`: windows of the prediction log, alerts, and the retrains firing feedback rules start."""
+"""`monitor`: windows of the prediction log, alerts, and the retrains the feedback triggers start."""
 
 from __future__ import annotations
 
@@ -36,24 +36,23 @@ def monitor(
     if config is None:
         raise UserError("--config is required")
     from ray_pipeline.config import as_utc
-    from ray_pipeline.monitor.job import Monitor, parse_duration
+    from ray_pipeline.monitor.job import parse_duration
+    from ray_pipeline.workflow.loop import Loop
 
     cfg = connect(config, address, verbose).cfg
-    from ray_pipeline.workflow.retrain import retrain
-
-    mon = Monitor(cfg, parse_duration(window) if window else None, retrain=retrain)
+    mon = Loop(cfg, parse_duration(window) if window else None)
     first = as_utc(since) if since else None
     try:
         if watch:
             typer.echo(f"watching {cfg.serving.prediction_log} every {mon.window_s:g} s "
                        "(Ctrl-C or SIGTERM stops after the window in hand)")  # fmt: skip
             mon.watch(first, echo=typer.echo, stop=stop_on_signals(typer.echo))
-            typer.echo(f"stopped; state saved, next window starts {mon.state['next']}")
+            typer.echo(f"stopped; state saved, next window starts {mon.monitor.state['next']}")
         else:
             results = mon.run(first, as_utc(until) if until else None)
             for r in results:
                 typer.echo(r.render())
-            typer.echo(f"{len(results)} window(s) processed; next starts {mon.state['next']}")
+            typer.echo(f"{len(results)} window(s) processed; next starts {mon.monitor.state['next']}")
     finally:
         mon.close()
 

@@ -44,6 +44,20 @@ MONITOR_METRICS = {
     "mae": "mean absolute error of the served values (regression)",
     "r2": "coefficient of determination of the served values (regression)",
     "error_ratio": "live error over the version's test error: log-loss (binary), error rate (multiclass), RMSE (regression)",
+    "mean_score": "mean served score (binary)",
+    "positive_rate": "share of positive labels (binary)",
+    "roc_auc_drop": "the version's test ROC AUC minus the live one (binary)",
+    "mean_score_gap": "absolute difference of the mean served score and the positive rate (binary)",
+    "relative_log_loss": "live log-loss over that of a constant prediction at the window's positive rate (binary; "
+    "1 = no better than knowing the base rate)",
+    "relative_log_loss_ratio": "relative_log_loss over the same figure on the version's test split (binary)",
+    "challenger_gain": "share of the champion's live log-loss (binary) or RMSE (regression) a shadow version saves "
+    "on the same labeled rows (feature = vVERSION/shadow)",
+    # quality estimated from the scores before labels arrive (feature = vVERSION; binary; monitor.estimate)
+    "estimated_roc_auc": "ROC AUC expected from the calibrated scores (confidence-based estimation)",
+    "estimated_log_loss": "log-loss expected from the calibrated scores (confidence-based estimation)",
+    "estimated_roc_auc_error": "estimated minus realized ROC AUC, once the window's labels are in",
+    "estimated_log_loss_error": "estimated minus realized log-loss, once the window's labels are in",
 }
 
 
@@ -99,10 +113,39 @@ class WebhookConfig(StrictModel):
     )
 
 
+class NewLabelsTrigger(StrictModel):
+    """Continuous training: retrain when enough new labels arrived, whatever the alerts say."""
+
+    labels: int | None = Field(default=None, ge=1, description="Retrain every this many labels ingested since "
+                               "the last retrain.")
+    windows: int | None = Field(default=None, ge=1, description="Retrain every this many processed windows that "
+                                "held labeled predictions.")
+
+    @model_validator(mode="after")
+    def _one(self) -> NewLabelsTrigger:
+        if self.labels is None and self.windows is None:
+            raise UserError("new_labels: give labels (every N labels) or windows (every K labeled windows)")
+        return self
+
+
+class ScheduleTrigger(StrictModel):
+    """Retrain on a calendar: every interval of the monitor's window clock (the prediction log's time)."""
+
+    every_s: float = Field(gt=0, description="Interval between scheduled retrains, in seconds of window time.")
+
+
+class TriggersConfig(StrictModel):
+    """What starts a feedback retrain; any trigger that holds starts one (each judged by the same gates)."""
+
+    rules: list[str] = Field(default_factory=list, description="Alert rules whose firing starts a retrain.")
+    new_labels: NewLabelsTrigger | None = Field(default=None, description="Continuous training on new labels.")
+    schedule: ScheduleTrigger | None = Field(default=None, description="Retrain every interval of window time.")
+
+
 class FeedbackConfig(StrictModel):
     """The feedback loop: retrain on recent labeled traffic, gate, promote."""
 
-    rules: list[str] = Field(default_factory=list, description="Alert rules whose firing starts a retrain.")
+    triggers: TriggersConfig = Field(default_factory=TriggersConfig)
     min_labeled_rows: int = Field(default=500, ge=1)
     min_new_labels: int = Field(
         default=200, ge=1, description="Labels ingested since the last retrain that a new retrain needs."
@@ -137,7 +180,12 @@ class MonitoringConfig(StrictModel):
     grace_s: float = Field(
         default=10.0, ge=0, description="Wait after a window ends before reading it (replicas flush their logs)."
     )
-    min_rows: int = Field(default=30, ge=1, description="Windows with fewer rows get no drift verdict.")
+    min_rows: int = Field(default=30, ge=1, description="Windows with fewer rows get no verdict and advance no "
+                          "alert rule (they neither fire nor resolve one).")
+    stale_windows: int = Field(default=3, ge=1, description="A firing alert whose rule has no value (no traffic, "
+                               "too few rows) for this many windows in a row resolves as stale.")
+    calibration_windows: int = Field(default=3, ge=1, description="Newest labeled windows of a version that its "
+                                     "quality estimates are calibrated on.")
     bins: int = Field(default=10, ge=2, le=100, description="Quantile bins of the reference profile.")
     top_k: int = Field(default=20, ge=1, description="Categories kept by name in the reference profile.")
     thresholds: dict[str, DriftThreshold] = Field(
@@ -193,9 +241,9 @@ class MonitoringConfig(StrictModel):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise UserError(f"rules: repeated rule names {repeated}")
-        unknown = sorted(set(self.feedback.rules) - set(names))
+        unknown = sorted(set(self.feedback.triggers.rules) - set(names))
         if unknown:
-            raise UserError(f"feedback.rules names unknown rules {unknown}; defined rules: {sorted(names)}")
+            raise UserError(f"feedback.triggers.rules names unknown rules {unknown}; defined rules: {sorted(names)}")
         bad = sorted(set(self.thresholds) - set(MONITOR_METRICS))
         if bad:
             raise UserError(f"thresholds: unknown metrics {bad}")

@@ -25,7 +25,8 @@ from ray_pipeline.errors import UserError
 
 SAMPLE_ROWS = 100_000
 MAX_CATEGORIES = 20  # at most this many distinct values: a closed set, listed and one-hot encoded
-ID_NAME = re.compile(r"(?i:(^|_)(id|uuid|guid|key)$)|[a-z]I[Dd]$")  # id, user_id, customerID, userId
+ID_NAME = re.compile(r"(?i:(^|_)(id|uuid|guid|key)$)|[a-z]I[Dd]$|^[Ii][Dd]([A-Z_]|$)")  # id, user_id, customerID, idNum
+NEW_LABELS = 1000  # the continuous-training trigger init proposes
 TIME_NAME = re.compile(r"(time|date|_ts$|^ts$|timestamp|_at$)", re.IGNORECASE)
 CALENDAR_NAME = re.compile(
     r"(?i)(^|_)(month|mnth|day|dayofweek|weekday|dow|hour|hr|minute|year|yr|week|quarter|season)(_of_[a-z]+)?$"
@@ -301,6 +302,11 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
             cats = sorted(present.astype(str).str.strip().unique().tolist())
             return Column(name, "feature", f"category, {distinct} values{null_note}; one-hot",
                           {"type": "category", "categories": cats, "nullable": nullable}, "onehot")  # fmt: skip
+        text = present.astype(str)
+        if unique_share == 1.0 and not text.str.contains(r"\s").any() and text.str.len().max() <= 64:
+            # every value distinct, short, no spaces: a key (free text has spaces; a key joins labels)
+            return Column(name, "entity_key", f"every value distinct ({distinct:,} of {len(present):,}), short "
+                          "tokens: a unique id", {"entity_type": "str"})  # fmt: skip
         if unique_share > 0.5:
             return Column(name, "left out", f"text with {unique_share:.0%} distinct values: an id or free text")
         return Column(name, "feature", f"category, {distinct} values{null_note}; frequency-encoded",
@@ -384,6 +390,10 @@ def infer_config(
     if not features:
         raise UserError(f"{src.location}: no usable feature columns; decisions: "
                          + "; ".join(f"{c.name}: {c.why}" for c in columns))  # fmt: skip
+    if key is not None and ts is not None:
+        notes.append(f"the feedback loop retrains on every {NEW_LABELS:,} new labels (monitoring.feedback.triggers."
+                     "new_labels) and promotes a retrained model only when it beats the served one on the newest "
+                     "labeled window")  # fmt: skip
     if ragged:
         notes.append(f"{ragged} row(s) have the wrong number of fields: ingest quarantines them")
     text = _yaml(src, data, out, label_map, key, ts, features, columns, rows)
@@ -459,4 +469,11 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
         "monitoring:",
         f"  root: {work}/monitoring",
     ]
+    if key is not None and ts is not None:  # labeled traffic can join training: the loop keeps learning
+        lines += [
+            "  feedback:",
+            "    triggers:",
+            f"      new_labels: {{labels: {NEW_LABELS}}}  # retrain on every {NEW_LABELS:,} new labels; the gates "
+            "decide whether it serves",
+        ]
     return "\n".join(lines) + "\n"

@@ -63,8 +63,7 @@ def _live(results: list, metric: str, version: int) -> list[float]:
 def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callable[[str], None] = print,
              window_s: float = 10.0, per_window: int = 6000) -> LoopReport:  # fmt: skip
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
-    from ray_pipeline.workflow.retrain import retrain
-    from ray_pipeline.monitor.job import Monitor
+    from ray_pipeline.workflow.loop import Loop
     from ray_pipeline.monitor.labels import ingest_labels
     from ray_pipeline.registry.versions import load, open_registry
     from ray_pipeline.serve.client import http_json
@@ -107,7 +106,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
     wait_for_window(window_s, cfg.monitoring.grace_s + 0.5)
     labeled = ingest_labels(cfg, write_labels_csv(join(cfg.monitoring.root, "incoming", "labels-1.csv"), labels))
     echo(f"labels arrived: {labeled.accepted:,} accepted")
-    mon = Monitor(cfg, window_s, retrain=retrain)
+    mon = Loop(cfg, window_s)
     try:
         results = mon.run(since=datetime.fromtimestamp(first, tz=timezone.utc))
         busy = [r for r in results if r.rows]

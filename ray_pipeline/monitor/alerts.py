@@ -32,15 +32,25 @@ def rule_value(rule: AlertRule, rows: list[dict[str, Any]], quiet: frozenset[str
 
 
 def evaluate(rules: list[AlertRule], rows: list[dict[str, Any]], state: dict[str, Any], start: datetime,
-             end: datetime, quiet: frozenset[str] = frozenset()) -> list[dict[str, Any]]:  # fmt: skip
+             end: datetime, quiet: frozenset[str] = frozenset(), stale_windows: int | None = None,
+             ) -> list[dict[str, Any]]:  # fmt: skip
     """Advance each rule's state by one window; returns the fired and resolved events. A rule's
-    `held_at` is the end of the last window whose own values met its condition (new evidence)."""
+    `held_at` is the end of the last window whose own values met its condition (new evidence).
+    A firing rule without a value for `stale_windows` windows in a row resolves as stale: nothing
+    says the condition still holds, and an alert nobody can clear is noise."""
     events = []
     for rule in rules:
         s = state.setdefault(rule.name, {"streak": 0, "firing": False})
         row = rule_value(rule, rows, quiet)
-        if row is None:
-            continue  # no value this window (no traffic, no labels yet): an absent metric neither fires nor resolves
+        if row is None:  # no value this window (no traffic, no labels yet): neither fires nor resolves...
+            s["absent"] = s.get("absent", 0) + 1
+            if s["firing"] and stale_windows and s["absent"] >= stale_windows:  # ...until it is stale
+                alert = s.pop("alert")
+                s.update(firing=False, since=None, streak=0)
+                events.append({**alert, "status": "resolved", "stale": True, "ends_at": end.isoformat(),
+                               "id": f"{rule.name}:{end.isoformat()}:stale"})  # fmt: skip
+            continue
+        s["absent"] = 0
         holds = _OPS[rule.op](row["value"], rule.threshold)
         s["streak"] = s["streak"] + 1 if holds else 0
         if holds:

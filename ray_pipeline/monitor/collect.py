@@ -17,6 +17,7 @@ from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.features.colstats import KLL_K, categorical_partial, merge_categorical
 from ray_pipeline.features.transform import as_float
 from ray_pipeline.monitor import stats
+from ray_pipeline.monitor.estimate import merge_scores, score_partial
 from ray_pipeline.serve.predlog import REFUSED, STAGES, log_files
 from ray_pipeline.storage import join
 
@@ -69,9 +70,11 @@ def _with_optional_columns(t: pa.Table) -> pa.Table:
 
 
 def _version_partial(t: pa.Table, ref: dict[str, Any] | None) -> dict[str, Any]:
-    part: dict[str, Any] = {"rows": t.num_rows, "numeric": {}, "categorical": {}, "score": None}
+    part: dict[str, Any] = {"rows": t.num_rows, "numeric": {}, "categorical": {}, "score": None, "scores": None}
     if ref is None:
         return part
+    if ref.get("task", "binary") == "binary":  # the score histogram quality is estimated from (monitor.estimate)
+        part["scores"] = score_partial(as_float(t["score"], "score"))
     for name, r in ref["numeric"].items():
         x = as_float(t[name], name) if name in t.column_names else np.full(t.num_rows, np.nan)
         part["numeric"][name] = stats.numeric_counts(x, r)
@@ -146,7 +149,8 @@ def partial_window(batch: dict[str, np.ndarray], start_us: int, end_us: int, ref
 def _merge_version(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
     if a is None:
         return b
-    out = {"rows": a["rows"] + b["rows"], "numeric": {}, "categorical": {}, "score": None}
+    out = {"rows": a["rows"] + b["rows"], "numeric": {}, "categorical": {}, "score": None,
+           "scores": merge_scores(a.get("scores"), b.get("scores"))}
     for k, v in b["numeric"].items():
         out["numeric"][k] = stats.merge_numeric(a["numeric"].get(k), v)
     for k, v in b["categorical"].items():

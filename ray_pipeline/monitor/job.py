@@ -1,20 +1,19 @@
 """`ray-pipeline monitor`: process the prediction log window by window. Each window's rows go to the
-monitoring table, the Prometheus gauges and an HTML report; alert rules advance; a rule named in
-`monitoring.feedback` that fires on a window with traffic starts a retrain. The position and rule
-state are saved after each window (atomically) and before a retrain starts, so a killed monitor
-resumes where it stopped: no window twice, none skipped, an interrupted retrain redone under its
-own id. A retrain that fails raises the `feedback_failed` alert; the monitor keeps watching."""
+monitoring table, the Prometheus gauges and an HTML report; alert rules advance. The monitor reports
+and never retrains: what a window means for the model (a retrain, on which trigger) is decided by
+the loop controller above it (`workflow.loop`), which hands `process` a hook that records its
+decision in the same state file before the position moves. The state is saved after each window
+(atomically), so a killed monitor resumes where it stopped: no window twice, none skipped."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -24,6 +23,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.features.profile import load_profile
 from ray_pipeline.monitor import alerts as alerting
 from ray_pipeline.monitor.collect import collect_window
+from ray_pipeline.monitor.estimate import calibration_counts
 from ray_pipeline.monitor.labels import accepted_labels, label_files
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
@@ -51,10 +51,12 @@ class WindowResult:
     report: str
     feedback: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    seasonal: frozenset[str] = frozenset()  # calendar inputs: their drift is the calendar moving on
 
     def render(self) -> str:
         """One line per window, plus its alert events."""
-        worst = max((m for m in self.metrics if m["metric"] == "psi"), key=lambda m: m["value"], default=None)
+        psi = [m for m in self.metrics if m["metric"] == "psi" and m["feature"] not in self.seasonal]
+        worst = max(psi, key=lambda m: m["value"], default=None)
         drift = f"; max psi {worst['value']:.3f} ({worst['feature']})" if worst else ""
         empty = " (empty)" if self.rows == 0 else ""
         lines = [f"window {self.start:%Y-%m-%dT%H:%M:%S} .. {self.end:%H:%M:%S}: {self.rows:,} predictions{empty}{drift}"]
@@ -65,13 +67,6 @@ class WindowResult:
         if self.feedback:
             lines += [f"  {line}" for line in describe_feedback(self.feedback).splitlines()]
         return "\n".join(lines)
-
-
-class Retrain(Protocol):
-    """What the monitor calls when a feedback rule fires (workflow.retrain.retrain)."""
-
-    def __call__(self, cfg: PipelineConfig, reason: str, window_s: float, until: datetime,
-                 run_id: str) -> dict[str, Any]: ...  # fmt: skip
 
 
 def describe_feedback(record: dict[str, Any]) -> str:
@@ -91,10 +86,6 @@ def describe_feedback(record: dict[str, Any]) -> str:
         lines.append("  online store refreshed: " + ", ".join(f"{v} {n:,} entity values" for v, n in data["online"].items()))
     lines += [f"  {line}" for line in record.get("gate_report", "").splitlines()]
     return "\n".join(lines)
-
-
-def _run_id(end: datetime) -> str:
-    return f"feedback-{end:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 FEEDBACK_FAILED = "feedback_failed"
@@ -137,11 +128,8 @@ def parse_duration(text: str) -> float:
 class Monitor:
     """Processes complete windows of the prediction log in order, keeping its position on disk."""
 
-    def __init__(self, cfg: PipelineConfig, window_s: float | None = None, retrain: Retrain | None = None) -> None:
-        """`retrain`: what a firing feedback rule runs (`workflow.retrain.retrain`, given by whoever runs
-        the monitor: monitoring reports, it does not import the stage above it); None: alerts only."""
+    def __init__(self, cfg: PipelineConfig, window_s: float | None = None) -> None:
         m = cfg.monitoring
-        self.retrain = retrain
         self.cfg = cfg
         self.window_s = window_s or m.window_s
         self.registry = open_registry(cfg)
@@ -165,10 +153,10 @@ class Monitor:
         if state.get("window_s") not in (None, self.window_s):
             raise UserError(f"{path}: the monitor ran with {state['window_s']} s windows; "
                              f"remove the state to start over with {self.window_s} s")  # fmt: skip
-        return {"window_s": self.window_s, "next": None, "rules": {}, "last_retrain": None, **state}
+        return {"window_s": self.window_s, "next": None, "rules": {}, "calibration": {}, **state}
 
-    def _save_state(self) -> None:
-        # written whole, after the window's outputs: the position moves only once they exist
+    def save_state(self) -> None:
+        """Write the state whole (after a window's outputs: the position moves only once they exist)."""
         write_text(self.cfg.monitoring.state, json.dumps(self.state, indent=1, default=str))
 
     def _first_start(self, since: datetime | None) -> datetime | None:
@@ -200,46 +188,60 @@ class Monitor:
             if v in self.refs:
                 continue
             try:
-                self.refs[v] = load_profile(self.registry.checkout(record))
+                self.refs[v] = {**load_profile(self.registry.checkout(record)), "task": task_of(record)}
                 self.tested[v] = {"task": task_of(record), **record.metrics}
             except Exception as exc:
                 self.refs[v] = None
                 notes.append(f"{record.uri}: no usable reference profile, drift not computed ({exc})")
         return notes
 
-    def process(self, start: datetime, end: datetime) -> WindowResult:
-        """Compute, store and alert on one window."""
+    def process(self, start: datetime, end: datetime,
+                decide: Callable[[WindowResult], None] | None = None) -> WindowResult:  # fmt: skip
+        """Compute, store and alert on one window. `decide` (the loop controller's) sees the result
+        and may record what it will do in `state` before the position is saved with it."""
         m = self.cfg.monitoring
         notes = self._references()
         refs = {k: v for k, v in self.refs.items() if v is not None}
         data = collect_window(self.log_dir, start, end, refs, self._labels())
-        rows = window_rows(data, refs, self.tested, self.cfg.monitoring)
+        rows = window_rows(data, refs, self.tested, m, self.state["calibration"])
         if data.skipped:
             rows.append({"metric": "skipped_files", "feature": "all", "model_version": None,
                          "value": float(len(data.skipped)), "verdict": None})  # fmt: skip
         self._write_table(start, end, rows)
-        events = alerting.evaluate(self.cfg.monitoring.rules, rows, self.state["rules"], start, end, self.seasonal)
-        self._publish(events)
+        # Too few rows for any statistic to mean something: no rule fires or resolves on them.
+        judged = rows if data.rows >= m.min_rows else []
+        if not judged and data.rows:
+            notes.append(f"{data.rows} predictions, fewer than monitoring.min_rows ({m.min_rows}): no rule judged")
+        events = alerting.evaluate(m.rules, judged, self.state["rules"], start, end, self.seasonal, m.stale_windows)
+        self._calibrate(data)
+        self.publish(events)
         report = write_report(join(m.reports, f"{start:%Y%m%dT%H%M%S}"), data, rows, refs, events)
         self.gauges.update(rows, end.timestamp(), alerting.active(self.state["rules"]),
-                           [r.name for r in self.cfg.monitoring.rules] + [FEEDBACK_FAILED])  # fmt: skip
+                           [r.name for r in m.rules] + [FEEDBACK_FAILED])  # fmt: skip
         self.gauges.write_textfile(join(m.root, "metrics.prom"))
-        result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes)
+        result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes,
+                              seasonal=self.seasonal)  # fmt: skip
         self.state["next"] = end.isoformat()
-        trigger = self._trigger(data.rows, end)
-        if trigger is not None:
-            # Saved before the retrain starts: a monitor killed during it redoes that retrain (under
-            # the same id, so nothing is written twice) and never this window again.
-            until = max(end, self._complete_until())  # windows after this one may be complete (catching up)
-            self.state["pending_retrain"] = {"id": _run_id(end), "reason": trigger, "until": until.isoformat(),
-                                             "window_end": end.isoformat()}  # fmt: skip
-        self._save_state()
-        if trigger is not None:
-            result.feedback, fb_events = self.finish_retrain()
-            result.events = result.events + fb_events
+        if decide is not None:
+            decide(result)
+        self.save_state()
         return result
 
-    def _publish(self, events: list[dict[str, Any]]) -> None:
+    def _calibrate(self, data: Any) -> None:
+        """Keep each binary version's newest labeled windows (as calibration-bin counts) for its estimates."""
+        keep = self.cfg.monitoring.calibration_windows
+        for version in data.versions:
+            if self.tested.get(version, {}).get("task") != "binary":
+                continue
+            slots = [s for k, s in data.labeled.items() if k.startswith(f"v{version}/") and not k.endswith("/shadow")]
+            y = np.asarray([v for s in slots for v in s["y"]], dtype=np.float64)
+            if y.size >= self.cfg.monitoring.min_rows:
+                p = np.asarray([v for s in slots for v in s["p"]], dtype=np.float64)
+                kept = self.state["calibration"].setdefault(version, [])
+                kept.append(calibration_counts(y, p))
+                del kept[:-keep]
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
         """Alert events to the log (once each), the webhook and the active-alerts file."""
         m = self.cfg.monitoring
         new = alerting.append_log(m.alert_log, events)
@@ -247,22 +249,15 @@ class Monitor:
             self.webhook.send(new)
         alerting.write_active(m.active_alerts, alerting.active(self.state["rules"]))
 
-    def finish_retrain(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """Run the retrain the state says is pending (a new one, or one a killed monitor left), then
-        raise or resolve the `feedback_failed` alert; returns its record and the alert events."""
-        pending = self.state.get("pending_retrain")
-        if not pending or self.retrain is None:
-            return None, []
-        until, at = datetime.fromisoformat(pending["until"]), datetime.fromisoformat(pending["window_end"])
-        record = self.retrain(self.cfg, reason=pending["reason"], window_s=self.window_s, until=until,
-                              run_id=pending["id"])  # fmt: skip
+    def feedback_outcome(self, record: dict[str, Any], at: datetime) -> list[dict[str, Any]]:
+        """Raise or resolve the `feedback_failed` alert for a finished retrain; publishes the events."""
         events = feedback_events(self.state["rules"], record, at)
-        if record.get("decision") not in ("skipped", "failed"):  # skipped: not enough new labels yet
-            self.state["last_retrain"] = at.isoformat()
-        self.state.pop("pending_retrain", None)
-        self._publish(events)
-        self._save_state()
-        return record, events
+        self.publish(events)
+        return events
+
+    def label_count(self) -> int:
+        """Accepted labels so far (read only when new label files arrived)."""
+        return self._labels().num_rows
 
     def _labels(self) -> pa.Table:
         """Accepted labels, read again only when new label files arrived (not once per window)."""
@@ -279,25 +274,9 @@ class Monitor:
         # a replayed window replaces its own file: never two copies
         write_parquet(table, join(self.cfg.monitoring.table, f"window={start:%Y%m%dT%H%M%S}.parquet"))
 
-    def _complete_until(self) -> datetime:
+    def complete_until(self) -> datetime:
         """End of the newest window complete now (its grace passed)."""
         return _floor(datetime.now(timezone.utc) - timedelta(seconds=self.cfg.monitoring.grace_s), self.window_s)
-
-    def _trigger(self, rows: int, end: datetime) -> str | None:
-        """Why this window starts a retrain, or None. A firing rule counts only with new evidence:
-        this window had traffic and the rule's condition held on it (an alert left active through
-        quiet windows does not keep retraining)."""
-        fb = self.cfg.monitoring.feedback
-        if rows == 0 or self.retrain is None:
-            return None
-        rules = self.state["rules"]
-        triggers = [n for n in fb.rules if rules.get(n, {}).get("firing") and rules[n].get("held_at") == end.isoformat()]
-        if not triggers:
-            return None
-        last = self.state.get("last_retrain")
-        if last and (end - datetime.fromisoformat(last)).total_seconds() < fb.cooldown_s:
-            return None
-        return "alert " + ", ".join(triggers)
 
     def pending(self, since: datetime | None = None, now: datetime | None = None) -> list[tuple[datetime, datetime]]:
         """Complete windows not processed yet (a window is complete `grace_s` after it ends)."""
@@ -312,27 +291,10 @@ class Monitor:
             start += step
         return out
 
-    def run(self, since: datetime | None = None, until: datetime | None = None) -> list[WindowResult]:
-        """Process every complete window (ending at or before `until`, default now), after finishing
-        a retrain an earlier monitor was killed in."""
-        self.finish_retrain()
-        return [self.process(s, e) for s, e in self.pending(since, until)]
-
-    def watch(self, since: datetime | None = None, echo=print, stop_after: float | None = None,
-              stop: threading.Event | None = None) -> None:  # fmt: skip
-        """Process windows as they complete, until `stop` is set (checked between windows) or for
-        `stop_after` seconds."""
-        stop = stop or threading.Event()
-        deadline = time.time() + stop_after if stop_after else None
-        record, _ = self.finish_retrain()
-        if record is not None:
-            echo(f"finished the interrupted feedback run {record['id']}: {record.get('decision')}")
-        while not stop.is_set() and (deadline is None or time.time() < deadline):
-            for s, e in self.pending(since):
-                if stop.is_set():
-                    break
-                echo(self.process(s, e).render())
-            stop.wait(min(5.0, self.window_s / 4))
+    def run(self, since: datetime | None = None, until: datetime | None = None,
+            decide: Callable[[WindowResult], None] | None = None) -> list[WindowResult]:  # fmt: skip
+        """Process every complete window (ending at or before `until`, default now)."""
+        return [self.process(s, e, decide) for s, e in self.pending(since, until)]
 
     def close(self) -> None:
         """Deliver queued webhook events, stop the metrics endpoint."""

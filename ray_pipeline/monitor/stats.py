@@ -131,6 +131,33 @@ def live_quality(y: np.ndarray, p: np.ndarray, task: str = "binary") -> dict[str
     if len(np.unique(y)) == 2:
         out["roc_auc"] = float(roc_auc_score(y, p))
     out["calibration_error"] = calibration_error(y, p)
+    out["mean_score"], out["positive_rate"] = float(np.mean(p)), float(np.mean(y))
+    return out
+
+
+def _entropy(rate: float) -> float:
+    """Log-loss of a constant, calibrated prediction at a positive rate."""
+    r = min(max(rate, 1e-15), 1 - 1e-15)
+    return float(-(r * np.log(r) + (1 - r) * np.log(1 - r)))
+
+
+def binary_shift_quality(live: dict[str, float], tested: dict[str, float]) -> dict[str, float]:
+    """Quality figures that stay honest when the base rate moves: AUC drop against test, mean score
+    against the positive rate, and log-loss relative to a constant prediction at the window's own
+    positive rate (and that relative loss over the test split's). A raw log-loss ratio falls when
+    positives get rarer even if the model got worse; these do not."""
+    out: dict[str, float] = {}
+    if "log_loss" not in live:
+        return out
+    if tested.get("log_loss"):
+        out["log_loss_ratio"] = live["log_loss"] / tested["log_loss"]
+    if "roc_auc" in live and np.isfinite(tested.get("roc_auc", np.nan)):
+        out["roc_auc_drop"] = tested["roc_auc"] - live["roc_auc"]
+    out["mean_score_gap"] = abs(live["mean_score"] - live["positive_rate"])
+    out["relative_log_loss"] = live["log_loss"] / _entropy(live["positive_rate"])
+    rate = tested.get("positive_rate")
+    if tested.get("log_loss") and rate is not None and np.isfinite(rate):
+        out["relative_log_loss_ratio"] = out["relative_log_loss"] / (tested["log_loss"] / _entropy(rate))
     return out
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from ray_pipeline.config import MonitoringConfig
 from ray_pipeline.monitor import stats
 from ray_pipeline.monitor.collect import WindowData
+from ray_pipeline.monitor.estimate import window_estimates
 from ray_pipeline.serve.predlog import STAGES
 
 ALL = "all"
@@ -20,8 +21,10 @@ def _thresholds(m: MonitoringConfig, metric: str, feature: str) -> dict[str, flo
 
 
 def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[str, Any]],
-                m: MonitoringConfig) -> list[dict[str, Any]]:  # fmt: skip
-    """Rows (metric, feature, model_version, value, verdict) for one window; empty windows say so."""
+                m: MonitoringConfig, calibration: dict[str, list[dict[str, list[float]]]] | None = None,
+                ) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows (metric, feature, model_version, value, verdict) for one window; empty windows say so.
+    `calibration`: per version, the labeled windows its quality estimates are calibrated on."""
     rows: list[dict[str, Any]] = []
 
     def add(metric: str, feature: str, value: float, version: int | None = None, judge: bool = True) -> None:
@@ -51,6 +54,9 @@ def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[s
             for metric, value in stats.binned_numeric(ref["score"], part["score"]).items():
                 if metric in ("psi", "ks", "js", "wasserstein"):
                     add(metric, "score", value, v, enough)
+        realized = stats.live_quality(*_answered_labels(data, v)) if enough else {}
+        for metric, value in window_estimates(part, (calibration or {}).get(version, []), realized).items():
+            add(metric, f"v{v}", value, v, judge=False)
     for stage in STAGES:
         sketch = data.latency.get(stage)
         if sketch is not None:
@@ -63,7 +69,38 @@ def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[s
         quality = stats.live_quality(np.asarray(slot["y"]), np.asarray(slot["p"]), task)
         for metric, value in quality.items():
             add(metric, key, value, version, judge=False)
-        if task == "binary" and "log_loss" in quality and test.get("log_loss"):
-            add("log_loss_ratio", key, quality["log_loss"] / test["log_loss"], version, judge=False)
+        if task == "binary":
+            for metric, value in stats.binary_shift_quality(quality, test).items():
+                add(metric, key, value, version, judge=False)
         add("error_ratio", key, stats.error_ratio(task, quality, test), version, judge=False)
+    for metric, key, value, version in _challenger_gains(data, tested):
+        add(metric, key, value, version, judge=False)
     return rows
+
+
+def _answered_labels(data: WindowData, version: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of a version's answered (not shadow) rows in the window."""
+    slots = [s for k, s in data.labeled.items() if k.startswith(f"v{version}/") and not k.endswith("/shadow")]
+    return (np.asarray([y for s in slots for y in s["y"]], dtype=np.float64),
+            np.asarray([p for s in slots for p in s["p"]], dtype=np.float64))  # fmt: skip
+
+
+def _challenger_gains(data: WindowData, tested: dict[str, dict[str, Any]]) -> list[tuple[str, str, float, int]]:
+    """`challenger_gain` of each shadow version that scored the same labeled rows as the champion:
+    the share of the champion's live log-loss (binary) or RMSE (regression) it saves."""
+    champion = [k for k in data.labeled if k.endswith("/champion")]
+    out = []
+    for key, slot in data.labeled.items():
+        if not key.endswith("/shadow") or len(champion) != 1 or len(slot["y"]) != len(data.labeled[champion[0]]["y"]):
+            continue
+        version = int(key.split("/")[0][1:])
+        task = tested.get(str(version), {}).get("task", "binary")
+        if task == "multiclass":
+            continue  # the log holds served classes, no loss to compare
+        mine = stats.live_quality(np.asarray(slot["y"]), np.asarray(slot["p"]), task)
+        base = data.labeled[champion[0]]
+        theirs = stats.live_quality(np.asarray(base["y"]), np.asarray(base["p"]), task)
+        loss = "rmse" if task == "regression" else "log_loss"
+        if theirs.get(loss):
+            out.append(("challenger_gain", key, 1.0 - mine[loss] / theirs[loss], version))
+    return out

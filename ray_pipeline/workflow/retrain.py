@@ -8,9 +8,10 @@ selects, with the holdout as the test split and the paired-bootstrap gates decid
    stopping: a random slice of it), with the champion's searched parameters or, configured so, the
    best trial of a small search on Ray Tune (`feedback.hyperparameters`).
 3. Challenger and champion are scored on the holdout, which neither trained on. A challenger that
-   is a registered model again (same model files) or scores every row as the champion does is not
-   registered. Otherwise it is registered as @challenger and offered to the serving alias through
-   `registry.gates.promote` with `HoldoutGates`. Serving replicas hot-reload the alias move.
+   is a registered model again (same model files), scores every row as the champion does, or that
+   the gates refuse is not registered (no version to clean up, @challenger untouched). Otherwise it
+   is registered as @challenger and offered to the serving alias through `registry.gates.promote`
+   with `HoldoutGates`. Serving replicas hot-reload the alias move.
 4. A record of every run (`feedback.records`), also when it fails: the error and the stage.
 Two retrains never run at once: a lock in the registry database.
 """
@@ -159,6 +160,10 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     gates = HoldoutGates(y, p_best, p_champ, champion.version.version, cfg.registry.gates, cfg.registry.gate_test,
                          f"{best.name} vs {champion.version.uri}", task)  # fmt: skip
     record.update(gate_report=gates.report(), gates=gates.records(), gates_passed=gates.passed)
+    if fb.promote and not gates.passed:  # nothing to serve or compare later: not registered, no alias moves
+        record.update(decision="refused", why=f"the gates refused the retrained {best.kind} model; not registered "
+                      f"(its run: {best.run_dir})")  # fmt: skip
+        return
     record["stage"] = "register"
     version = register_run(registry, name, best.run_dir)
     registry.set_alias(name, cfg.serving.traffic.challenger_alias, version.version, f"{record['id']}: {record['trigger']}",
@@ -171,7 +176,8 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     try:  # through the same promote as every alias move, the gate being the holdout comparison
         change, report = promote(registry, name, version.version, alias, gates, actor="feedback",
                                  reason=f"{record['id']} on holdout")  # fmt: skip
-    except PromotionRefused as refused:
+    except PromotionRefused as refused:  # the champion moved meanwhile: @challenger goes back where it was
+        registry.rollback(name, cfg.serving.traffic.challenger_alias, actor="feedback")
         record.update(decision="refused", gate_report=str(refused).split("\n", 1)[1])
         return
     record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
