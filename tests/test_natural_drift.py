@@ -65,7 +65,7 @@ def period(k: int, rows: int = ROWS, start: datetime = START, period_s: float = 
     return seasonal_period(k, rows, SEED, start, period_s)
 
 
-def base_model(cfg, tables: list[pa.Table]):
+def base_model(cfg, tables: list[pa.Table], drop: tuple[str, ...] = ("p_true",)):
     """Ingest `tables`, build features, train and register the base model as @champion."""
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.features.build import build_features
@@ -73,13 +73,14 @@ def base_model(cfg, tables: list[pa.Table]):
     from ray_pipeline.storage import write_parquet
     from ray_pipeline.train.runner import train_model
 
-    raw = pa.concat_tables(tables).drop_columns(["p_true"])
+    raw = pa.concat_tables(tables).drop_columns(list(drop))
     write_parquet(raw, cfg.data.source.path + "/part-0.parquet")
     ingest(cfg)
     build_features(cfg)
     registry = open_registry(cfg)
-    base = register_run(registry, "churn", train_model(cfg, "logreg").run_dir)
-    registry.set_alias("churn", "champion", base.version, "base model")
+    name = cfg.registry.model_name
+    base = register_run(registry, name, train_model(cfg, "logreg").run_dir)
+    registry.set_alias(name, "champion", base.version, "base model")
     return registry
 
 
@@ -88,15 +89,16 @@ def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
     from ray_pipeline.registry.versions import load
     from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
-    model = load(registry, "models:/churn@champion")
+    schema, name = cfg.data.schema_, cfg.registry.model_name
+    model = load(registry, f"models:/{name}@champion")
     inputs = rows.select(model.spec.input_columns)
     n = rows.num_rows
     base = {"request_id": [f"p{k}-{i // 100}" for i in range(n)], "row": [i % 100 for i in range(n)],
-            "entity": rows["customer_id"].to_pylist(), "event_ts": rows["event_ts"].to_pylist(),
-            "score": model.predict_table(inputs).tolist(), "model_name": ["churn"] * n,
+            "entity": rows[schema.entity_key].to_pylist(), "event_ts": rows[schema.event_timestamp].to_pylist(),
+            "score": model.predict_table(inputs).tolist(), "model_name": [name] * n,
             "model_version": [model.version.version] * n, "variant": ["champion"] * n, "http_status": [200] * n}  # fmt: skip
     table = rows_table(base, inputs, START)
-    table = table.set_column(table.schema.get_field_index("ts"), "ts", rows["event_ts"])
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", rows[schema.event_timestamp])
     log = PredictionLog(cfg.serving.prediction_log, flush_rows=10 * n)  # written by close() itself
     log.append_table(table)
     log.close()
@@ -108,8 +110,8 @@ def deliver_labels(cfg, rows: pa.Table, path: Path) -> None:
     from ray_pipeline.demo.replay import write_labels_csv
     from ray_pipeline.monitor.labels import ingest_labels
 
-    labels = [{"customer_id": e, "event_ts": t.isoformat(), "label": y}
-              for e, t, y in zip(*(rows[c].to_pylist() for c in ("customer_id", "event_ts", "label")))]  # fmt: skip
+    keys = (cfg.data.schema_.entity_key, cfg.data.schema_.event_timestamp, cfg.data.schema_.label)
+    labels = [{keys[0]: e, keys[1]: t.isoformat(), keys[2]: y} for e, t, y in zip(*(rows[c].to_pylist() for c in keys))]
     result = ingest_labels(cfg, write_labels_csv(path, labels))
     assert result.accepted == rows.num_rows, result.render()
 

@@ -7,8 +7,9 @@ Assumptions, stated where the estimates are shown: the model is calibrated on th
 scored; P(y | x) has not changed since calibration was last checked (covariate shift only). Under
 concept drift or a shift of the base rate the estimate is wrong, and the error is reported beside
 it once the labels arrive. Calibration is checked, and corrected, on the version's most recent
-labeled windows: a per-bin shift (observed positives minus summed scores, shrunk towards zero for
-bins with few labels); before any label the scores are taken as they are.
+labeled windows (for a retrained version, first the window that judged it): Platt scaling of the
+scores' logit, pulled towards no correction when labels are few; before any label, the scores as
+they are.
 
 Everything is held as counts and sums over fixed score bins, which merge exactly across Ray Data
 blocks and keep the monitor's saved state small.
@@ -16,14 +17,17 @@ blocks and keep the monitor's saved state small.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HIST_BINS = 1000  # score histogram of a window: ties only within 0.001 of score
-CAL_BINS = 20  # calibration bins of the labeled rows
-PRIOR_ROWS = 20.0  # a calibration bin's correction counts as many labels as this against no correction
+CAL_BINS = 50  # calibration bins of the labeled rows
+PRIOR_ROWS = 20.0  # the calibration's pull towards the scores as they are, in labeled rows
 EPS = 1e-15
+CALIBRATION_FILE = "calibration.json"  # in a version's directory: the labeled window that judged it
 
 
 def score_partial(p: np.ndarray) -> dict[str, list[float]]:
@@ -43,22 +47,44 @@ def merge_scores(a: dict[str, list[float]] | None, b: dict[str, list[float]] | N
 
 
 def calibration_counts(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]]:
-    """Labeled rows per calibration bin: rows, positives and summed scores."""
-    idx = np.minimum((np.clip(p, 0.0, 1.0) * CAL_BINS).astype(np.int64), CAL_BINS - 1)
+    """Labeled rows per calibration bin: rows, positives and the summed logit of their scores."""
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    idx = np.minimum((p * CAL_BINS).astype(np.int64), CAL_BINS - 1)
     return {"n": np.bincount(idx, minlength=CAL_BINS).tolist(),
             "pos": np.bincount(idx, y.astype(np.float64), minlength=CAL_BINS).tolist(),
-            "sum_p": np.bincount(idx, p, minlength=CAL_BINS).tolist()}  # fmt: skip
+            "sum_logit": np.bincount(idx, np.log(p / (1 - p)), minlength=CAL_BINS).tolist()}  # fmt: skip
 
 
-def calibrated(centers: np.ndarray, windows: list[dict[str, list[float]]]) -> np.ndarray:
-    """The probability that a row scored `centers` is positive, per the labeled `windows` (none: the score)."""
-    if not windows:
-        return centers
-    n = np.sum([w["n"] for w in windows], axis=0)
-    gap = np.sum([w["pos"] for w in windows], axis=0) - np.sum([w["sum_p"] for w in windows], axis=0)
-    shift = gap / (n + PRIOR_ROWS)
-    idx = np.minimum((centers * CAL_BINS).astype(np.int64), CAL_BINS - 1)
-    return np.clip(centers + shift[idx], 1e-6, 1 - 1e-6)
+def platt(windows: list[dict[str, list[float]]]) -> tuple[float, float]:
+    """Slope and intercept of P(y = 1) = sigmoid(a * logit(score) + b) on the labeled windows' bins
+    (Newton steps, with a pull towards a = 1, b = 0 worth PRIOR_ROWS rows: few labels change little)."""
+    n = np.sum([w["n"] for w in windows], axis=0).astype(np.float64)
+    pos = np.sum([w["pos"] for w in windows], axis=0)
+    x = np.sum([w["sum_logit"] for w in windows], axis=0) / np.maximum(n, 1)
+    keep = n > 0
+    n, pos, x = n[keep], pos[keep], x[keep]
+    theta = np.array([1.0, 0.0])
+    prior = PRIOR_ROWS * 0.25  # the curvature PRIOR_ROWS rows at p = 0.5 would add
+    for _ in range(25):
+        mu = 1 / (1 + np.exp(-(theta[0] * x + theta[1])))
+        r = pos - n * mu
+        grad = np.array([(r * x).sum(), r.sum()]) - prior * (theta - [1.0, 0.0])
+        w = n * mu * (1 - mu)
+        hess = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]]) + prior * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        theta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+def calibrated(scores: np.ndarray, windows: list[dict[str, list[float]]]) -> np.ndarray:
+    """The probability that a row scored `scores` is positive, per the labeled `windows` (none: the score)."""
+    if not windows or sum(sum(w["n"]) for w in windows) == 0:
+        return scores
+    a, b = platt(windows)
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    return 1 / (1 + np.exp(-(a * np.log(p / (1 - p)) + b)))
 
 
 def estimate(scores: dict[str, list[float]], windows: list[dict[str, list[float]]]) -> dict[str, float]:
@@ -89,3 +115,14 @@ def window_estimates(part: dict[str, Any], windows: list[dict[str, list[float]]]
         if f"estimated_{name}" in out and name in realized:
             out[f"estimated_{name}_error"] = out[f"estimated_{name}"] - realized[name]
     return out
+
+
+def save_calibration(directory: str | Path, y: np.ndarray, p: np.ndarray) -> None:
+    """Keep the labeled rows a retrained version was judged on (as calibration counts) with it."""
+    (Path(directory) / CALIBRATION_FILE).write_text(json.dumps(calibration_counts(y, p)) + "\n")
+
+
+def load_calibration(directory: str | Path) -> list[dict[str, list[float]]]:
+    """The calibration a version was registered with (none for a version trained from ingest)."""
+    path = Path(directory) / CALIBRATION_FILE
+    return [json.loads(path.read_text())] if path.exists() else []

@@ -23,7 +23,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.features.profile import load_profile
 from ray_pipeline.monitor import alerts as alerting
 from ray_pipeline.monitor.collect import collect_window
-from ray_pipeline.monitor.estimate import calibration_counts
+from ray_pipeline.monitor.estimate import calibration_counts, load_calibration
 from ray_pipeline.monitor.labels import accepted_labels, label_files
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
@@ -188,8 +188,10 @@ class Monitor:
             if v in self.refs:
                 continue
             try:
-                self.refs[v] = {**load_profile(self.registry.checkout(record)), "task": task_of(record)}
+                directory = self.registry.checkout(record)
+                self.refs[v] = {**load_profile(directory), "task": task_of(record)}
                 self.tested[v] = {"task": task_of(record), **record.metrics}
+                self.state["calibration"].setdefault(v, load_calibration(directory))
             except Exception as exc:
                 self.refs[v] = None
                 notes.append(f"{record.uri}: no usable reference profile, drift not computed ({exc})")

@@ -33,10 +33,11 @@ import pyarrow.compute as pc
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.feedback.records import write_record
+from ray_pipeline.monitor.estimate import save_calibration
 from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic, new_labels, select_rows, span
 from ray_pipeline.registry.bootstrap import identical
 from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, primary_metric, promote
-from ray_pipeline.registry.store import Registry
+from ray_pipeline.registry.store import ModelVersion, Registry
 from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.train import evaluate
 from ray_pipeline.features.build import build_features, materialize_online
@@ -149,22 +150,14 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
                                      "holdout": evaluate.task_metrics(task, y, p_champ)}}  # fmt: skip
     for m, _, run in candidates:
         record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
-    _, p_best, best = min(candidates, key=lambda c: c[0][primary_metric(task)])
     record["stage"] = "compare"
-    twin = same_model(registry, name, model_sha256(best.run_dir))
-    if twin is not None or identical(p_best, p_champ):
-        same = twin.uri if twin is not None else champion.version.uri
-        record.update(decision="identical", why=f"the retrained {best.kind} model is {same} again (same "
-                      f"{'model files' if twin is not None else 'score on every holdout row'}); not registered")  # fmt: skip
+    chosen = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
+    if chosen is None:
         return
-    gates = HoldoutGates(y, p_best, p_champ, champion.version.version, cfg.registry.gates, cfg.registry.gate_test,
-                         f"{best.name} vs {champion.version.uri}", task)  # fmt: skip
-    record.update(gate_report=gates.report(), gates=gates.records(), gates_passed=gates.passed)
-    if fb.promote and not gates.passed:  # nothing to serve or compare later: not registered, no alias moves
-        record.update(decision="refused", why=f"the gates refused the retrained {best.kind} model; not registered "
-                      f"(its run: {best.run_dir})")  # fmt: skip
-        return
+    best, gates, p_best = chosen
     record["stage"] = "register"
+    if task == "binary":  # its first quality estimates are calibrated on the window that judged it
+        save_calibration(best.run_dir, y, p_best)
     version = register_run(registry, name, best.run_dir)
     registry.set_alias(name, cfg.serving.traffic.challenger_alias, version.version, f"{record['id']}: {record['trigger']}",
                        "feedback")  # fmt: skip
@@ -181,6 +174,43 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record.update(decision="refused", gate_report=str(refused).split("\n", 1)[1])
         return
     record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
+
+
+def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], candidates: list[tuple],
+                   y: np.ndarray, p_champ: np.ndarray, champion: ModelVersion, task: str,
+                   ) -> tuple[Any, HoldoutGates, np.ndarray] | None:  # fmt: skip
+    """Gate the candidates best first (by the task's primary metric on the holdout); the first that
+    passes (or, promotion off, the best) is the one to register. Each gate's interval is widened for
+    the number of candidates (Bonferroni), so trying several model kinds does not raise the chance
+    of promoting noise. None when nothing is to be registered (the record says why)."""
+    ranked = sorted(candidates, key=lambda c: c[0][primary_metric(task)])
+    t = cfg.registry.gate_test
+    test = t.model_copy(update={"level": 1 - (1 - t.level) / len(ranked)})
+    reports, first = [], None
+    for _, p, run in ranked:
+        twin = same_model(registry, cfg.registry.model_name, model_sha256(run.run_dir))
+        if twin is not None or identical(p, p_champ):
+            same = twin.uri if twin is not None else champion.uri
+            reports.append(f"{run.name} is {same} again (same {'model files' if twin is not None else 'scores'}); "
+                           "not gated")  # fmt: skip
+            continue
+        gates = HoldoutGates(y, p, p_champ, champion.version, cfg.registry.gates, test, f"{run.name} vs {champion.uri}",
+                             task)  # fmt: skip
+        reports.append(gates.report())
+        first = first or (gates, run)
+        if gates.passed or not cfg.monitoring.feedback.promote:
+            record.update(gate_report="\n".join(reports), gates=gates.records(), gates_passed=gates.passed)
+            return run, gates, p
+    record["gate_report"] = "\n".join(reports)
+    if first is None:  # every candidate is the champion again
+        record.update(decision="identical", why=f"every retrained model is {champion.uri} again or scores as it "
+                      "does; not registered")  # fmt: skip
+        return None
+    gates, run = first
+    record.update(gates=gates.records(), gates_passed=False, decision="refused",
+                  why=f"the gates refused every retrained model (best: {run.kind}); not registered (its run: "
+                  f"{run.run_dir})")  # fmt: skip
+    return None
 
 
 @dataclass
