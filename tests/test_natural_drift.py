@@ -188,7 +188,13 @@ def test_the_loop_holds_on_natural_drift(ray_session, tmp_path):
     versions = registry.versions("churn")
     digests = [v.lineage["model_sha256"] for v in versions]
     assert len(digests) == len(set(digests))
-    assert len(versions) == 1 + sum(1 for r in records if r.get("challenger"))
+    assert len(versions) == 1 + sum(1 for r in records if r.get("challenger")) + sum(1 for r in records if r.get("refit"))
+    # each promotion serves its recipe refitted on every labeled row, the judging window included
+    for r in records:
+        if r["decision"] == "promoted":
+            refit = registry.get("churn", int(r["refit"]["version"].rsplit("/", 1)[1]))
+            assert refit.lineage["refit_of"] == int(r["challenger"].rsplit("/", 1)[1])
+            assert refit.lineage["event_time_range"][1] >= r["data"]["holdout"]["events"]["to"], refit.lineage
     # the newest fed-back labels train: each retrain's training events reach the window before its holdout
     for r in trained:
         holdout_from = datetime.fromisoformat(r["data"]["holdout"]["from"])

@@ -37,7 +37,9 @@ def test_continuous_training_keeps_up_on_real_drift(ray_session, tmp_path):
     assert all(r["estimated_auc"] is not None and r["auc_error"] is not None for r in table)
     errors = [abs(r["auc_error"]) for r in table]
     assert np.median(errors) < 0.05, errors
-    # refused challengers leave no version behind: the versions are the base model and the promoted ones
+    # refused challengers leave no version behind: the versions are the base model, the promoted ones
+    # and their refits on every labeled row (what @champion serves)
     cfg = config(tmp_path, ["logreg", "xgboost"])
-    assert len(open_registry(cfg).versions("movies")) == 1 + len(promoted)
+    assert len(open_registry(cfg).versions("movies")) == 1 + 2 * len(promoted)
+    assert all("(refit)" in r["promoted"] for r in promoted)
     assert not [r for r in feedback_runs(cfg) if r.get("decision") == "failed"]

@@ -160,6 +160,11 @@ class FeedbackConfig(StrictModel):
         default=None, gt=0, description="Train on events this recent (before the newest labeled one); unset: all."
     )
     promote: bool = Field(default=True, description="Promote a challenger that passes the gates to the served alias.")
+    refit: bool = Field(
+        default=True, description="After a promotion, refit the promoted recipe (model kind and settings) on every "
+        "labeled row, the judging window included, and serve that: the gates judge the recipe, and without the "
+        "refit the served model never learns from the newest window.",
+    )
     hyperparameters: Literal["champion", "search"] = Field(
         default="champion",
         description="champion: a model kind retrains with the champion's searched parameters when the champion is "

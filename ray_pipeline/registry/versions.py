@@ -31,8 +31,10 @@ def open_registry(cfg: PipelineConfig) -> Registry:
     return Registry(registry_db(cfg), cfg.registry.artifact_root)
 
 
-def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None) -> ModelVersion:
-    """Register a training run directory (model/, feature_spec.json, metrics, params, lineage)."""
+def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None,
+                 lineage: dict[str, Any] | None = None) -> ModelVersion:  # fmt: skip
+    """Register a training run directory (model/, feature_spec.json, metrics, params, lineage; `lineage`
+    adds what only the caller knows, e.g. that the run refits a gated recipe)."""
     run = read_run(run_dir)
     spec = run.spec
     signature = {
@@ -42,9 +44,9 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
         "output": _output(spec),
         "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
     }
-    lineage = {**run.lineage, "run_dir": str(run_dir), "code_version": code_version or _code_version(),
-               "model_sha256": model_sha256(run_dir)}  # fmt: skip
-    return registry.register(name, run_dir, run.kind, run.metrics, run.params, signature, lineage)
+    full = {**run.lineage, **(lineage or {}), "run_dir": str(run_dir), "code_version": code_version or _code_version(),
+            "model_sha256": model_sha256(run_dir)}  # fmt: skip
+    return registry.register(name, run_dir, run.kind, run.metrics, run.params, signature, full)
 
 
 def _output(spec) -> str:

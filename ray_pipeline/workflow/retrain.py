@@ -12,6 +12,8 @@ selects, with the holdout as the test split and the paired-bootstrap gates decid
    the gates refuse is not registered (no version to clean up, @challenger untouched). Otherwise it
    is registered as @challenger and offered to the serving alias through `registry.gates.promote`
    with `HoldoutGates`. Serving replicas hot-reload the alias move.
+   With `feedback.refit` (the default) the promoted recipe is then trained again on every labeled
+   row, the judging window included, and that refit is what the alias serves.
 4. A record of every run (`feedback.records`), also when it fails: the error and the stage.
 Two retrains never run at once: a lock in the registry database.
 """
@@ -33,8 +35,8 @@ import pyarrow.compute as pc
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.feedback.records import write_record
-from ray_pipeline.monitor.estimate import save_calibration
 from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic, new_labels, select_rows, span
+from ray_pipeline.monitor.estimate import save_calibration
 from ray_pipeline.registry.bootstrap import identical
 from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, primary_metric, promote
 from ray_pipeline.registry.store import ModelVersion, Registry
@@ -151,10 +153,10 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     for m, _, run in candidates:
         record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
     record["stage"] = "compare"
-    chosen = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
-    if chosen is None:
+    passing = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
+    if passing is None:
         return
-    best, gates, p_best = chosen
+    best, gates, p_best = passing
     record["stage"] = "register"
     if task == "binary":  # its first quality estimates are calibrated on the window that judged it
         save_calibration(best.run_dir, y, p_best)
@@ -174,6 +176,42 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record.update(decision="refused", gate_report=str(refused).split("\n", 1)[1])
         return
     record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
+    if fb.refit:
+        record["stage"] = "refit"
+        calibration = (y, p_best) if task == "binary" else None
+        _refit(cfg, registry, record, chosen.holdout, test_rows, best, since_us, prepared.input_profile, version,
+               calibration)  # fmt: skip
+
+
+def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], holdout: pa.Table, test_rows: pa.Table,
+           best: Any, since_us: int | None, profile: dict[str, Any], gated: ModelVersion,
+           calibration: tuple[np.ndarray, np.ndarray] | None) -> None:  # fmt: skip
+    """Train the promoted recipe (kind and settings) again on every labeled row, the judging window
+    included, and serve that in the gated version's place: the gates judged the recipe on rows it
+    had not seen; without the refit the served model would never learn from its newest window. The
+    refit's own test figures are in-sample on that window; the gated version's are the honest ones.
+    `calibration`: the gated version's labels and scores on that window, out of sample, which its
+    quality estimates start from (the refit's own scores there are in-sample)."""
+    from ray_pipeline.train.search import with_params
+
+    name, alias = cfg.registry.model_name, cfg.serving.alias
+    feed_back(cfg, holdout.filter(pc.is_valid(holdout["entity"])), f"{record['id']}-holdout")
+    build_features(cfg)
+    if cfg.features.views:
+        materialize_online(cfg)
+    prepared = prepare_training_set(cfg, holdout=test_rows, since_us=since_us)
+    prepared.input_profile = profile
+    params = (record.get("params_from_champion", {}).get(best.kind)
+              or record.get("searches", {}).get(best.kind, {}).get("best_params"))  # fmt: skip
+    settings = with_params(cfg, best.kind, params) if params else cfg
+    run = train_models(settings, [best.kind], prepared, trigger="feedback")[0]
+    if calibration is not None:
+        save_calibration(run.run_dir, *calibration)
+    version = register_run(registry, name, run.run_dir, lineage={"refit_of": gated.version})
+    why = f"{record['id']}: refit of v{gated.version} on every labeled row, its judging window included"
+    change = registry.set_alias(name, alias, version.version, why, "feedback")
+    record["refit"] = {"version": version.uri, "of": gated.uri, "train_rows": prepared.rows["train"]}
+    record["promoted"] += f" -> v{change.to_version} (refit)"
 
 
 def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], candidates: list[tuple],
