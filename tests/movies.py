@@ -136,6 +136,9 @@ def _figures(result: Any, version: int) -> dict[str, float]:
 def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callable[[str], Any] = print,
              seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
     """Base model on 1940-1965, then eight served windows with labels after each; the per-window table."""
+    from sklearn.metrics import roc_auc_score
+
+    from ray_pipeline.registry.versions import load
     from ray_pipeline.workflow.loop import Loop
 
     frame = movies_table(fraction, seed)
@@ -155,6 +158,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
             busy = [r for r in done if r.rows]
             assert len(busy) == 1 and busy[0].rows == rows.num_rows, [r.render() for r in done]
             figures = _figures(busy[0], served)
+            stale = load(registry, "models:/movies/1").predict_table(rows)  # the base model, never retrained
             fb = busy[0].feedback or {}
             gate = next((g for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
             out.append({"window": f"{window[0]}-{window[1]}", "rows": rows.num_rows, "served": served,
@@ -163,6 +167,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
                         "estimated_log_loss": figures.get("estimated_log_loss"),
                         "auc_error": figures.get("estimated_roc_auc_error"),
                         "log_loss_error": figures.get("estimated_log_loss_error"),
+                        "stale_auc": float(roc_auc_score(rows["good"].to_numpy(), stale)),
                         **{f"oracle_{k}": v for k, v in oracles(frame, window).items()},
                         "trigger": fb.get("trigger"), "decision": fb.get("decision"),
                         "promoted": fb.get("promoted"), "log_loss_gain": None if gate is None else
@@ -175,7 +180,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
 
 
 HEADER = (f"{'window':<10} {'rows':>5} {'served':>6} {'pos':>5} {'auc':>6} {'est':>6} {'err':>6} {'logloss':>7} "
-          f"{'est':>6} {'err':>6} {'oracleLR':>8} {'oracleGB':>8}  decision")  # fmt: skip
+          f"{'est':>6} {'err':>6} {'stale':>6} {'oracleLR':>8} {'oracleGB':>8}  decision")  # fmt: skip
 
 
 def render_row(r: dict[str, Any]) -> str:
@@ -188,6 +193,6 @@ def render_row(r: dict[str, Any]) -> str:
     interval = f" {gain[0]:+.1%} [{gain[1]:+.1%}, {gain[2]:+.1%}]" if gain else ""
     return (f"{r['window']:<10} {r['rows']:>5} {'v' + str(r['served']):>6} {f(r['positive_rate'], 5, 2)} "
             f"{f(r['auc'])} {f(r['estimated_auc'])} {f(r['auc_error'], signed=True)} {f(r['log_loss'], 7)} "
-            f"{f(r['estimated_log_loss'])} {f(r['log_loss_error'], signed=True)} {f(r['oracle_logistic'], 8)} "
+            f"{f(r['estimated_log_loss'])} {f(r['log_loss_error'], signed=True)} {f(r['stale_auc'])} {f(r['oracle_logistic'], 8)} "
             f"{f(r['oracle_trees'], 8)}  {(r['decision'] or '-') + interval}"
             + (f" ({r['promoted']})" if r["promoted"] else ""))  # fmt: skip

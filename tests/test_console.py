@@ -213,6 +213,10 @@ def test_monitoring_shows_the_firing_alert_and_the_drift_crossing_its_threshold(
     values = json.loads(chart.locator("polyline.series").get_attribute("data-values"))
     limit = float(chart.locator("line.threshold[data-name*='rule input_drift']").get_attribute("data-threshold"))
     assert values[0] < limit < values[-1]  # quiet before the shift, above the rule's line after it
+    # quality estimated from the scores before any label arrived: one row per window with traffic
+    estimates = page.locator("#estimates table.estimates tbody tr")
+    assert estimates.count() == sum(1 for w in site["windows"] if w.rows) > 0
+    assert 0.5 < float(estimates.first.locator("td").nth(1).inner_text()) <= 1.0
     shot(page, "monitoring-drift")
     # the drifted window's report, once loaded with its images: a click alone waits for less (seen under load)
     with page.expect_navigation(wait_until="load"):

@@ -54,6 +54,12 @@ def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     for col in spec.numeric:
         x = pd.to_numeric(frame[col.name], errors="coerce").astype("float64")
         x = x.where(np.isfinite(x))
+        if col.cyclic:  # sin and cos of the place on the cycle; both 0 when missing
+            angle = 2 * np.pi * x.fillna(0.0) / col.cyclic
+            cols += [np.where(x.isna(), 0.0, np.sin(angle)), np.where(x.isna(), 0.0, np.cos(angle))]
+            if col.missing_indicator:
+                cols.append(x.isna().astype("float64").to_numpy())
+            continue
         if col.log1p:
             x = np.log1p(x.clip(lower=0.0))
         if col.clip is not None:
@@ -101,11 +107,12 @@ def _frames(x, k) -> st.SearchStrategy[pd.DataFrame]:
 
 
 FEATURE_CONFIGS = st.builds(
-    lambda log1p, impute, ind, std, clip, unseen, missing, min_count, enc: FeaturesConfig(
+    lambda log1p, impute, ind, std, clip, unseen, missing, min_count, enc, cycle: FeaturesConfig(
         numeric={
             "x": NumericFeatureConfig(
                 log1p=log1p, impute=impute, missing_indicator=ind, standardize=std, clip_quantiles=clip
-            )
+            ),
+            "k": NumericFeatureConfig(cyclic=cycle, missing_indicator=ind),
         },
         categorical={
             "c": CategoricalFeatureConfig(unseen=unseen, missing=missing, min_count=min_count),
@@ -121,6 +128,7 @@ FEATURE_CONFIGS = st.builds(
     st.sampled_from(["own", "zero"]),
     st.integers(1, 3),
     st.sampled_from(["frequency", "onehot"]),
+    st.none() | st.sampled_from([12.0, 7.0]),  # k as a calendar input (month, weekday)
 )
 
 
@@ -248,3 +256,20 @@ def test_records_with_wrong_types_are_rejected_by_name():
     spec = _fit_local(pd.DataFrame({"x": [1.0], "k": [1], "c": ["a"], "d": ["q"]}), FeaturesConfig())
     with pytest.raises(TypeError, match="feature 'x': expected a number, got 'abc'"):
         transform_records([{"x": "abc"}], spec)
+
+
+def test_a_cyclic_calendar_input_keeps_its_place_past_the_training_range():
+    """Months 1-6 in training, 7-12 served: each month gets its own point on the cycle (not clipped
+    to June), December sits next to January, and the spec written before `cyclic` keeps its hash."""
+    train = pd.DataFrame({"x": [1.0] * 6, "k": [1, 2, 3, 4, 5, 6], "c": ["a"] * 6, "d": ["q"] * 6})
+    spec = _fit_local(train, FeaturesConfig(numeric={"k": NumericFeatureConfig(cyclic=12)}))
+    assert [n for n in spec.feature_names if n.startswith("k")] == ["k__sin", "k__cos"]
+    out, names = transform_records([{"k": m} for m in range(1, 13)] + [{"k": None}], spec)
+    months = out[:, [names.index("k__sin"), names.index("k__cos")]].astype(np.float64)
+    assert len({tuple(np.round(p, 5)) for p in months[:12]}) == 12  # twelve distinct months
+    step = np.linalg.norm(months[1] - months[0])
+    assert np.isclose(np.linalg.norm(months[11] - months[0]), step, atol=1e-6)  # Dec -> Jan is one month
+    np.testing.assert_array_equal(months[12], [0.0, 0.0])  # missing: no direction
+    plain = _fit_local(train, FeaturesConfig())
+    assert "cyclic" not in json.loads(plain.to_json())["numeric"][1]
+

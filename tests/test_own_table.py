@@ -424,7 +424,39 @@ def test_init_samples_the_whole_table_and_marks_calendar_inputs(tmp_path, fmt):
     by = {c.name: c for c in inference.columns}
     assert by["month"].sample_range == (1.0, 12.0), by["month"].why  # rows from every month, not the first
     assert by["month"].spec["seasonal"] and "calendar-like name" in by["month"].why
+    assert inference.config.features.numeric["month"].cyclic == 12  # December sits next to January
     assert by["days_since_launch"].spec["seasonal"] and "values follow ts" in by["days_since_launch"].why
     assert not by["amount"].spec.get("seasonal") and not by["store_id"].spec.get("seasonal")
     assert by["year"].role == "left out" and "constant (2013)" in by["year"].why  # a plain value, not np.int64(2013)
     assert inference.config.data.schema_.features["month"].seasonal
+
+
+def test_init_proposes_a_unique_id_as_entity_key_and_a_loop_that_keeps_learning(tmp_path):
+    """A unique id with an unusual name (idNum) or none at all (a code column) is the entity key, not
+    'an id or free text' left out; with an entity key and an event time, init turns on the
+    continuous-training trigger and says so."""
+    from ray_pipeline.data.infer import NEW_LABELS, infer_config
+
+    n = 400
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"idNum": [f"A{i:05d}" for i in range(n)],
+                          "created": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+                          "note": [f"free text number {i}" for i in range(n)],
+                          "amount": rng.gamma(2.0, 30.0, n).round(2), "fraud": rng.integers(0, 2, n)})  # fmt: skip
+    path = tmp_path / "claims.csv"
+    frame.to_csv(path, index=False)
+    inference = infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml"))
+    by = {c.name: c for c in inference.columns}
+    assert by["idNum"].role == "entity_key", by["idNum"].why
+    assert by["note"].role == "left out"  # distinct, but text with spaces: not a key
+    cfg = inference.config
+    assert cfg.data.schema_.entity_key == "idNum" and cfg.data.schema_.event_timestamp == "created"
+    assert cfg.monitoring.feedback.triggers.new_labels.labels == NEW_LABELS
+    assert any("retrains on every" in note for note in inference.notes)
+    # without an id-like name, a column of distinct short codes is still the key
+    frame.rename(columns={"idNum": "claim"}).to_csv(path, index=False)
+    again = infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml"))
+    assert again.config.data.schema_.entity_key == "claim"
+    # no event time: labeled traffic cannot be ordered into windows, so no trigger is written
+    frame.drop(columns=["created"]).to_csv(path, index=False)
+    assert infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml")).config.monitoring.feedback.triggers.new_labels is None

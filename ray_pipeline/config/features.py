@@ -23,9 +23,16 @@ class NumericFeatureConfig(StrictModel):
     clip_quantiles: tuple[float, float] | None = Field(
         default=None, description="Clip at these training quantiles, e.g. [0.001, 0.999]."
     )
+    cyclic: float | None = Field(
+        default=None, gt=0, description="Period of a calendar input (12 for month, 24 for hour of day, 7 for "
+        "weekday): encoded as sin and cos of 2*pi*value/period, so the last value sits next to the first and a "
+        "value outside the training range keeps its place on the cycle (replaces log1p, clipping and scaling).",
+    )
 
     @model_validator(mode="after")
     def _check_quantiles(self) -> "NumericFeatureConfig":
+        if self.cyclic is not None and (self.log1p or self.clip_quantiles is not None):
+            raise UserError("cyclic replaces log1p and clip_quantiles: set only one of them")
         if self.clip_quantiles is not None:
             lo, hi = self.clip_quantiles
             if not 0.0 <= lo < hi <= 1.0:

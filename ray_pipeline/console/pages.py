@@ -371,19 +371,45 @@ def monitoring_page(st: ConsoleState, metric: str, version: int | None, last: in
     metrics = sorted({k for k, _, _ in keys})
     features = sorted({f for k, f, v in keys if k == metric and (v == version or v is None)}, key=str)
     lines = thresholds_for(st, metric)
+    seasonal = {n for n, c in st.cfg.data.schema_.features.items() if c.seasonal}
     chart_list = []
     for feature in features:
         series = st.monitoring.series(metric, feature, version, last) or st.monitoring.series(metric, feature, None, last)
         if not series:
             continue
-        chart_list.append({"feature": feature, "series": series,
-                           "svg": charts.line_chart(f"{metric} {feature}" + (f" (v{version})" if version else ""),
-                                                    series.window_ends, {metric: series.values}, lines)})  # fmt: skip
+        title = f"{metric} {feature}" + (f" (v{version})" if version else "")
+        if feature in seasonal:  # no rule without a feature fires on it: a threshold line would mislead
+            title += ": seasonal, its drift is the calendar moving on"
+        chart_list.append({"feature": feature, "series": series, "seasonal": feature in seasonal,
+                           "svg": charts.line_chart(title, series.window_ends, {metric: series.values},
+                                                    {} if feature in seasonal else lines)})  # fmt: skip
     runs = list(reversed(feedback_runs(st.cfg)))[:20]
     return {"metric": metric, "metrics": metrics, "version": version, "versions": versions, "charts": chart_list,
             "active": active_alerts(st.cfg.monitoring), "log": alert_log(st.cfg.monitoring, 50),
             "reports": report_windows(st.cfg.monitoring, 20), "feedback": runs, "last": last,
-            "windows": st.monitoring.windows()}  # fmt: skip
+            "windows": st.monitoring.windows(), "estimates": quality_estimates(st, version, last)}  # fmt: skip
+
+
+def quality_estimates(st: ConsoleState, version: int | None, last: int) -> dict[str, Any]:
+    """A version's quality estimated from its scores before the labels, beside the realized figures
+    once the labels are in, per window (binary models; monitor/estimate.py)."""
+    if version is None:
+        return {"rows": [], "svg": ""}
+    table = st.monitoring
+
+    def by_end(metric: str, feature: str) -> dict[str, float]:
+        s = table.series(metric, feature, version, last)
+        return dict(zip(s.window_ends, s.values))
+
+    est = {m: by_end(f"estimated_{m}", f"v{version}") for m in ("roc_auc", "log_loss")}
+    real = {m: by_end(m, f"v{version}/champion") for m in ("roc_auc", "log_loss")}
+    ends = sorted(est["roc_auc"].keys() | est["log_loss"].keys())
+    rows = [{"window_end": e, **{f"est_{m}": est[m].get(e) for m in est}, **{m: real[m].get(e) for m in real}}
+            for e in ends]  # fmt: skip
+    svg = charts.line_chart(f"ROC AUC of v{version}: estimated before labels, realized after", ends,
+                            {"estimated": [r["est_roc_auc"] for r in rows],
+                             "realized": [r["roc_auc"] for r in rows]}) if rows else ""  # fmt: skip
+    return {"rows": rows, "svg": svg}
 
 
 # ------------------------------------------------------------------------------------ data

@@ -27,6 +27,10 @@ SAMPLE_ROWS = 100_000
 MAX_CATEGORIES = 20  # at most this many distinct values: a closed set, listed and one-hot encoded
 ID_NAME = re.compile(r"(?i:(^|_)(id|uuid|guid|key)$)|[a-z]I[Dd]$|^[Ii][Dd]([A-Z_]|$)")  # id, user_id, customerID, idNum
 NEW_LABELS = 1000  # the continuous-training trigger init proposes
+# periods of calendar inputs by the unit in their name (CALENDAR_NAME's groups)
+CYCLES = {"month": 12.0, "mnth": 12.0, "hour": 24.0, "hr": 24.0, "hour_of_day": 24.0, "minute": 60.0,
+          "dayofweek": 7.0, "weekday": 7.0, "dow": 7.0, "day_of_week": 7.0, "day_of_year": 366.0,
+          "day_of_month": 31.0, "quarter": 4.0, "week": 53.0, "week_of_year": 53.0}  # fmt: skip
 TIME_NAME = re.compile(r"(time|date|_ts$|^ts$|timestamp|_at$)", re.IGNORECASE)
 CALENDAR_NAME = re.compile(
     r"(?i)(^|_)(month|mnth|day|dayofweek|weekday|dow|hour|hr|minute|year|yr|week|quarter|season)(_of_[a-z]+)?$"
@@ -43,6 +47,7 @@ class Column:
     spec: dict[str, Any] = field(default_factory=dict)  # data.schema.features entry for features
     encoding: str | None = None  # categorical encoding written to features.categorical
     sample_range: tuple[float, float] | None = None  # numeric: min and max seen (a comment, not a limit)
+    cyclic: float | None = None  # a calendar input's period (features.numeric.NAME.cyclic)
 
 
 @dataclass
@@ -332,14 +337,30 @@ def _mark_seasonal(c: Column, why: str) -> None:
     c.why += f"; {why}: its drift is reported, never a retrain trigger"
 
 
+def _period(c: Column) -> float | None:
+    """The cycle of a calendar input named like one (month: 12, hour: 24, ...) whose values fit in it."""
+    found = CALENDAR_NAME.search(c.name)
+    unit = found.group(2).lower() + (found.group(3) or "").lower() if found else ""
+    period = CYCLES.get(unit)
+    if period is None or c.sample_range is None:
+        return None
+    lo, hi = c.sample_range
+    return period if 0 <= lo and hi <= period else None
+
+
 def _calendar_columns(features: list[Column], frame: pd.DataFrame, ts: Column | None) -> None:
-    """Mark calendar-like inputs: a calendar name (month, hour, ...) or integers that follow the event time."""
+    """Mark calendar-like inputs: a calendar name (month, hour, ...) or integers that follow the event time;
+    one that goes round a known cycle is encoded cyclically (its values past the training range keep
+    their place: December next to January, not clipped to the last month seen)."""
     times = pd.to_datetime(frame[ts.name], errors="coerce", utc=True, format="ISO8601") if ts is not None else None
     for c in features:
         if c.spec.get("type") != "int":
             continue
         if CALENDAR_NAME.search(c.name):
             _mark_seasonal(c, "calendar-like name")
+            c.cyclic = _period(c)
+            if c.cyclic:
+                c.why += f"; encoded as sin and cos of its place on a cycle of {c.cyclic:g}"
         elif times is not None:
             both = pd.DataFrame({"v": pd.to_numeric(frame[c.name], errors="coerce"), "t": times}).dropna()
             if len(both) > 10 and both["v"].nunique() > 1 and both["v"].corr(both["t"].astype("int64"), "spearman") >= 0.95:
@@ -451,6 +472,10 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
         "features:",
         f"  store_root: {work}/features",
     ]
+    cyclic = [c for c in features if c.cyclic]
+    if cyclic:
+        lines.append("  numeric:")
+        lines += [f"    {q(c.name)}: {{cyclic: {c.cyclic:g}}}" for c in cyclic]
     onehot = [c.name for c in features if c.encoding == "onehot"]
     if onehot:
         lines.append("  categorical:")

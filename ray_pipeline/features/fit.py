@@ -62,6 +62,7 @@ def _numeric_spec(name: str, cfg: NumericFeatureConfig, merged: dict[str, Any]) 
         std=std if standardize and std > 0 else 1.0,
         count=n,
         missing=merged["missing"],
+        cyclic=cfg.cyclic,
     )
 
 

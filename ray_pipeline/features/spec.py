@@ -30,6 +30,14 @@ class NumericSpec(_Frozen):
     std: float = Field(description="Training std after log1p (1.0 when not standardizing or constant).")
     count: int = Field(description="Present training values.")
     missing: int = Field(description="Missing training values.")
+    cyclic: float | None = Field(default=None, description="Period of a calendar input: sin and cos of its "
+                                 "angle instead of log1p -> clip -> impute -> standardize.")
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the column's entries in the output vector."""
+        names = [f"{self.name}__sin", f"{self.name}__cos"] if self.cyclic else [self.name]
+        return names + ([f"{self.name}__missing"] if self.missing_indicator else [])
 
 
 class CategoricalSpec(_Frozen):
@@ -87,9 +95,7 @@ class FeatureSpec(_Frozen):
         """Names of the output vector's entries, in order."""
         names: list[str] = []
         for col in self.numeric:
-            names.append(col.name)
-            if col.missing_indicator:
-                names.append(f"{col.name}__missing")
+            names.extend(col.outputs)
         for cat in self.categorical:
             if cat.encoding == "frequency":
                 names.append(f"{cat.name}__freq")
@@ -103,7 +109,7 @@ class FeatureSpec(_Frozen):
         a missing indicator and every one-hot entry belong to their column."""
         out: list[str] = []
         for col in self.numeric:
-            out += [col.name] * (2 if col.missing_indicator else 1)
+            out += [col.name] * len(col.outputs)
         for cat in self.categorical:
             out += [cat.name] * (1 if cat.encoding == "frequency" else len(cat.onehot))
         return out
@@ -114,9 +120,12 @@ class FeatureSpec(_Frozen):
         return self.label.task if self.label is not None else "binary"
 
     def _body(self) -> dict:
-        # `required` and the label's task fields came later: left out at their defaults, so specs
+        # `required`, `cyclic` and the label's task fields came later: left out at their defaults, so specs
         # written before them keep their hash
         body = self.model_dump(mode="json", exclude=None if self.required else {"required"})
+        for col in body["numeric"]:  # likewise a non-cyclic column's `cyclic`
+            if col.get("cyclic") is None:
+                col.pop("cyclic", None)
         if body.get("label"):
             defaults = {"task": "binary", "classes": None, "transform": "none"}
             body["label"] = {k: v for k, v in body["label"].items() if k not in defaults or v != defaults[k]}

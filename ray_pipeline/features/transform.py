@@ -28,8 +28,14 @@ def as_float(arr: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[np.ndarray]:
-    """log1p -> clip -> impute -> standardize, plus the missing indicator if configured."""
+    """log1p -> clip -> impute -> standardize (a cyclic column: sin and cos of its angle, 0 and 0 when
+    missing), plus the missing indicator if configured."""
     x = as_float(arr, col.name)
+    if col.cyclic:
+        missing = np.isnan(x)
+        angle = 2 * np.pi * np.where(missing, 0.0, x) / col.cyclic
+        parts = [np.where(missing, 0.0, np.sin(angle)), np.where(missing, 0.0, np.cos(angle))]
+        return parts + ([missing.astype(np.float64)] if col.missing_indicator else [])
     if col.log1p:
         x = np.log1p(np.maximum(x, 0.0))  # negatives count as 0; NaN stays NaN
     if col.clip is not None:
