@@ -62,7 +62,9 @@ def base(ray_session, tmp_path_factory):
 def _scenario(base, tmp_path, name: str):
     from ray_pipeline.registry.versions import open_registry, register_run
 
-    cfg = loop_config(tmp_path, base["shared"], name, rules=RULES, feedback=FEEDBACK)
+    # the quiet 3 s windows between sends must not resolve an alert as stale: these tests watch it
+    # resolve on traffic that no longer drifts
+    cfg = loop_config(tmp_path, base["shared"], name, rules=RULES, feedback=FEEDBACK, stale_windows=100)
     registry = open_registry(cfg)
     v = register_run(registry, name, base["run_dir"])
     registry.set_alias(name, "champion", v.version, "test setup")
@@ -124,8 +126,10 @@ def test_covariate_shift_fires_retrains_promotes_and_matches_an_oracle(base, tmp
         assert {"amount", "merchant_category"} <= drifted
         record = next(r.feedback for r in results if r.feedback)
         assert record["decision"] == "promoted", (record.get("gate_report"), record.get("data"), record.get("why"))
-        new_version = int(record["challenger"].rsplit("/", 1)[1])
+        # what serves is the promoted recipe refitted on every labeled row, the judging window included
+        new_version = int(record["refit"]["version"].rsplit("/", 1)[1])
         assert registry.aliases("shift")["champion"] == new_version
+        assert registry.get("shift", new_version).lineage["refit_of"] == int(record["challenger"].rsplit("/", 1)[1])
         wait_for_version(url, new_version)  # hot reload
 
         # GET /model carries the alerts about the served version; the old version's alert is not its
@@ -138,7 +142,8 @@ def test_covariate_shift_fires_retrains_promotes_and_matches_an_oracle(base, tmp
         _labels(cfg, tmp_path, labels_after, "2")
         post = _busy(_monitor(cfg))
         assert [r.rows for r in post] == [PER_WINDOW] * 2
-        assert any(e["rule"] == "input_drift" and e["status"] == "resolved" for r in post for e in r.events)
+        assert any(e["rule"] == "input_drift" and e["status"] == "resolved" for r in post for e in r.events), \
+            [r.render() for r in post]
         live = [m["value"] for r in post for m in r.metrics
                 if m["metric"] == "log_loss" and m["feature"] == f"v{new_version}/champion"]  # fmt: skip
         assert len(live) == 2

@@ -452,6 +452,7 @@ def test_init_proposes_a_unique_id_as_entity_key_and_a_loop_that_keeps_learning(
     cfg = inference.config
     assert cfg.data.schema_.entity_key == "idNum" and cfg.data.schema_.event_timestamp == "created"
     assert cfg.monitoring.feedback.triggers.new_labels.labels == NEW_LABELS
+    assert cfg.monitoring.feedback.models == ["logreg", "xgboost"]
     assert any("retrains on every" in note for note in inference.notes)
     # without an id-like name, a column of distinct short codes is still the key
     frame.rename(columns={"idNum": "claim"}).to_csv(path, index=False)

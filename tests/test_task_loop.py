@@ -113,8 +113,10 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
         models = record["models"]
         challenger = next(m for k, m in models.items() if k != "champion")
         assert challenger["holdout"][PRIMARY[task]] < models["champion"]["holdout"][PRIMARY[task]]
-        new_version = int(record["challenger"].rsplit("/", 1)[1])
+        # what serves is the promoted recipe refitted on every labeled row, the judging window included
+        new_version = int(record["refit"]["version"].rsplit("/", 1)[1])
         assert registry.aliases(name)["champion"] == new_version
+        assert registry.get(name, new_version).lineage["refit_of"] == int(record["challenger"].rsplit("/", 1)[1])
         wait_for_version(url, new_version)  # hot reload
 
         # Served by the new version, in the task's shape, and closer to the truth than the old one.

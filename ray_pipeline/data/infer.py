@@ -500,5 +500,6 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
             "    triggers:",
             f"      new_labels: {{labels: {NEW_LABELS}}}  # retrain on every {NEW_LABELS:,} new labels; the gates "
             "decide whether it serves",
+            "    models: [logreg, xgboost]  # each kind `run` trains competes; the best that beats the served one wins",
         ]
     return "\n".join(lines) + "\n"

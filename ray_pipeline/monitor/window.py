@@ -54,7 +54,8 @@ def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[s
             for metric, value in stats.binned_numeric(ref["score"], part["score"]).items():
                 if metric in ("psi", "ks", "js", "wasserstein"):
                     add(metric, "score", value, v, enough)
-        realized = stats.live_quality(*_answered_labels(data, v)) if enough else {}
+        binary = tested.get(version, {}).get("task", "binary") == "binary"
+        realized = stats.live_quality(*_answered_labels(data, v)) if enough and binary else {}
         for metric, value in window_estimates(part, (calibration or {}).get(version, []), realized).items():
             add(metric, f"v{v}", value, v, judge=False)
     for stage in STAGES:

@@ -207,7 +207,9 @@ def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], hold
     run = train_models(settings, [best.kind], prepared, trigger="feedback")[0]
     if calibration is not None:
         save_calibration(run.run_dir, *calibration)
-    version = register_run(registry, name, run.run_dir, lineage={"refit_of": gated.version})
+    # the recipe's search travels with it: a later retrain reuses the searched settings (retrain_config)
+    recipe = {"search": gated.lineage["search"]} if gated.lineage.get("search") else {}
+    version = register_run(registry, name, run.run_dir, lineage={"refit_of": gated.version, **recipe})
     why = f"{record['id']}: refit of v{gated.version} on every labeled row, its judging window included"
     change = registry.set_alias(name, alias, version.version, why, "feedback")
     record["refit"] = {"version": version.uri, "of": gated.uri, "train_rows": prepared.rows["train"]}
