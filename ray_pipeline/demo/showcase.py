@@ -123,7 +123,7 @@ def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callabl
         echo(record.get("gate_report", ""))
         if record["decision"] != "promoted":
             return report
-        new_version = int(record["challenger"].rsplit("/", 1)[1])
+        new_version = int(record["served"].rsplit("/", 1)[1])  # the promoted recipe's refit on every labeled row
         wait_for_version(url, new_version)
         report.loop_s = time.time() - sent
         status, info = http_json(url + "/model", None)

@@ -175,7 +175,8 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         registry.rollback(name, cfg.serving.traffic.challenger_alias, actor="feedback")
         record.update(decision="refused", gate_report=str(refused).split("\n", 1)[1])
         return
-    record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}")
+    record.update(decision="promoted", promoted=f"@{alias}: v{change.from_version} -> v{change.to_version}",
+                  served=version.uri)  # fmt: skip
     if fb.refit:
         record["stage"] = "refit"
         calibration = (y, p_best) if task == "binary" else None
@@ -213,6 +214,7 @@ def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], hold
     why = f"{record['id']}: refit of v{gated.version} on every labeled row, its judging window included"
     change = registry.set_alias(name, alias, version.version, why, "feedback")
     record["refit"] = {"version": version.uri, "of": gated.uri, "train_rows": prepared.rows["train"]}
+    record["served"] = version.uri
     record["promoted"] += f" -> v{change.to_version} (refit)"
 
 
