@@ -85,7 +85,9 @@ def base_model(cfg, tables: list[pa.Table], drop: tuple[str, ...] = ("p_true",))
 
 
 def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
-    """Score a period with the model @champion serves and log it at the records' own times."""
+    """Score a period with the model @champion serves (and, in shadow mode, the @challenger) and log it
+    at the records' own times."""
+    from ray_pipeline.registry.traffic import current_traffic
     from ray_pipeline.registry.versions import load
     from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
@@ -97,9 +99,18 @@ def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
             "entity": rows[schema.entity_key].to_pylist(), "event_ts": rows[schema.event_timestamp].to_pylist(),
             "score": model.predict_table(inputs).tolist(), "model_name": [name] * n,
             "model_version": [model.version.version] * n, "variant": ["champion"] * n, "http_status": [200] * n}  # fmt: skip
-    table = rows_table(base, inputs, START)
-    table = table.set_column(table.schema.get_field_index("ts"), "ts", rows[schema.event_timestamp])
-    log = PredictionLog(cfg.serving.prediction_log, flush_rows=10 * n)  # written by close() itself
+    tables = [rows_table(base, inputs, START)]
+    traffic = current_traffic(registry, name)
+    challenger = registry.aliases(name).get(cfg.serving.traffic.challenger_alias)
+    if traffic is not None and traffic.mode == "shadow" and challenger is not None:  # as a replica does
+        shadow = load(registry, f"models:/{name}/{challenger}")
+        scored = shadow.predict_table(rows.select(shadow.spec.input_columns)).tolist()
+        tables.append(rows_table({**base, "score": scored, "model_version": [challenger] * n, "variant": ["shadow"] * n},
+                                 inputs, START))  # fmt: skip
+    table = pa.concat_tables(tables)
+    ts = pa.concat_arrays([rows[schema.event_timestamp].combine_chunks()] * len(tables))
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", ts)
+    log = PredictionLog(cfg.serving.prediction_log, flush_rows=10 * table.num_rows)  # written by close() itself
     log.append_table(table)
     log.close()
     return model.version.version

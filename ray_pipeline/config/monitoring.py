@@ -160,6 +160,11 @@ class FeedbackConfig(StrictModel):
         default=None, gt=0, description="Train on events this recent (before the newest labeled one); unset: all."
     )
     promote: bool = Field(default=True, description="Promote a challenger that passes the gates to the served alias.")
+    race_windows: int = Field(
+        default=4, ge=0, description="A challenger the holdout cannot separate from the champion (not surely "
+        "better, not surely worse) races it in shadow for up to this many windows, its paired per-row loss "
+        "decided by an anytime-valid confidence sequence; 0: refuse it at once. Binary and regression.",
+    )
     refit: bool = Field(
         default=True, description="After a promotion, refit the promoted recipe (model kind and settings) on every "
         "labeled row, the judging window included, and serve that: the gates judge the recipe, and without the "

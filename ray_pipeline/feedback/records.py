@@ -25,3 +25,14 @@ def feedback_runs(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Every feedback run's record, oldest first."""
     runs = matching_files(join(cfg.monitoring.feedback_runs, "runs"), "*.json")
     return [json.loads(read_bytes(p)) for p in runs]
+
+
+def finish_race_record(cfg: PipelineConfig, run_id: str, outcome: str, race: dict[str, Any], line: str) -> None:
+    """Write a race's end into the record of the retrain that started it (decision and evidence)."""
+    path = record_path(cfg, run_id)
+    record = json.loads(read_bytes(path))
+    record.update(decision=outcome, race={**record.get("race", {}), **race}, race_report=line)
+    if outcome == "promoted":
+        record["promoted"] = f"{record['challenger']} after its race in shadow"
+        record["served"] = record["challenger"]
+    write_record(cfg, record)

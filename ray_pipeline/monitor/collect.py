@@ -36,7 +36,7 @@ class WindowData:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> rows, inputs, score
     refused: dict[str, int] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)  # stage -> KLL sketch
-    labeled: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "vN/variant" -> y, p
+    labeled: dict[str, dict[str, list]] = field(default_factory=dict)  # "vN/variant" -> y, p, k (row keys)
 
     @property
     def rows(self) -> int:
@@ -89,11 +89,12 @@ def _labeled(t: pa.Table, labels: pa.Table) -> dict[str, dict[str, list[float]]]
     joined = t.select(["request_id", "row", "score", "model_version", "variant"]).join(
         labels, keys=["request_id", "row"], join_type="inner"
     )
-    out: dict[str, dict[str, list[float]]] = {}
-    for row in joined.to_pylist():
-        slot = out.setdefault(f"v{row['model_version']}/{row['variant']}", {"y": [], "p": []})
+    out: dict[str, dict[str, list]] = {}
+    for row in joined.to_pylist():  # k: the scored row's key, to pair a shadow's rows with the champion's
+        slot = out.setdefault(f"v{row['model_version']}/{row['variant']}", {"y": [], "p": [], "k": []})
         slot["y"].append(float(row["label"]))
         slot["p"].append(float(row["score"]))
+        slot["k"].append(f"{row['request_id']}/{row['row']}")
     return out
 
 
@@ -139,9 +140,9 @@ def partial_window(batch: dict[str, np.ndarray], start_us: int, end_us: int, ref
         if label_table is not None and label_table.num_rows:
             scored = t.filter(pc.is_in(variant, pa.array((*ANSWERED, "shadow"))))
             for key, slot in _labeled(scored, label_table).items():
-                into = out["labeled"].setdefault(key, {"y": [], "p": []})
-                into["y"] += slot["y"]
-                into["p"] += slot["p"]
+                into = out["labeled"].setdefault(key, {"y": [], "p": [], "k": []})
+                for name in into:
+                    into[name] += slot[name]
     out["latency"] = {s: sk.serialize().hex() for s, sk in sketches.items() if not sk.is_empty()}
     return out
 
@@ -192,8 +193,8 @@ def collect_window(log_dir: str, start: datetime, end: datetime, refs: dict[str,
             else:
                 sketches[s] = sk
         for key, slot in p["labeled"].items():
-            into = data.labeled.setdefault(key, {"y": [], "p": []})
-            into["y"] += slot["y"]
-            into["p"] += slot["p"]
+            into = data.labeled.setdefault(key, {"y": [], "p": [], "k": []})
+            for name in into:
+                into[name] += slot[name]
     data.latency = sketches
     return data

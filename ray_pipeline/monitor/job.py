@@ -52,6 +52,7 @@ class WindowResult:
     feedback: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     seasonal: frozenset[str] = frozenset()  # calendar inputs: their drift is the calendar moving on
+    labeled: dict[str, dict[str, list]] = field(default_factory=dict)  # "vN/variant" -> labels, scores, row keys
 
     def render(self) -> str:
         """One line per window, plus its alert events."""
@@ -222,7 +223,7 @@ class Monitor:
                            [r.name for r in m.rules] + [FEEDBACK_FAILED])  # fmt: skip
         self.gauges.write_textfile(join(m.root, "metrics.prom"))
         result = WindowResult(start, end, data.rows, rows, events, data.skipped, report, notes=notes,
-                              seasonal=self.seasonal)  # fmt: skip
+                              seasonal=self.seasonal, labeled=data.labeled)  # fmt: skip
         self.state["next"] = end.isoformat()
         if decide is not None:
             decide(result)
@@ -230,12 +231,13 @@ class Monitor:
         return result
 
     def _calibrate(self, data: Any) -> None:
-        """Keep each binary version's newest labeled windows (as calibration-bin counts) for its estimates."""
+        """Keep each binary version's newest labeled windows (as calibration-bin counts) for its estimates:
+        answered or scored in shadow, the same request scored once per version."""
         keep = self.cfg.monitoring.calibration_windows
-        for version in data.versions:
+        for version in sorted({k.split("/")[0][1:] for k in data.labeled}):  # a shadow's scores count too
             if self.tested.get(version, {}).get("task") != "binary":
                 continue
-            slots = [s for k, s in data.labeled.items() if k.startswith(f"v{version}/") and not k.endswith("/shadow")]
+            slots = [s for k, s in data.labeled.items() if k.startswith(f"v{version}/")]
             y = np.asarray([v for s in slots for v in s["y"]], dtype=np.float64)
             if y.size >= self.cfg.monitoring.min_rows:
                 p = np.asarray([v for s in slots for v in s["p"]], dtype=np.float64)

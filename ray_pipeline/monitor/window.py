@@ -86,21 +86,35 @@ def _answered_labels(data: WindowData, version: int) -> tuple[np.ndarray, np.nda
             np.asarray([p for s in slots for p in s["p"]], dtype=np.float64))  # fmt: skip
 
 
+def paired_rows(labeled: dict[str, dict[str, list]], first: str, second: str,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Labels and both scores of the labeled rows two slots ("vN/variant") both scored, by row key."""
+    a, b = labeled.get(first), labeled.get(second)
+    where = {k: i for i, k in enumerate(b["k"])} if a and b else {}
+    pairs = [(i, where[k]) for i, k in enumerate(a["k"]) if k in where] if where else []
+    if not pairs:
+        return np.empty(0), np.empty(0), np.empty(0)
+    ia, ib = (np.asarray(side, dtype=np.int64) for side in zip(*pairs))
+    as_array = lambda slot, name: np.asarray(slot[name], dtype=np.float64)  # noqa: E731
+    return as_array(a, "y")[ia], as_array(a, "p")[ia], as_array(b, "p")[ib]
+
+
 def _challenger_gains(data: WindowData, tested: dict[str, dict[str, Any]]) -> list[tuple[str, str, float, int]]:
-    """`challenger_gain` of each shadow version that scored the same labeled rows as the champion:
+    """`challenger_gain` of each shadow version on the labeled rows it scored beside the champion:
     the share of the champion's live log-loss (binary) or RMSE (regression) it saves."""
     champion = [k for k in data.labeled if k.endswith("/champion")]
     out = []
-    for key, slot in data.labeled.items():
-        if not key.endswith("/shadow") or len(champion) != 1 or len(slot["y"]) != len(data.labeled[champion[0]]["y"]):
+    for key in data.labeled:
+        if not key.endswith("/shadow") or len(champion) != 1:
             continue
         version = int(key.split("/")[0][1:])
         task = tested.get(str(version), {}).get("task", "binary")
         if task == "multiclass":
             continue  # the log holds served classes, no loss to compare
-        mine = stats.live_quality(np.asarray(slot["y"]), np.asarray(slot["p"]), task)
-        base = data.labeled[champion[0]]
-        theirs = stats.live_quality(np.asarray(base["y"]), np.asarray(base["p"]), task)
+        y, p_champion, p_shadow = paired_rows(data.labeled, champion[0], key)
+        if not y.size:
+            continue
+        mine, theirs = stats.live_quality(y, p_shadow, task), stats.live_quality(y, p_champion, task)
         loss = "rmse" if task == "regression" else "log_loss"
         if theirs.get(loss):
             out.append(("challenger_gain", key, 1.0 - mine[loss] / theirs[loss], version))

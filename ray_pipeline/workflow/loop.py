@@ -10,9 +10,17 @@ Whatever the trigger, the retrain is the same (`workflow.retrain.retrain`): a ch
 the paired gates, promoted only when the holdout says it is better. A window with fewer than
 `monitoring.min_rows` predictions starts nothing, and `feedback.cooldown_s` spaces retrains.
 
+A retrain whose challenger the holdout could not separate from the champion starts a race
+(`registry.race`): the challenger scores in shadow and each window's paired labeled rows are added
+to the race's evidence, until it is surely better (promoted), surely worse or out of windows
+(retired: @challenger and the traffic split go back to what they were). Retrains go on during a
+race: a challenger that passes the gates is promoted (the race is then abandoned), an undecided one
+takes the race's place.
+
 Kill safety: the decision is written into the monitor's state (`state["loop"]["pending"]`) in the
 same atomic save that moves the position past the window, so a controller killed during a retrain
-redoes that retrain under its own id on restart, and never the window again.
+redoes that retrain under its own id on restart, and never the window again. A race's evidence is
+added in that save too; its ending is acted on after it, and redone (idempotently) on restart.
 """
 
 from __future__ import annotations
@@ -25,7 +33,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.feedback.records import finish_race_record
 from ray_pipeline.monitor.job import Monitor, WindowResult
+from ray_pipeline.monitor.window import paired_rows
+from ray_pipeline.registry.gates import PromotionRefused, promote
+from ray_pipeline.registry.race import PROMOTE, RETIRE, Race, row_losses
+from ray_pipeline.registry.traffic import set_traffic
 
 UNFINISHED = ("skipped", "failed")  # decisions after which the triggers keep counting
 
@@ -99,7 +112,9 @@ class Loop:
         return "; ".join(reasons)
 
     def _decide(self, result: WindowResult) -> None:
-        """Record a pending retrain in the state the monitor is about to save with the window."""
+        """Record the window's race evidence and a pending retrain in the state the monitor is about to
+        save with the window."""
+        self._race_step(result)
         reason = self.trigger(result)
         if reason is None:
             return
@@ -120,21 +135,84 @@ class Loop:
         if record.get("decision") not in UNFINISHED:  # skipped: not enough new labels yet; keep counting
             self.state.update(last_retrain=at.isoformat(), labels_at_retrain=pending.get("labels"),
                               labeled_windows=0, last_scheduled=at.isoformat())  # fmt: skip
+        if record.get("decision") == "racing":
+            race, old = dict(record["race"]), self.state.get("race")
+            held = {"run": record["id"], "challenger_before": race.pop("challenger_before"),
+                    "traffic_before": race.pop("traffic_before"), "race": race, "verdict": None}
+            if old is not None:  # the newer challenger takes the shadow slot; what to restore stays the first's
+                held.update(challenger_before=old["challenger_before"], traffic_before=old["traffic_before"])
+                finish_race_record(self.cfg, old["run"], "retired", old["race"], "retired: a newer challenger races")
+            self.state["race"] = held
         self.state.pop("pending", None)
         self.monitor.save_state()
         return record, events
 
+    def _race_step(self, result: WindowResult) -> None:
+        """Add the window's paired labeled rows (champion and shadow challenger) to a running race."""
+        held = self.state.get("race")
+        if not held or held["verdict"]:
+            return
+        race = Race.from_dict(held["race"])
+        champion = self.monitor.registry.aliases(self.cfg.registry.model_name).get(self.cfg.serving.alias)
+        if champion != race.champion:
+            held["verdict"] = f"abandoned: @{self.cfg.serving.alias} moved to v{champion} during the race"
+            return
+        y, p_champion, p_challenger = paired_rows(result.labeled, f"v{race.champion}/champion",
+                                                  f"v{race.challenger}/shadow")  # fmt: skip
+        if not y.size:
+            return  # no labeled pairs yet (labels late, or no traffic): the race waits
+        loss = row_losses(race.task, y, p_champion)
+        race.add(loss - row_losses(race.task, y, p_challenger), loss)
+        held["race"], held["verdict"] = race.to_dict(), race.verdict()
+        result.notes.append(race.report())
+
+    def finish_race(self) -> str | None:
+        """Act on a race that ended (promote, or retire: @challenger and the traffic split go back);
+        idempotent, so a restart redoes what a kill cut short. Returns what was done."""
+        held = self.state.get("race")
+        if not held or not held["verdict"]:
+            return None
+        race, name = Race.from_dict(held["race"]), self.cfg.registry.model_name
+        registry, alias = self.monitor.registry, self.cfg.serving.alias
+        outcome = "retired"
+        if held["verdict"] == PROMOTE:
+            try:
+                if registry.aliases(name).get(alias) != race.challenger:
+                    promote(registry, name, race.challenger, alias, race, actor="feedback",
+                            reason=f"{held['run']}: won its race in shadow")  # fmt: skip
+                outcome = "promoted"
+            except PromotionRefused:
+                outcome = "retired (the champion moved during the race)"
+        if registry.aliases(name).get(self.cfg.serving.traffic.challenger_alias) == race.challenger:
+            before, challenger_alias = held["challenger_before"], self.cfg.serving.traffic.challenger_alias
+            if before is None:
+                registry.delete_alias(name, challenger_alias, f"{held['run']}: race over", "feedback")
+            else:
+                registry.set_alias(name, challenger_alias, before, f"{held['run']}: race over", "feedback")
+        mode, share = held["traffic_before"] or (self.cfg.serving.traffic.mode, self.cfg.serving.traffic.canary_share)
+        set_traffic(registry, name, mode, share, "feedback", f"{held['run']}: race over")
+        line = f"{outcome}: {race.report()}" + ("" if held["verdict"] in (PROMOTE, RETIRE) else f" ({held['verdict']})")
+        finish_race_record(self.cfg, held["run"], outcome, race.to_dict(), line)
+        self.state.pop("race")
+        self.monitor.save_state()
+        return line
+
     def process(self, start: datetime, end: datetime) -> WindowResult:
-        """One window: the monitor's figures and alerts, then the retrain it triggered, if any."""
+        """One window: the monitor's figures and alerts, a race's ending, then the retrain the window
+        triggered, if any."""
         result = self.monitor.process(start, end, self._decide)
+        ended = self.finish_race()
+        if ended is not None:
+            result.notes.append(f"race over, {ended}")
         if self.state.get("pending"):
             result.feedback, events = self.finish_retrain()
             result.events = result.events + events
         return result
 
     def run(self, since: datetime | None = None, until: datetime | None = None) -> list[WindowResult]:
-        """Finish a retrain a killed controller left, then process every complete window (ending at or
-        before `until`, default now)."""
+        """Finish a retrain or a race a killed controller left, then process every complete window
+        (ending at or before `until`, default now)."""
+        self.finish_race()
         self.finish_retrain()
         return [self.process(s, e) for s, e in self.monitor.pending(since, until)]
 
@@ -144,6 +222,9 @@ class Loop:
         `stop_after` seconds."""
         stop = stop or threading.Event()
         deadline = time.time() + stop_after if stop_after else None
+        ended = self.finish_race()
+        if ended is not None:
+            echo(f"finished the race a killed monitor left: {ended}")
         record, _ = self.finish_retrain()
         if record is not None:
             echo(f"finished the interrupted feedback run {record['id']}: {record.get('decision')}")

@@ -39,7 +39,9 @@ from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic
 from ray_pipeline.monitor.estimate import save_calibration
 from ray_pipeline.registry.bootstrap import identical
 from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, primary_metric, promote
+from ray_pipeline.registry.race import Race, row_losses
 from ray_pipeline.registry.store import ModelVersion, Registry
+from ray_pipeline.registry.traffic import current_traffic, set_traffic
 from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.train import evaluate
 from ray_pipeline.features.build import build_features, materialize_online
@@ -153,10 +155,14 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     for m, _, run in candidates:
         record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
     record["stage"] = "compare"
-    passing = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
-    if passing is None:
+    gated = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
+    if gated is None:
         return
-    best, gates, p_best = passing
+    best, gates, p_best, passed = gated
+    if not passed:
+        if fb.race_windows and task != "multiclass":  # the log holds a multiclass answer's class only
+            _start_race(cfg, registry, record, best, y, p_best, p_champ, champion.version, task)
+        return
     record["stage"] = "register"
     if task == "binary":  # its first quality estimates are calibrated on the window that judged it
         save_calibration(best.run_dir, y, p_best)
@@ -218,13 +224,46 @@ def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], hold
     record["promoted"] += f" -> v{change.to_version} (refit)"
 
 
+def _start_race(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], run: Any, y: np.ndarray,
+                p: np.ndarray, p_champ: np.ndarray, champion: ModelVersion, task: str) -> None:  # fmt: skip
+    """A refused challenger the holdout could not tell from the champion races it in shadow
+    (`registry.race`): registered as @challenger, traffic set to shadow; the loop controller adds
+    each window's paired rows and ends the race. One surely worse, or one that failed a gate other
+    than the primary loss's, is refused as before. A race already running hands its slot over (its
+    @challenger and traffic split to restore go with it)."""
+    fb = cfg.monitoring.feedback
+    failed = [g["metric"] for g in record["gates"] if not g["passed"]]
+    if failed != [primary_metric(task)]:  # it lost on another gate (e.g. AUC): no loss race can win that back
+        return
+    loss_champ = row_losses(task, y, p_champ)
+    race = Race.start(task, champion.version, loss_champ - row_losses(task, y, p), loss_champ,
+                      1 - cfg.registry.gate_test.level, fb.race_windows)  # fmt: skip
+    if race.verdict() is not None:  # surely worse (or a one-window race): nothing to wait for
+        record["race"] = race.report()
+        return
+    name, challenger_alias = cfg.registry.model_name, cfg.serving.traffic.challenger_alias
+    if task == "binary":
+        save_calibration(run.run_dir, y, p)
+    version = register_run(registry, name, run.run_dir)
+    before = registry.aliases(name).get(challenger_alias)
+    traffic = current_traffic(registry, name)
+    registry.set_alias(name, challenger_alias, version.version, f"{record['id']}: race in shadow", "feedback")
+    set_traffic(registry, name, "shadow", traffic.canary_share if traffic else cfg.serving.traffic.canary_share,
+                "feedback", f"{record['id']}: race of v{version.version} against v{champion.version}")  # fmt: skip
+    race.challenger = version.version
+    record.update(decision="racing", challenger=version.uri, why=race.report(),
+                  race={**race.to_dict(), "challenger_before": before,
+                        "traffic_before": [traffic.mode, traffic.canary_share] if traffic else None})  # fmt: skip
+
+
 def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], candidates: list[tuple],
                    y: np.ndarray, p_champ: np.ndarray, champion: ModelVersion, task: str,
-                   ) -> tuple[Any, HoldoutGates, np.ndarray] | None:  # fmt: skip
+                   ) -> tuple[Any, HoldoutGates, np.ndarray, bool] | None:  # fmt: skip
     """Gate the candidates best first (by the task's primary metric on the holdout); the first that
     passes (or, promotion off, the best) is the one to register. Each gate's interval is widened for
     the number of candidates (Bonferroni), so trying several model kinds does not raise the chance
-    of promoting noise. None when nothing is to be registered (the record says why)."""
+    of promoting noise. Returns that candidate, or the best refused one (passed False; the record
+    says why), or None when every candidate is the champion again."""
     ranked = sorted(candidates, key=lambda c: c[0][primary_metric(task)])
     t = cfg.registry.gate_test
     test = t.model_copy(update={"level": 1 - (1 - t.level) / len(ranked)})
@@ -239,20 +278,20 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
         gates = HoldoutGates(y, p, p_champ, champion.version, cfg.registry.gates, test, f"{run.name} vs {champion.uri}",
                              task)  # fmt: skip
         reports.append(gates.report())
-        first = first or (gates, run)
+        first = first or (gates, run, p)
         if gates.passed or not cfg.monitoring.feedback.promote:
             record.update(gate_report="\n".join(reports), gates=gates.records(), gates_passed=gates.passed)
-            return run, gates, p
+            return run, gates, p, gates.passed
     record["gate_report"] = "\n".join(reports)
     if first is None:  # every candidate is the champion again
         record.update(decision="identical", why=f"every retrained model is {champion.uri} again or scores as it "
                       "does; not registered")  # fmt: skip
         return None
-    gates, run = first
+    gates, run, p = first
     record.update(gates=gates.records(), gates_passed=False, decision="refused",
                   why=f"the gates refused every retrained model (best: {run.kind}); not registered (its run: "
                   f"{run.run_dir})")  # fmt: skip
-    return None
+    return run, gates, p, False
 
 
 @dataclass
