@@ -47,7 +47,7 @@ def _postgres_bin(name: str) -> str | None:
 
 # The files that take longest, in that order, run first: `make test`'s pytest-xdist workers take
 # whole files, and a long file started last would keep one worker busy after the other is done.
-LONGEST_FIRST = ["test_local_cluster.py", "test_train.py", "test_search.py", "test_tasks.py", "test_cli.py",
+LONGEST_FIRST = ["test_local_cluster.py", "test_real_drift.py", "test_train.py", "test_search.py", "test_tasks.py", "test_cli.py",
                  "test_feedback_loop.py", "test_serve_traffic.py", "test_console.py", "test_own_table.py",
                  "test_task_loop.py"]  # fmt: skip
 

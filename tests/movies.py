@@ -77,7 +77,12 @@ def movies_table(fraction: float | None = None, seed: int = 0) -> pd.DataFrame:
 
 def config(tmp: Path, models: list[str]) -> Any:
     """The pipeline: continuous training on every labeled window, gates deciding what serves."""
-    return parse_config({
+    return parse_config(config_body(tmp, models))
+
+
+def config_body(tmp: Path, models: list[str]) -> dict[str, Any]:
+    """`config` as a plain mapping (to write a pipeline.yaml for the CLI)."""
+    return {
         "data": {"source": {"path": str(tmp / "raw"), "format": "parquet"},
                  "schema": {"entity_key": "movie_id", "entity_type": "str", "event_timestamp": "released",
                             "label": "good", "features": FEATURES},
@@ -95,7 +100,7 @@ def config(tmp: Path, models: list[str]) -> Any:
                        "feedback": {"triggers": {"rules": ["ranking"], "new_labels": {"windows": 1}},
                                     "min_labeled_rows": 200, "min_new_labels": 100, "cooldown_s": 0,
                                     "models": models}},
-    })  # fmt: skip
+    }  # fmt: skip
 
 
 def oracles(frame: pd.DataFrame, window: tuple[int, int]) -> dict[str, float]:

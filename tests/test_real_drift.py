@@ -5,10 +5,16 @@ scores before the labels comes close to what the labels then show."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import yaml
+from typer.testing import CliRunner
 
-from .movies import HEADER, WINDOWS, config, run_loop
+from ray_pipeline.cli import app
+
+from .movies import HEADER, WINDOWS, config, config_body, run_loop
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +54,10 @@ def test_continuous_training_keeps_up_on_real_drift(ray_session, tmp_path):
     # a race ends promoted or retired (or still runs after the last window), its evidence recorded
     raced = [r for r in records if isinstance(r.get("race"), dict)]
     assert all(r["decision"] in ("promoted", "retired", "racing") and r["race"]["windows"] >= 1 for r in raced)
+    if raced:  # `models show` of a challenger that raced tells how its race went
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(config_body(tmp_path, ["logreg", "xgboost"])))
+        shown = CliRunner().invoke(app, ["models", "show", "--config", str(path), raced[0]["challenger"]])
+        assert shown.exit_code == 0, shown.output
+        race = json.loads(shown.output)["race"]
+        assert race["decision"] == raced[0]["decision"] and "confidence sequence" in race["report"]
