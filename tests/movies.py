@@ -163,6 +163,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
             busy = [r for r in done if r.rows]
             assert len(busy) == 1 and busy[0].rows == rows.num_rows, [r.render() for r in done]
             figures = _figures(busy[0], served)
+            shadow = [m["value"] for m in busy[0].metrics if m["metric"] == "challenger_gain"]
             stale = load(registry, "models:/movies/1").predict_table(rows)  # the base model, never retrained
             fb = busy[0].feedback or {}
             gate = next((g for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
@@ -174,6 +175,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
                         "log_loss_error": figures.get("estimated_log_loss_error"),
                         "stale_auc": float(roc_auc_score(rows["good"].to_numpy(), stale)),
                         **{f"oracle_{k}": v for k, v in oracles(frame, window).items()},
+                        "challenger_gain": shadow[0] if shadow else None,  # a racing challenger's, in shadow
                         "trigger": fb.get("trigger"), "decision": fb.get("decision"),
                         "promoted": fb.get("promoted"), "log_loss_gain": None if gate is None else
                         [gate["gain"], gate["lower"], gate["upper"]],

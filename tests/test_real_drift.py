@@ -54,6 +54,9 @@ def test_continuous_training_keeps_up_on_real_drift(ray_session, tmp_path):
     # a race ends promoted or retired (or still runs after the last window), its evidence recorded
     raced = [r for r in records if isinstance(r.get("race"), dict)]
     assert all(r["decision"] in ("promoted", "retired", "racing") and r["race"]["windows"] >= 1 for r in raced)
+    if raced:  # the window after a race started has the shadow challenger's live gain on paired rows
+        started = next(i for i, r in enumerate(table) if r["decision"] == "racing")
+        assert table[started + 1]["challenger_gain"] is not None
     if raced:  # `models show` of a challenger that raced tells how its race went
         path = tmp_path / "pipeline.yaml"
         path.write_text(yaml.safe_dump(config_body(tmp_path, ["logreg", "xgboost"])))

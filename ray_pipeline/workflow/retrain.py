@@ -158,8 +158,8 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     gated = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
     if gated is None:
         return
-    best, gates, p_best, passed = gated
-    if not passed:
+    best, gates, p_best, to_register = gated
+    if not to_register:
         if fb.race_windows and task != "multiclass":  # the log holds a multiclass answer's class only
             _start_race(cfg, registry, record, best, y, p_best, p_champ, champion.version, task)
         return
@@ -262,8 +262,8 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
     """Gate the candidates best first (by the task's primary metric on the holdout); the first that
     passes (or, promotion off, the best) is the one to register. Each gate's interval is widened for
     the number of candidates (Bonferroni), so trying several model kinds does not raise the chance
-    of promoting noise. Returns that candidate, or the best refused one (passed False; the record
-    says why), or None when every candidate is the champion again."""
+    of promoting noise. Returns that candidate (its last item True: register it), or the best
+    refused one (False; the record says why), or None when every candidate is the champion again."""
     ranked = sorted(candidates, key=lambda c: c[0][primary_metric(task)])
     t = cfg.registry.gate_test
     test = t.model_copy(update={"level": 1 - (1 - t.level) / len(ranked)})
@@ -279,9 +279,9 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
                              task)  # fmt: skip
         reports.append(gates.report())
         first = first or (gates, run, p)
-        if gates.passed or not cfg.monitoring.feedback.promote:
+        if gates.passed or not cfg.monitoring.feedback.promote:  # promotion off: a person decides
             record.update(gate_report="\n".join(reports), gates=gates.records(), gates_passed=gates.passed)
-            return run, gates, p, gates.passed
+            return run, gates, p, True
     record["gate_report"] = "\n".join(reports)
     if first is None:  # every candidate is the champion again
         record.update(decision="identical", why=f"every retrained model is {champion.uri} again or scores as it "
