@@ -458,6 +458,11 @@ def test_init_proposes_a_unique_id_as_entity_key_and_a_loop_that_keeps_learning(
     frame.rename(columns={"idNum": "claim"}).to_csv(path, index=False)
     again = infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml"))
     assert again.config.data.schema_.entity_key == "claim"
+    # a category value seen only in rows without a label is named: no model will learn it
+    frame.assign(channel=["web"] * (n - 5) + ["kiosk"] * 5,
+                 fraud=[*frame["fraud"][: n - 5], *[None] * 5]).to_csv(path, index=False)  # fmt: skip
+    labelless = infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml"))
+    assert any(note.startswith("channel: 'kiosk' occur(s) only in rows without a fraud") for note in labelless.notes)
     # no event time: labeled traffic cannot be ordered into windows, so no trigger is written
     frame.drop(columns=["created"]).to_csv(path, index=False)
     assert infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml")).config.monitoring.feedback.triggers.new_labels is None

@@ -367,6 +367,25 @@ def _calendar_columns(features: list[Column], frame: pd.DataFrame, ts: Column | 
                 _mark_seasonal(c, f"values follow {ts.name}")
 
 
+def _label_less_values(frame: pd.DataFrame, label: str, features: list[Column]) -> list[str]:
+    """Notes on category values seen only in rows without a label: ingest quarantines those rows,
+    so no model trains on the values and serving will meet them as unseen."""
+    unlabeled = frame[label].isna() | (frame[label].astype(str).str.strip() == "")
+    if not unlabeled.any():
+        return []
+    notes = []
+    for c in features:
+        if c.spec.get("type") != "category":
+            continue
+        values = frame[c.name].astype(str).str.strip()
+        only = sorted(set(values[unlabeled]) - set(values[~unlabeled]) - {"", "nan", "None"})
+        if only:
+            shown = ", ".join(repr(v) for v in only[:5]) + (f" and {len(only) - 5} more" if len(only) > 5 else "")
+            notes.append(f"{c.name}: {shown} occur(s) only in rows without a {label}: ingest quarantines those "
+                         "rows, so no model learns these values and serving will meet them as unseen")  # fmt: skip
+    return notes
+
+
 def _first(columns: list[Column], role: str, prefer: re.Pattern) -> Column | None:
     found = [c for c in columns if c.role == role]
     found.sort(key=lambda c: not prefer.search(c.name))
@@ -415,6 +434,7 @@ def infer_config(
         notes.append(f"the feedback loop retrains on every {NEW_LABELS:,} new labels (monitoring.feedback.triggers."
                      "new_labels) and promotes a retrained model only when it beats the served one on the newest "
                      "labeled window")  # fmt: skip
+    notes += _label_less_values(frame, label, features)
     if ragged:
         notes.append(f"{ragged} row(s) have the wrong number of fields: ingest quarantines them")
     text = _yaml(src, data, out, label_map, key, ts, features, columns, rows)
