@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from ray_pipeline.config import parse_config
 
-from .test_natural_drift import base_model, deliver_labels, serve_period
+from .test_natural_drift import base_model, deliver_labels, replay_config_body, serve_period
 
 MEMBER = "resources/rdata/csv/ggplot2/movies.csv"
 GENRES = ["Action", "Animation", "Comedy", "Drama", "Documentary", "Romance", "Short"]
@@ -82,25 +82,15 @@ def config(tmp: Path, models: list[str]) -> Any:
 
 def config_body(tmp: Path, models: list[str]) -> dict[str, Any]:
     """`config` as a plain mapping (to write a pipeline.yaml for the CLI)."""
-    return {
-        "data": {"source": {"path": str(tmp / "raw"), "format": "parquet"},
-                 "schema": {"entity_key": "movie_id", "entity_type": "str", "event_timestamp": "released",
-                            "label": "good", "features": FEATURES},
-                 "output": {"root": str(tmp / "ingested")}},
-        "features": {"store_root": str(tmp / "features"),
-                     "numeric": {"votes": {"log1p": True}, "budget": {"log1p": True}, "length": {"log1p": True}}},
-        "training": {"run_root": str(tmp / "runs"), "workers": 1, "checkpoint_every": 500,
-                     "logreg": {"optimizer": "newton", "epochs": 50}},
-        "registry": {"db_path": str(tmp / "registry.db"), "artifact_root": str(tmp / "artifacts"),
-                     "model_name": "movies"},
-        "serving": {"prediction_log": str(tmp / "predlog")},
-        "monitoring": {"root": str(tmp / "monitoring"), "window_s": WINDOW_S, "grace_s": 0, "min_rows": 100,
-                       "rules": [{"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25},
-                                 {"name": "ranking", "metric": "roc_auc_drop", "op": ">", "threshold": 0.03}],
-                       "feedback": {"triggers": {"rules": ["ranking"], "new_labels": {"windows": 1}},
-                                    "min_labeled_rows": 200, "min_new_labels": 100, "cooldown_s": 0,
-                                    "models": models}},
-    }  # fmt: skip
+    schema = {"entity_key": "movie_id", "entity_type": "str", "event_timestamp": "released", "label": "good",
+              "features": FEATURES}
+    features = {"numeric": {"votes": {"log1p": True}, "budget": {"log1p": True}, "length": {"log1p": True}}}
+    rules = [{"name": "input_drift", "metric": "psi", "op": ">", "threshold": 0.25},
+             {"name": "ranking", "metric": "roc_auc_drop", "op": ">", "threshold": 0.03}]
+    feedback = {"triggers": {"rules": ["ranking"], "new_labels": {"windows": 1}}, "min_labeled_rows": 200,
+                "min_new_labels": 100, "cooldown_s": 0, "models": models}
+    return replay_config_body(tmp, schema, "movies", features, {"window_s": WINDOW_S, "min_rows": 100,
+                                                                "rules": rules, "feedback": feedback})  # fmt: skip
 
 
 def oracles(frame: pd.DataFrame, window: tuple[int, int]) -> dict[str, float]:

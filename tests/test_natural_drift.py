@@ -44,19 +44,23 @@ def drift_config(tmp: Path, **monitoring: object) -> object:
 
 def drift_config_body(tmp: Path, **monitoring: object) -> dict:
     """drift_config as a plain mapping (to write a pipeline.yaml for the CLI)."""
+    schema = {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": "label", "features": FEATURES}
+    return replay_config_body(tmp, schema, "churn", {}, {"window_s": PERIOD_S, "min_rows": 200, "rules": RULES,
+                                                         "feedback": FEEDBACK, **monitoring})  # fmt: skip
+
+
+def replay_config_body(tmp: Path, schema: dict, model_name: str, features: dict, monitoring: dict) -> dict:
+    """A pipeline under `tmp` for a replayed table (scored in-process, log times = event times)."""
     return {
-        "data": {"source": {"path": str(tmp / "raw"), "format": "parquet"},
-                 "schema": {"entity_key": "customer_id", "event_timestamp": "event_ts", "label": "label",
-                            "features": FEATURES},
+        "data": {"source": {"path": str(tmp / "raw"), "format": "parquet"}, "schema": schema,
                  "output": {"root": str(tmp / "ingested")}},
-        "features": {"store_root": str(tmp / "features")},
+        "features": {"store_root": str(tmp / "features"), **features},
         "training": {"run_root": str(tmp / "runs"), "workers": 1, "checkpoint_every": 500,
                      "logreg": {"optimizer": "newton", "epochs": 50}},
         "registry": {"db_path": str(tmp / "registry.db"), "artifact_root": str(tmp / "artifacts"),
-                     "model_name": "churn"},
+                     "model_name": model_name},
         "serving": {"prediction_log": str(tmp / "predlog")},
-        "monitoring": {"root": str(tmp / "monitoring"), "window_s": PERIOD_S, "grace_s": 0, "min_rows": 200,
-                       "rules": RULES, "feedback": FEEDBACK, **monitoring},
+        "monitoring": {"root": str(tmp / "monitoring"), "grace_s": 0, **monitoring},
     }  # fmt: skip
 
 

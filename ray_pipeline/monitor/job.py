@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,7 +26,7 @@ from ray_pipeline.monitor.estimate import calibration_counts, load_calibration
 from ray_pipeline.monitor.labels import accepted_labels, label_files
 from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
-from ray_pipeline.monitor.window import window_rows
+from ray_pipeline.monitor.window import version_labels, window_rows
 from ray_pipeline.registry.gates import task_of
 from ray_pipeline.registry.versions import open_registry
 from ray_pipeline.serve.predlog import log_files
@@ -237,10 +236,8 @@ class Monitor:
         for version in sorted({k.split("/")[0][1:] for k in data.labeled}):  # a shadow's scores count too
             if self.tested.get(version, {}).get("task") != "binary":
                 continue
-            slots = [s for k, s in data.labeled.items() if k.startswith(f"v{version}/")]
-            y = np.asarray([v for s in slots for v in s["y"]], dtype=np.float64)
+            y, p = version_labels(data.labeled, version, shadow=True)
             if y.size >= self.cfg.monitoring.min_rows:
-                p = np.asarray([v for s in slots for v in s["p"]], dtype=np.float64)
                 kept = self.state["calibration"].setdefault(version, [])
                 kept.append(calibration_counts(y, p))
                 del kept[:-keep]
@@ -295,10 +292,9 @@ class Monitor:
             start += step
         return out
 
-    def run(self, since: datetime | None = None, until: datetime | None = None,
-            decide: Callable[[WindowResult], None] | None = None) -> list[WindowResult]:  # fmt: skip
+    def run(self, since: datetime | None = None, until: datetime | None = None) -> list[WindowResult]:
         """Process every complete window (ending at or before `until`, default now)."""
-        return [self.process(s, e, decide) for s, e in self.pending(since, until)]
+        return [self.process(s, e) for s, e in self.pending(since, until)]
 
     def close(self) -> None:
         """Deliver queued webhook events, stop the metrics endpoint."""

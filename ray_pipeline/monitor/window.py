@@ -55,7 +55,7 @@ def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[s
                 if metric in ("psi", "ks", "js", "wasserstein"):
                     add(metric, "score", value, v, enough)
         binary = tested.get(version, {}).get("task", "binary") == "binary"
-        realized = stats.live_quality(*_answered_labels(data, v)) if enough and binary else {}
+        realized = stats.live_quality(*version_labels(data.labeled, v)) if enough and binary else {}
         for metric, value in window_estimates(part, (calibration or {}).get(version, []), realized).items():
             add(metric, f"v{v}", value, v, judge=False)
     for stage in STAGES:
@@ -79,9 +79,11 @@ def window_rows(data: WindowData, refs: dict[str, Any], tested: dict[str, dict[s
     return rows
 
 
-def _answered_labels(data: WindowData, version: int) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and scores of a version's answered (not shadow) rows in the window."""
-    slots = [s for k, s in data.labeled.items() if k.startswith(f"v{version}/") and not k.endswith("/shadow")]
+def version_labels(labeled: dict[str, dict[str, list]], version: int | str,
+                   shadow: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Labels and scores of a version's labeled rows in a window: the rows it answered, and with
+    `shadow` the rows it scored in shadow too."""
+    slots = [s for k, s in labeled.items() if k.startswith(f"v{version}/") and (shadow or not k.endswith("/shadow"))]
     return (np.asarray([y for s in slots for y in s["y"]], dtype=np.float64),
             np.asarray([p for s in slots for p in s["p"]], dtype=np.float64))  # fmt: skip
 
