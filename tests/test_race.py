@@ -4,9 +4,14 @@ and it promotes a challenger that is truly better once the evidence separates.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
+from ray_pipeline.config import parse_config
+from ray_pipeline.feedback.records import finish_race_record, version_race, write_record
 from ray_pipeline.registry.race import PROMOTE, RETIRE, Race, row_losses
+from ray_pipeline.storage import write_text
 
 
 def _window(rng: np.random.Generator, rows: int, edge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -76,3 +81,26 @@ def test_a_worse_challenger_is_retired_and_an_undecided_one_runs_out_of_windows(
     tie.add(np.zeros(50), np.ones(50))
     assert tie.verdict() == RETIRE  # out of windows: the champion stays
     np.testing.assert_allclose(row_losses("regression", np.array([1.0, 2.0]), np.array([2.0, 0.0])), [1.0, 4.0])
+
+
+def test_a_version_shows_its_race_live_from_the_loop_state_and_then_how_it_ended(tmp_path):
+    cfg = parse_config({"data": {"source": {"path": "unused"},
+                                 "schema": {"label": "y", "features": {"x": {"type": "float"}}},
+                                 "output": {"root": str(tmp_path / "out")}},
+                        "registry": {"db_path": str(tmp_path / "reg.db"), "artifact_root": str(tmp_path / "art")},
+                        "monitoring": {"root": str(tmp_path / "mon")}})  # fmt: skip
+    rng = np.random.default_rng(3)
+    race = Race.start("binary", 1, *_window(rng, 100, 0.5), alpha=0.05, max_windows=4)
+    race.challenger = 2
+    uri = "models:/m/2"
+    write_record(cfg, {"id": "feedback-1", "challenger": uri, "decision": "racing", "race": race.to_dict()})
+    assert version_race(cfg, "models:/m/3") is None
+    assert version_race(cfg, uri)["evidence"]["windows"] == 1
+    race.add(*_window(rng, 100, 0.5))  # the loop's next window, saved in its state before the record moves
+    held = {"run": "feedback-1", "race": race.to_dict(), "report": race.report(), "verdict": race.verdict()}
+    write_text(cfg.monitoring.state, json.dumps({"loop": {"race": held}}))
+    live = version_race(cfg, uri)
+    assert live["decision"] == "racing" and live["evidence"]["windows"] == 2 and live["report"] == race.report()
+    finish_race_record(cfg, "feedback-1", "retired", race.to_dict(), "retired: " + race.report())
+    ended = version_race(cfg, uri)
+    assert ended["decision"] == "retired" and ended["report"].startswith("retired: race v2 vs v1")

@@ -62,17 +62,15 @@ def models_show(
     """Show one version: metrics, params, signature, lineage, files, and what drives its scores."""
     from dataclasses import asdict
 
-    from ray_pipeline.feedback.records import feedback_runs
+    from ray_pipeline.feedback.records import version_race
     from ray_pipeline.registry.versions import importance, open_registry
 
     cfg = load_config(config)
     registry = open_registry(cfg)
     version = registry.resolve(uri)
-    # a challenger that raced the champion in shadow: the race's evidence and how it ended
-    races = [{"run": r["id"], "decision": r["decision"], "report": r.get("race_report") or r.get("why")}
-             for r in feedback_runs(cfg) if r.get("challenger") == version.uri and isinstance(r.get("race"), dict)]  # fmt: skip
+    race = version_race(cfg, version.uri)  # a challenger that raced the champion in shadow
     typer.echo(json.dumps({**asdict(version), "importance": importance(registry, version),
-                           **({"race": races[-1]} if races else {})}, indent=2))  # fmt: skip
+                           **({"race": race} if race else {})}, indent=2))  # fmt: skip
 
 
 @app.command("promote")

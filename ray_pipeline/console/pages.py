@@ -17,7 +17,7 @@ from ray_pipeline.console import charts
 from ray_pipeline.console.state import ConsoleState
 from ray_pipeline.data.ingest import ingest_runs, quarantine_sample
 from ray_pipeline.features.build import last_build
-from ray_pipeline.feedback.records import feedback_runs
+from ray_pipeline.feedback.records import feedback_runs, version_race
 from ray_pipeline.monitor.history import active_alerts, alert_log, report_windows
 from ray_pipeline.registry.attempts import attempts
 from ray_pipeline.registry.browse import history_page, model_names, versions_page
@@ -223,7 +223,7 @@ def version_detail(st: ConsoleState, name: str, version: int) -> dict[str, Any] 
     run_id = run_dir.rstrip("/").rsplit("/", 1)[-1] if run_dir else None
     _, changes = history_page(st.registry, name, 0, 200, version=version)
     return {"v": v, "run_id": run_id, "attempts": attempts(st.registry, name, version),
-            "importance": version_importance(st.registry, v),
+            "importance": version_importance(st.registry, v), "race": version_race(st.cfg, v.uri),
             "history": changes, "aliases": _aliases_of(st, name), "plots": plot_files(v.path),
             "serving_alias": st.cfg.serving.alias, "challenger_alias": st.cfg.serving.traffic.challenger_alias,
             "traffic": traffic(st) if name == st.model_name else None}  # fmt: skip

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ray_pipeline.config import PipelineConfig
-from ray_pipeline.storage import join, matching_files, read_bytes, write_text
+from ray_pipeline.storage import join, matching_files, read_bytes, read_text, write_text
 
 
 def record_path(cfg: PipelineConfig, run_id: str) -> str:
@@ -36,3 +36,19 @@ def finish_race_record(cfg: PipelineConfig, run_id: str, outcome: str, race: dic
         record["promoted"] = f"{record['challenger']} after its race in shadow"
         record["served"] = record["challenger"]
     write_record(cfg, record)
+
+
+def version_race(cfg: PipelineConfig, uri: str) -> dict[str, Any] | None:
+    """How the newest race of the challenger `uri` went (or goes): run, decision, report, evidence."""
+    raced = [r for r in feedback_runs(cfg) if r.get("challenger") == uri and isinstance(r.get("race"), dict)]
+    if not raced:
+        return None
+    record = raced[-1]
+    race = {"run": record["id"], "decision": record["decision"], "evidence": record["race"],
+            "report": record.get("race_report") or record.get("why")}
+    if record["decision"] == "racing":  # still running: its evidence so far is in the loop's saved state
+        text = read_text(cfg.monitoring.state)
+        held = (json.loads(text) if text else {}).get("loop", {}).get("race") or {}
+        if held.get("run") == record["id"]:
+            race.update(evidence=held["race"], report=held.get("report") or race["report"])
+    return race

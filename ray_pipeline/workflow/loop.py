@@ -163,8 +163,8 @@ class Loop:
             return  # no labeled pairs yet (labels late, or no traffic): the race waits
         loss = row_losses(race.task, y, p_champion)
         race.add(loss - row_losses(race.task, y, p_challenger), loss)
-        held["race"], held["verdict"] = race.to_dict(), race.verdict()
-        result.notes.append(race.report())
+        held["race"], held["verdict"], held["report"] = race.to_dict(), race.verdict(), race.report()
+        result.notes.append(held["report"])
 
     def finish_race(self) -> str | None:
         """Act on a race that ended (promote, or retire: @challenger and the traffic split go back);
