@@ -70,7 +70,7 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
 
     name = f"loop-{task}"
     cfg = loop_config(tmp_path, tmp_path, name, label=LABELS[task], logreg={"optimizer": "newton", "epochs": 20},
-                      rules=RULES, feedback=FEEDBACK)  # fmt: skip
+                      rules=RULES, feedback={**FEEDBACK, "warm_start": task == "regression"})  # fmt: skip
     generate(SyntheticConfig(rows=12_000, seed=1, start="2024-01-01T00:00:00Z", days=31, entities=2000, task=task),
              str(tmp_path / "raw"))  # fmt: skip
     ingest(cfg)
@@ -113,6 +113,11 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
         models = record["models"]
         challenger = next(m for k, m in models.items() if k != "champion")
         assert challenger["holdout"][PRIMARY[task]] < models["champion"]["holdout"][PRIMARY[task]]
+        if task == "regression":  # warm_start: the champion trained on from its weights competes beside a fresh fit
+            warm = record["warm_start"]
+            assert warm["from"] == v1.uri and warm["train_rows"] > 0, warm
+            assert [m["start"] for m in models.values() if "start" in m] == ["fresh", "warm"]
+            assert models[warm["run"]]["holdout"]["rmse"] < models["champion"]["holdout"]["rmse"]
         # what serves is the promoted recipe refitted on every labeled row, the judging window included
         new_version = int(record["refit"]["version"].rsplit("/", 1)[1])
         assert registry.aliases(name)["champion"] == new_version

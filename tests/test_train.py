@@ -81,6 +81,32 @@ def test_xgboost_trains_in_process(linear, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_warm_start_keeps_the_champions_trees_and_weights_and_trains_on(linear, tmp_path):
+    cfg = linear_cfg(tmp_path)
+    cfg.training.xgboost.num_boost_round = 20
+    champion = train_model(cfg, "xgboost", prepared=linear)
+    kept = int(champion.model.booster.attr("best_iteration") or 19) + 1
+    warm = train_model(cfg, "xgboost", prepared=linear, init=champion.model)
+    booster = warm.model.booster
+    assert booster.num_boosted_rounds() > kept and read_run(warm.run_dir).lineage["warm_start"] is True
+    # its first trees are the champion's (those it scored with), boosting went on after them
+    X = np.stack([b["x"] for b in linear.test.take(200)])
+    import xgboost
+
+    first = booster.predict(xgboost.DMatrix(X.astype(np.float32)), iteration_range=(0, kept))
+    np.testing.assert_allclose(first, champion.model.score(X), rtol=1e-5)
+    assert "init_model_ubj" not in warm.params
+    # the linear model from converged weights: Newton has nothing left to do (a fresh fit iterates)
+    cfg.training.logreg.optimizer = "newton"
+    fresh = train_model(cfg, "logreg", prepared=linear)
+    again = train_model(cfg, "logreg", prepared=linear, init=fresh.model)
+    assert len(again.history) < len(fresh.history)
+    np.testing.assert_allclose(again.model.weights, fresh.model.weights, atol=1e-4)
+    with pytest.raises(Exception, match="warm start of xgboost needs a xgboost model"):
+        train_model(cfg, "xgboost", prepared=linear, init=fresh.model)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_minibatch_optimizers_converge(linear, tmp_path, optimizer):
     cfg = linear_cfg(tmp_path, optimizer=optimizer, learning_rate=0.05, epochs=15, batch_size=512, lr_schedule="cosine")

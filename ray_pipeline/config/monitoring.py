@@ -170,6 +170,12 @@ class FeedbackConfig(StrictModel):
         "labeled row, the judging window included, and serve that: the gates judge the recipe, and without the "
         "refit the served model never learns from the newest window.",
     )
+    warm_start: bool = Field(
+        default=False, description="Also retrain a challenger from the champion itself, beside the fresh ones: "
+        "XGBoost continues boosting on the rows newer than its training data, the linear model starts from its "
+        "weights; both on the champion's feature encodings. The gates judge warm and fresh alike (and the record "
+        "says which won): cheap frequent retrains that keep what the champion learned.",
+    )
     hyperparameters: Literal["champion", "search"] = Field(
         default="champion",
         description="champion: a model kind retrains with the champion's searched parameters when the champion is "

@@ -199,16 +199,18 @@ def with_columns(table: pa.Table, columns: list[str]) -> pa.Table:
                      for c in columns})  # fmt: skip
 
 
-def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None) -> Prepared:
+def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None,
+            spec: FeatureSpec | None = None) -> Prepared:  # fmt: skip
     """Split (`split_rows`), fit the FeatureSpec on train, transform all three. With `holdout` (raw
-    rows with the label), those rows are the test split and the training set is train and valid."""
+    rows with the label), those rows are the test split and the training set is train and valid.
+    `spec`: transform with this fitted spec instead (a warm start keeps the champion's encodings)."""
     import ray.data
 
     schema = cfg.data.schema_
     # Read once: the split bounds, the spec fit and the three splits all pass over these rows.
     training_set = training_set.materialize()
     raw, how = split_rows(training_set, cfg) if holdout is None else holdout_split(training_set, cfg)
-    spec = fit(raw["train"], schema, cfg.features)
+    spec = spec or fit(raw["train"], schema, cfg.features)
     if holdout is not None:
         raw["test"] = ray.data.from_arrow(with_columns(holdout, [*spec.input_columns, schema.label]))
     splits = {
@@ -248,10 +250,12 @@ def describe_split(how: dict) -> str:
     return f"random split stratified by {how['stratified_by']} (seed {how['seed']})"
 
 
-def prepare_training_set(cfg: PipelineConfig, holdout: pa.Table | None = None, since_us: int | None = None) -> Prepared:
+def prepare_training_set(cfg: PipelineConfig, holdout: pa.Table | None = None, since_us: int | None = None,
+                         spec: FeatureSpec | None = None) -> Prepared:  # fmt: skip
     """`prepare` the feature store's training set, recording its content digest for lineage.
 
-    `holdout`, `since_us` (a feedback retrain): the test rows, and the first event time to train on."""
+    `holdout`, `since_us` (a feedback retrain): the test rows, and the first event time to train on;
+    `spec`: a fitted spec to transform with (see `prepare`)."""
     from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.build import training_set_path
     from ray_pipeline.storage import tree_sha256
@@ -263,7 +267,7 @@ def prepare_training_set(cfg: PipelineConfig, holdout: pa.Table | None = None, s
         ts = cfg.data.schema_.event_timestamp
         training_set = training_set.map_batches(_in_window, fn_kwargs={"ts": ts, "lo": since_us, "hi": None},
                                                 batch_format="pyarrow")  # fmt: skip
-    prepared = prepare(training_set, cfg, holdout=holdout)
+    prepared = prepare(training_set, cfg, holdout=holdout, spec=spec)
     prepared.source_sha256 = digest
     return prepared
 

@@ -156,6 +156,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         resumed_at = time.time()  # a restarted group: when it picked the run up again
     else:
         state = _State.fresh((d + 1) * k)
+        if config.get("init_params") is not None:  # a warm start: from the champion's weights (and bias)
+            state.params = np.asarray(config["init_params"], dtype=np.float64).copy()
+            state.best_params = state.params.copy()
 
     optimizer, epochs, l2 = config["optimizer"], config["epochs"], config["l2"]
     # Line searches need a loss smooth far below float32's precision; gradient steps do not.

@@ -182,6 +182,26 @@ def loop_config(kind: str, cfg: PipelineConfig, spec: FeatureSpec, workers: int,
     }
 
 
+WARM_KEYS = ("init_model_ubj", "init_params")
+
+
+def warm_start(kind: str, init: Any, feature_names: list[str]) -> dict[str, Any]:
+    """The loop settings that start `kind` from the fitted model `init` instead of from nothing."""
+    if init.kind != kind or list(init.feature_names) != list(feature_names):
+        raise UserError(f"a warm start of {kind} needs a {kind} model over the same features; got {init.kind} "
+                        f"over {len(init.feature_names)} features")  # fmt: skip
+    if kind == "xgboost":
+        best = init.booster.attr("best_iteration")
+        # the trees the champion scores with (those after its best round were early stopping's look-ahead)
+        booster = init.booster[: int(best) + 1] if best is not None else init.booster.copy()
+        booster.set_attr(best_iteration=None, best_score=None)  # early stopping in the new rounds sets its own
+        return {"init_model_ubj": bytes(booster.save_raw("ubj"))}
+    weights = np.asarray(init.weights, dtype=np.float64)
+    k = 1 if weights.ndim == 1 else weights.shape[1]
+    bias = np.asarray(init.bias, dtype=np.float64).reshape(1, k)
+    return {"init_params": np.vstack([weights.reshape(-1, k), bias]).ravel().tolist()}  # the loop's layout
+
+
 def train_model(
     cfg: PipelineConfig,
     kind: str,
@@ -192,6 +212,7 @@ def train_model(
     measure_memory: bool = False,
     trigger: str = "train",
     search: dict[str, Any] | None = None,
+    init: Any = None,
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
 
@@ -200,6 +221,7 @@ def train_model(
     run (run, train, feedback, search), kept in its lineage. `search`: this run is a Ray Tune trial
     (its search id and trial id go into its lineage; each epoch's or round's validation loss goes to
     Tune, from the loop in this process or, on workers, through Ray Train's TuneReportCallback).
+    `init`: a model of the same kind over `prepared.spec`'s features to warm-start from (`warm_start`).
     """
     import xgboost
 
@@ -222,6 +244,8 @@ def train_model(
               "progress_key": name if search is None else None, "measure_memory": measure_memory}  # fmt: skip
     if search is not None:
         config["tune_report"] = TUNE_VIA_TRAIN if workers else TUNE_DIRECT
+    if init is not None:
+        config.update(warm_start(kind, init, names))
     if kind == "xgboost" and cfg.training.xgboost.class_weight is not None and prepared.spec.task != "regression":
         config["class_weights"] = list(task_weights(prepared.spec.task, cfg.training.xgboost.class_weight,
                                                     class_counts(prepared.train, max(config["n_outputs"], 2))))  # fmt: skip
@@ -259,7 +283,7 @@ def train_model(
 
     run_dir = join(cfg.training.run_root, name)
     history = out.get("history", [])
-    internal = ("fail_marker", "progress_key", "measure_memory", "tune_report")
+    internal = ("fail_marker", "progress_key", "measure_memory", "tune_report", *WARM_KEYS)
     params = {"workers": workers, **{k: v for k, v in config.items() if k not in internal}}
     lineage = {
         "training_set": training_set_path(cfg),
@@ -275,6 +299,7 @@ def train_model(
         "started_at": started_at.isoformat(),
         "duration_s": round(timings["prepare_s"] + timings["fit_s"] + timings["evaluate_s"], 3),
         **({"search": search} if search is not None else {}),
+        **({"warm_start": True} if init is not None else {}),
     }
     artifacts = RunArtifacts(kind, prepared.spec, test_metrics, params, lineage,
                              prepared.rows, history)  # fmt: skip

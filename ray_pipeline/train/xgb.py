@@ -133,6 +133,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if checkpoint is not None:
         booster = RayTrainReportCallback.get_model(checkpoint)
     done = booster.num_boosted_rounds() if booster is not None else 0
+    if booster is None and config.get("init_model_ubj") is not None:
+        # A warm start: boosting continues from the champion's trees (not a resume: `done` stays 0,
+        # so the configured rounds are added on top of them).
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(config["init_model_ubj"]))
     if rank == 0 and done:
         print(f"resuming from round {done}")
     history: dict[str, dict[str, list[float]]] = {}

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import IngestResult
@@ -82,9 +82,11 @@ def check_models(models: list[str]) -> list[str]:
 
 
 def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepared: Prepared | None = None,
-                 workers: int | None = None, echo: Echo | None = None, trigger: str = "train") -> list[TrainRun]:  # fmt: skip
+                 workers: int | None = None, echo: Echo | None = None, trigger: str = "train",
+                 init: Any = None) -> list[TrainRun]:  # fmt: skip
     """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)
-    and add each run to the registry's run index (`trigger`: run, train or feedback)."""
+    and add each run to the registry's run index (`trigger`: run, train or feedback; `init`: a model
+    to warm-start from, see `train_model`)."""
     from ray_pipeline.registry.runs import index_run
     from ray_pipeline.registry.versions import open_registry
     from ray_pipeline.train.data import prepare_training_set
@@ -93,7 +95,7 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
     prepared = prepared if prepared is not None else prepare_training_set(cfg)
     runs = []
     for kind in kinds:
-        runs.append(train_model(cfg, kind, workers, prepared=prepared, trigger=trigger))
+        runs.append(train_model(cfg, kind, workers, prepared=prepared, trigger=trigger, init=init))
         index_run(open_registry(cfg), runs[-1].run_dir)
         if echo is not None:
             echo(summary(runs[-1]))

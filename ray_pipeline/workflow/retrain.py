@@ -147,13 +147,18 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     p_champ = champion.predict_table(with_columns(holdout, champion.spec.input_columns))
     candidates = []
     task = champion.spec.label.task
-    for run in challengers(cfg, prepared, champion.version.kind, champion.version.lineage, record):
+    runs = challengers(cfg, prepared, champion.version.kind, champion.version.lineage, record)
+    if fb.warm_start:
+        runs += _warm_challenger(cfg, record, champion, test_rows, since_us, prepared.input_profile)
+    for run in runs:
         p = run.model.score(evaluate_inputs(holdout, run))
         candidates.append((evaluate.task_metrics(task, y, p), p, run))
     record["models"] = {"champion": {"version": champion.version.version,
                                      "holdout": evaluate.task_metrics(task, y, p_champ)}}  # fmt: skip
+    warm = record.get("warm_start", {}).get("run")
     for m, _, run in candidates:
-        record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir)}
+        record["models"][run.name] = {"kind": run.kind, "holdout": m, "run_dir": str(run.run_dir),
+                                      "start": "warm" if run.name == warm else "fresh"}  # fmt: skip
     record["stage"] = "compare"
     gated = _first_passing(cfg, registry, record, candidates, y, p_champ, champion.version, task)
     if gated is None:
@@ -187,18 +192,19 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
         record["stage"] = "refit"
         calibration = (y, p_best) if task == "binary" else None
         _refit(cfg, registry, record, chosen.holdout, test_rows, best, since_us, prepared.input_profile, version,
-               calibration)  # fmt: skip
+               calibration, champion)  # fmt: skip
 
 
 def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], holdout: pa.Table, test_rows: pa.Table,
            best: Any, since_us: int | None, profile: dict[str, Any], gated: ModelVersion,
-           calibration: tuple[np.ndarray, np.ndarray] | None) -> None:  # fmt: skip
+           calibration: tuple[np.ndarray, np.ndarray] | None, champion: Any) -> None:  # fmt: skip
     """Train the promoted recipe (kind and settings) again on every labeled row, the judging window
     included, and serve that in the gated version's place: the gates judged the recipe on rows it
     had not seen; without the refit the served model would never learn from its newest window. The
     refit's own test figures are in-sample on that window; the gated version's are the honest ones.
     `calibration`: the gated version's labels and scores on that window, out of sample, which its
-    quality estimates start from (the refit's own scores there are in-sample)."""
+    quality estimates start from (the refit's own scores there are in-sample). A warm-started winner
+    is refitted the same way: from `champion` (the one it was judged against), the window included."""
     from ray_pipeline.train.search import with_params
 
     name, alias = cfg.registry.model_name, cfg.serving.alias
@@ -206,12 +212,16 @@ def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], hold
     build_features(cfg)
     if cfg.features.views:
         materialize_online(cfg)
-    prepared = prepare_training_set(cfg, holdout=test_rows, since_us=since_us)
+    warm = record.get("warm_start", {}).get("run") == best.name
+    prepared = prepare_training_set(cfg, holdout=test_rows, spec=champion.spec if warm else None,
+                                    since_us=record["warm_start"]["since_us"] if warm else since_us)  # fmt: skip
     prepared.input_profile = profile
     params = (record.get("params_from_champion", {}).get(best.kind)
               or record.get("searches", {}).get(best.kind, {}).get("best_params"))  # fmt: skip
     settings = with_params(cfg, best.kind, params) if params else cfg
-    run = train_models(settings, [best.kind], prepared, trigger="feedback")[0]
+    if warm:
+        settings = retrain_config(cfg, best.kind, champion.version.kind, champion.version.lineage)
+    run = train_models(settings, [best.kind], prepared, trigger="feedback", init=champion.model if warm else None)[0]
     if calibration is not None:
         save_calibration(run.run_dir, *calibration)
     # the recipe's search travels with it: a later retrain reuses the searched settings (retrain_config)
@@ -222,6 +232,32 @@ def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], hold
     record["refit"] = {"version": version.uri, "of": gated.uri, "train_rows": prepared.rows["train"]}
     record["served"] = version.uri
     record["promoted"] += f" -> v{change.to_version} (refit)"
+
+
+def _warm_challenger(cfg: PipelineConfig, record: dict[str, Any], champion: Any, test_rows: pa.Table,
+                     since_us: int | None, profile: dict[str, Any]) -> list[Any]:  # fmt: skip
+    """The champion trained on (`feedback.warm_start`), on its own feature encodings: XGBoost keeps
+    its trees and boosts on the rows newer than its training data; the linear model starts from its
+    weights on every training row. [] when there is nothing to start from (the record says why): a
+    warm start that fails leaves the fresh challengers to the gates."""
+    kind, lineage = champion.version.kind, champion.version.lineage
+    start = since_us
+    seen = (lineage.get("event_time_range") or [None, None])[1]
+    if kind == "xgboost" and seen:
+        newer = int(np.datetime64(seen.rstrip("Z"), "us").astype(np.int64)) + 1
+        start = newer if start is None else max(start, newer)
+    record["warm_start"] = {"kind": kind, "from": champion.version.uri, "since_us": start,
+                            "rows": "newer than the champion's training data" if start != since_us else "all"}  # fmt: skip
+    try:
+        prepared = prepare_training_set(cfg, holdout=test_rows, since_us=start, spec=champion.spec)
+        prepared.input_profile = profile
+        settings = retrain_config(cfg, kind, kind, lineage)
+        run = train_models(settings, [kind], prepared, trigger="feedback", init=champion.model)[0]
+    except (UserError, ValueError) as exc:  # e.g. too few new rows to split, or a class the champion never saw
+        record["warm_start"]["skipped"] = f"{type(exc).__name__}: {exc}"[:500]
+        return []
+    record["warm_start"].update(run=run.name, train_rows=prepared.rows["train"])
+    return [run]
 
 
 def _start_race(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], run: Any, y: np.ndarray,
