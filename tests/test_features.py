@@ -273,3 +273,49 @@ def test_a_cyclic_calendar_input_keeps_its_place_past_the_training_range():
     plain = _fit_local(train, FeaturesConfig())
     assert "cyclic" not in json.loads(plain.to_json())["numeric"][1]
 
+
+
+TIMES = st.datetimes(min_value=pd.Timestamp("1990-01-01").to_pydatetime(), max_value=pd.Timestamp("2060-12-31").to_pydatetime())
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(times=st.lists(TIMES | st.none(), min_size=1, max_size=30))
+def test_event_time_parts_are_the_same_offline_online_and_in_pandas(ray_session, times):
+    """Time parts from the event time: a Ray Data block of timestamps, records carrying ISO 8601 text
+    (as a request's JSON does) and the plain pandas reference give the same sin/cos pairs."""
+    import ray.data
+
+    parts = ["hour", "weekday", "day_of_year", "month"]
+    base = _fit_local(pd.DataFrame({"x": [1.0], "k": [1], "c": ["a"], "d": ["q"]}), FeaturesConfig(time_parts=parts))
+    spec = base.model_copy(update={"event_timestamp": "ts", "time_parts": parts, "passthrough": ["row"]})
+    assert spec.feature_names[-8:] == [f"ts__{p}__{f}" for p in parts for f in ("sin", "cos")]
+    assert spec.sources[-8:] == ["ts"] * 8 and spec.content_hash() != base.content_hash()
+    frame = pd.DataFrame({"x": [1.0] * len(times), "k": [1] * len(times), "c": ["a"] * len(times),
+                          "d": ["q"] * len(times), "ts": pd.to_datetime(times, utc=True), "row": range(len(times))})  # fmt: skip
+    out = transform(ray.data.from_arrow(_table(frame)).repartition(2), spec).to_pandas().sort_values("row")
+    offline = out[spec.feature_names].to_numpy()
+    records = [{"x": 1.0, "k": 1, "c": "a", "d": "q", "ts": None if t is None else t.isoformat()} for t in times]
+    online, _ = transform_records(records, spec)
+    np.testing.assert_array_equal(offline, online)
+    ts = frame["ts"]
+    values = {"hour": ts.dt.hour + ts.dt.minute / 60, "weekday": ts.dt.weekday, "day_of_year": ts.dt.dayofyear - 1,
+              "month": ts.dt.month - 1}  # fmt: skip
+    periods = {"hour": 24, "weekday": 7, "day_of_year": 365.25, "month": 12}
+    expected = []
+    for p in parts:
+        angle = 2 * np.pi * values[p].fillna(0).to_numpy(dtype=float) / periods[p]
+        expected += [np.where(ts.isna(), 0.0, np.sin(angle)), np.where(ts.isna(), 0.0, np.cos(angle))]
+    np.testing.assert_allclose(online[:, -8:], np.column_stack(expected), atol=1e-6)
+
+
+def test_time_parts_need_an_event_time_and_a_spec_without_them_keeps_its_hash():
+    from ray_pipeline.features.fit import time_parts
+
+    with pytest.raises(Exception, match="no event_timestamp"):
+        time_parts(SCHEMA.model_copy(update={"event_timestamp": None}), FeaturesConfig(time_parts=["hour"]))
+    plain = _fit_local(pd.DataFrame({"x": [1.0], "k": [1], "c": ["a"], "d": ["q"]}), FeaturesConfig())
+    assert "time_parts" not in json.loads(plain.to_json())
+    with pytest.raises(KeyError, match="'ts'"):
+        transform_table(pa.table({"x": [1.0], "k": [1], "c": ["a"], "d": ["q"]}),
+                        plain.model_copy(update={"event_timestamp": "ts", "time_parts": ["hour"]}))  # fmt: skip

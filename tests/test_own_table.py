@@ -350,7 +350,9 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
     assert schema["event_timestamp"] == "flight_time" and schema["label"] == {"column": "arr_delay", "threshold": 15.0}
     assert "arr_delay > 15" in out
 
-    out = _invoke("run", "--config", str(config), "--models", "logreg,xgboost")
+    assert yaml.safe_load(config.read_text())["features"]["time_parts"] == ["weekday"]  # dep_hour carries the hour
+    _serve_on_free_port(config, "flights")
+    out = _invoke("run", "--config", str(config), "--models", "logreg,xgboost", "--serve", "--no-wait")
     assert "split by flight_time at" in out
     assert _best_auc(config) >= _same_split_baseline(config) - 0.02
     # the label mapping travels with the model version
@@ -371,9 +373,28 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
     assert lineage["training_set_sha256"] in shown and "event_time_range" in shown
     # what drives the champion's scores, in the table's own column names, every input ranked
     ranked = [c["column"] for c in json.loads(shown)["importance"]["importance"]]
-    assert sorted(ranked) == sorted(champion.spec.input_columns)
+    parts = ["flight_time"] if champion.spec.time_parts else []  # the event time's parts, when init proposed them
+    assert sorted(ranked) == sorted([*champion.spec.input_columns, *parts])
     positives = (table["arr_delay"] > 15).mean()
     assert 0.05 < positives < 0.95
+    # served with the event time each record sends (its weekday is an input), as the registered model scores it
+    from ray import serve
+
+    from ray_pipeline.serve.client import http_json
+
+    url = re.search(r"endpoint: (\S+)/predict", out).group(1)
+    records = [{"carrier": "AA", "dep_hour": 9, "distance": 800.0, "flight_time": f"2025-03-{day:02d}T09:00:00Z"}
+               for day in (3, 4, 5, 6, 7, 8, 9)]  # fmt: skip
+    try:
+        status, answer = http_json(url + "/predict", {"records": records})
+        assert status == 200, answer
+        served = [p["probability"] for p in answer["predictions"]]
+        np.testing.assert_allclose(served, champion.predict_proba(records), rtol=0, atol=1e-6)
+        status, doc = http_json(url + "/openapi.json")
+        field = doc["components"]["schemas"]["Record"]["properties"]["flight_time"]
+        assert "reads its weekday" in json.dumps(field)
+    finally:
+        serve.delete("flights")
 
 
 def test_init_asks_which_value_is_positive(tmp_path):
@@ -429,6 +450,9 @@ def test_init_samples_the_whole_table_and_marks_calendar_inputs(tmp_path, fmt):
     assert not by["amount"].spec.get("seasonal") and not by["store_id"].spec.get("seasonal")
     assert by["year"].role == "left out" and "constant (2013)" in by["year"].why  # a plain value, not np.int64(2013)
     assert inference.config.data.schema_.features["month"].seasonal
+    # a year of times of day: models get the hour and the weekday of ts (too short for the day of year)
+    assert inference.config.features.time_parts == ["hour", "weekday"]
+    assert any("hour, weekday of ts" in note for note in inference.notes)
 
 
 def test_init_proposes_a_unique_id_as_entity_key_and_a_loop_that_keeps_learning(tmp_path):
@@ -453,6 +477,7 @@ def test_init_proposes_a_unique_id_as_entity_key_and_a_loop_that_keeps_learning(
     assert cfg.data.schema_.entity_key == "idNum" and cfg.data.schema_.event_timestamp == "created"
     assert cfg.monitoring.feedback.triggers.new_labels.labels == NEW_LABELS
     assert cfg.monitoring.feedback.models == ["logreg", "xgboost"]
+    assert cfg.features.time_parts == ["hour", "weekday"]  # 400 hours: two turns of the day and of the week
     assert any("retrains on every" in note for note in inference.notes)
     # without an id-like name, a column of distinct short codes is still the key
     frame.rename(columns={"idNum": "claim"}).to_csv(path, index=False)

@@ -106,6 +106,10 @@ class FeaturesConfig(StrictModel):
     )
     categorical: dict[str, CategoricalFeatureConfig] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list, description="Schema features not given to models.")
+    time_parts: list[Literal["hour", "weekday", "day_of_year", "month"]] = Field(
+        default_factory=list, description="Parts of data.schema.event_timestamp given to models, each cyclic (sin "
+        "and cos). A request then sends the event time with each record (without one: the time of the request).",
+    )
     store_root: str = Field(default="features", description="Offline store directory or URI.")
     views: dict[str, FeatureViewConfig] = Field(default_factory=dict)
     online: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)

@@ -367,6 +367,28 @@ def _calendar_columns(features: list[Column], frame: pd.DataFrame, ts: Column | 
                 _mark_seasonal(c, f"values follow {ts.name}")
 
 
+# Event-time parts init proposes as inputs, with the span of event time a model needs to learn each cycle
+# from (two turns of it), and the calendar-input periods that already carry it.
+TIME_PART_SPANS = {"hour": (2 * 86400.0, 24.0), "weekday": (14 * 86400.0, 7.0), "day_of_year": (730 * 86400.0, 366.0)}
+
+
+def _time_parts(frame: pd.DataFrame, ts: Column | None, features: list[Column]) -> tuple[list[str], str]:
+    """The parts of the event time worth giving models (features.time_parts), and why: a part needs two
+    turns of its cycle in the sample, times that vary within the day for the hour, and no calendar input
+    that already carries it (a `month` column with the data, say)."""
+    if ts is None:
+        return [], ""
+    times = pd.to_datetime(frame[ts.name], errors="coerce", utc=True, format="ISO8601").dropna()
+    if len(times) < 2:
+        return [], ""
+    span = (times.max() - times.min()).total_seconds()
+    given = {c.cyclic for c in features if c.cyclic}
+    parts = [p for p, (need, period) in TIME_PART_SPANS.items() if span >= need and period not in given]
+    if "hour" in parts and not ((times.dt.hour != 0) | (times.dt.minute != 0)).any():
+        parts.remove("hour")  # dates without a time of day
+    return parts, f"{ts.name} spans {span / 86400:,.0f} days"
+
+
 def _label_less_values(frame: pd.DataFrame, label: str, features: list[Column]) -> list[str]:
     """Notes on category values seen only in rows without a label: ingest quarantines those rows,
     so no model trains on the values and serving will meet them as unseen."""
@@ -427,6 +449,10 @@ def infer_config(
     ts = _first(columns, "event_timestamp", TIME_NAME)
     features = [c for c in columns if c.role == "feature"]
     _calendar_columns(features, frame, ts)
+    parts, span = _time_parts(frame, ts, features)
+    if parts:
+        notes.append(f"models also get the {', '.join(parts)} of {ts.name} ({span}; features.time_parts), each as sin "
+                     f"and cos: send {ts.name} with every record you score")  # fmt: skip
     if not features:
         raise UserError(f"{src.location}: no usable feature columns; decisions: "
                          + "; ".join(f"{c.name}: {c.why}" for c in columns))  # fmt: skip
@@ -437,7 +463,7 @@ def infer_config(
     notes += _label_less_values(frame, label, features)
     if ragged:
         notes.append(f"{ragged} row(s) have the wrong number of fields: ingest quarantines them")
-    text = _yaml(src, data, out, label_map, key, ts, features, columns, rows)
+    text = _yaml(src, data, out, label_map, key, ts, features, columns, rows, parts, span)
     cfg = parse_config(yaml.safe_load(text), os.path.abspath(out))  # what init writes must validate
     return Inference(text, columns, rows, notes, cfg)
 
@@ -453,7 +479,7 @@ def q(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
 
 
-def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
+def _yaml(src, data, out, label_map, key, ts, features, columns, rows, parts, span) -> str:
     # A directory names the pipeline (its files are parts, often with generated names).
     named = data.rstrip("/") if os.path.isdir(data) else src.files[0]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(named))[0]) or "model"
@@ -492,6 +518,8 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows) -> str:
         "features:",
         f"  store_root: {work}/features",
     ]
+    if parts:
+        lines.append(f"  time_parts: {q(parts)}  # of {ts.name}, each cyclic ({span}); requests send {ts.name}")
     cyclic = [c for c in features if c.cyclic]
     if cyclic:
         lines.append("  numeric:")

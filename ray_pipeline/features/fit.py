@@ -18,6 +18,7 @@ from ray_pipeline.config import (
     SchemaConfig,
 )
 from ray_pipeline.data.fold import fold_blocks
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.colstats import categorical_partial, merge_categorical, merge_numeric, numeric_partial
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, LabelSpec, NumericSpec
 from ray_pipeline.features.transform import as_float
@@ -99,6 +100,13 @@ def feature_columns(schema: SchemaConfig, features: FeaturesConfig) -> tuple[lis
     return numeric, categorical
 
 
+def time_parts(schema: SchemaConfig, features: FeaturesConfig) -> list[str]:
+    """The event-time parts models get (`features.time_parts`), checked against the schema."""
+    if features.time_parts and not schema.event_timestamp:
+        raise UserError("features.time_parts: the schema has no event_timestamp to take them from")
+    return list(dict.fromkeys(features.time_parts))
+
+
 def merge_partials(
     partials: list[dict[str, Any]],
     numeric: list[str],
@@ -139,6 +147,7 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
         "required": [n for n, c in schema.features.items() if not c.nullable and n in inputs],
         "entity_key": schema.entity_key,
         "event_timestamp": schema.event_timestamp,
+        "time_parts": time_parts(schema, features),
         "label": LabelSpec(column=label.column, task=label.task, positive=label.positive_text or None,
                            negative=label.negative_text, threshold=label.threshold,
                            classes=label.classes_text or None, transform=label.transform),

@@ -52,6 +52,11 @@ class CategoricalSpec(_Frozen):
     onehot: list[str] = Field(default_factory=list, description="One-hot categories, in output order.")
 
 
+# Parts of the event time a model may take as inputs, and each one's period (sin and cos of its angle).
+TIME_PARTS: dict[str, float] = {"hour": 24.0, "weekday": 7.0, "day_of_year": 365.25, "month": 12.0}
+TimePart = Literal["hour", "weekday", "day_of_year", "month"]
+
+
 class LabelSpec(_Frozen):
     """The target as the data schema said (recorded with every model version): the task, what label
     1 means (binary), the classes in order (multiclass), the target transform (regression)."""
@@ -84,6 +89,9 @@ class FeatureSpec(_Frozen):
     required: list[str] = Field(
         default_factory=list, description="Inputs the schema marks non-nullable: a request must give a value."
     )
+    time_parts: list[TimePart] = Field(
+        default_factory=list, description="Parts of the event time given to the model, each as sin and cos."
+    )
 
     @property
     def input_columns(self) -> list[str]:
@@ -101,6 +109,8 @@ class FeatureSpec(_Frozen):
                 names.append(f"{cat.name}__freq")
             else:
                 names.extend(f"{cat.name}={value}" for value in cat.onehot)
+        for part in self.time_parts:
+            names += [f"{self.event_timestamp}__{part}__sin", f"{self.event_timestamp}__{part}__cos"]
         return names
 
     @property
@@ -112,6 +122,7 @@ class FeatureSpec(_Frozen):
             out += [col.name] * len(col.outputs)
         for cat in self.categorical:
             out += [cat.name] * (1 if cat.encoding == "frequency" else len(cat.onehot))
+        out += [str(self.event_timestamp)] * (2 * len(self.time_parts))
         return out
 
     @property
@@ -120,9 +131,10 @@ class FeatureSpec(_Frozen):
         return self.label.task if self.label is not None else "binary"
 
     def _body(self) -> dict:
-        # `required`, `cyclic` and the label's task fields came later: left out at their defaults, so specs
+        # `required`, `time_parts`, `cyclic` and the label's task fields came later: left out at their defaults, so specs
         # written before them keep their hash
-        body = self.model_dump(mode="json", exclude=None if self.required else {"required"})
+        unset = {k for k in ("required", "time_parts") if not getattr(self, k)}
+        body = self.model_dump(mode="json", exclude=unset or None)
         for col in body["numeric"]:  # likewise a non-cyclic column's `cyclic`
             if col.get("cyclic") is None:
                 col.pop("cyclic", None)

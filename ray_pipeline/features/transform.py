@@ -10,10 +10,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
+from ray_pipeline.features.spec import TIME_PARTS, CategoricalSpec, FeatureSpec, NumericSpec
 
 
 def as_float(arr: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
@@ -62,9 +63,30 @@ def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -
     return [np.where(missing, cat.missing_value, value)]
 
 
+def time_part_columns(arr: pa.Array | pa.ChunkedArray, parts: list[str]) -> list[np.ndarray]:
+    """Sin and cos of each part's angle on its cycle (UTC), 0 and 0 where the time is missing."""
+    ts = utc_times(arr)
+    values = {
+        "hour": lambda: pc.add(pc.hour(ts), pc.divide(pc.cast(pc.minute(ts), pa.float64()), 60.0)),
+        "weekday": lambda: pc.day_of_week(ts),  # Monday = 0
+        "day_of_year": lambda: pc.subtract(pc.day_of_year(ts), 1),
+        "month": lambda: pc.subtract(pc.month(ts), 1),
+    }
+    out = []
+    for part in parts:
+        x = as_float(values[part](), part)
+        missing = np.isnan(x)
+        angle = 2 * np.pi * np.where(missing, 0.0, x) / TIME_PARTS[part]
+        out += [np.where(missing, 0.0, np.sin(angle)), np.where(missing, 0.0, np.cos(angle))]
+    return out
+
+
 def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32) -> np.ndarray:
-    """The (rows, features) matrix for `table`, columns in `spec.feature_names` order."""
+    """The (rows, features) matrix for `table`, columns in `spec.feature_names` order (with time
+    parts, `table` also holds the event time column)."""
     absent = [c for c in spec.input_columns if c not in table.column_names]
+    if spec.time_parts and spec.event_timestamp not in table.column_names:
+        absent.append(spec.event_timestamp)
     if absent:
         raise KeyError(f"input is missing feature column(s) {absent}")
     parts: list[np.ndarray] = []
@@ -72,6 +94,8 @@ def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32
         parts.extend(numeric_columns(table[col.name], col))
     for cat in spec.categorical:
         parts.extend(categorical_columns(table[cat.name], cat))
+    if spec.time_parts:
+        parts.extend(time_part_columns(table[spec.event_timestamp], spec.time_parts))
     if not parts:
         return np.empty((table.num_rows, 0), dtype=dtype)
     # Saturate at the output type's range instead of overflowing to inf (an extreme input over a
@@ -94,6 +118,26 @@ def transform(ds, spec: FeatureSpec):
     return ds.map_batches(transform_batch, fn_kwargs={"spec": spec}, batch_format="pyarrow")
 
 
+def with_event_time(table: pa.Table, spec: FeatureSpec, times: list[Any]) -> pa.Table:
+    """`table` with the event time column a spec with time parts reads (`times`: one per row)."""
+    if not spec.time_parts or spec.event_timestamp in table.column_names:
+        return table
+    # datetimes, pandas times or ISO 8601 text
+    return table.append_column(spec.event_timestamp, utc_times(pa.array([None if t is None else t for t in times])))
+
+
+def utc_times(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Times as timestamp[us, UTC]: from timestamps or ISO 8601 text, naive ones taken as UTC (as ingest does)."""
+    utc = pa.timestamp("us", tz="UTC")
+    if values.type == utc:
+        return values
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_null(values.type):
+        return pa.array(pd.to_datetime(values.to_pandas(), utc=True, format="ISO8601"), utc)
+    if pa.types.is_timestamp(values.type) and values.type.tz is None:
+        values = pc.assume_timezone(values, "UTC")
+    return pc.cast(values, utc)
+
+
 def records_table(records: Iterable[Mapping[str, Any]], spec: FeatureSpec) -> pa.Table:
     """Raw records as a table of the spec's input columns (absent keys are missing values)."""
     rows = list(records)
@@ -112,5 +156,8 @@ def records_table(records: Iterable[Mapping[str, Any]], spec: FeatureSpec) -> pa
 
 
 def transform_records(records: Iterable[Mapping[str, Any]], spec: FeatureSpec) -> tuple[np.ndarray, list[str]]:
-    """Feature vectors (float32) and their names for a handful of raw records, as at serving time."""
-    return transform_table(records_table(records, spec), spec), spec.feature_names
+    """Feature vectors (float32) and their names for a handful of raw records, as at serving time
+    (the event time, for a spec with time parts, from each record's own field)."""
+    rows = list(records)
+    table = with_event_time(records_table(rows, spec), spec, [r.get(str(spec.event_timestamp)) for r in rows])
+    return transform_table(table, spec), spec.feature_names

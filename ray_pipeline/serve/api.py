@@ -67,7 +67,9 @@ def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) 
     if key and key not in fields:
         fields[key] = (str | int | None, Field(default=None, description="Entity key (logged, not a model input)."))
     if ts and ts not in fields:
-        fields[ts] = (datetime | None, Field(default=None, description="Event time, ISO 8601; naive is UTC (logged, not a model input)."))  # fmt: skip
+        used = (f"the model reads its {', '.join(spec.time_parts)}; absent: the time the request is scored"
+                if spec.time_parts else "logged, not a model input")  # fmt: skip
+        fields[ts] = (datetime | None, Field(default=None, description=f"Event time, ISO 8601; naive is UTC ({used})."))
     # strict: "12.5" is not a number and 5 is not a category; nothing is silently coerced.
     record = create_model("Record", __config__=ConfigDict(extra="forbid", strict=True), **fields)
     # The row limit is documented in the schema but answered with 413, not 422 (Payload Too Large).

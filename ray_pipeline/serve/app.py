@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray_pipeline.auth import same_secret
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.transform import records_table, transform_table
+from ray_pipeline.features.transform import records_table, transform_table, with_event_time
 from ray_pipeline.raycompat import serve_client
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import LoadedModel, load, registry_db
@@ -196,7 +196,10 @@ class ModelRunner:
         records = [r for req in requests for r in req.records]
         started = time.perf_counter()
         inputs = records_table(records, model.spec)
-        X = transform_table(inputs, model.spec) if records else None
+        # time parts read each record's event time (one sent without: the time it is scored)
+        now = datetime.now(timezone.utc)
+        times = [t or now for req in requests for t in (req.event_ts or [None] * len(req.records))]
+        X = transform_table(with_event_time(inputs, model.spec, times), model.spec) if records else None
         transformed = time.perf_counter()
         probs = model.model.score(X).tolist() if records else []
         timing = {"transform_ms": (transformed - started) * 1e3, "inference_ms": (time.perf_counter() - transformed) * 1e3}

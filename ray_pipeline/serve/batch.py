@@ -134,7 +134,8 @@ def score_files(cfg: PipelineConfig, model: LoadedModel, location: str, out: str
                           csv_delimiter=cfg.data.source.csv_delimiter)  # fmt: skip
     src = resolve_source(source, location)
     inputs = model.spec.input_columns
-    check_columns(src, source, inputs)  # a file without a model input stops here, naming file and column
+    # a file without a model input (or the event time its time parts read) stops here, naming file and column
+    check_columns(src, source, [*inputs, *([model.spec.event_timestamp] if model.spec.time_parts else [])])
     schema = cfg.data.schema_
     keys = [c for c in (model.spec.entity_key or schema.entity_key, model.spec.event_timestamp or schema.event_timestamp) if c]
     pieces = read_pieces(src)

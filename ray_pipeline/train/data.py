@@ -199,6 +199,23 @@ def with_columns(table: pa.Table, columns: list[str]) -> pa.Table:
                      for c in columns})  # fmt: skip
 
 
+def model_inputs(table: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """The columns of `table` that `spec` transforms: its inputs and, for time parts, the event time
+    (in prediction-log rows: the event time sent, else the time the row was served)."""
+    out = with_columns(table, spec.input_columns)
+    ts = spec.event_timestamp
+    if not spec.time_parts or ts is None:
+        return out
+    names = table.column_names
+    if ts in names:
+        times = table[ts]
+    elif "event_ts" in names:
+        times = pc.coalesce(table["event_ts"], table["ts"]) if "ts" in names else table["event_ts"]
+    else:
+        times = pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC"))
+    return out.append_column(ts, times)
+
+
 def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None,
             spec: FeatureSpec | None = None) -> Prepared:  # fmt: skip
     """Split (`split_rows`), fit the FeatureSpec on train, transform all three. With `holdout` (raw
@@ -212,7 +229,8 @@ def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None,
     raw, how = split_rows(training_set, cfg) if holdout is None else holdout_split(training_set, cfg)
     spec = spec or fit(raw["train"], schema, cfg.features)
     if holdout is not None:
-        raw["test"] = ray.data.from_arrow(with_columns(holdout, [*spec.input_columns, schema.label]))
+        test = model_inputs(holdout, spec)
+        raw["test"] = ray.data.from_arrow(test.append_column(schema.label, with_columns(holdout, [schema.label])[0]))
     splits = {
         name: ds.map_batches(
             to_xy, fn_kwargs={"spec": spec, "label": schema.label}, batch_format="pyarrow"

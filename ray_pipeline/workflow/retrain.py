@@ -45,7 +45,7 @@ from ray_pipeline.registry.traffic import current_traffic, set_traffic
 from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.train import evaluate
 from ray_pipeline.features.build import build_features, materialize_online
-from ray_pipeline.train.data import iso_us, prepare_training_set, with_columns
+from ray_pipeline.train.data import iso_us, model_inputs, prepare_training_set, with_columns
 from ray_pipeline.workflow.pipeline import train_models
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     y = np.asarray(holdout["label"].to_numpy(zero_copy_only=False), dtype=np.float64)
     record["stage"] = "train"
     champion = load(registry, f"models:/{name}@{alias}")
-    p_champ = champion.predict_table(with_columns(holdout, champion.spec.input_columns))
+    p_champ = champion.predict_table(model_inputs(holdout, champion.spec))
     candidates = []
     task = champion.spec.label.task
     runs = challengers(cfg, prepared, champion.version.kind, champion.version.lineage, record)
@@ -405,4 +405,4 @@ def evaluate_inputs(rows: pa.Table, run: Any) -> np.ndarray:
     """A new run's feature matrix for logged rows."""
     from ray_pipeline.features.transform import transform_table
 
-    return transform_table(with_columns(rows, run.spec.input_columns), run.spec)
+    return transform_table(model_inputs(rows, run.spec), run.spec)
