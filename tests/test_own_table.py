@@ -491,3 +491,28 @@ def test_init_proposes_a_unique_id_as_entity_key_and_a_loop_that_keeps_learning(
     # no event time: labeled traffic cannot be ordered into windows, so no trigger is written
     frame.drop(columns=["created"]).to_csv(path, index=False)
     assert infer_config(str(path), "fraud", out=str(tmp_path / "pipeline.yaml")).config.monitoring.feedback.triggers.new_labels is None
+
+
+def test_the_drift_reference_describes_the_rows_without_a_label_too(ray_session, tmp_path):
+    """Rows whose label has not arrived are quarantined (no model learns them) but they are traffic
+    the model will see: the reference profile input drift is measured against describes them too."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.features.profile import load_profile
+    from ray_pipeline.registry.versions import open_registry
+
+    table = flights_table(2000).astype({"arr_delay": object})
+    newest = table.index[-300:]  # the newest flights: long ones, their delays not known yet
+    table.loc[newest, "distance"] = 5000.0 + np.arange(300)
+    table.loc[newest, "arr_delay"] = None
+    path, config = tmp_path / "flights.csv", tmp_path / "pipeline.yaml"
+    table.to_csv(path, index=False)
+    _invoke("init", "--data", str(path), "--label", "arr_delay", "--threshold", "15", "--out", str(config))
+    _invoke("run", "--config", str(config), "--models", "logreg")
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    profile = load_profile(registry.checkout(registry.resolve(f"models:/{cfg.registry.model_name}@champion")))
+    assert profile["unlabeled_rows"] == 300
+    distance = profile["numeric"]["distance"]
+    assert distance["max"] == 5299.0 and distance["count"] == profile["rows"] + 300
+    assert distance["edges"][-1] > 3000  # the top decile: the unlabeled long flights (300 of 1,500 rows described)
+    assert profile["categorical"]["carrier"]["count"] == profile["rows"] + 300

@@ -281,3 +281,25 @@ def quarantine_sample(cfg: PipelineConfig, limit: int = 20) -> list[dict[str, An
     fs, _ = filesystem(files[0])
     dataset = pads.dataset([filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
     return dataset.head(limit).to_pylist()
+
+
+def _typed_unlabeled(batch: pa.Table, columns: dict[str, Any]) -> pa.Table:
+    """A block of quarantined rows: those set aside only for a missing label, their inputs typed as
+    ingest types them (a row with a bad input as well is left out)."""
+    batch = batch.filter(pc.equal(batch[v.REASON], "missing_label"))
+    typed = v.validate_inputs(batch.select([c for c in columns if c in batch.column_names]), columns, [])
+    return typed.filter(pc.is_null(typed[v.REASON])).select(list(columns))
+
+
+def unlabeled_rows(cfg: PipelineConfig, inputs: list[str]):
+    """The last ingest's rows without a label (quarantined for it: no model trains on them) as a Ray
+    Dataset of the schema `inputs` among them, typed; None when there are none. Input drift compares
+    traffic with every ingested row, labeled or not (features/profile.py)."""
+    from ray_pipeline.data.sources import read_parquet
+
+    features = cfg.data.schema_.features
+    columns = {c: features[c] for c in inputs if c in features}
+    if not columns or not matching_files(cfg.data.output.quarantine, "*.parquet"):
+        return None
+    ds = read_parquet(cfg.data.output.quarantine, columns=[*columns, v.REASON])
+    return ds.map_batches(_typed_unlabeled, fn_kwargs={"columns": columns}, batch_format="pyarrow")

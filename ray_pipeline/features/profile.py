@@ -29,19 +29,22 @@ PROFILE_VERSION = 1
 
 
 def partial_profile(batch: pa.Table, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
-    """One block's mergeable profile (JSON-safe), for `fold_blocks`."""
+    """One block's mergeable profile (JSON-safe), for `fold_blocks`: the listed columns it holds."""
+    names = set(batch.column_names)
     return {
         "rows": batch.num_rows,
-        "numeric": {c: numeric_partial(as_float(batch[c], c)) for c in numeric},
-        "categorical": {c: categorical_partial(batch[c]) for c in categorical},
+        "numeric": {c: numeric_partial(as_float(batch[c], c)) for c in numeric if c in names},
+        "categorical": {c: categorical_partial(batch[c]) for c in categorical if c in names},
     }
 
 
 def _merge(parts: list[dict[str, Any]], numeric: list[str], categorical: list[str]) -> dict[str, Any]:
+    """Partials merged per column, over the blocks that hold it."""
     return {
         "rows": sum(p["rows"] for p in parts),
-        "numeric": {c: merge_numeric([p["numeric"][c] for p in parts]) for c in numeric},
-        "categorical": {c: merge_categorical([p["categorical"][c] for p in parts]) for c in categorical},
+        "numeric": {c: merge_numeric([p["numeric"][c] for p in parts if c in p["numeric"]]) for c in numeric},
+        "categorical": {c: merge_categorical([p["categorical"][c] for p in parts if c in p["categorical"]])
+                        for c in categorical},  # fmt: skip
     }
 
 
@@ -99,16 +102,23 @@ def with_scores(inputs: dict[str, Any], test_scores: np.ndarray, classes: int | 
     return {**inputs, "score": score_entry(test_scores, inputs["bins"], classes)}
 
 
-def input_profile(ds, spec: FeatureSpec, bins: int = 10, top_k: int = 20) -> dict[str, Any]:
-    """The inputs' part of the profile: one Ray Data pass over `ds` (raw training rows)."""
+def input_profile(ds, spec: FeatureSpec, bins: int = 10, top_k: int = 20, unlabeled: Any = None) -> dict[str, Any]:
+    """The inputs' part of the profile: one Ray Data pass over `ds` (raw training rows) and, given,
+    one over `unlabeled` (ingested rows without a label: the columns it holds describe them too)."""
     numeric = [c.name for c in spec.numeric]
     categorical = [c.name for c in spec.categorical]
-    merged = fold_blocks(ds, partial_profile, lambda parts: _merge(parts, numeric, categorical),
-                         {"numeric": numeric, "categorical": categorical})  # fmt: skip
+    kwargs = {"numeric": numeric, "categorical": categorical}
+    parts = fold_blocks(ds, partial_profile, list, kwargs)
+    # unlabeled rows hold the schema's inputs only (not feature views'): each column merges the rows that have it
+    more = fold_blocks(unlabeled, partial_profile, list, kwargs) if unlabeled is not None else []
+    merged = _merge(parts + more, numeric, categorical)
+    extra = sum(p["rows"] for p in more)
+    merged["rows"] -= extra
     known = {c.name: set(c.frequencies) | set(c.onehot) for c in spec.categorical}
     return {
         "version": PROFILE_VERSION,
         "rows": merged["rows"],
+        **({"unlabeled_rows": extra} if extra else {}),
         "bins": bins,
         "feature_spec_hash": spec.content_hash(),
         "numeric": {c: _numeric_entry(merged["numeric"][c], bins) for c in numeric},

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.config import PipelineConfig, TrainingConfig
+from ray_pipeline.data.ingest import unlabeled_rows
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.features.profile import input_profile, save_profile, with_scores
@@ -120,11 +121,13 @@ def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
 
 
 def profile_once(cfg: PipelineConfig, prepared: Prepared) -> None:
-    """The train split's input profile (monitoring's reference), computed once per split: every
-    model kind, and every search trial, of the split shares it."""
+    """The input profile monitoring compares traffic with: the train split's rows and every ingested
+    row without a label (traffic looks like those too; no model trains on them), computed once per
+    split: every model kind, and every search trial, of the split shares it."""
     if prepared.input_profile is None and prepared.raw_train is not None:
         m = cfg.monitoring
-        prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k)
+        unlabeled = unlabeled_rows(cfg, prepared.spec.input_columns)
+        prepared.input_profile = input_profile(prepared.raw_train, prepared.spec, m.bins, m.top_k, unlabeled)
 
 
 def resolve_optimizer(optimizer: str, n_features: int) -> str:
