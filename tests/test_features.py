@@ -70,7 +70,7 @@ def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
         if col.missing_indicator:
             cols.append(miss.astype("float64").to_numpy())
     for cat in spec.categorical:
-        s = frame[cat.name].astype(object)
+        s = frame[cat.name].astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)  # 'a ' is 'a'
         missing = s.isna() | (s == "")
         if cat.encoding == "onehot":
             for value in cat.onehot:

@@ -256,3 +256,8 @@ class DataConfig(StrictModel):
     schema_: SchemaConfig = Field(alias="schema")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     output: OutputConfig
+    max_quarantine_share: float = Field(
+        default=0.1, ge=0, le=1, description="`run` stops before training when ingest quarantines more than this "
+        "share of the rows read (rows only waiting for their label do not count), naming the top reasons and a "
+        "sample of rows: a table read wrongly must not train in silence on what is left.",
+    )

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ray_pipeline.config import DEFAULT_NULL_VALUES, PipelineConfig, SourceConfig, parse_config
+from ray_pipeline.data.values import clean_series
 from ray_pipeline.data.sources import IngestError, SourceFiles, resolve_source
 from ray_pipeline.errors import UserError
 
@@ -150,7 +151,7 @@ class _BottomK:
 
 def _numbers_in_text(s: pd.Series) -> pd.Series | None:
     """Text that is numbers (blanks allowed) as floats, else None."""
-    trimmed = s.astype("string").str.strip().replace("", pd.NA).dropna()
+    trimmed = clean_series(s)
     if trimmed.empty:
         return None
     values = pd.to_numeric(trimmed, errors="coerce")
@@ -285,7 +286,7 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
     """Feature, key, time or left out, for a non-label column."""
     present = s.dropna()
     if isinstance(s.dtype, pd.StringDtype) or s.dtype == object:
-        present = present[present.astype(str).str.strip() != ""]
+        present = clean_series(s)  # values as ingest reads them: 'WD ' is 'WD', a blank is missing
     nulls = rows - len(present)
     nullable = nulls > 0
     null_note = f", {nulls / rows:.1%} missing" if nulls else ", never missing"
@@ -304,7 +305,7 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
         return Column(name, "entity_key", f"id-like name, {unique_share:.0%} distinct values", {"entity_type": kind})
     if is_text and numbers is None:
         if distinct <= MAX_CATEGORIES:
-            cats = sorted(present.astype(str).str.strip().unique().tolist())
+            cats = sorted(present.unique().tolist())
             return Column(name, "feature", f"category, {distinct} values{null_note}; one-hot",
                           {"type": "category", "categories": cats, "nullable": nullable}, "onehot")  # fmt: skip
         text = present.astype(str)
@@ -392,15 +393,16 @@ def _time_parts(frame: pd.DataFrame, ts: Column | None, features: list[Column]) 
 def _label_less_values(frame: pd.DataFrame, label: str, features: list[Column]) -> list[str]:
     """Notes on category values seen only in rows without a label: ingest quarantines those rows,
     so no model trains on the values and serving will meet them as unseen."""
-    unlabeled = frame[label].isna() | (frame[label].astype(str).str.strip() == "")
+    unlabeled = ~frame.index.isin(clean_series(frame[label]).index)
     if not unlabeled.any():
         return []
     notes = []
     for c in features:
         if c.spec.get("type") != "category":
             continue
-        values = frame[c.name].astype(str).str.strip()
-        only = sorted(set(values[unlabeled]) - set(values[~unlabeled]) - {"", "nan", "None"})
+        values = clean_series(frame[c.name])
+        mask = values.index.isin(frame.index[unlabeled])
+        only = sorted(set(values[mask]) - set(values[~mask]))
         if only:
             shown = ", ".join(repr(v) for v in only[:5]) + (f" and {len(only) - 5} more" if len(only) > 5 else "")
             notes.append(f"{c.name}: {shown} occur(s) only in rows without a {label}: ingest quarantines those "

@@ -303,3 +303,28 @@ def unlabeled_rows(cfg: PipelineConfig, inputs: list[str]):
         return None
     ds = read_parquet(cfg.data.output.quarantine, columns=[*columns, v.REASON])
     return ds.map_batches(_typed_unlabeled, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+
+
+WAITING = ("missing_label",)  # quarantined, but not bad: rows whose label has not arrived
+
+
+def check_quarantine_share(cfg: PipelineConfig, result: IngestResult) -> None:
+    """Stop (UserError) when ingest quarantined more than `data.max_quarantine_share` of the rows it
+    read, naming the top reasons and a few quarantined rows; rows only missing a label do not count."""
+    bad = {r: n for r, n in result.by_reason.items() if r not in WAITING}
+    share = sum(bad.values()) / result.read if result.read else 0.0
+    limit = cfg.data.max_quarantine_share
+    if share <= limit:
+        return
+    parts = []
+    for reason, n in sorted(bad.items(), key=lambda kv: -kv[1])[:3]:
+        fields = [f"{key.split(':', 1)[1]} {m:,}" for key, m in result.by_field.items() if key.startswith(reason + ":")]
+        parts.append(f"{reason} {n:,}" + (f" ({', '.join(fields[:5])})" if fields else ""))
+    reasons = "; ".join(parts)
+    rows = [r for r in quarantine_sample(cfg, 200) if r.get(v.REASON) not in WAITING][:3]
+    sample = "\n".join(f"  row {r.get(v.ROW)} of {r.get(v.SOURCE)}: {r.get(v.DETAIL)}" for r in rows)
+    raise UserError(
+        f"{result.source}: ingest quarantined {sum(bad.values()):,} of {result.read:,} rows ({share:.1%}), more "
+        f"than data.max_quarantine_share ({limit:.0%}); training on the rest would hide it. Top reasons: {reasons}.\n"
+        f"{sample}\nFix the schema or the data (see {result.quarantine_path}), or raise data.max_quarantine_share."
+    )

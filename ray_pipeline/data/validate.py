@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.config import FeatureColumn, LabelMapping, SchemaConfig
+from ray_pipeline.data.values import as_text, clean_text, text_numbers
 
 REASON, FIELD, DETAIL = "_reason", "_field", "_detail"
 # Set by the reader: the file a row came from, its 1-based row number there, and a global order
@@ -74,19 +75,9 @@ def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False))
 
 
-def as_text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Values as text: what the quarantine keeps and what error details quote."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_string(arr.type):
-        return arr
-    return pc.cast(arr, pa.string())
-
-
 def _trimmed(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Whitespace-trimmed text with empty strings as null, and the mask of present values."""
-    trimmed = pc.utf8_trim_whitespace(as_text(arr))
-    trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+    """Cleaned text (`values.clean_text`: trimmed, empty as null) and the mask of present values."""
+    trimmed = clean_text(arr)
     return trimmed, _np(pc.is_valid(trimmed))
 
 
@@ -134,11 +125,11 @@ def _check_numeric(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verd
 
 
 def _check_category(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verdicts) -> pa.Array:
-    text = as_text(arr)
-    present = _np(pc.is_valid(text))
+    # read as init reads its sample: 'WD ' is the category 'WD', a blank is missing
+    text, present = _trimmed(arr)
     if col.categories is not None:
         allowed = _np(pc.is_in(text, value_set=pa.array(col.categories, pa.string())))
-        v.flag(present & ~allowed, "unknown_category", name, f"{name}: not an allowed category", text)
+        v.flag(present & ~allowed, "unknown_category", name, f"{name}: not an allowed category", arr)
     if not col.nullable:
         v.flag(~present, "null_value", name, f"{name}: missing and the column is not nullable")
     return text
@@ -186,14 +177,6 @@ _TRUE, _FALSE = ["1", "true", "True", "TRUE"], ["0", "false", "False", "FALSE"]
 SPLITS = ("train", "valid", "test")
 
 
-def _text_numbers(text: pa.Array) -> np.ndarray:
-    """Text as float64, NaN where it is not a number (Arrow's cast first: it is much faster)."""
-    try:
-        return _np(pc.cast(text, pa.float64())).astype(np.float64)
-    except pa.ArrowInvalid:
-        return pd.to_numeric(pd.Series(text.to_pylist(), dtype=object), errors="coerce").to_numpy(np.float64)
-
-
 def _among(text: pa.Array, values: list[str]) -> np.ndarray:
     return _np(pc.fill_null(pc.is_in(text, value_set=pa.array(values, pa.string())), False)).astype(bool)
 
@@ -209,14 +192,14 @@ def label_values(arr: pa.Array | pa.ChunkedArray, mapping: LabelMapping) -> tupl
         fits = present & (index >= 0)
         return np.where(fits, index, 0).astype(np.int16), present, fits
     if mapping.task == "regression":
-        values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else _text_numbers(text)
+        values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else text_numbers(text)
         fits = present & np.isfinite(values)
         if mapping.transform == "log1p":  # log(1 + y) needs y > -1
             with np.errstate(invalid="ignore"):
                 fits &= values > -1
         return np.where(fits, values, 0.0), present, fits
     if mapping.threshold is not None:
-        values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else _text_numbers(text)
+        values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else text_numbers(text)
         fits = present & np.isfinite(values)
         with np.errstate(invalid="ignore"):
             return (fits & (values > mapping.threshold)).astype(np.int8), present, fits
@@ -226,7 +209,7 @@ def label_values(arr: pa.Array | pa.ChunkedArray, mapping: LabelMapping) -> tupl
         else:
             words = np.where(_among(text, _TRUE), 1.0, np.where(_among(text, _FALSE), 0.0, np.nan))
             rest = present & np.isnan(words)
-            num = words if not rest.any() else np.where(rest, _text_numbers(text), words)
+            num = words if not rest.any() else np.where(rest, text_numbers(text), words)
         pos, neg = present & (num == 1.0), present & (num == 0.0)
         return pos.astype(np.int8), present, pos | neg
     pos = present & _among(text, mapping.positive_text)

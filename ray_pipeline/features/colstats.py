@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_pipeline.data.validate import as_text
+from ray_pipeline.data.values import clean_text
 
 # KLL accuracy parameter: normalized rank error of a single quantile about 0.35% at k=800 (99%
 # confidence; `kll_doubles_sketch.get_normalized_rank_error(KLL_K, False)`).
@@ -57,9 +57,10 @@ def merge_numeric(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def categorical_partial(arr: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
-    """Counts per non-empty category and the number of missing (null or empty) values."""
-    text = as_text(arr)
-    present = pc.filter(text, pc.fill_null(pc.not_equal(text, ""), False))
+    """Counts per non-empty category and the number of missing (null or blank) values, each value
+    read as ingest and the transform read it (`data.values.clean_text`)."""
+    text = clean_text(arr)
+    present = pc.drop_null(text)
     counts = pc.value_counts(present)
     return {"counts": dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())),
             "missing": int(len(text) - len(present))}  # fmt: skip

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_pipeline.data.values import clean_text
 from ray_pipeline.features.spec import TIME_PARTS, CategoricalSpec, FeatureSpec, NumericSpec
 
 
@@ -49,8 +50,9 @@ def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[n
 
 def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -> list[np.ndarray]:
     """Frequency or one-hot encoding with the training categories; missing = null or empty."""
-    text = pc.cast(arr, pa.string())  # a no-op on text; numbers written as categories compare as text
-    missing = np.asarray(pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False), dtype=bool)
+    # read as ingest reads it (numbers written as categories compare as text; 'WD ' is 'WD'; blank is missing)
+    text = clean_text(arr)
+    missing = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
     if cat.encoding == "onehot":
         idx = np.asarray(
             pc.index_in(text, value_set=pa.array(cat.onehot, pa.string())).fill_null(-1).to_numpy(), dtype=np.int64

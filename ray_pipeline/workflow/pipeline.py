@@ -164,7 +164,7 @@ def run_pipeline(
     """Ingest, build features (and the online store when views exist), train each model kind on
     one prepared split (or search its hyperparameters on Ray Tune: `search`), register, promote
     through the gates, and optionally deploy on Ray Serve."""
-    from ray_pipeline.data.ingest import ingest
+    from ray_pipeline.data.ingest import check_quarantine_share, ingest
     from ray_pipeline.features.build import build_features, materialize_online
     from ray_pipeline.train.data import describe_split, prepare_training_set
     from ray_pipeline.train.runner import in_process_or
@@ -176,6 +176,7 @@ def run_pipeline(
         echo(ingested.render())
         if ingested.accepted == 0:
             raise UserError(f"{ingested.source}: no row passed validation; see {ingested.quarantine_path}")
+        check_quarantine_share(cfg, ingested)
 
     online: dict[str, dict[str, int]] = {}
     title = "features: views, point-in-time training set" if cfg.features.views else "features: training set"
