@@ -99,9 +99,10 @@ def test_each_task_explains_its_own_margin(ray_session, tmp_path, task, kind):
 
 
 @pytest.mark.parametrize("kind", ["logreg", "xgboost"])
-def test_importance_ranks_the_true_strong_inputs_first_and_an_unused_input_last(models, kind):
+def test_importance_ranks_the_true_strong_inputs_first_and_an_unused_input_last(generated, models, kind):
     run = models[kind]
-    stored = json.loads((Path(run.run_dir) / explain.IMPORTANCE_FILE).read_text())
+    _, prepared = generated
+    stored = explain.global_importance(run.model, run.spec, prepared.test)  # every test row, no budget
     ranked = [c["column"] for c in stored["importance"]]
     assert stored["rows"] > 1000 and stored["explained"] == "the log-odds"
     assert max(ranked.index(c) for c in STRONG) < min(ranked.index(c) for c in WEAK), ranked
@@ -113,3 +114,16 @@ def test_importance_ranks_the_true_strong_inputs_first_and_an_unused_input_last(
         assert {"hour_of_day", "channel"} in pairs and {"amount", "distance_km"} in pairs, stored["interactions"]
     else:
         assert stored["interactions"] == []
+
+
+def test_importance_on_no_budget_explains_only_the_probe_and_skips_interactions(generated, models):
+    _, prepared = generated
+    run = models["xgboost"]
+    tight = explain.global_importance(run.model, run.spec, prepared.test, budget_s=0.0)
+    assert tight["rows"] == explain.PROBE_ROWS < tight["of_rows"] and tight["interactions"] == []
+    assert {c["column"] for c in tight["importance"]} == {c["column"] for c in explain.global_importance(
+        run.model, run.spec, prepared.test)["importance"]}  # fmt: skip
+    # the run's own file: explained within its share of the fit, rows and time recorded, and said
+    stored = json.loads((Path(run.run_dir) / explain.IMPORTANCE_FILE).read_text())
+    assert 0 < stored["rows"] <= stored["of_rows"] and stored["seconds"] >= 0
+    assert run.timings["importance_rows"] == stored["rows"]

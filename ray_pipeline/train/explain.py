@@ -5,13 +5,15 @@ logit for multiclass, the fitted target for regression), from XGBoost's TreeSHAP
 model's weight x transformed input; the entries of one raw column (its one-hot values, its missing
 indicator) are summed into that column. The contributions plus the bias equal the margin exactly.
 
-Per version: the mean |contribution| of each column over the test split (one Ray Data pass) and,
-for XGBoost, the strongest pairwise interactions on a sample of it; stored as importance.json
-with the model, so the registry's checksum covers it.
+Per version: the mean |contribution| of each column over the test split and, for XGBoost, the
+strongest pairwise interactions on a sample of it; stored as importance.json with the model, so
+the registry's checksum covers it. A training run gives it a time budget (a share of its fit time):
+the rows explained are as many as fit in it, counted in the file (`rows` of `of_rows`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,10 @@ from ray_pipeline.features.spec import FeatureSpec
 IMPORTANCE_FILE = "importance.json"
 # TreeSHAP interactions cost about d times the contributions per row, and a thousand rows made them
 # the slowest step of an XGBoost training run: a few hundred rank the top pairs just as well.
-INTERACTION_ROWS = 300
+INTERACTION_ROWS = 250
+INTERACTION_PROBE = 10  # rows whose interactions time the rest
+PROBE_ROWS = 256  # rows whose contributions time the rest (and the least a budget explains)
+CONTRIBUTION_SHARE = 0.6  # of a budget; interactions get the rest (fetching rows is not counted)
 TOP_INTERACTIONS = 5
 
 
@@ -76,12 +81,6 @@ def explain_rows(model: Any, spec: FeatureSpec, X: np.ndarray, top_k: int,
     return out
 
 
-def _batch_sums(batch: dict[str, np.ndarray], model: Any, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    contribs, _ = explained_output(model, np.asarray(batch["x"]))
-    _, values, _ = by_column(contribs, spec)
-    return {"abs_sum": np.abs(values).sum(axis=0, keepdims=True), "rows": np.array([len(values)])}
-
-
 def _interactions(model: Any, spec: FeatureSpec, X: np.ndarray) -> list[dict[str, Any]]:
     """The strongest pairs of raw columns by mean |SHAP interaction| on `X` (XGBoost only)."""
     inter = model.interactions(X)
@@ -96,36 +95,60 @@ def _interactions(model: Any, spec: FeatureSpec, X: np.ndarray) -> list[dict[str
     return [{"columns": [a, b], "mean_abs": v} for v, a, b in found[:TOP_INTERACTIONS] if v > 0]
 
 
-def global_importance(model: Any, spec: FeatureSpec, ds) -> dict[str, Any]:
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - started
+
+
+def global_importance(model: Any, spec: FeatureSpec, ds, budget_s: float | None = None) -> dict[str, Any]:
     """Mean |contribution| per raw column over a prepared split (a Ray Dataset with column `x`),
-    ranked; the top interactions for XGBoost."""
-    sums = ds.map_batches(_batch_sums, fn_kwargs={"model": model, "spec": spec}, batch_format="numpy",
-                          batch_size=8192).take_all()  # fmt: skip
+    ranked; the top interactions for XGBoost. With `budget_s`, on as many rows as fit in it (at
+    least PROBE_ROWS): a probe's cost per row sets the sample; interactions get what is left."""
     columns, _ = column_matrix(spec)
-    total = np.zeros(len(columns))
-    rows = 0
-    for part in sums:
-        total += np.asarray(part["abs_sum"], dtype=np.float64)
-        rows += int(part["rows"])
-    mean = total / max(rows, 1)
-    ranked = sorted(zip(columns, mean.tolist()), key=lambda c: -c[1])
+    started = time.perf_counter()
+    total_rows = ds.count()
+    X = np.asarray(ds.limit(PROBE_ROWS).take_batch(PROBE_ROWS, batch_format="numpy")["x"]) \
+        if total_rows else np.empty((0, len(spec.feature_names)))  # fmt: skip
+    values, probe_s = _timed(lambda rows: by_column(explained_output(model, rows)[0], spec)[1], X)
+    want = total_rows
+    if budget_s is not None and len(X):
+        want = min(total_rows, max(len(X), int(CONTRIBUTION_SHARE * budget_s * len(X) / max(probe_s, 1e-9))))
+    sums, rows = np.abs(values).sum(axis=0), len(X)
+    if want > len(X):  # the sample, a batch at a time (the probe's rows among them: counted once)
+        sums, rows = np.zeros(len(columns)), 0
+        for batch in ds.limit(want).iter_batches(batch_size=8192, batch_format="numpy"):
+            part = by_column(explained_output(model, np.asarray(batch["x"]))[0], spec)[1]
+            sums, rows = sums + np.abs(part).sum(axis=0), rows + len(part)
+    mean = sums / max(rows, 1)
+    ranked = sorted(zip(columns, np.ravel(mean).tolist()), key=lambda c: -c[1])
     out: dict[str, Any] = {
         "explained": "the predicted class's logit" if spec.task == "multiclass"
         else "the fitted target" if spec.task == "regression" else "the log-odds",  # fmt: skip
         "rows": rows,
+        "of_rows": total_rows,
         "importance": [{"column": c, "mean_abs": v} for c, v in ranked],
         "interactions": [],
     }
-    if hasattr(model, "interactions") and rows:
-        sample = ds.limit(INTERACTION_ROWS).take_batch(INTERACTION_ROWS, batch_format="numpy")
-        out["interactions"] = _interactions(model, spec, np.asarray(sample["x"]))
+    if hasattr(model, "interactions") and len(X):
+        n = min(INTERACTION_ROWS, len(X))  # INTERACTION_ROWS <= PROBE_ROWS: the probe's rows
+        if budget_s is not None:  # their cost per row from a few rows, in the rest of the budget
+            _, probe_s = _timed(model.interactions, X[:INTERACTION_PROBE])
+            n = min(n, int((1 - CONTRIBUTION_SHARE) * budget_s * INTERACTION_PROBE / max(probe_s, 1e-9)))
+        if n >= INTERACTION_PROBE:  # fewer rows would rank pairs by noise: none then
+            out["interactions"] = _interactions(model, spec, X[:n])
+            out["interaction_rows"] = n
+    out["seconds"] = round(time.perf_counter() - started, 3)
     return out
 
 
-def save_importance(run_dir: str, model: Any, spec: FeatureSpec, ds) -> None:
-    """Compute `global_importance` over `ds` and write it as the run directory's importance.json."""
+def save_importance(run_dir: str, model: Any, spec: FeatureSpec, ds, budget_s: float | None = None) -> dict[str, Any]:
+    """Compute `global_importance` over `ds` (within `budget_s`) and write it as the run directory's
+    importance.json; returns it."""
     import json
 
     from ray_pipeline.storage import join, write_bytes
 
-    write_bytes(join(run_dir, IMPORTANCE_FILE), json.dumps(global_importance(model, spec, ds), indent=2).encode())
+    found = global_importance(model, spec, ds, budget_s)
+    write_bytes(join(run_dir, IMPORTANCE_FILE), json.dumps(found, indent=2).encode())
+    return found

@@ -185,6 +185,9 @@ def loop_config(kind: str, cfg: PipelineConfig, spec: FeatureSpec, workers: int,
     }
 
 
+# Importance is a report on the model, not the model: it gets this share of the fit's time (and at
+# least IMPORTANCE_MIN_S), its rows sampled to fit (train/explain.py).
+IMPORTANCE_SHARE, IMPORTANCE_MIN_S = 0.1, 2.0
 WARM_KEYS = ("init_model_ubj", "init_params")
 
 
@@ -319,8 +322,10 @@ def train_model(
         # trial only (workflow/search.py).
         if prepared.test is not None and len(y) and search is None:
             t0 = time.perf_counter()
-            explain.save_importance(str(local), model, prepared.spec, prepared.test)
+            found = explain.save_importance(str(local), model, prepared.spec, prepared.test,
+                                            budget_s=max(IMPORTANCE_SHARE * timings["fit_s"], IMPORTANCE_MIN_S))
             timings["importance_s"] = time.perf_counter() - t0
+            timings["importance_rows"] = found["rows"]
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
         out.get("worker_nodes", []), out.get("resumed_from"), out.get("resumed_at"), out.get("worker_memory_mb"),
@@ -337,6 +342,8 @@ def summary(run: TrainRun) -> str:
             evaluate.render(run.kind, run.metrics),
             f"         {len(run.history)} {'epochs' if run.kind == 'logreg' else 'rounds'}, "
             f"{where}; prepare {t['prepare_s']:.1f} s, "
-            f"fit {t['fit_s']:.1f} s, evaluate {t['evaluate_s']:.1f} s -> {run.run_dir}",
+            f"fit {t['fit_s']:.1f} s, evaluate {t['evaluate_s']:.1f} s"
+            + (f", importance {t['importance_s']:.1f} s on {int(t['importance_rows']):,} rows" if "importance_s" in t else "")
+            + f" -> {run.run_dir}",
         ]
     )
