@@ -11,7 +11,7 @@ import pytest
 from ray_pipeline.train.objective import shard_sums_task
 from ray_pipeline.train.runner import train_model
 
-from .helpers import linear_cfg, task_prepared
+from .helpers import TRUE_LINEAR, linear_cfg, task_prepared
 
 
 @pytest.mark.parametrize("task, k, w", [("multiclass", 3, (0.7, 1.8, 1.0)), ("regression", 1, (1.0,))])
@@ -268,3 +268,53 @@ def test_xgboost_class_weights_shift_the_probabilities_towards_the_weighted_clas
         X, _ = _xy(multiclass.test)
         shares.append(float(run.model.score(X)[:, 2].mean()))
     assert shares[1] > shares[0] + 0.1, shares  # five times the weight on class 2's rows
+
+
+@pytest.mark.slow
+def test_a_linear_regression_on_few_rows_chooses_its_penalty_and_stays_in_range(ray_session, tmp_path):
+    """300 rows, 120 inputs of which 4 matter: the least-squares fit chases noise and a far-out input
+    sends it anywhere. The penalty is chosen on validation and the output stays near the target's range."""
+    import ray.data
+
+    from ray_pipeline.train.data import Prepared
+
+    rng = np.random.default_rng(5)
+    d = 120
+
+    def split(n: int):
+        X = rng.normal(size=(n, d)).astype(np.float32)
+        y = (X[:, :4] @ TRUE_LINEAR + 3.0 + rng.normal(0, 0.5, n)).astype(np.float32)
+        return ray.data.from_items([{"x": X[i], "y": y[i]} for i in range(n)]).materialize(), X, y
+
+    (train, _, y_train), (valid, _, _), (test, X_test, _) = split(300), split(100), split(200)
+    base = task_prepared("regression", rows=10)
+    spec = base.spec.model_copy(update={"numeric": [base.spec.numeric[0].model_copy(update={"name": f"x{i}"})
+                                                    for i in range(d)]})  # fmt: skip
+    prepared = Prepared(spec, train, valid, test, {"by": "synthetic"}, {"train": 300, "valid": 100, "test": 200})
+    cfg = linear_cfg(tmp_path, optimizer="newton", l2=0.0)
+    run = train_model(cfg, "logreg", workers=0, prepared=prepared)
+    plain = train_model(cfg, "logreg", workers=2, prepared=prepared)  # on workers: the configured l2 (0)
+    assert run.params["l2"] > 0 and plain.params["l2"] == 0.0
+    assert run.metrics["rmse"] < plain.metrics["rmse"], (run.metrics, plain.metrics)
+    lo, hi = run.model.output.bounds
+    span = float(y_train.max() - y_train.min())
+    assert lo == pytest.approx(y_train.min() - 0.5 * span, rel=1e-5) and hi == pytest.approx(y_train.max() + 0.5 * span, rel=1e-5)
+    far = X_test[:5] * 1e4  # inputs far outside anything seen: bounded, not exploded
+    assert np.all((run.model.score(far) >= lo) & (run.model.score(far) <= hi))
+    assert run.params["output"] == {"smearing": 1.0, "bounds": [lo, hi]}
+
+
+def test_smearing_makes_a_log_target_estimate_the_mean():
+    from ray_pipeline.train.models import LogisticModel, OutputMap
+
+    # log(1 + y) = 2 + e, e ~ N(0, 0.8): exp of the log prediction is the median of 1 + y; the mean is
+    # exp(2 + 0.8^2 / 2), which Duan's factor (the mean of exp(e)) recovers
+    rng = np.random.default_rng(0)
+    e = rng.normal(0, 0.8, 200_000)
+    y = np.expm1(2 + e)
+    model = LogisticModel(np.zeros(1), 2.0, ["x"], task="regression", transform="log1p")
+    median = model.score(np.zeros((1, 1)))[0]
+    model.output = OutputMap(float(np.mean(np.exp(e))), None)
+    mean = model.score(np.zeros((1, 1)))[0]
+    assert median == pytest.approx(np.median(y), rel=0.01) and mean == pytest.approx(np.mean(y), rel=0.01)
+    assert OutputMap.from_json(model.output.to_json()) == model.output

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ray_pipeline.train.models import untransform
+from ray_pipeline.train.models import OutputMap, untransform
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -122,6 +123,34 @@ def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
     if task == "regression":  # the split holds the fitted target; metrics are in the user's units
         y = untransform(y, model.transform)
     return y, np.concatenate(ps), (np.concatenate(ts) if ts else None)
+
+
+BOUND_MARGIN = 0.5  # a regression output stays within this share of the training range beyond it
+
+
+def fit_output_map(model: Any, train: Any, valid: Any) -> OutputMap:
+    """A regression model's OutputMap, fitted on its own splits: bounds a margin around the train
+    split's target range; for a log1p target, Duan's smearing factor from the validation residuals,
+    kept when it lowers the validation RMSE in the user's units (exp of a log-scale prediction
+    estimates the median, not the mean)."""
+    lo, hi = math.inf, -math.inf
+    for batch in train.select_columns(["y"]).iter_batches(batch_size=65536, batch_format="numpy"):
+        y = untransform(np.asarray(batch["y"], dtype=np.float64), model.transform)
+        if len(y):
+            lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+    bounds = (lo - BOUND_MARGIN * (hi - lo), hi + BOUND_MARGIN * (hi - lo)) if lo <= hi else None
+    plain = OutputMap(1.0, bounds)
+    if model.transform != "log1p" or bounds is None:
+        return plain
+    model.output = None
+    yv, raw, _ = predict_split(model, valid)
+    if not len(yv):
+        return plain
+    z = np.log1p(raw)
+    smeared = OutputMap(float(np.mean(np.exp(np.log1p(yv) - z))), bounds)
+    rmse = {m: float(np.sqrt(np.mean((yv - np.clip(untransform(z, "log1p", m.smearing), *bounds)) ** 2)))
+            for m in (plain, smeared)}  # fmt: skip
+    return min(rmse, key=rmse.get)
 
 
 def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, p: np.ndarray, title: str,

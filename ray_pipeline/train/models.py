@@ -15,9 +15,40 @@ import numpy as np
 from scipy.special import expit, softmax
 
 
-def untransform(values: np.ndarray, transform: str) -> np.ndarray:
-    """A regression output back in the user's units."""
-    return np.expm1(values) if transform == "log1p" else values
+def untransform(values: np.ndarray, transform: str, smearing: float = 1.0) -> np.ndarray:
+    """A regression output back in the user's units. `smearing` (log1p): Duan's factor, the mean of
+    exp(residual) on validation rows, so the answer estimates the mean, not the median."""
+    if transform != "log1p":
+        return values
+    return np.expm1(values) if smearing == 1.0 else np.exp(values) * smearing - 1.0
+
+
+def regression_output(values: np.ndarray, model: object) -> np.ndarray:
+    """A regression model's fitted-target output in the user's units, smeared and bounded as fitted
+    (`OutputMap`: within a margin around the training target range, so no input explodes it)."""
+    out = untransform(values, model.transform, model.output.smearing if model.output else 1.0)
+    if model.output is not None and model.output.bounds is not None:
+        out = np.clip(out, *model.output.bounds)
+    return out
+
+
+@dataclass(frozen=True)
+class OutputMap:
+    """How a regression model's output reaches the user's units beyond the inverse transform."""
+
+    smearing: float = 1.0
+    bounds: tuple[float, float] | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """As stored with the model."""
+        return {"smearing": self.smearing, "bounds": list(self.bounds) if self.bounds else None}
+
+    @classmethod
+    def from_json(cls, body: dict | None) -> "OutputMap | None":
+        """As loaded (None for models stored without one)."""
+        if not body:
+            return None
+        return cls(float(body.get("smearing", 1.0)), tuple(body["bounds"]) if body.get("bounds") else None)
 
 
 def transform_target(values: np.ndarray, transform: str) -> np.ndarray:
@@ -42,6 +73,7 @@ class LogisticModel:
     kind: str = "logreg"
     task: str = "binary"
     transform: str = "none"
+    output: OutputMap | None = None  # regression: smearing and bounds
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """The linear part per row: (n,) or (n, K)."""
@@ -65,7 +97,7 @@ class LogisticModel:
         if self.task == "multiclass":
             return softmax(z, axis=1)
         if self.task == "regression":
-            return untransform(z, self.transform)
+            return regression_output(z, self)
         return expit(z)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -80,6 +112,8 @@ class LogisticModel:
         body = {"kind": self.kind, "bias": bias, "weights": dict(zip(self.feature_names, self.weights.tolist()))}
         if self.task != "binary":  # binary files stay as they were
             body = {**body, "task": self.task, "transform": self.transform}
+        if self.output is not None:
+            body["output"] = self.output.to_json()
         (directory / "model.json").write_text(json.dumps(body, indent=2))
         return ["model.json"]
 
@@ -90,7 +124,8 @@ class LogisticModel:
         names = list(body["weights"])
         weights = np.array([body["weights"][n] for n in names], dtype=np.float64)
         bias = np.asarray(body["bias"], dtype=np.float64) if isinstance(body["bias"], list) else float(body["bias"])
-        return cls(weights, bias, names, task=body.get("task", "binary"), transform=body.get("transform", "none"))
+        return cls(weights, bias, names, task=body.get("task", "binary"), transform=body.get("transform", "none"),
+                   output=OutputMap.from_json(body.get("output")))  # fmt: skip
 
 
 @dataclass
@@ -102,6 +137,7 @@ class XGBoostModel:
     kind: str = "xgboost"
     task: str = "binary"
     transform: str = "none"
+    output: OutputMap | None = None  # regression: smearing and bounds
 
     def _predict(self, X: np.ndarray, **how: bool) -> np.ndarray:
         import xgboost
@@ -113,7 +149,7 @@ class XGBoostModel:
     def score(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row (see the module docstring)."""
         out = self._predict(X)
-        return untransform(out.astype(np.float64), self.transform) if self.task == "regression" else out
+        return regression_output(out.astype(np.float64), self) if self.task == "regression" else out
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """The raw score per row before the link: (n,) or (n, K)."""
@@ -139,7 +175,8 @@ class XGBoostModel:
         self.booster.save_model(str(directory / "model.ubj"))
         body: object = self.feature_names
         if self.task != "binary":
-            body = {"features": self.feature_names, "task": self.task, "transform": self.transform}
+            body = {"features": self.feature_names, "task": self.task, "transform": self.transform,
+                    **({"output": self.output.to_json()} if self.output is not None else {})}  # fmt: skip
         (directory / "features.json").write_text(json.dumps(body))
         return ["model.ubj", "features.json"]
 
@@ -153,7 +190,8 @@ class XGBoostModel:
         body = json.loads((Path(directory) / "features.json").read_text())
         if isinstance(body, list):  # binary, and files written before other tasks
             return cls(booster, body)
-        return cls(booster, body["features"], task=body["task"], transform=body["transform"])
+        return cls(booster, body["features"], task=body["task"], transform=body["transform"],
+                   output=OutputMap.from_json(body.get("output")))  # fmt: skip
 
 
 def load_model(directory: str | Path) -> LogisticModel | XGBoostModel:
