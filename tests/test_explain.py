@@ -66,6 +66,7 @@ def _test_x(prepared, n: int = 500) -> np.ndarray:
 def test_contributions_by_column_add_up_to_the_margin(generated, models, kind, method):
     _, prepared = generated
     run = models[kind]
+    prepared = prepared.under(run.spec)  # XGBoost's splits: native category codes
     X = _test_x(prepared)
     rows = explain.explain_rows(run.model, prepared.spec, X, top_k=3, method=method)
     margin = run.model.margin(X)
@@ -102,7 +103,7 @@ def test_each_task_explains_its_own_margin(ray_session, tmp_path, task, kind):
 def test_importance_ranks_the_true_strong_inputs_first_and_an_unused_input_last(generated, models, kind):
     run = models[kind]
     _, prepared = generated
-    stored = explain.global_importance(run.model, run.spec, prepared.test)  # every test row, no budget
+    stored = explain.global_importance(run.model, run.spec, prepared.under(run.spec).test)  # every row, no budget
     ranked = [c["column"] for c in stored["importance"]]
     assert stored["rows"] > 1000 and stored["explained"] == "the log-odds"
     assert max(ranked.index(c) for c in STRONG) < min(ranked.index(c) for c in WEAK), ranked
@@ -119,6 +120,7 @@ def test_importance_ranks_the_true_strong_inputs_first_and_an_unused_input_last(
 def test_importance_on_no_budget_explains_only_the_probe_and_skips_interactions(generated, models):
     _, prepared = generated
     run = models["xgboost"]
+    prepared = prepared.under(run.spec)
     tight = explain.global_importance(run.model, run.spec, prepared.test, budget_s=0.0)
     assert tight["rows"] == explain.PROBE_ROWS < tight["of_rows"] and tight["interactions"] == []
     assert {c["column"] for c in tight["importance"]} == {c["column"] for c in explain.global_importance(

@@ -63,6 +63,11 @@ class XGBoostTrainConfig(StrictModel):
         default=None, description="Train rows weigh their class's weight (balanced: n / (classes x count)); "
         "binary and multiclass, keyed by class index.",
     )
+    categorical: Literal["native", "encoded"] = Field(
+        default="native", description="native: XGBoost splits on the categories themselves (each column's kept "
+        "categories as codes; unseen, rare and missing values go the missing way); encoded: it takes the "
+        "linear model's encodings (frequency or one-hot).",
+    )
 
 
 class ParamRange(StrictModel):

@@ -44,12 +44,14 @@ class CategoricalSpec(_Frozen):
     """Fitted state of one categorical column."""
 
     name: str
-    encoding: Literal["frequency", "onehot"]
+    encoding: Literal["frequency", "onehot", "native"]
     frequencies: dict[str, float] = Field(description="Kept categories -> training frequency (count / rows).")
     missing_value: float = Field(description="Encoded value for null or empty input.")
     unseen_value: float = Field(description="Encoded value for categories not kept (unseen or rare).")
     rare_frequency: float = Field(description="Share of training rows in categories below min_count.")
     onehot: list[str] = Field(default_factory=list, description="One-hot categories, in output order.")
+    codes: list[str] = Field(default_factory=list, description="native: the categories a tree model splits on, "
+                             "by code (0, 1, ...); unseen, rare and missing values are missing.")
 
 
 # Parts of the event time a model may take as inputs, and each one's period (sin and cos of its angle).
@@ -105,8 +107,8 @@ class FeatureSpec(_Frozen):
         for col in self.numeric:
             names.extend(col.outputs)
         for cat in self.categorical:
-            if cat.encoding == "frequency":
-                names.append(f"{cat.name}__freq")
+            if cat.encoding in ("frequency", "native"):
+                names.append(f"{cat.name}__{'freq' if cat.encoding == 'frequency' else 'code'}")
             else:
                 names.extend(f"{cat.name}={value}" for value in cat.onehot)
         for part in self.time_parts:
@@ -121,9 +123,15 @@ class FeatureSpec(_Frozen):
         for col in self.numeric:
             out += [col.name] * len(col.outputs)
         for cat in self.categorical:
-            out += [cat.name] * (1 if cat.encoding == "frequency" else len(cat.onehot))
+            out += [cat.name] * (len(cat.onehot) if cat.encoding == "onehot" else 1)
         out += [str(self.event_timestamp)] * (2 * len(self.time_parts))
         return out
+
+    @property
+    def feature_types(self) -> list[str]:
+        """XGBoost's type per output entry: "c" for a native category code, "q" for a number."""
+        native = {f"{c.name}__code" for c in self.categorical if c.encoding == "native"}
+        return ["c" if name in native else "q" for name in self.feature_names]
 
     @property
     def task(self) -> str:
@@ -138,6 +146,9 @@ class FeatureSpec(_Frozen):
         for col in body["numeric"]:  # likewise a non-cyclic column's `cyclic`
             if col.get("cyclic") is None:
                 col.pop("cyclic", None)
+        for cat in body["categorical"]:  # and a non-native column's `codes`
+            if not cat.get("codes"):
+                cat.pop("codes", None)
         if body.get("label"):
             defaults = {"task": "binary", "classes": None, "transform": "none"}
             body["label"] = {k: v for k, v in body["label"].items() if k not in defaults or v != defaults[k]}
@@ -176,3 +187,11 @@ class FeatureSpec(_Frozen):
     def load(cls, path: str | Path) -> "FeatureSpec":
         """Read a spec written by `save`."""
         return cls.from_json(Path(path).read_text())
+
+
+def native_spec(spec: FeatureSpec) -> FeatureSpec:
+    """`spec` with every categorical column as native codes (a tree model splits on the categories
+    themselves): the kept categories, most frequent first, are codes 0, 1, ...; numbers unchanged."""
+    cats = [c.model_copy(update={"encoding": "native", "codes": list(c.frequencies), "onehot": []})
+            for c in spec.categorical]  # fmt: skip
+    return spec.model_copy(update={"categorical": cats})

@@ -53,6 +53,9 @@ def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -
     # read as ingest reads it (numbers written as categories compare as text; 'WD ' is 'WD'; blank is missing)
     text = clean_text(arr)
     missing = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
+    if cat.encoding == "native":  # the category's code; unseen, rare and missing are missing
+        idx = pc.index_in(text, value_set=pa.array(cat.codes, pa.string()))
+        return [np.asarray(pc.cast(idx, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)]
     if cat.encoding == "onehot":
         idx = np.asarray(
             pc.index_in(text, value_set=pa.array(cat.onehot, pa.string())).fill_null(-1).to_numpy(), dtype=np.int64

@@ -3,7 +3,8 @@ fitted on train only, numpy shards."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pyarrow.compute as pc
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.fit import fit
-from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.features.spec import FeatureSpec, native_spec
 from ray_pipeline.features.transform import transform_table
 from ray_pipeline.train.models import transform_target
 
@@ -34,6 +35,33 @@ class Prepared:
     raw_train: object = None  # the train split's raw rows (Ray Dataset), for the reference profile
     input_profile: dict | None = None  # computed once from raw_train, shared by every model of this split
     source_sha256: str | None = None  # content digest of the training set these rows came from
+    raw: dict | None = None  # every split's raw rows (Ray Datasets): another spec's matrices come from them
+    variants: dict = field(default_factory=dict)  # spec content hash -> the same rows under that spec
+
+    def under(self, spec: FeatureSpec) -> "Prepared":
+        """The same rows transformed by `spec` (another encoding of the same fitted statistics);
+        transformed once per spec."""
+        if spec.content_hash() == self.spec.content_hash():
+            return self
+        key = spec.content_hash()
+        if key not in self.variants:
+            if self.raw is None:
+                raise ValueError("these splits keep no raw rows to transform again")
+            label = self.spec.label.column if self.spec.label else "label"
+            splits = {name: ds.map_batches(to_xy, fn_kwargs={"spec": spec, "label": label},
+                                           batch_format="pyarrow").materialize()
+                      for name, ds in self.raw.items()}  # fmt: skip
+            self.variants[key] = replace(self, spec=spec, train=splits["train"], valid=splits["valid"],
+                                         test=splits["test"], variants={})  # fmt: skip
+        return self.variants[key]
+
+
+def for_model(prepared: Prepared, kind: str, training: Any) -> Prepared:
+    """The splits as model `kind` takes them: XGBoost splits on categories themselves (native codes,
+    `training.xgboost.categorical`), the linear model on their encodings."""
+    if kind == "xgboost" and training.xgboost.categorical == "native" and prepared.spec.categorical:
+        return prepared.under(native_spec(prepared.spec))
+    return prepared
 
 
 def time_range(batch: pa.Table, ts: str) -> pa.Table:
@@ -242,7 +270,7 @@ def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None,
     if empty:
         raise UserError(f"training.split: the {', '.join(empty)} split(s) are empty ({describe_split(how)}); "
                          f"rows per split: {rows}")
-    return Prepared(spec, splits["train"], splits["valid"], splits["test"], how, rows, raw["train"])
+    return Prepared(spec, splits["train"], splits["valid"], splits["test"], how, rows, raw["train"], raw=raw)
 
 
 def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: float) -> tuple[dict, dict]:

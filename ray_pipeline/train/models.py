@@ -157,7 +157,9 @@ class XGBoostModel:
 
     def contributions(self, X: np.ndarray, approximate: bool = False) -> np.ndarray:
         """XGBoost's own per-input contributions to the margin (TreeSHAP; `approximate`: Saabas
-        path attribution), bias last: (n, d+1), or (n, K, d+1) for multiclass; a row sums to `margin`."""
+        path attribution), bias last: (n, d+1), or (n, K, d+1) for multiclass; a row sums to `margin`.
+        A model with native categories always gets TreeSHAP: XGBoost has no path attribution for them."""
+        approximate = approximate and "c" not in (self.booster.feature_types or [])
         return self._predict(X, pred_contribs=True, approx_contribs=approximate).astype(np.float64)
 
     def interactions(self, X: np.ndarray) -> np.ndarray:

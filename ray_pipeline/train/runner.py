@@ -20,7 +20,7 @@ from ray_pipeline.features.profile import input_profile, save_profile, with_scor
 from ray_pipeline.progress import remote_bar
 from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate, explain
-from ray_pipeline.train.data import Prepared, prepare_training_set, shard_refs
+from ray_pipeline.train.data import Prepared, for_model, prepare_training_set, shard_refs
 from ray_pipeline.train.models import LogisticModel, XGBoostModel, logged_score
 from ray_pipeline.train.objective import task_weights
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
@@ -189,8 +189,10 @@ def loop_config(kind: str, cfg: PipelineConfig, spec: FeatureSpec, workers: int,
               **(fault or {})}  # fmt: skip
     if kind == "xgboost":
         x = training.xgboost
+        types = spec.feature_types
         return {
             **common,
+            **({"feature_types": types} if "c" in types else {}),  # native categories
             "num_boost_round": x.num_boost_round,
             "early_stopping_rounds": x.early_stopping_rounds,
             "eval_train": x.eval_train,
@@ -272,6 +274,7 @@ def train_model(
     t0 = time.perf_counter()
     if prepared is None:
         prepared = prepare_training_set(cfg)
+    base, prepared = prepared, for_model(prepared, kind, cfg.training)  # e.g. XGBoost's native categories
     timings["prepare_s"] = time.perf_counter() - t0
 
     if workers is None:
@@ -350,7 +353,8 @@ def train_model(
         write_run(local, model, artifacts)
         if prepared.raw_train is not None:  # what monitoring compares served traffic with
             t0 = time.perf_counter()
-            profile_once(cfg, prepared)
+            profile_once(cfg, base)  # one per split, whichever encoding each model takes
+            prepared.input_profile = base.input_profile
             save_profile(with_scores(prepared.input_profile, logged_score(config["task"], p),
                                      config["n_outputs"] if config["task"] == "multiclass" else None), local)  # fmt: skip
             timings["profile_s"] = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from ray_pipeline.config import PipelineConfig
 from ray_pipeline.config.training import ParamRange
 from ray_pipeline.errors import UserError
 from ray_pipeline.storage import join
-from ray_pipeline.train.data import Prepared
+from ray_pipeline.train.data import Prepared, for_model
 
 SEARCH_FILE = "search.json"  # written into the best trial's run directory, so its version carries it
 # XGBoost's own defaults, for searched parameters training.xgboost.params leaves unset.
@@ -225,6 +225,8 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     prepared.train, prepared.valid, prepared.test = (ds.materialize() if ds is not None else None
                                                      for ds in (prepared.train, prepared.valid, prepared.test))
     profile_once(cfg, prepared)
+    profile, prepared = prepared.input_profile, for_model(prepared, kind, cfg.training)  # once, not per trial
+    prepared.input_profile = profile
     first = [defaults(cfg, kind, space)]
     if s.algorithm == "tpe":
         from ray.tune.search.optuna import OptunaSearch

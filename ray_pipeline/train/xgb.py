@@ -64,9 +64,10 @@ def _progress(key: str | None, total: int, config: dict[str, Any]):
     return Progress()
 
 
-def _shard_iter(shard: tuple[list, int], n_features: int, weights: list[float] | None = None):
+def _shard_iter(shard: tuple[list, int], n_features: int, weights: list[float] | None = None,
+                feature_types: list[str] | None = None):  # fmt: skip
     """An xgboost.DataIter over a shard's record batches (`worker.iter_batches`); rows weigh
-    `weights[class]` when given."""
+    `weights[class]` when given; `feature_types` marks native category codes ("c")."""
     import xgboost
 
     from ray_pipeline.train.worker import iter_batches
@@ -86,7 +87,7 @@ def _shard_iter(shard: tuple[list, int], n_features: int, weights: list[float] |
             if batch is None:
                 return False
             weight = None if weights is None else np.asarray(weights)[batch[1].astype(np.int64)]
-            input_data(data=batch[0], label=batch[1], weight=weight)
+            input_data(data=batch[0], label=batch[1], weight=weight, feature_types=feature_types)
             return True
 
     return ShardIter()
@@ -123,10 +124,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     # batch, so no float copy of the shard is ever made (XGBoost reads the batches twice: sketch,
     # then bins).
     shards = config["shards"]
+    types = config.get("feature_types")
     dtrain = xgboost.QuantileDMatrix(
-        _shard_iter(shards["train"][rank], d, config.get("class_weights")), max_bin=int(params.get("max_bin", 256)), nthread=config["nthread"]
-    )
-    dvalid = xgboost.QuantileDMatrix(_shard_iter(shards["valid"][rank], d), ref=dtrain, nthread=config["nthread"])
+        _shard_iter(shards["train"][rank], d, config.get("class_weights"), types), max_bin=int(params.get("max_bin", 256)),
+        nthread=config["nthread"], enable_categorical=types is not None,
+    )  # fmt: skip
+    dvalid = xgboost.QuantileDMatrix(_shard_iter(shards["valid"][rank], d, None, types), ref=dtrain,
+                                     nthread=config["nthread"], enable_categorical=types is not None)  # fmt: skip
 
     booster = None
     checkpoint = session.get_checkpoint()
