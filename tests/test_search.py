@@ -5,6 +5,7 @@ split, and registers the best trial with its search, through the gates."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,32 @@ def test_a_retrain_keeps_the_champions_searched_parameters(churn):
     assert cfg.training.xgboost.params.get("max_depth") != 3  # the loaded config is left as it was
     assert retrain_config(cfg, "logreg", "xgboost", lineage) is cfg
     assert retrain_config(cfg, "xgboost", "xgboost", {}) is cfg
+
+
+def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
+    """`run --time-budget`: each kind searches in its share (the untuned settings first, no trial
+    stopped for its early rounds, XGBoost's rounds left to early stopping), the best of each goes to
+    the gates, and nothing of Tune's own reporting reaches the terminal."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.workflow.search import budget_share, budgeted
+
+    out = _invoke("run", "--config", str(churn), "--time-budget", "24")
+    assert "search within 24 s on Ray Tune: logreg, xgboost" in out, out
+    kinds = {m.group(2): (int(m.group(1)), float(m.group(3)))
+             for m in re.finditer(r"search-\S+: (\d+) trials of (\w+) \(tpe, fifo\) in ([\d.]+) s", out)}
+    assert set(kinds) == {"logreg", "xgboost"}, out
+    for kind, (n, seconds) in kinds.items():
+        assert n >= 2 and seconds <= 24 * budget_share(kind, ["logreg", "xgboost"]) + 5, (kind, n, seconds)
+    for noise in ("View detailed results", "TensorBoard", "tensorboardx", "A new study created", "Failed to fetch"):
+        assert noise not in out, noise
+    cfg = load_config(churn)
+    x = budgeted(cfg, "xgboost", 18.0).training
+    assert (x.search.scheduler, x.search.time_budget_s, x.xgboost.num_boost_round) == ("fifo", 18.0, 2000)
+    searched = [v for v in open_registry_versions(cfg) if v.lineage.get("search")]
+    assert searched or "again (same model files)" in out
+
+
+def open_registry_versions(cfg):
+    from ray_pipeline.registry.versions import open_registry
+
+    return open_registry(cfg).versions(cfg.registry.model_name)

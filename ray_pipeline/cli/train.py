@@ -83,6 +83,10 @@ def run(
     wait: Annotated[
         bool | None, typer.Option(help="With --serve: keep serving until Ctrl-C (default: yes on an embedded Ray).")
     ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", help="Seconds of training for every model kind together: "
+                                   "a search within them (training.time_budget_s).", min=1)
+    ] = None,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -91,6 +95,8 @@ def run(
     from ray_pipeline.workflow.pipeline import Stages, check_models, run_pipeline
 
     cfg = load_config(config)
+    if time_budget is not None:
+        cfg.training.time_budget_s = time_budget
     kinds = check_models([m.strip() for m in models.split(",") if m.strip()])
     runtime = start_ray(address, verbose)
     stages = Stages(5 + serve, typer.echo, heading)

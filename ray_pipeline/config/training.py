@@ -139,6 +139,11 @@ class TrainingConfig(StrictModel):
     run_root: str = Field(default="runs", description="Directory or URI for runs and checkpoints.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     workers: int = Field(default=2, ge=0, description="Ray Train workers (0 runs the loop in-process).")
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="`run` searches every model kind within this many seconds of training "
+        "(`run --time-budget`): the untuned settings first, each trial stopped early on its validation loss, "
+        "a seeded TPE search after; the best trial of each kind goes to the gates. Unset: one run per kind.",
+    )
     in_process_max_rows: int = Field(
         default=100_000,
         ge=0,

@@ -14,6 +14,9 @@ or beat them on the validation split.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import os
 import time
@@ -30,6 +33,8 @@ from ray_pipeline.config.training import ParamRange
 from ray_pipeline.errors import UserError
 from ray_pipeline.storage import join
 from ray_pipeline.train.data import Prepared, for_model
+
+log = logging.getLogger(__name__)
 
 SEARCH_FILE = "search.json"  # written into the best trial's run directory, so its version carries it
 # XGBoost's own defaults, for searched parameters training.xgboost.params leaves unset.
@@ -229,7 +234,10 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     prepared.input_profile = profile
     first = [defaults(cfg, kind, space)]
     if s.algorithm == "tpe":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study on the terminal
 
         searcher = OptunaSearch(points_to_evaluate=first, seed=s.seed)
     else:
@@ -270,7 +278,15 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     # Optuna warns for each repeated training_iteration Tune passes on from Ray Train's reports; it
     # only feeds Optuna's own pruning, which the search does not use.
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=")
-    grid = tuner.fit()
+    # Tune prints its experiment path and a TensorBoard hint, and warns about every trial a time
+    # budget stopped before its first report: the search's own summary (render_search) says what
+    # happened, so none of that reaches the terminal (it goes to this module's debug log).
+    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.logger.tensorboardx"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # (TensorBoard's logger also refuses list values)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        grid = tuner.fit()
+    log.debug("Ray Tune printed: %s", printed.getvalue())
     result = SearchResult(search_id, kind, s.algorithm, s.scheduler, _loss_metric(prepared),
                           {k: r.model_dump(exclude_none=True) for k, r in space.items()}, join(storage, search_id))  # fmt: skip
     result.trials = [_trial_of(r) for r in grid]

@@ -137,12 +137,21 @@ def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
     """A search per model kind on one prepared split: the best trials' runs to register, and a
     line for each best trial that is a registered model again."""
     from ray_pipeline.train.search import run_search
-    from ray_pipeline.workflow.search import SearchedRun, keep_best, not_registered, render_search
+    from ray_pipeline.workflow.search import (
+        SearchedRun,
+        budget_share,
+        budgeted,
+        keep_best,
+        not_registered,
+        render_search,
+    )
 
     runs: list[HasRunDir] = []
     repeated = []
+    budget = cfg.training.time_budget_s
     for kind in models:
-        result = run_search(cfg, kind, prepared)
+        settings = budgeted(cfg, kind, budget * budget_share(kind, models)) if budget else cfg
+        result = run_search(settings, kind, prepared)
         echo(render_search(result))
         kept = keep_best(cfg, result, prepared)
         if isinstance(kept, SearchedRun):
@@ -196,7 +205,10 @@ def run_pipeline(
 
     workers = in_process_or(cfg.training, prepared)
     where = f"{workers} workers" if workers else "in-process: a small table"
-    if search:
+    if cfg.training.time_budget_s:
+        with stages.stage("train", f"search within {cfg.training.time_budget_s:g} s on Ray Tune: {', '.join(models)}"):
+            runs, repeated = _search_models(cfg, models, prepared, echo)
+    elif search:
         with stages.stage("train", f"hyperparameter search on Ray Tune: {', '.join(models)}"):
             runs, repeated = _search_models(cfg, models, prepared, echo)
     else:

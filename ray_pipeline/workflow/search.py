@@ -120,3 +120,29 @@ def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = Non
     if echo is not None:
         echo(outcome.render())
     return outcome
+
+
+# A budget's share per model kind: the linear model's trials are seconds, a tree model's search has
+# more to find. Each trial stops early on its validation loss, so the rounds follow the learning rate.
+BUDGET_WEIGHTS = {"logreg": 1.0, "xgboost": 3.0}
+BUDGET_ROUNDS, BUDGET_PATIENCE = 2000, 50  # XGBoost's rounds cap and early stopping in a budgeted search
+
+
+def budget_share(kind: str, kinds: list[str]) -> float:
+    """The share of a run's time budget model `kind` searches in."""
+    return BUDGET_WEIGHTS[kind] / sum(BUDGET_WEIGHTS[k] for k in kinds)
+
+
+def budgeted(cfg: PipelineConfig, kind: str, seconds: float) -> PipelineConfig:
+    """The settings of a search of `kind` within `seconds`: as many trials as fit (Tune stops the
+    search at the budget, running trials included), no scheduler stopping trials by their early
+    rounds (a small learning rate is slow, not worse: early stopping on the validation loss ends
+    each trial instead), XGBoost's rounds capped high so a small eta can use them."""
+    out = cfg.model_copy(deep=True)
+    s = out.training.search
+    s.time_budget_s, s.trials, s.scheduler, s.algorithm = seconds, 10_000, "fifo", "tpe"
+    if kind == "xgboost":
+        x = out.training.xgboost
+        x.num_boost_round = max(x.num_boost_round, BUDGET_ROUNDS)
+        x.early_stopping_rounds = max(x.early_stopping_rounds, BUDGET_PATIENCE)
+    return out
