@@ -139,6 +139,11 @@ class TrainingConfig(StrictModel):
     run_root: str = Field(default="runs", description="Directory or URI for runs and checkpoints.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     workers: int = Field(default=2, ge=0, description="Ray Train workers (0 runs the loop in-process).")
+    ensemble: bool = Field(
+        default=True, description="After training two or more model kinds on one split, also blend them (their "
+        "margins weighted, the weights fitted on the validation split) into one model that registers and goes "
+        "through the gates like the others; none when one model alone is best on validation.",
+    )
     time_budget_s: float | None = Field(
         default=None, gt=0, description="`run` searches every model kind within this many seconds of training "
         "(`run --time-budget`): the untuned settings first, each trial stopped early on its validation loss, "

@@ -97,8 +97,8 @@ class FeatureSpec(_Frozen):
 
     @property
     def input_columns(self) -> list[str]:
-        """Raw columns transform reads."""
-        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+        """Raw columns transform reads (once each: an ensemble's spec encodes a column several ways)."""
+        return list(dict.fromkeys([c.name for c in self.numeric] + [c.name for c in self.categorical]))
 
     @property
     def feature_names(self) -> list[str]:

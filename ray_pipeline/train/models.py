@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.special import expit, softmax
@@ -196,9 +197,13 @@ class XGBoostModel:
                    output=OutputMap.from_json(body.get("output")))  # fmt: skip
 
 
-def load_model(directory: str | Path) -> LogisticModel | XGBoostModel:
-    """Whichever model the directory holds."""
+def load_model(directory: str | Path) -> Any:
+    """Whichever model the directory holds (a linear model, XGBoost, or an ensemble of them)."""
     directory = Path(directory)
+    if (directory / "ensemble.json").exists():
+        from ray_pipeline.train.ensemble import EnsembleModel  # it loads its members with this function
+
+        return EnsembleModel.load(directory)
     if (directory / "model.json").exists():
         return LogisticModel.load(directory)
     if (directory / "model.ubj").exists():

@@ -4,7 +4,7 @@
       model/                   the model (JSON or XGBoost .ubj, never pickle)
       feature_spec.json        the FeatureSpec the model was trained with
       metrics.json             {"test": {metric: value}, "rows": {split: count}}
-      params.json              {"model": "logreg" | "xgboost", ...training parameters}
+      params.json              {"model": "logreg" | "xgboost" | "ensemble", ...training parameters}
       lineage.json             training-data digest, event-time range, split, hashes, Ray Train run
       history.json             per epoch / boosting round (optional)
       reference_profile.json   what monitoring compares traffic with (optional, features/profile.py)
@@ -35,7 +35,7 @@ LINEAGE_FILE = "lineage.json"
 HISTORY_FILE = "history.json"
 PLOTS_DIR = "plots"
 REQUIRED = (MODEL_DIR, SPEC_FILE, METRICS_FILE, PARAMS_FILE, LINEAGE_FILE)
-KINDS = ("logreg", "xgboost")
+KINDS = ("logreg", "xgboost", "ensemble")
 
 
 @dataclass

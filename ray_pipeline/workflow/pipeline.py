@@ -132,6 +132,25 @@ def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: 
     return Promotion(versions, champion, lines)
 
 
+def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[HasRunDir], echo: Echo) -> list[HasRunDir]:
+    """The ensemble of `runs` (`training.ensemble`), indexed, when a blend beats each alone on validation."""
+    from ray_pipeline.registry.runs import index_run
+    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.train.blend import blend_runs
+    from ray_pipeline.train.evaluate import render
+
+    if not cfg.training.ensemble or len(runs) < 2:
+        return []
+    blended = blend_runs(cfg, prepared, [str(r.run_dir) for r in runs])
+    if blended is None:
+        echo("ensemble: one model alone is best on the validation split; no blend")
+        return []
+    index_run(open_registry(cfg), blended.run_dir)
+    weights = ", ".join(f"{k} {w:g}" for k, w in zip(blended.params["members"], blended.params["weights"]))
+    echo(render("ensemble", blended.metrics) + f"\n         weights {weights} (fitted on validation) -> {blended.run_dir}")
+    return [blended]
+
+
 def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
                    echo: Echo) -> tuple[list[HasRunDir], list[str]]:  # fmt: skip
     """A search per model kind on one prepared split: the best trials' runs to register, and a
@@ -208,12 +227,15 @@ def run_pipeline(
     if cfg.training.time_budget_s:
         with stages.stage("train", f"search within {cfg.training.time_budget_s:g} s on Ray Tune: {', '.join(models)}"):
             runs, repeated = _search_models(cfg, models, prepared, echo)
+            runs += _blend(cfg, prepared, runs, echo)
     elif search:
         with stages.stage("train", f"hyperparameter search on Ray Tune: {', '.join(models)}"):
             runs, repeated = _search_models(cfg, models, prepared, echo)
+            runs += _blend(cfg, prepared, runs, echo)
     else:
         with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
             runs, repeated = train_models(cfg, models, prepared, workers, echo, trigger="run"), []
+            runs += _blend(cfg, prepared, runs, echo)
 
     with stages.stage("registry", "model registry: register, promote through the gates"):
         promotion = register_and_promote(cfg, runs, cfg.serving.alias)
