@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, softmax
 
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.train.models import OutputMap, load_model, regression_output
+from ray_pipeline.train.models import OutputMap, load_model, margin_output
 
 ENSEMBLE_FILE = "ensemble.json"
 WEIGHT_STEP = 0.1  # the validation search over weights: a grid on the simplex at this step
@@ -66,16 +65,9 @@ class EnsembleModel:
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row from the blended margin."""
-        z = self.margin(X)
-        if self.task == "multiclass":
-            return softmax(z, axis=1)
-        if self.task == "regression":
-            return regression_output(z, self)
-        return expit(z)
+        return margin_output(self.margin(X), self)
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of the positive class per row (binary), or `score` for the other tasks."""
-        return self.score(X)
+    predict_proba = score  # what binary callers ask for; the task's output for the others
 
     def contributions(self, X: np.ndarray, approximate: bool = False) -> np.ndarray:
         """Each entry's weighted share of the blended margin, bias last: (n, d+1) or (n, K, d+1)."""

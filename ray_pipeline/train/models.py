@@ -33,6 +33,16 @@ def regression_output(values: np.ndarray, model: object) -> np.ndarray:
     return out
 
 
+def margin_output(z: np.ndarray, model: object) -> np.ndarray:
+    """The task's output from a margin: class probabilities (softmax), the value in the user's units
+    (`regression_output`), or the probability of label 1 (sigmoid)."""
+    if model.task == "multiclass":
+        return softmax(z, axis=1)
+    if model.task == "regression":
+        return regression_output(z, model)
+    return expit(z)
+
+
 @dataclass(frozen=True)
 class OutputMap:
     """How a regression model's output reaches the user's units beyond the inverse transform."""
@@ -94,12 +104,7 @@ class LogisticModel:
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row (see the module docstring)."""
-        z = self.margin(X)
-        if self.task == "multiclass":
-            return softmax(z, axis=1)
-        if self.task == "regression":
-            return regression_output(z, self)
-        return expit(z)
+        return margin_output(self.margin(X), self)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of the positive class per row (binary), or `score` for the other tasks."""
