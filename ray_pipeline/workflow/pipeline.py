@@ -172,6 +172,11 @@ def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
         settings = budgeted(cfg, kind, budget * budget_share(kind, models)) if budget else cfg
         result = run_search(settings, kind, prepared)
         echo(render_search(result))
+        if budget and result.best is None:  # not even the untuned trial fit in the share: train it plainly
+            echo(f"{kind}: no trial finished within its {settings.training.search.time_budget_s:.0f} s; "
+                 "trained once with the untuned settings instead")  # fmt: skip
+            runs += train_models(cfg, [kind], prepared, echo=echo, trigger="run")
+            continue
         kept = keep_best(cfg, result, prepared)
         if isinstance(kept, SearchedRun):
             runs.append(kept)
