@@ -241,6 +241,9 @@ def _warm_challenger(cfg: PipelineConfig, record: dict[str, Any], champion: Any,
     weights on every training row. [] when there is nothing to start from (the record says why): a
     warm start that fails leaves the fresh challengers to the gates."""
     kind, lineage = champion.version.kind, champion.version.lineage
+    if kind not in ("logreg", "xgboost"):
+        record["warm_start"] = {"kind": kind, "from": champion.version.uri, "skipped": f"a {kind} has no warm start"}
+        return []
     start = since_us
     seen = (lineage.get("event_time_range") or [None, None])[1]
     if kind == "xgboost" and seen:
