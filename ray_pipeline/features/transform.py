@@ -34,10 +34,7 @@ def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[n
     missing), plus the missing indicator if configured."""
     x = as_float(arr, col.name)
     if col.cyclic:
-        missing = np.isnan(x)
-        angle = 2 * np.pi * np.where(missing, 0.0, x) / col.cyclic
-        parts = [np.where(missing, 0.0, np.sin(angle)), np.where(missing, 0.0, np.cos(angle))]
-        return parts + ([missing.astype(np.float64)] if col.missing_indicator else [])
+        return on_cycle(x, col.cyclic) + ([np.isnan(x).astype(np.float64)] if col.missing_indicator else [])
     if col.log1p:
         x = np.log1p(np.maximum(x, 0.0))  # negatives count as 0; NaN stays NaN
     if col.clip is not None:
@@ -77,13 +74,14 @@ def time_part_columns(arr: pa.Array | pa.ChunkedArray, parts: list[str]) -> list
         "day_of_year": lambda: pc.subtract(pc.day_of_year(ts), 1),
         "month": lambda: pc.subtract(pc.month(ts), 1),
     }
-    out = []
-    for part in parts:
-        x = as_float(values[part](), part)
-        missing = np.isnan(x)
-        angle = 2 * np.pi * np.where(missing, 0.0, x) / TIME_PARTS[part]
-        out += [np.where(missing, 0.0, np.sin(angle)), np.where(missing, 0.0, np.cos(angle))]
-    return out
+    return [c for part in parts for c in on_cycle(as_float(values[part](), part), TIME_PARTS[part])]
+
+
+def on_cycle(x: np.ndarray, period: float) -> list[np.ndarray]:
+    """Sin and cos of each value's angle on a cycle of `period`; 0 and 0 (no direction) where missing."""
+    missing = np.isnan(x)
+    angle = 2 * np.pi * np.where(missing, 0.0, x) / period
+    return [np.where(missing, 0.0, np.sin(angle)), np.where(missing, 0.0, np.cos(angle))]
 
 
 def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32) -> np.ndarray:

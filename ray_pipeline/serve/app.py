@@ -196,10 +196,13 @@ class ModelRunner:
         records = [r for req in requests for r in req.records]
         started = time.perf_counter()
         inputs = records_table(records, model.spec)
-        # time parts read each record's event time (one sent without: the time it is scored)
-        now = datetime.now(timezone.utc)
-        times = [t or now for req in requests for t in (req.event_ts or [None] * len(req.records))]
-        X = transform_table(with_event_time(inputs, model.spec, times), model.spec) if records else None
+        if model.spec.time_parts:  # each record's event time (one sent without: the time it is scored)
+            now = datetime.now(timezone.utc)
+            times = [t or now for req in requests for t in (req.event_ts or [None] * len(req.records))]
+            inputs_at = with_event_time(inputs, model.spec, times)
+        else:
+            inputs_at = inputs
+        X = transform_table(inputs_at, model.spec) if records else None
         transformed = time.perf_counter()
         probs = model.model.score(X).tolist() if records else []
         timing = {"transform_ms": (transformed - started) * 1e3, "inference_ms": (time.perf_counter() - transformed) * 1e3}

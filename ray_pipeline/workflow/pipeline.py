@@ -229,18 +229,17 @@ def run_pipeline(
 
     workers = in_process_or(cfg.training, prepared)
     where = f"{workers} workers" if workers else "in-process: a small table"
-    if cfg.training.time_budget_s:
-        with stages.stage("train", f"search within {cfg.training.time_budget_s:g} s on Ray Tune: {', '.join(models)}"):
+    budget, names = cfg.training.time_budget_s, ", ".join(models)
+    searching = bool(budget) or search
+    title = (f"search within {budget:g} s on Ray Tune: {names}" if budget
+             else f"hyperparameter search on Ray Tune: {names}" if search
+             else f"training on Ray Train ({where}): {names}")  # fmt: skip
+    with stages.stage("train", title):
+        if searching:
             runs, repeated = _search_models(cfg, models, prepared, echo)
-            runs += _blend(cfg, prepared, runs, echo)
-    elif search:
-        with stages.stage("train", f"hyperparameter search on Ray Tune: {', '.join(models)}"):
-            runs, repeated = _search_models(cfg, models, prepared, echo)
-            runs += _blend(cfg, prepared, runs, echo)
-    else:
-        with stages.stage("train", f"training on Ray Train ({where}): {', '.join(models)}"):
+        else:
             runs, repeated = train_models(cfg, models, prepared, workers, echo, trigger="run"), []
-            runs += _blend(cfg, prepared, runs, echo)
+        runs += _blend(cfg, prepared, runs, echo)
 
     with stages.stage("registry", "model registry: register, promote through the gates"):
         promotion = register_and_promote(cfg, runs, cfg.serving.alias)
