@@ -98,7 +98,7 @@ app = FastAPI()
 
 @app.post("/predict")
 async def predict(body: dict) -> dict:
-    return {"predictions": [{"probability": p} for p in model.predict_proba(body["records"]).tolist()]}
+    return {"predictions": [{"probability": p} for p in model.predict(body["records"]).probabilities.tolist()]}
 
 if __name__ == "__main__":
     import uvicorn

@@ -154,7 +154,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
             assert len(busy) == 1 and busy[0].rows == rows.num_rows, [r.render() for r in done]
             figures = _figures(busy[0], served)
             shadow = [m["value"] for m in busy[0].metrics if m["metric"] == "challenger_gain"]
-            stale = load(registry, "models:/movies/1").predict_table(rows)  # the base model, never retrained
+            stale = load(registry, "models:/movies/1").predict(rows).outputs  # the base model, never retrained
             fb = busy[0].feedback or {}
             gate = next((g for g in fb.get("gates", []) if g["metric"] == "log_loss"), None)
             out.append({"window": f"{window[0]}-{window[1]}", "rows": rows.num_rows, "served": served,

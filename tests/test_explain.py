@@ -151,13 +151,13 @@ def test_an_ensemble_blends_margins_explains_additively_and_round_trips(generate
     own = [np.asarray(prepared.under(s).test.take_batch(300, batch_format="numpy")["x"]) for s in (linear.spec, trees.spec)]
     expected = 0.3 * linear.model.margin(own[0]) + 0.7 * trees.model.margin(own[1])
     np.testing.assert_allclose(ensemble.margin(X), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ensemble.score(X), expit(expected), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ensemble.task_output(X), expit(expected), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ensemble.contributions(X).sum(axis=1), ensemble.margin(X), rtol=1e-5, atol=1e-5)
     rows = explain.explain_rows(ensemble, spec, X[:5], top_k=3)
     assert all(abs(r["bias"] + sum(c["value"] for c in r["contributions"]) + r["rest"] - r["margin"]) < 1e-5 for r in rows)
     ensemble.save(tmp_path / "model")
     again = load_model(tmp_path / "model")
-    np.testing.assert_array_equal(again.score(X), ensemble.score(X))
+    np.testing.assert_array_equal(again.task_output(X), ensemble.task_output(X))
     # a served record goes through the combined spec: the same as each member through its own
     frame = prepared.raw["test"].take(3)
     Xr, _ = transform_records(frame, spec)

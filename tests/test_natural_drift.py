@@ -101,14 +101,14 @@ def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
     n = rows.num_rows
     base = {"request_id": [f"p{k}-{i // 100}" for i in range(n)], "row": [i % 100 for i in range(n)],
             "entity": rows[schema.entity_key].to_pylist(), "event_ts": rows[schema.event_timestamp].to_pylist(),
-            "score": model.predict_table(inputs).tolist(), "model_name": [name] * n,
+            "score": model.predict(inputs).outputs.tolist(), "model_name": [name] * n,
             "model_version": [model.version.version] * n, "variant": ["champion"] * n, "http_status": [200] * n}  # fmt: skip
     tables = [rows_table(base, inputs, START)]
     traffic = current_traffic(registry, name)
     challenger = registry.aliases(name).get(cfg.serving.traffic.challenger_alias)
     if traffic is not None and traffic.mode == "shadow" and challenger is not None:  # as a replica does
         shadow = load(registry, f"models:/{name}/{challenger}")
-        scored = shadow.predict_table(rows.select(shadow.spec.input_columns)).tolist()
+        scored = shadow.predict(rows.select(shadow.spec.input_columns)).outputs.tolist()
         tables.append(rows_table({**base, "score": scored, "model_version": [challenger] * n, "variant": ["shadow"] * n},
                                  inputs, START))  # fmt: skip
     table = pa.concat_tables(tables)

@@ -53,7 +53,7 @@ def test_registry_artifacts_on_s3_commit_by_transaction_and_verify_on_load(s3_bu
     records = [{"amount": 12.0, "channel": "web"}, {"amount": None, "channel": "shop"}]
     reference = load(Registry(tmp_path / "local.db", tmp_path / "art"), register_run(
         Registry(tmp_path / "local.db", tmp_path / "art"), "fraud", run).uri)  # fmt: skip
-    assert np.array_equal(loaded.predict_proba(records), reference.predict_proba(records))
+    assert np.array_equal(loaded.predict(records).probabilities, reference.predict(records).probabilities)
     assert model_cache.joinpath("fraud").is_dir()  # downloaded once, then served from the cache
 
     # a file changed in the bucket after registration is refused on load, naming the file
@@ -65,7 +65,7 @@ def test_registry_artifacts_on_s3_commit_by_transaction_and_verify_on_load(s3_bu
     # a cached copy damaged on disk is fetched again, not trusted
     cached = next(model_cache.joinpath("fraud").glob("1-*"))
     (cached / "model" / "model.json").write_text("{}")
-    assert np.array_equal(load(registry, "models:/fraud/1").predict_proba(records), loaded.predict_proba(records))
+    assert np.array_equal(load(registry, "models:/fraud/1").predict(records).probabilities, loaded.predict(records).probabilities)
 
 
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out

@@ -389,7 +389,7 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
         status, answer = http_json(url + "/predict", {"records": records})
         assert status == 200, answer
         served = [p["probability"] for p in answer["predictions"]]
-        np.testing.assert_allclose(served, champion.predict_proba(records), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(served, champion.predict(records).probabilities, rtol=0, atol=1e-6)
         status, doc = http_json(url + "/openapi.json")
         field = doc["components"]["schemas"]["Record"]["properties"]["flight_time"]
         assert "reads its weekday" in json.dumps(field)

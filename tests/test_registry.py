@@ -57,9 +57,9 @@ def test_loaded_model_predicts_from_records_with_its_spec(registry, tmp_path):
     loaded = load(registry, "models:/fraud/1")
     records = [{"amount": 12.5, "channel": "pos"}, {"amount": None, "channel": "new"}]
     X, _ = transform_records(records, SPEC)
-    expected = LogisticModel.load(model_dir(run)).predict_proba(X)
-    np.testing.assert_array_equal(loaded.predict_proba(records), expected)
-    np.testing.assert_array_equal(loaded.predict_proba(pd.DataFrame(records)), expected)
+    expected = LogisticModel.load(model_dir(run)).task_output(X)
+    np.testing.assert_array_equal(loaded.predict(records).probabilities, expected)
+    np.testing.assert_array_equal(loaded.predict(pd.DataFrame(records)).probabilities, expected)
 
 
 @pytest.mark.parametrize("damage", ["edit", "truncate", "extra", "manifest", "delete"])

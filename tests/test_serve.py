@@ -64,7 +64,7 @@ def predict(url: str, records: list[dict]) -> dict:
 def test_records_are_scored_like_the_registered_model(served):
     records = [{"amount": 12.5, "channel": "pos"}, {"amount": None, "channel": "unseen"}, {}]
     body = predict(served["url"], records)
-    expected = load(served["registry"], "models:/fraud/1").predict_proba(records)
+    expected = load(served["registry"], "models:/fraud/1").predict(records).probabilities
     np.testing.assert_allclose([p["probability"] for p in body["predictions"]], expected, rtol=1e-12)
     assert body["model"] == "fraud" and body["version"] == 1 and len(body["request_id"]) == 32
     assert body["variant"] == "champion"
@@ -152,7 +152,7 @@ def test_entity_ids_use_the_online_store_with_per_row_status(served):
     status, body = call(served["url"], "/predict", {"entity_ids": [7, "unknown-1"]})
     assert status == 200, body
     known, unknown = body["predictions"]
-    expected = load(served["registry"], "models:/fraud/1").predict_proba([{"amount": 20.0, "channel": "pos"}])[0]
+    expected = load(served["registry"], "models:/fraud/1").predict([{"amount": 20.0, "channel": "pos"}]).probabilities[0]
     assert known == {"probability": pytest.approx(expected, rel=1e-12), "status": "ok"}
     assert unknown == {"probability": None, "status": "unknown_entity"}
     status, body = call(served["url"], "/predict", {"entity_ids": ["nobody", 8]})
@@ -241,7 +241,7 @@ def test_a_promoted_version_with_an_added_input_is_served_with_its_own_contract(
         assert answered_by(versions, v3)
         status, body = call(url, "/predict", {"records": [with_age]})
         assert status == 200 and body["version"] == v3, body
-        expected = load(registry, f"models:/fraud/{v3}").predict_proba([with_age, RECORD])
+        expected = load(registry, f"models:/fraud/{v3}").predict([with_age, RECORD]).probabilities
         assert body["predictions"][0]["probability"] == pytest.approx(expected[0], rel=1e-12)
         assert expected[0] != pytest.approx(expected[1]), "age must change the score, or the check proves nothing"
         assert "age" in openapi(url)["components"]["schemas"]["Record"]["properties"]

@@ -43,7 +43,7 @@ def test_canary_sends_a_share_to_the_challenger_with_per_version_metrics(deploye
     deploy_app, registry, _ = deployed
     registry.set_alias("fraud", "challenger", 2, "canary test")
     url, _ = deploy_app("canary", traffic={"mode": "canary", "canary_share": 0.3})
-    expected = {v: load(registry, f"models:/fraud/{v}").predict_proba([RECORD])[0] for v in (1, 2)}
+    expected = {v: load(registry, f"models:/fraud/{v}").predict([RECORD]).probabilities[0] for v in (1, 2)}
     answers = [call(url, "/predict", {"records": [RECORD]}, key=None) for _ in range(300)]
     assert all(status == 200 for status, _ in answers)
     by_variant = {"champion": 0, "challenger": 0}
@@ -88,8 +88,8 @@ def test_shadow_answers_from_champion_and_logs_the_challenger(deployed):
     registry.set_alias("fraud", "challenger", 2, "shadow test")
     url, cfg = deploy_app("shadow", traffic={"mode": "shadow"})
     records = [RECORD, {"amount": 250.0, "channel": "online"}]
-    v1 = load(registry, "models:/fraud/1").predict_proba(records)
-    v2 = load(registry, "models:/fraud/2").predict_proba(records)
+    v1 = load(registry, "models:/fraud/1").predict(records).probabilities
+    v2 = load(registry, "models:/fraud/2").predict(records).probabilities
     ids = []
     for _ in range(20):
         status, body = call(url, "/predict", {"records": records}, key=None)

@@ -134,7 +134,7 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
             assert all(isinstance(a["value"], float) for a in answers)
         new_loss, floor = _truth_loss(task, later, answers)
         old = load_version(registry, name, v1.version)
-        old_answers = [_old_answer(task, old, row) for row in old.predict_table(pa.Table.from_pylist(later))]
+        old_answers = [_old_answer(task, old, row) for row in old.predict(pa.Table.from_pylist(later)).outputs]
         old_loss, _ = _truth_loss(task, later, old_answers)
         assert floor < new_loss < old_loss, (floor, new_loss, old_loss)
     finally:

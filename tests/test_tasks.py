@@ -82,10 +82,10 @@ def test_softmax_matches_sklearn_and_is_the_same_on_one_or_two_workers(multiclas
     np.testing.assert_allclose(one.model.bias, two.model.bias, atol=1e-6, rtol=0)
     X, y = _xy(multiclass.train)
     sk = LogisticRegression(C=np.inf, tol=1e-10, max_iter=2000).fit(X, y)
-    ours, theirs = log_loss(y, one.model.score(X)), log_loss(y, sk.predict_proba(X))
+    ours, theirs = log_loss(y, one.model.task_output(X)), log_loss(y, sk.predict_proba(X))
     assert ours <= theirs * 1.001, (ours, theirs)
     # the scores are probabilities over the classes; metrics are the task's
-    assert np.allclose(one.model.score(X[:10]).sum(axis=1), 1.0)
+    assert np.allclose(one.model.task_output(X[:10]).sum(axis=1), 1.0)
     assert {"log_loss", "accuracy", "macro_f1", "auc_0", "auc_2", "roc_auc"} <= set(one.metrics)
 
 
@@ -133,7 +133,7 @@ def test_xgboost_trains_each_task(request, tmp_path, task):
     cfg.training.xgboost.num_boost_round = 20
     run = train_model(cfg, "xgboost", prepared=prepared)
     X, _ = _xy(prepared.test)
-    scores = run.model.score(X[:5])
+    scores = run.model.task_output(X[:5])
     if task == "multiclass":
         assert scores.shape == (5, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
         assert run.metrics["accuracy"] > 0.5
@@ -266,7 +266,7 @@ def test_xgboost_class_weights_shift_the_probabilities_towards_the_weighted_clas
         cfg.training.xgboost.num_boost_round, cfg.training.xgboost.class_weight = 20, weight
         run = train_model(cfg, "xgboost", prepared=multiclass)
         X, _ = _xy(multiclass.test)
-        shares.append(float(run.model.score(X)[:, 2].mean()))
+        shares.append(float(run.model.task_output(X)[:, 2].mean()))
     assert shares[1] > shares[0] + 0.1, shares  # five times the weight on class 2's rows
 
 
@@ -300,7 +300,7 @@ def test_a_linear_regression_on_few_rows_chooses_its_penalty_and_stays_in_range(
     span = float(y_train.max() - y_train.min())
     assert lo == pytest.approx(y_train.min() - 0.5 * span, rel=1e-5) and hi == pytest.approx(y_train.max() + 0.5 * span, rel=1e-5)
     far = X_test[:5] * 1e4  # inputs far outside anything seen: bounded, not exploded
-    assert np.all((run.model.score(far) >= lo) & (run.model.score(far) <= hi))
+    assert np.all((run.model.task_output(far) >= lo) & (run.model.task_output(far) <= hi))
     assert run.params["output"] == {"smearing": 1.0, "bounds": [lo, hi]}
 
 
@@ -313,8 +313,8 @@ def test_smearing_makes_a_log_target_estimate_the_mean():
     e = rng.normal(0, 0.8, 200_000)
     y = np.expm1(2 + e)
     model = LogisticModel(np.zeros(1), 2.0, ["x"], task="regression", transform="log1p")
-    median = model.score(np.zeros((1, 1)))[0]
+    median = model.task_output(np.zeros((1, 1)))[0]
     model.output = OutputMap(float(np.mean(np.exp(e))), None)
-    mean = model.score(np.zeros((1, 1)))[0]
+    mean = model.task_output(np.zeros((1, 1)))[0]
     assert median == pytest.approx(np.median(y), rel=0.01) and mean == pytest.approx(np.mean(y), rel=0.01)
     assert OutputMap.from_json(model.output.to_json()) == model.output

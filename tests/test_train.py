@@ -94,7 +94,7 @@ def test_a_warm_start_keeps_the_champions_trees_and_weights_and_trains_on(linear
     import xgboost
 
     first = booster.predict(xgboost.DMatrix(X.astype(np.float32)), iteration_range=(0, kept))
-    np.testing.assert_allclose(first, champion.model.score(X), rtol=1e-5)
+    np.testing.assert_allclose(first, champion.model.task_output(X), rtol=1e-5)
     assert "init_model_ubj" not in warm.params
     # the linear model from converged weights: Newton has nothing left to do (a fresh fit iterates)
     cfg.training.logreg.optimizer = "newton"

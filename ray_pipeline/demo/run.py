@@ -90,7 +90,7 @@ def _show_predictions(cfg: PipelineConfig, url: str, echo: Echo) -> None:
     champion = load(open_registry(cfg), f"models:/{name}@champion")
     sample = read_parquet(training_set_path(cfg)).take(3)
     echo(f"models:/{name}@champion = {champion.version.uri} ({champion.version.kind}); sample predictions:")
-    for row, p in zip(sample, champion.predict_proba(sample)):
+    for row, p in zip(sample, champion.predict(sample).probabilities):
         echo(f"  {key}={row[key]}  p={p:.4f}  label={row[label]}")
     inputs = champion.spec.input_columns
     records = [{k: v for k, v in row.items() if k in inputs} for row in sample]

@@ -8,16 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-
 from ray_pipeline.config import PipelineConfig
-from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.features.transform import transform_records, transform_table
 from ray_pipeline.registry.store import ModelVersion, Registry
 from ray_pipeline.train.explain import IMPORTANCE_FILE
 from ray_pipeline.train.models import load_model
+from ray_pipeline.train.predict import Predictor
 from ray_pipeline.train.rundir import load_spec, model_dir, read_run
 
 
@@ -83,24 +78,15 @@ def _code_version() -> str | None:
 
 
 @dataclass
-class LoadedModel:
-    """A registered model ready to predict from raw records: it applies its own FeatureSpec."""
+class LoadedModel(Predictor):
+    """A registered version ready to predict from raw rows: `predict` applies its own FeatureSpec.
+
+    >>> champion = load(open_registry(cfg), "models:/fraud@champion")  # doctest: +SKIP
+    >>> champion.predict([{"amount": 12.5, "channel": "web"}]).probabilities  # doctest: +SKIP
+    array([0.031])
+    """
 
     version: ModelVersion
-    spec: FeatureSpec
-    model: Any
-
-    def predict_proba(self, records: list[dict[str, Any]] | pd.DataFrame) -> np.ndarray:
-        """Probability of label 1 per record."""
-        if isinstance(records, pd.DataFrame):
-            records = records.astype(object).where(records.notna(), None).to_dict("records")
-        X, _ = transform_records(records, self.spec)
-        return self.model.predict_proba(X)
-
-    def predict_table(self, table: pa.Table) -> np.ndarray:
-        """The model's output per row of a table holding the spec's input columns (the probability
-        of label 1 for binary; see train/models.py for the other tasks)."""
-        return self.model.score(transform_table(table, self.spec))
 
 
 def importance(registry: Registry, version: ModelVersion) -> dict[str, Any] | None:
@@ -116,4 +102,4 @@ def load(registry: Registry, uri: str) -> LoadedModel:
     """Load models:/NAME/VERSION or models:/NAME@ALIAS, verifying every file's checksum first."""
     version = registry.resolve(uri)
     directory = registry.checkout(version)
-    return LoadedModel(version, load_spec(directory), load_model(model_dir(directory)))
+    return LoadedModel(load_spec(directory), load_model(model_dir(directory)), version)

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray_pipeline.auth import same_secret
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.transform import records_table, transform_table, with_event_time
+from ray_pipeline.features.transform import records_table
 from ray_pipeline.raycompat import serve_client
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import LoadedModel, load, registry_db
@@ -196,23 +196,21 @@ class ModelRunner:
         records = [r for req in requests for r in req.records]
         started = time.perf_counter()
         inputs = records_table(records, model.spec)
+        typed_ms = (time.perf_counter() - started) * 1e3
+        times = None
         if model.spec.time_parts:  # each record's event time (one sent without: the time it is scored)
             now = datetime.now(timezone.utc)
             times = [t or now for req in requests for t in (req.event_ts or [None] * len(req.records))]
-            inputs_at = with_event_time(inputs, model.spec, times)
-        else:
-            inputs_at = inputs
-        X = transform_table(inputs_at, model.spec) if records else None
-        transformed = time.perf_counter()
-        probs = model.model.score(X).tolist() if records else []
-        timing = {"transform_ms": (transformed - started) * 1e3, "inference_ms": (time.perf_counter() - transformed) * 1e3}
-        self.metrics.scored(model.version.version, variant, logged_scores(model.spec, probs))
+        pred = model.predict(inputs, times)
+        probs = pred.outputs.tolist()
+        timing = {**pred.timing, "transform_ms": pred.timing["transform_ms"] + typed_ms}
+        self.metrics.scored(model.version.version, variant, pred.logged().tolist())
         if variant != SHADOW:  # the same records were already counted for the answering variant
             self.metrics.missing_values(records, model.spec.input_columns)
         chunks, i = [], 0
         for req in requests:
             n = len(req.records)
-            chunks.append((probs[i : i + n], inputs.slice(i, n), X[i : i + n] if X is not None else None))
+            chunks.append((probs[i : i + n], inputs.slice(i, n), pred.features[i : i + n]))
             i += n
         return chunks, timing
 

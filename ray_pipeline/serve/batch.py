@@ -20,8 +20,6 @@ from ray_pipeline.config import FeatureColumn, PipelineConfig, SourceConfig
 from ray_pipeline.data import validate as v
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.features.transform import transform_table
 from ray_pipeline.progress import bar
 from ray_pipeline.registry.versions import LoadedModel
 from ray_pipeline.storage import filesystem, reset_dir
@@ -57,18 +55,6 @@ class BatchResult:
         return "\n".join(lines)
 
 
-def output_columns(spec: FeatureSpec, scores: np.ndarray) -> dict[str, pa.Array]:
-    """The task's output columns, as the service answers: binary `score` (probability of label 1);
-    multiclass `class` and `p_<class>` per class; regression `value` (in the label's units)."""
-    if spec.task == "multiclass":
-        classes = spec.label.classes or []
-        out = {"class": pa.array(np.asarray(classes, dtype=object)[scores.argmax(axis=1)], pa.string())}
-        return out | {f"p_{c}": pa.array(scores[:, i]) for i, c in enumerate(classes)}
-    if spec.task == "regression":
-        return {"value": pa.array(scores)}
-    return {"score": pa.array(scores)}
-
-
 def explanation_column(model: LoadedModel, X: np.ndarray, top_k: int) -> pa.Array:
     """Per row of the feature matrix `X` its explanation as JSON (the service's `explanation`
     object): the top_k columns by contribution, the bias and the rest, adding up to the margin."""
@@ -87,13 +73,12 @@ def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: 
     good = checked.filter(pc.is_null(checked[v.REASON]))
     name = f"part-{pc.min(batch[v.ORDER]).as_py():020d}.parquet"
     if good.num_rows:
-        X = transform_table(good, spec)  # once: scored, and explained when asked
-        scores = model.model.score(X)
+        pred = model.predict(good)  # once: scored, and explained when asked
         out = {"source_file": pc.cast(good[v.SOURCE], pa.string()), "row": good[v.ROW]}
         out |= {k: good[k] for k in keys if k in good.column_names}
-        out |= output_columns(spec, np.asarray(scores, dtype=np.float64))
+        out |= pred.columns()
         if explain:
-            out["explanation"] = explanation_column(model, X, explain)
+            out["explanation"] = explanation_column(model, pred.features, explain)
         out |= {"model_version": pa.array(np.full(good.num_rows, model.version.version, dtype=np.int64))}
         fs, path = filesystem(out_dir)
         pq.write_table(pa.table(out), f"{path}/{name}", filesystem=fs)

@@ -63,11 +63,9 @@ class EnsembleModel:
         X = np.asarray(X)
         return sum(w * m.margin(X[:, cols]) for m, cols, w in zip(self.members, self.columns, self.weights))
 
-    def score(self, X: np.ndarray) -> np.ndarray:
+    def task_output(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row from the blended margin."""
         return margin_output(self.margin(X), self)
-
-    predict_proba = score  # what binary callers ask for; the task's output for the others
 
     def contributions(self, X: np.ndarray, approximate: bool = False) -> np.ndarray:
         """Each entry's weighted share of the blended margin, bias last: (n, d+1) or (n, K, d+1)."""

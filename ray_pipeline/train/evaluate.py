@@ -113,7 +113,7 @@ def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
     ys, ps, ts = [], [], []
     for batch in ds.iter_batches(batch_size=65536, batch_format="numpy"):
         ys.append(np.asarray(batch["y"], dtype=np.float64))
-        ps.append(model.score(np.asarray(batch["x"])))
+        ps.append(model.task_output(np.asarray(batch["x"])))
         if "truth" in batch:
             ts.append(np.asarray(batch["truth"], dtype=np.float64))
     task = getattr(model, "task", "binary")

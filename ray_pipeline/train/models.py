@@ -1,6 +1,6 @@
 """Trained models in non-executable formats: JSON weights for the linear model, UBJSON for XGBoost.
 
-`score(X)` is what the task means per row: binary the probability of label 1 (n,), multiclass a
+`task_output(X)` is what the task means per row: binary the probability of label 1 (n,), multiclass a
 probability per class (n, K), regression the value in the user's units (n,), the target
 transform inverted.
 """
@@ -102,13 +102,9 @@ class LogisticModel:
         bias = float(np.ravel(np.asarray(self.bias, np.float64))[0])
         return np.hstack([X * w, np.full((len(X), 1), bias)])
 
-    def score(self, X: np.ndarray) -> np.ndarray:
+    def task_output(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row (see the module docstring)."""
         return margin_output(self.margin(X), self)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of the positive class per row (binary), or `score` for the other tasks."""
-        return self.score(X)
 
     def save(self, directory: str | Path) -> list[str]:
         """Write model.json; returns the files written."""
@@ -152,7 +148,7 @@ class XGBoostModel:
         rounds = (0, int(best) + 1) if best is not None else (0, 0)  # (0, 0) means every tree
         return self.booster.predict(xgboost.DMatrix(np.asarray(X, dtype=np.float32)), iteration_range=rounds, **how)
 
-    def score(self, X: np.ndarray) -> np.ndarray:
+    def task_output(self, X: np.ndarray) -> np.ndarray:
         """The task's output per row (see the module docstring)."""
         out = self._predict(X)
         return regression_output(out.astype(np.float64), self) if self.task == "regression" else out
@@ -171,10 +167,6 @@ class XGBoostModel:
     def interactions(self, X: np.ndarray) -> np.ndarray:
         """Pairwise SHAP interaction values (n, d+1, d+1), or (n, K, d+1, d+1) for multiclass."""
         return self._predict(X, pred_interactions=True).astype(np.float64)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of the positive class per row (binary), or `score` for the other tasks."""
-        return self.score(X)
 
     def save(self, directory: str | Path) -> list[str]:
         """Write model.ubj (XGBoost's binary JSON) and the feature order (with the task)."""

@@ -46,6 +46,7 @@ from ray_pipeline.registry.versions import load, model_sha256, open_registry, re
 from ray_pipeline.train import evaluate
 from ray_pipeline.features.build import build_features, materialize_online
 from ray_pipeline.train.data import iso_us, model_inputs, prepare_training_set, with_columns
+from ray_pipeline.train.predict import Predictor
 from ray_pipeline.workflow.pipeline import train_models
 
 log = logging.getLogger(__name__)
@@ -144,14 +145,14 @@ def _run(cfg: PipelineConfig, record: dict[str, Any], registry: Registry, window
     y = np.asarray(holdout["label"].to_numpy(zero_copy_only=False), dtype=np.float64)
     record["stage"] = "train"
     champion = load(registry, f"models:/{name}@{alias}")
-    p_champ = champion.predict_table(model_inputs(holdout, champion.spec))
+    p_champ = champion.predict(model_inputs(holdout, champion.spec)).outputs
     candidates = []
     task = champion.spec.label.task
     runs = challengers(cfg, prepared, champion.version.kind, champion.version.lineage, record)
     if fb.warm_start:
         runs += _warm_challenger(cfg, record, champion, test_rows, since_us, prepared.input_profile)
     for run in runs:
-        p = run.model.score(evaluate_inputs(holdout, run))
+        p = Predictor(run.spec, run.model).predict(model_inputs(holdout, run.spec)).outputs
         candidates.append((evaluate.task_metrics(task, y, p), p, run))
     record["models"] = {"champion": {"version": champion.version.version,
                                      "holdout": evaluate.task_metrics(task, y, p_champ)}}  # fmt: skip
@@ -402,10 +403,3 @@ def _reference(cfg: PipelineConfig, holdout: pa.Table, spec: Any) -> dict[str, A
 
     m = cfg.monitoring
     return input_profile(ray.data.from_arrow(with_columns(holdout, spec.input_columns)), spec, m.bins, m.top_k)
-
-
-def evaluate_inputs(rows: pa.Table, run: Any) -> np.ndarray:
-    """A new run's feature matrix for logged rows."""
-    from ray_pipeline.features.transform import transform_table
-
-    return transform_table(model_inputs(rows, run.spec), run.spec)
