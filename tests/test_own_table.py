@@ -295,14 +295,19 @@ def test_regression_table_from_csv_to_served_model(ray_session, tmp_path):
     csv, config = tmp_path / "prices.csv", tmp_path / "prices.yaml"
     told, label, out, url = _init_and_run_served(table, csv, config, "price", "call us")
     assert "regression" in told and "log1p" in told
-    assert label == {"column": "price", "task": "regression", "transform": "log1p"}
+    assert label == {"column": "price", "task": "regression", "transform": "auto"}
     assert "rmse" in out and "r2" in out and "@champion" in out
+    for kind in ("logreg", "xgboost"):  # fitted raw and as log1p; the lower validation RMSE (listed first) kept
+        kept, first, rmse_kept, second, rmse_other = re.search(
+            rf"{kind}: target fitted as (\S+) \(validation RMSE (\S+) (\S+), (\S+) (\S+)\)", out).groups()
+        assert kept == first != second and {first, second} == {"log1p", "none"}
+        assert float(rmse_kept) <= float(rmse_other)
     cfg = load_config(config)
     ours, theirs = _best_loss(config, "rmse"), _same_split_baseline(config)
     assert ours <= theirs * 1.02, (ours, theirs)
     champion = load(open_registry(cfg), "models:/prices@champion")
     assert champion.version.signature["task"] == "regression"
-    assert champion.spec.label.transform == "log1p"  # recorded with the model, inverted on the way out
+    assert champion.spec.label.transform in ("log1p", "none")  # recorded with the model, inverted on the way out
 
     answer, scores, rows = _served_and_offline(config, csv, url, table, ["area", "rooms", "city", "age", "noise"],
                                                tmp_path / "scores")  # fmt: skip

@@ -242,3 +242,26 @@ def open_registry_versions(cfg):
     from ray_pipeline.registry.versions import open_registry
 
     return open_registry(cfg).versions(cfg.registry.model_name)
+
+
+def test_a_target_fitted_raw_or_as_log1p_is_searched_like_a_parameter(tmp_path):
+    """`label.transform: auto`: the target's scale is a dimension of each kind's space (log1p first,
+    as the spec fits it), never a training setting of the model itself; other targets keep theirs."""
+    from ray_pipeline.config import parse_config
+    from ray_pipeline.train.search import defaults, space_of, with_params
+    from ray_pipeline.train.target import TARGET_PARAM
+
+    from .helpers import linear_cfg
+
+    body = linear_cfg(tmp_path).model_dump(by_alias=True)
+    body["data"]["schema"]["label"] = {"column": "y", "task": "regression", "transform": "auto"}
+    cfg = parse_config(body)
+    for kind in ("logreg", "xgboost"):
+        space = space_of(cfg, kind, "regression")
+        assert space[TARGET_PARAM].values == ["log1p", "none"]
+        first = defaults(cfg, kind, space)
+        assert first[TARGET_PARAM] == "log1p"
+        tuned = with_params(cfg, kind, {**first, TARGET_PARAM: "none"}).training
+        assert TARGET_PARAM not in tuned.xgboost.params and not hasattr(tuned.logreg, TARGET_PARAM)
+    body["data"]["schema"]["label"]["transform"] = "log1p"
+    assert TARGET_PARAM not in space_of(parse_config(body), "xgboost", "regression")

@@ -174,7 +174,7 @@ def test_init_infers_the_task_from_the_label(tmp_path):
     label = _infer(tmp_path, frame, "grade").config.data.schema_.label_mapping
     assert (label.task, label.classes) == ("multiclass", [1, 2, 3, 4, 5])  # few whole numbers
     label = _infer(tmp_path, frame, "price").config.data.schema_.label_mapping
-    assert (label.task, label.transform) == ("regression", "log1p")  # skewed, never negative
+    assert (label.task, label.transform) == ("regression", "auto")  # skewed, never negative: raw or log1p
     label = _infer(tmp_path, frame, "temp").config.data.schema_.label_mapping
     assert (label.task, label.transform) == ("regression", "none")  # symmetric, can be negative
     inference = _infer(tmp_path, frame, "city")

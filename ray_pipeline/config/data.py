@@ -66,7 +66,7 @@ LabelValue = str | int | float | bool
 
 
 Task = Literal["binary", "multiclass", "regression"]
-TargetTransform = Literal["none", "log1p"]
+TargetTransform = Literal["none", "log1p", "auto"]
 
 
 class LabelMapping(StrictModel):
@@ -77,7 +77,8 @@ class LabelMapping(StrictModel):
     0; unset: every other value); `threshold` makes a numeric column positive when it is greater
     than the threshold. multiclass: `classes` lists the values in order (class i is the i-th).
     regression: the column is a number; `transform: log1p` fits log(1 + y) and inverts it on the
-    way out. A value that fits none of these goes to the quarantine.
+    way out; `auto` fits each model both ways and keeps the one with the lower validation RMSE in
+    the label's units. A value that fits none of these goes to the quarantine.
     """
 
     column: str
@@ -91,7 +92,9 @@ class LabelMapping(StrictModel):
         default=None, min_length=2, description="multiclass: the label values, in class order."
     )
     transform: TargetTransform = Field(
-        default="none", description="regression: none, or log1p for a skewed positive target."
+        default="none",
+        description="regression: none; log1p for a skewed target above -1; auto: each model fitted both ways, the "
+        "lower validation RMSE (in the label's units) kept.",
     )
 
     @model_validator(mode="after")
@@ -135,7 +138,8 @@ class LabelMapping(StrictModel):
         if self.task == "multiclass":
             return f"{self.column}: one of {self.classes_text}"
         if self.task == "regression":
-            return f"{self.column} (a number{', fitted as log1p' if self.transform == 'log1p' else ''})"
+            how = {"log1p": ", fitted as log1p", "auto": ", fitted raw or as log1p by validation"}.get(self.transform, "")
+            return f"{self.column} (a number{how})"
         if self.threshold is not None:
             return f"{self.column} > {self.threshold:g}"
         if self.positive is not None:

@@ -194,7 +194,7 @@ def label_values(arr: pa.Array | pa.ChunkedArray, mapping: LabelMapping) -> tupl
     if mapping.task == "regression":
         values = _np(pc.cast(arr, pa.float64())).astype(np.float64) if _is_numeric(arr) else text_numbers(text)
         fits = present & np.isfinite(values)
-        if mapping.transform == "log1p":  # log(1 + y) needs y > -1
+        if mapping.transform in ("log1p", "auto"):  # log(1 + y) needs y > -1
             with np.errstate(invalid="ignore"):
                 fits &= values > -1
         return np.where(fits, values, 0.0), present, fits
@@ -225,7 +225,7 @@ def _check_label(arr: pa.ChunkedArray, mapping: LabelMapping, v: _Verdicts) -> p
     if mapping.task == "multiclass":
         expected = f"one of the classes {mapping.classes_text}"
     elif mapping.task == "regression":
-        expected = "a finite number" + (" above -1 (the target is fitted as log1p)" if mapping.transform == "log1p" else "")
+        expected = "a finite number" + (" above -1 (the target is fitted as log1p)" if mapping.transform != "none" else "")
     elif mapping.threshold is not None:
         expected = f"a number (positive when > {mapping.threshold:g})"
     elif mapping.positive is None:

@@ -150,5 +150,6 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
         "time_parts": time_parts(schema, features),
         "label": LabelSpec(column=label.column, task=label.task, positive=label.positive_text or None,
                            negative=label.negative_text, threshold=label.threshold,
-                           classes=label.classes_text or None, transform=label.transform),
+                           classes=label.classes_text or None,
+                           transform="log1p" if label.transform == "auto" else label.transform),  # auto: log1p first
     })

@@ -21,6 +21,7 @@ from ray_pipeline.train.ensemble import EnsembleModel, blend_weights, combined_s
 from ray_pipeline.train.models import load_model, logged_score
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, model_dir, read_run, write_run
 from ray_pipeline.train.runner import IMPORTANCE_MIN_S, IMPORTANCE_SHARE, TrainRun, profile_once
+from ray_pipeline.train.target import valid_rmse
 
 
 def _matrix(ds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +43,25 @@ def _margin_loss(task: str) -> Any:
     return loss
 
 
+def _one_scale(prepared: Prepared, run_dirs: list[str]) -> list[str]:
+    """The runs whose margins add up: a regression blend's members fit the target on one scale
+    (log1p or raw), the scale of the member with the lowest validation RMSE."""
+    specs = [read_run(d).spec for d in run_dirs]
+    scales = {s.label.transform if s.label else "none" for s in specs}
+    if len(scales) < 2:
+        return run_dirs
+    rmse = [valid_rmse(load_model(model_dir(d)), prepared.under(s)) for d, s in zip(run_dirs, specs)]
+    best = specs[int(np.argmin(rmse))].label.transform
+    return [d for d, s in zip(run_dirs, specs) if s.label.transform == best]
+
+
 def blend_runs(cfg: PipelineConfig, prepared: Prepared, run_dirs: list[str], trigger: str = "run") -> TrainRun | None:
     """The ensemble of the runs in `run_dirs` (trained on `prepared`), or None when one of them alone
     is best on the validation split (no blend beats it there)."""
     started = time.perf_counter()
+    run_dirs = _one_scale(prepared, run_dirs)
+    if len(run_dirs) < 2:
+        return None
     runs = [read_run(d) for d in run_dirs]
     members = [load_model(model_dir(d)) for d in run_dirs]
     spec = combined_spec([r.spec for r in runs])

@@ -33,6 +33,7 @@ from ray_pipeline.config.training import ParamRange
 from ray_pipeline.errors import UserError
 from ray_pipeline.storage import join
 from ray_pipeline.train.data import Prepared, for_model
+from ray_pipeline.train.target import TARGET_PARAM, under_target
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ def space_of(cfg: PipelineConfig, kind: str, task: str = "binary") -> dict[str, 
     space = dict(s.xgboost if kind == "xgboost" else s.logreg)
     if task == "regression":
         space.pop("class_weight", None)
+        if cfg.data.schema_.label_mapping.transform == "auto":  # the target's transform is searched too
+            space[TARGET_PARAM] = ParamRange(kind="choice", values=["log1p", "none"])
     if kind == "logreg":
-        unknown = sorted(set(space) - set(type(cfg.training.logreg).model_fields))
+        unknown = sorted(set(space) - set(type(cfg.training.logreg).model_fields) - {TARGET_PARAM})
         if unknown:
             raise UserError(f"training.search.logreg: {unknown} are not training.logreg settings")
     if not space:
@@ -117,16 +120,18 @@ def space_of(cfg: PipelineConfig, kind: str, task: str = "binary") -> dict[str, 
 
 def defaults(cfg: PipelineConfig, kind: str, space: dict[str, ParamRange]) -> dict[str, Any]:
     """The untuned value of each searched parameter (the first trial)."""
+    first = {TARGET_PARAM: space[TARGET_PARAM].values[0]} if TARGET_PARAM in space else {}
     if kind == "logreg":
-        return {k: getattr(cfg.training.logreg, k) for k in space}
+        return {k: getattr(cfg.training.logreg, k) for k in space if k != TARGET_PARAM} | first
     x = cfg.training.xgboost
     known = {**XGBOOST_DEFAULTS, **x.params, "num_boost_round": x.num_boost_round}
-    return {k: known[k] for k in space if k in known}
+    return {k: known[k] for k in space if k in known} | first
 
 
 def with_params(cfg: PipelineConfig, kind: str, params: dict[str, Any]) -> PipelineConfig:
     """`cfg` with one trial's parameters in its training section."""
     out = cfg.model_copy(deep=True)
+    params = {k: v for k, v in params.items() if k != TARGET_PARAM}  # the split's, not the model's
     if kind == "logreg":
         for k, v in params.items():
             setattr(out.training.logreg, k, v)
@@ -168,11 +173,16 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
     from ray_pipeline.train.runner import train_model
 
     trial_id = tune.get_context().get_trial_id()
+    if TARGET_PARAM in params:  # the regression target as this trial fits it (label.transform: auto)
+        prepared = under_target(prepared, params[TARGET_PARAM])
     run = train_model(with_params(cfg, kind, params), kind, workers, prepared=prepared, trigger="search",
                       search={"id": search_id, "trial": trial_id, "params": params}, fault=fault)  # fmt: skip
     y, p, _ = evaluate.predict_split(run.model, prepared.valid)
     metric = evaluate.task_metrics(prepared.spec.task, y, p)[_loss_metric(prepared)]
-    tune.report({"valid_loss": run.history[-1]["valid_loss"] if run.history else float("nan"),
+    loss = run.history[-1]["valid_loss"] if run.history else float("nan")
+    if TARGET_PARAM in params:  # losses on two target scales compare in the label's units only
+        loss = float(metric)
+    tune.report({"valid_loss": loss,
                  "valid_metric": float(metric), "step": len(run.history) + 1, "run_dir": str(run.run_dir),
                  "nodes": sorted(set(run.worker_nodes)) or [ray.get_runtime_context().get_node_id()],
                  "resumed_from": run.resumed_from, "finished": True})  # fmt: skip

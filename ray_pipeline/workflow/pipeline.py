@@ -89,17 +89,38 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
     to warm-start from, see `train_model`)."""
     from ray_pipeline.registry.runs import index_run
     from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.train import target
     from ray_pipeline.train.data import prepare_training_set
     from ray_pipeline.train.runner import summary, train_model
 
     prepared = prepared if prepared is not None else prepare_training_set(cfg)
     runs = []
     for kind in kinds:
-        runs.append(train_model(cfg, kind, workers, prepared=prepared, trigger=trigger, init=init))
-        index_run(open_registry(cfg), runs[-1].run_dir)
+        tried = []
+        for transform in target.candidates(cfg, prepared.spec) if init is None else [None]:
+            on = prepared if transform is None else target.under_target(prepared, transform)
+            tried.append(train_model(cfg, kind, workers, prepared=on, trigger=trigger, init=init))
+            index_run(open_registry(cfg), tried[-1].run_dir)
+        runs.append(_kept_target(cfg, kind, prepared, tried, echo))
         if echo is not None:
             echo(summary(runs[-1]))
     return runs
+
+
+def _kept_target(cfg: PipelineConfig, kind: str, prepared: Prepared, tried: list[TrainRun],
+                 echo: Echo | None) -> TrainRun:  # fmt: skip
+    """Of one model kind fitted on each target transform, the run with the lowest validation RMSE."""
+    from ray_pipeline.train import target
+    from ray_pipeline.train.data import for_model
+
+    if len(tried) == 1:
+        return tried[0]
+    taken = for_model(prepared, kind, cfg.training)
+    scored = sorted((target.valid_rmse(run.model, taken), i, run) for i, run in enumerate(tried))
+    if echo is not None:
+        figures = ", ".join(f"{run.model.transform} {rmse:.6g}" for rmse, _, run in scored)
+        echo(f"{kind}: target fitted as {scored[0][2].model.transform} (validation RMSE {figures})")
+    return scored[0][2]
 
 
 class HasRunDir(Protocol):

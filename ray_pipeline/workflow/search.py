@@ -64,7 +64,6 @@ def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> 
     from ray_pipeline.registry.versions import model_sha256, open_registry, same_model
     from ray_pipeline.train.explain import save_importance
     from ray_pipeline.train.models import load_model
-    from ray_pipeline.train.data import for_model
     from ray_pipeline.train.rundir import model_dir, read_run
     from ray_pipeline.train.runner import IMPORTANCE_MIN_S, IMPORTANCE_SHARE
 
@@ -81,7 +80,7 @@ def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> 
         return twin
     write_bytes(join(best.run_dir, SEARCH_FILE), json.dumps(result.summary(), indent=2, default=str).encode())
     took = float(read_run(best.run_dir).lineage.get("duration_s") or 0.0)  # the trial's own share, as a run's
-    taken = for_model(prepared, result.kind, cfg.training)  # the rows as the trials took them
+    taken = prepared.under(read_run(best.run_dir).spec)  # the rows as the best trial took them
     save_importance(best.run_dir, load_model(model_dir(best.run_dir)), taken.spec, taken.test,
                     budget_s=max(IMPORTANCE_SHARE * took, IMPORTANCE_MIN_S))
     return SearchedRun(best.run_dir)
