@@ -98,7 +98,9 @@ def loss(t: Table, y: pd.Series, pred: np.ndarray, classes: list) -> float:
 
     if t.task == "regression":
         return float(np.sqrt(np.mean((y.to_numpy(dtype=float) - pred) ** 2)))
-    return float(log_loss(y.astype(str), np.clip(pred, 1e-15, 1 - 1e-15), labels=[str(c) for c in classes]))
+    pred = np.clip(pred, 1e-15, 1.0)
+    pred = pred / pred.sum(axis=1, keepdims=True)  # float32 outputs and the clip: rows sum to 1 again
+    return float(log_loss(y.astype(str), pred, labels=[str(c) for c in classes]))
 
 
 def ours(t: Table, train: pd.DataFrame, test: pd.DataFrame, budget: float, work: Path) -> dict:
@@ -244,22 +246,35 @@ def main() -> None:
             row["ours_over_flaml"] = row["ours"]["loss"] / row["flaml"]["loss"]
             row["ours_over_hgb"] = row["ours"]["loss"] / row["hgb"]["loss"]
             figures[name] = row
+            budgets[key] = figures
+            save(budgets)  # after every table: a stopped run keeps what it measured
             print(f"B={key} {name}: ours {row['ours']['loss']:.4f} ({row['ours']['wall_s']} s), "
                   f"FLAML {row['flaml']['loss']:.4f} ({row['flaml']['wall_s']} s), HGB {row['hgb']['loss']:.4f}",
                   flush=True)  # fmt: skip
-        budgets[key] = figures
-    rows, ratios = [], {}
+    rows = []
     for key, figures in sorted(budgets.items(), key=lambda kv: float(kv[0])):
         for name, r in figures.items():
             rows.append([key, name, r["task"], r["rows"], r["ours"]["loss"], r["flaml"]["loss"], r["hgb"]["loss"],
                          r["ours_over_flaml"], r["ours_over_hgb"], r["ours"]["wall_s"], r["flaml"]["wall_s"]])  # fmt: skip
+    print(table(rows, ["B s", "table", "task", "rows", "ours loss", "FLAML loss", "HGB loss", "ours/FLAML",
+                       "ours/HGB", "ours wall s", "FLAML wall s"]))  # fmt: skip
+    print(json.dumps(ratios_of(budgets), indent=2))
+    print(f"results: {save(budgets)}")
+
+
+def ratios_of(budgets: dict[str, dict]) -> dict[str, float]:
+    """Per budget: the geometric means of ours over FLAML and over HGB, and the tables at or below FLAML."""
+    ratios: dict[str, float] = {}
+    for key, figures in budgets.items():
         ratios[f"geomean_ours_over_flaml_B{key}"] = geomean([r["ours_over_flaml"] for r in figures.values()])
         ratios[f"geomean_ours_over_hgb_B{key}"] = geomean([r["ours_over_hgb"] for r in figures.values()])
         ratios[f"tables_at_or_below_flaml_B{key}"] = sum(r["ours_over_flaml"] <= 1 for r in figures.values())
-    print(table(rows, ["B s", "table", "task", "rows", "ours loss", "FLAML loss", "HGB loss", "ours/FLAML",
-                       "ours/HGB", "ours wall s", "FLAML wall s"]))  # fmt: skip
-    print(json.dumps(ratios, indent=2))
-    print(f"results: {write_results('automl', {'budgets': budgets}, ratios)}")
+    return ratios
+
+
+def save(budgets: dict[str, dict]) -> Path:
+    """results/automl.json with every budget measured so far."""
+    return write_results("automl", {"budgets": budgets}, ratios_of(budgets))
 
 
 if __name__ == "__main__":
