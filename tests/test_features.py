@@ -36,17 +36,23 @@ SCHEMA = SchemaConfig(
 )
 
 
-def _fit_local(frame: pd.DataFrame, features: FeaturesConfig, blocks: int = 3) -> FeatureSpec:
-    """Fit without Ray: the same partial statistics per block, merged (as `fit` does)."""
+def _fit_local(frame: pd.DataFrame, features: FeaturesConfig, blocks: int = 3,
+               oof: dict | None = None) -> FeatureSpec:  # fmt: skip
+    """Fit without Ray: the same partial statistics per block, merged (as `fit` does); a binary
+    label `y` (every other row, unless the frame has one) for target-encoded columns."""
+    if "y" not in frame:
+        frame = frame.assign(y=(np.arange(len(frame)) % 2).astype("int8"))
     table = pa.Table.from_pandas(frame, preserve_index=False)
     size = max(1, -(-len(frame) // blocks))
+    encoded = [n for n in ("c", "d") if features.categorical.get(n, CategoricalFeatureConfig()).encoding == "target"]
+    target = {"columns": encoded, "label": "y", "task": "binary", "classes": 0, "log1p": False}
     partials = [
         json.loads(json.dumps(partial_stats(table.slice(i, size), {"x": features.numeric.get("x", NumericFeatureConfig()).log1p,
                                                                     "k": features.numeric.get("k", NumericFeatureConfig()).log1p},
-                                            ["c", "d"])))
+                                            ["c", "d"], target)))
         for i in range(0, max(len(frame), 1), size)
     ]  # fmt: skip
-    return merge_partials(partials, ["x", "k"], ["c", "d"], features, [])
+    return merge_partials(partials, ["x", "k"], ["c", "d"], features, [], oof)
 
 
 def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
@@ -83,6 +89,10 @@ def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
             continue
         enc = s.map(lambda v: cat.frequencies.get(v, cat.unseen_value) if v is not None else 0.0).astype("float64")
         cols.append(enc.where(~missing, cat.missing_value).to_numpy())
+        if cat.encoding == "target":  # each category's smoothed mean target; missing and unseen: the prior
+            for j, prior in enumerate(cat.target_prior):
+                mean = s.map(lambda v: cat.targets[v][j] if v in cat.targets else prior).astype("float64")
+                cols.append(mean.where(~missing, prior).to_numpy())
     limit = np.finfo(np.float64).max
     return np.clip(np.column_stack(cols), -limit, limit)  # outputs saturate, as documented
 
@@ -132,7 +142,7 @@ FEATURE_CONFIGS = st.builds(
     st.sampled_from(["zero", "rare", "missing"]),
     st.sampled_from(["own", "zero"]),
     st.integers(1, 3),
-    st.sampled_from(["frequency", "onehot"]),
+    st.sampled_from(["frequency", "onehot", "target"]),
     st.none() | st.sampled_from([12.0, 7.0]),  # k as a calendar input (month, weekday)
 )
 
@@ -327,3 +337,43 @@ def test_time_parts_need_an_event_time_and_a_spec_without_them_keeps_its_hash():
     with pytest.raises(KeyError, match="'ts'"):
         transform_table(pa.table({"x": [1.0], "k": [1], "c": ["a"], "d": ["q"]}),
                         plain.model_copy(update={"event_timestamp": "ts", "time_parts": ["hour"]}))  # fmt: skip
+
+
+def test_target_encoding_is_out_of_fold_on_the_train_split():
+    """A train row's target encoding comes from the other folds' rows only (its own label never
+    reaches its input); every other row, and serving, gets the smoothed mean over all train rows."""
+    from ray_pipeline.features.target_encoding import FOLDS, row_folds
+
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame({"x": rng.normal(size=n), "k": pd.array(rng.integers(0, 9, n), dtype="Int64"),
+                          "c": pd.Series(rng.choice(["a", "b", "c"], n), dtype=object),
+                          "d": pd.Series([f"id{i}" for i in range(n)], dtype=object),  # every value once
+                          "y": (rng.random(n) < 0.3).astype("int8")})  # fmt: skip
+    m = 20.0
+    features = FeaturesConfig(categorical={"c": CategoricalFeatureConfig(encoding="target", target_smoothing=m),
+                                           "d": CategoricalFeatureConfig(encoding="target", target_smoothing=m)})  # fmt: skip
+    oof: dict = {}
+    spec = _fit_local(frame, features, oof=oof)
+    table = _table(frame)
+    held_out = transform_table(table, spec, dtype=np.float64, oof=oof)
+    everyone = transform_table(table, spec, dtype=np.float64)
+    names = spec.feature_names
+    c_col, d_col = names.index("c__target"), names.index("d__target")
+    prior = frame["y"].mean()
+    assert spec.categorical[0].target_prior == [pytest.approx(prior)]
+    # a category seen once: out of fold it is the prior; in full it leans towards its own label
+    np.testing.assert_allclose(held_out[:, d_col], prior)
+    np.testing.assert_allclose(everyone[:, d_col], (frame["y"] + m * prior) / (1 + m))
+    folds = row_folds(table)
+    assert set(folds.tolist()) == set(range(FOLDS))
+    for i in rng.choice(n, 25, replace=False):  # recomputed from the other folds' rows by hand
+        others = (frame["c"] == frame["c"][i]) & (folds != folds[i])
+        expected = (frame["y"][others].sum() + m * prior) / (others.sum() + m)
+        assert held_out[i, c_col] == pytest.approx(expected)
+        full = frame["c"] == frame["c"][i]
+        assert everyone[i, c_col] == pytest.approx((frame["y"][full].sum() + m * prior) / (full.sum() + m))
+    # the same rows by record (as served): the full means, never the out-of-fold ones
+    records = frame.drop(columns="y").astype(object).where(frame.drop(columns="y").notna(), None).to_dict("records")
+    online, _ = transform_records(records[:5], spec)
+    np.testing.assert_array_equal(online, everyone[:5].astype(np.float32))

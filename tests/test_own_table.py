@@ -521,3 +521,43 @@ def test_the_drift_reference_describes_the_rows_without_a_label_too(ray_session,
     assert distance["max"] == 5299.0 and distance["count"] == profile["rows"] + 300
     assert distance["edges"][-1] > 3000  # the top decile: the unlabeled long flights (300 of 1,500 rows described)
     assert profile["categorical"]["carrier"]["count"] == profile["rows"] + 300
+
+
+def test_a_many_valued_category_reaches_the_linear_model_as_its_mean_target(ray_session, tmp_path):
+    """`init` gives a category with hundreds of values the target encoding (its frequency and its
+    smoothed mean target, out of fold on the train split); the linear model then learns what a
+    frequency alone cannot tell it, and the version scores records with the full-train means."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.features.transform import transform_records
+    from ray_pipeline.registry.versions import load, open_registry
+
+    rng = np.random.default_rng(7)
+    n, shops = 3000, [f"shop{i:03d}" for i in range(150)]
+    risk = dict(zip(shops, rng.normal(0, 1.5, len(shops))))  # each shop its own risk, unrelated to its size
+    shop = rng.choice(shops, n)
+    amount = rng.lognormal(3, 1, n)
+    logit = -1 + np.array([risk[s] for s in shop]) + 0.3 * np.log(amount)
+    table = pd.DataFrame({"shop": shop, "amount": amount.round(2), "fraud": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)})
+    csv, config = tmp_path / "shops.csv", tmp_path / "pipeline.yaml"
+    table.to_csv(csv, index=False)
+    told = _invoke("init", "--data", str(csv), "--label", "fraud", "--out", str(config))
+    assert "smoothed mean target" in told
+    assert yaml.safe_load(config.read_text())["features"]["categorical"]["shop"] == {"encoding": "target"}
+    _invoke("run", "--config", str(config), "--models", "logreg")
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    encoded = registry.get(cfg.registry.model_name, 1)
+    body = yaml.safe_load(config.read_text())
+    body["features"]["categorical"]["shop"] = {"encoding": "frequency"}
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    _invoke("run", "--config", str(config), "--models", "logreg")
+    frequency = registry.get(cfg.registry.model_name, 2)
+    assert encoded.metrics["log_loss"] < frequency.metrics["log_loss"] - 0.02, (encoded.metrics, frequency.metrics)
+    model = load(registry, encoded.uri)
+    cat = next(c for c in model.spec.categorical if c.name == "shop")
+    assert cat.encoding == "target" and len(cat.targets) == 150
+    record = {"shop": "shop007", "amount": 20.0}
+    x, names = transform_records([record], model.spec)
+    assert x[0, names.index("shop__target")] == np.float32(cat.targets["shop007"][0])
+    unseen, _ = transform_records([{"shop": "nowhere", "amount": 20.0}], model.spec)
+    assert unseen[0, names.index("shop__target")] == np.float32(cat.target_prior[0])

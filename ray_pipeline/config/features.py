@@ -43,8 +43,10 @@ class NumericFeatureConfig(StrictModel):
 class CategoricalFeatureConfig(StrictModel):
     """How one categorical column becomes model input."""
 
-    encoding: Literal["frequency", "onehot"] = Field(
-        default="frequency", description="Training frequency of the category, or one 0/1 column per category."
+    encoding: Literal["frequency", "onehot", "target"] = Field(
+        default="frequency",
+        description="Training frequency of the category; one 0/1 column per category; or target: the frequency "
+        "and the category's smoothed mean target (per class for multiclass), out of fold on the train split.",
     )
     unseen: Literal["zero", "rare", "missing"] = Field(
         default="zero", description="Value for categories not seen in training: 0, the rare bucket's, or missing's."
@@ -54,6 +56,9 @@ class CategoricalFeatureConfig(StrictModel):
     )
     min_count: int = Field(default=1, ge=1, description="Categories seen fewer times share one rare bucket.")
     max_onehot: int = Field(default=20, ge=1, description="One-hot keeps at most this many categories (most frequent).")
+    target_smoothing: float = Field(
+        default=20.0, ge=0, description="target: rows' worth of weight on the overall mean in each category's mean."
+    )
 
 
 class OnlineStoreConfig(StrictModel):

@@ -317,8 +317,8 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
                           "tokens: a unique id", {"entity_type": "str"})  # fmt: skip
         if unique_share > 0.5:
             return Column(name, "left out", f"text with {unique_share:.0%} distinct values: an id or free text")
-        return Column(name, "feature", f"category, {distinct} values{null_note}; frequency-encoded",
-                      {"type": "category", "nullable": nullable}, "frequency")  # fmt: skip
+        return Column(name, "feature", f"category, {distinct} values{null_note}; the linear model gets its "
+                      "frequency and smoothed mean target", {"type": "category", "nullable": nullable}, "target")  # fmt: skip
     if pd.api.types.is_bool_dtype(s):
         return Column(name, "feature", f"true/false{null_note}; one-hot",
                       {"type": "category", "categories": ["false", "true"], "nullable": nullable}, "onehot")  # fmt: skip
@@ -528,10 +528,10 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows, parts, sp
     if cyclic:
         lines.append("  numeric:")
         lines += [f"    {q(c.name)}: {{cyclic: {c.cyclic:g}}}" for c in cyclic]
-    onehot = [c.name for c in features if c.encoding == "onehot"]
-    if onehot:
+    encoded = [c for c in features if c.encoding in ("onehot", "target")]
+    if encoded:
         lines.append("  categorical:")
-        lines += [f"    {q(n)}: {{encoding: onehot}}" for n in onehot]
+        lines += [f"    {q(c.name)}: {{encoding: {c.encoding}}}" for c in encoded]
     lines += [
         "  online:",
         f"    path: {work}/features/online.db",

@@ -21,6 +21,7 @@ from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.colstats import categorical_partial, merge_categorical, merge_numeric, numeric_partial
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, LabelSpec, NumericSpec
+from ray_pipeline.features.target_encoding import label_matrix, merge_target, row_folds, target_partial
 from ray_pipeline.features.transform import as_float
 
 
@@ -29,13 +30,21 @@ def _numeric_partial(arr: pa.ChunkedArray, name: str, log1p: bool) -> dict[str, 
     return numeric_partial(np.log1p(np.maximum(x, 0.0)) if log1p else x)
 
 
-def partial_stats(batch: pa.Table, numeric: dict[str, bool], categorical: list[str]) -> dict[str, Any]:
-    """Statistics of one block (JSON-safe), for `fold_blocks`."""
-    return {
+def partial_stats(batch: pa.Table, numeric: dict[str, bool], categorical: list[str],
+                  target: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Statistics of one block (JSON-safe), for `fold_blocks`; `target`: the target-encoded columns
+    and how to read the label (column, task, classes, log1p)."""
+    out = {
         "rows": batch.num_rows,
         "numeric": {name: _numeric_partial(batch[name], name, log1p) for name, log1p in numeric.items()},
         "categorical": {name: categorical_partial(batch[name]) for name in categorical},
     }
+    if target and target["columns"]:
+        y = batch[target["label"]].to_numpy(zero_copy_only=False)
+        Y = label_matrix(np.asarray(y), target["task"], target["classes"], target["log1p"])
+        folds = row_folds(batch)
+        out["target"] = {name: target_partial(batch[name], Y, folds) for name in target["columns"]}
+    return out
 
 
 def _numeric_spec(name: str, cfg: NumericFeatureConfig, merged: dict[str, Any]) -> NumericSpec:
@@ -78,7 +87,7 @@ def _categorical_spec(
     # Most frequent first, ties by name: a stable order for people and for one-hot columns.
     ordered = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
     onehot = [k for k, _ in ordered[: cfg.max_onehot]] if cfg.encoding == "onehot" else []
-    shown = ordered if cfg.encoding == "frequency" else ordered[: cfg.max_onehot]
+    shown = ordered[: cfg.max_onehot] if cfg.encoding == "onehot" else ordered
     return CategoricalSpec(
         name=name,
         encoding=cfg.encoding,
@@ -113,8 +122,11 @@ def merge_partials(
     categorical: list[str],
     features: FeaturesConfig,
     passthrough: list[str],
+    oof: dict[str, np.ndarray] | None = None,
 ) -> FeatureSpec:
-    """Combine per-block statistics into a FeatureSpec."""
+    """Combine per-block statistics into a FeatureSpec (`oof`, filled when given: each target-encoded
+    column's out-of-fold means for the train split's own rows)."""
+    oof = {} if oof is None else oof
     rows = sum(p["rows"] for p in partials)
     num_specs = [
         _numeric_spec(
@@ -128,19 +140,30 @@ def merge_partials(
     for name in categorical:
         merged = merge_categorical([p["categorical"][name] for p in partials])
         cfg = features.categorical.get(name, CategoricalFeatureConfig())
-        cat_specs.append(_categorical_spec(name, cfg, merged["counts"], merged["missing"], rows))
+        cat = _categorical_spec(name, cfg, merged["counts"], merged["missing"], rows)
+        if cfg.encoding == "target":
+            encoded = merge_target([p["target"][name] for p in partials if "target" in p], list(cat.frequencies),
+                                   cfg.target_smoothing)  # fmt: skip
+            cat = cat.model_copy(update={"targets": encoded["targets"], "target_prior": encoded["prior"]})
+            oof[name] = encoded["oof"]
+        cat_specs.append(cat)
     return FeatureSpec(rows=rows, numeric=num_specs, categorical=cat_specs, passthrough=passthrough)
 
 
-def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[str] | None = None) -> FeatureSpec:
-    """Fit a FeatureSpec on a Ray Dataset of accepted rows in one pass."""
+def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[str] | None = None,
+        oof: dict[str, np.ndarray] | None = None) -> FeatureSpec:  # fmt: skip
+    """Fit a FeatureSpec on a Ray Dataset of accepted rows in one pass (`oof`: filled with the
+    target-encoded columns' out-of-fold means for these rows, see `merge_partials`)."""
     numeric, categorical = feature_columns(schema, features)
     log1p = {n: features.numeric.get(n, NumericFeatureConfig()).log1p for n in numeric}
-    partials = fold_blocks(ds, partial_stats, list, {"numeric": log1p, "categorical": categorical})
+    label = schema.label_mapping
+    encoded = [n for n in categorical if features.categorical.get(n, CategoricalFeatureConfig()).encoding == "target"]
+    target = {"columns": encoded, "label": schema.label, "task": label.task, "classes": len(label.classes_text or []),
+              "log1p": label.transform != "none"}  # the target as the first fit reads it (auto: log1p first)
+    partials = fold_blocks(ds, partial_stats, list, {"numeric": log1p, "categorical": categorical, "target": target})
     if passthrough is None:
         passthrough = [*schema.keys, schema.label]
-    spec = merge_partials(partials, numeric, categorical, features, passthrough)
-    label = schema.label_mapping
+    spec = merge_partials(partials, numeric, categorical, features, passthrough, oof)
     inputs = set(spec.input_columns)
     return spec.model_copy(update={
         # what ingest quarantines when missing, serving refuses when missing (never imputed in silence)

@@ -44,7 +44,7 @@ class CategoricalSpec(_Frozen):
     """Fitted state of one categorical column."""
 
     name: str
-    encoding: Literal["frequency", "onehot", "native"]
+    encoding: Literal["frequency", "onehot", "native", "target"]
     frequencies: dict[str, float] = Field(description="Kept categories -> training frequency (count / rows).")
     missing_value: float = Field(description="Encoded value for null or empty input.")
     unseen_value: float = Field(description="Encoded value for categories not kept (unseen or rare).")
@@ -52,6 +52,22 @@ class CategoricalSpec(_Frozen):
     onehot: list[str] = Field(default_factory=list, description="One-hot categories, in output order.")
     codes: list[str] = Field(default_factory=list, description="native: the categories a tree model splits on, "
                              "by code (0, 1, ...); unseen, rare and missing values are missing.")
+    targets: dict[str, list[float]] = Field(default_factory=dict, description="target: each kept category's "
+                                            "smoothed mean target (one per class for multiclass).")
+    target_prior: list[float] = Field(default_factory=list, description="target: the train split's mean target, "
+                                      "for missing and unseen categories.")
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of this column's entries in the feature vector."""
+        if self.encoding == "onehot":
+            return [f"{self.name}={value}" for value in self.onehot]
+        if self.encoding == "native":
+            return [f"{self.name}__code"]
+        if self.encoding == "target":
+            k = len(self.target_prior)
+            return [f"{self.name}__freq"] + [f"{self.name}__target" + (f"_{j}" if k > 1 else "") for j in range(k)]
+        return [f"{self.name}__freq"]
 
 
 # Parts of the event time a model may take as inputs, and each one's period (sin and cos of its angle).
@@ -107,10 +123,7 @@ class FeatureSpec(_Frozen):
         for col in self.numeric:
             names.extend(col.outputs)
         for cat in self.categorical:
-            if cat.encoding in ("frequency", "native"):
-                names.append(f"{cat.name}__{'freq' if cat.encoding == 'frequency' else 'code'}")
-            else:
-                names.extend(f"{cat.name}={value}" for value in cat.onehot)
+            names.extend(cat.outputs)
         for part in self.time_parts:
             names += [f"{self.event_timestamp}__{part}__sin", f"{self.event_timestamp}__{part}__cos"]
         return names
@@ -123,7 +136,7 @@ class FeatureSpec(_Frozen):
         for col in self.numeric:
             out += [col.name] * len(col.outputs)
         for cat in self.categorical:
-            out += [cat.name] * (len(cat.onehot) if cat.encoding == "onehot" else 1)
+            out += [cat.name] * len(cat.outputs)
         out += [str(self.event_timestamp)] * (2 * len(self.time_parts))
         return out
 
@@ -146,9 +159,10 @@ class FeatureSpec(_Frozen):
         for col in body["numeric"]:  # likewise a non-cyclic column's `cyclic`
             if col.get("cyclic") is None:
                 col.pop("cyclic", None)
-        for cat in body["categorical"]:  # and a non-native column's `codes`
-            if not cat.get("codes"):
-                cat.pop("codes", None)
+        for cat in body["categorical"]:  # and a non-native column's `codes`, a non-target one's targets
+            for key in ("codes", "targets", "target_prior"):
+                if not cat.get(key):
+                    cat.pop(key, None)
         if body.get("label"):
             defaults = {"task": "binary", "classes": None, "transform": "none"}
             body["label"] = {k: v for k, v in body["label"].items() if k not in defaults or v != defaults[k]}
@@ -192,6 +206,7 @@ class FeatureSpec(_Frozen):
 def native_spec(spec: FeatureSpec) -> FeatureSpec:
     """`spec` with every categorical column as native codes (a tree model splits on the categories
     themselves): the kept categories, most frequent first, are codes 0, 1, ...; numbers unchanged."""
-    cats = [c.model_copy(update={"encoding": "native", "codes": list(c.frequencies), "onehot": []})
+    cats = [c.model_copy(update={"encoding": "native", "codes": list(c.frequencies), "onehot": [], "targets": {},
+                                 "target_prior": []})
             for c in spec.categorical]  # fmt: skip
     return spec.model_copy(update={"categorical": cats})

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from ray_pipeline.data.values import clean_text
 from ray_pipeline.features.spec import TIME_PARTS, CategoricalSpec, FeatureSpec, NumericSpec
+from ray_pipeline.features.target_encoding import row_folds, target_columns
 
 
 def as_float(arr: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
@@ -45,8 +46,10 @@ def numeric_columns(arr: pa.Array | pa.ChunkedArray, col: NumericSpec) -> list[n
     return [x, missing.astype(np.float64)] if col.missing_indicator else [x]
 
 
-def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -> list[np.ndarray]:
-    """Frequency or one-hot encoding with the training categories; missing = null or empty."""
+def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec, oof: np.ndarray | None = None,
+                        folds: np.ndarray | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Frequency, one-hot, native or target encoding with the training categories; missing = null or
+    empty (`oof`, `folds`: the train split's out-of-fold target means and each row's fold)."""
     # read as ingest reads it (numbers written as categories compare as text; 'WD ' is 'WD'; blank is missing)
     text = clean_text(arr)
     missing = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)
@@ -62,7 +65,10 @@ def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec) -
     freqs = np.fromiter(cat.frequencies.values(), dtype=np.float64, count=len(cat.frequencies))
     idx = np.asarray(pc.index_in(text, value_set=keys).fill_null(-1).to_numpy(), dtype=np.int64)
     value = np.where(idx >= 0, freqs[np.maximum(idx, 0)] if len(freqs) else 0.0, cat.unseen_value)
-    return [np.where(missing, cat.missing_value, value)]
+    frequency = [np.where(missing, cat.missing_value, value)]
+    if cat.encoding == "target":
+        return frequency + target_columns(text, cat.targets, cat.target_prior, oof, folds)
+    return frequency
 
 
 def time_part_columns(arr: pa.Array | pa.ChunkedArray, parts: list[str]) -> list[np.ndarray]:
@@ -84,9 +90,11 @@ def on_cycle(x: np.ndarray, period: float) -> list[np.ndarray]:
     return [np.where(missing, 0.0, np.sin(angle)), np.where(missing, 0.0, np.cos(angle))]
 
 
-def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32) -> np.ndarray:
+def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32,
+                    oof: dict[str, np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
     """The (rows, features) matrix for `table`, columns in `spec.feature_names` order (with time
-    parts, `table` also holds the event time column)."""
+    parts, `table` also holds the event time column). `oof`: the train split's out-of-fold target
+    means per column (features/target_encoding.py), for the train split's own rows only."""
     absent = [c for c in spec.input_columns if c not in table.column_names]
     if spec.time_parts and spec.event_timestamp not in table.column_names:
         absent.append(spec.event_timestamp)
@@ -95,8 +103,10 @@ def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32
     parts: list[np.ndarray] = []
     for col in spec.numeric:
         parts.extend(numeric_columns(table[col.name], col))
+    folds = row_folds(table) if oof and any(c.encoding == "target" for c in spec.categorical) else None
     for cat in spec.categorical:
-        parts.extend(categorical_columns(table[cat.name], cat))
+        held_out = oof.get(cat.name) if oof and cat.encoding == "target" else None
+        parts.extend(categorical_columns(table[cat.name], cat, held_out, folds))
     if spec.time_parts:
         parts.extend(time_part_columns(table[spec.event_timestamp], spec.time_parts))
     if not parts:

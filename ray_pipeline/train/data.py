@@ -37,6 +37,7 @@ class Prepared:
     source_sha256: str | None = None  # content digest of the training set these rows came from
     raw: dict | None = None  # every split's raw rows (Ray Datasets): another spec's matrices come from them
     variants: dict = field(default_factory=dict)  # spec content hash -> the same rows under that spec
+    oof: dict = field(default_factory=dict)  # column -> out-of-fold target means of the train split's rows
 
     def under(self, spec: FeatureSpec) -> "Prepared":
         """The same rows transformed by `spec` (another encoding of the same fitted statistics);
@@ -48,7 +49,8 @@ class Prepared:
             if self.raw is None:
                 raise ValueError("these splits keep no raw rows to transform again")
             label = self.spec.label.column if self.spec.label else "label"
-            splits = {name: ds.map_batches(to_xy, fn_kwargs={"spec": spec, "label": label},
+            splits = {name: ds.map_batches(to_xy, fn_kwargs={"spec": spec, "label": label,
+                                                             "oof": self.oof if name == "train" else None},
                                            batch_format="pyarrow").materialize()
                       for name, ds in self.raw.items()}  # fmt: skip
             self.variants[key] = replace(self, spec=spec, train=splits["train"], valid=splits["valid"],
@@ -94,13 +96,14 @@ def _in_window(batch: pa.Table, ts: str, lo: int | None, hi: int | None) -> pa.T
     return batch.filter(keep)
 
 
-def to_xy(batch: pa.Table, spec: FeatureSpec, label: str) -> dict[str, np.ndarray]:
+def to_xy(batch: pa.Table, spec: FeatureSpec, label: str, oof: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The model inputs of a batch: x (float32 matrix), y (float32; a regression target as it is
-    fitted, its transform applied), and the ground truth if the data has one."""
+    fitted, its transform applied), and the ground truth if the data has one (`oof`: the train
+    split's out-of-fold target encodings, for its own rows)."""
     y = batch[label].to_numpy(zero_copy_only=False).astype(np.float64)
     if spec.label is not None and spec.label.task == "regression":
         y = transform_target(y, spec.label.transform)
-    out = {"x": transform_table(batch, spec), "y": y.astype(np.float32)}
+    out = {"x": transform_table(batch, spec, oof=oof), "y": y.astype(np.float32)}
     for name in TRUTH_COLUMNS:
         if name in batch.column_names:
             out["truth"] = batch[name].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -255,13 +258,15 @@ def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None,
     # Read once: the split bounds, the spec fit and the three splits all pass over these rows.
     training_set = training_set.materialize()
     raw, how = split_rows(training_set, cfg) if holdout is None else holdout_split(training_set, cfg)
-    spec = spec or fit(raw["train"], schema, cfg.features)
+    oof: dict[str, np.ndarray] = {}  # a fresh fit's target encodings of the train split, out of fold
+    spec = spec or fit(raw["train"], schema, cfg.features, oof=oof)
     if holdout is not None:
         test = model_inputs(holdout, spec)
         raw["test"] = ray.data.from_arrow(test.append_column(schema.label, with_columns(holdout, [schema.label])[0]))
     splits = {
         name: ds.map_batches(
-            to_xy, fn_kwargs={"spec": spec, "label": schema.label}, batch_format="pyarrow"
+            to_xy, fn_kwargs={"spec": spec, "label": schema.label, "oof": oof if name == "train" else None},
+            batch_format="pyarrow",
         ).materialize()
         for name, ds in raw.items()
     }
@@ -270,7 +275,7 @@ def prepare(training_set, cfg: PipelineConfig, holdout: pa.Table | None = None,
     if empty:
         raise UserError(f"training.split: the {', '.join(empty)} split(s) are empty ({describe_split(how)}); "
                          f"rows per split: {rows}")
-    return Prepared(spec, splits["train"], splits["valid"], splits["test"], how, rows, raw["train"], raw=raw)
+    return Prepared(spec, splits["train"], splits["valid"], splits["test"], how, rows, raw["train"], raw=raw, oof=oof)
 
 
 def _time_split(training_set, ts: str, valid_fraction: float, test_fraction: float) -> tuple[dict, dict]:
