@@ -561,3 +561,30 @@ def test_a_many_valued_category_reaches_the_linear_model_as_its_mean_target(ray_
     assert x[0, names.index("shop__target")] == np.float32(cat.targets["shop007"][0])
     unseen, _ = transform_records([{"shop": "nowhere", "amount": 20.0}], model.spec)
     assert unseen[0, names.index("shop__target")] == np.float32(cat.target_prior[0])
+
+
+def test_the_champion_is_refitted_on_every_row_and_keeps_its_held_out_metrics(ray_session, tmp_path):
+    """`training.refit: always`: the run's champion is trained again on train + valid + test, and
+    the refit serves in its place with the gated run's test metrics as its estimate."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.train.rundir import read_run
+
+    csv, config = tmp_path / "prices.csv", tmp_path / "pipeline.yaml"
+    prices_table(1500).to_csv(csv, index=False)
+    _invoke("init", "--data", str(csv), "--label", "price", "--out", str(config))
+    body = yaml.safe_load(config.read_text())
+    body["training"]["refit"] = "always"
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    out = _invoke("run", "--config", str(config), "--models", "xgboost")
+    assert re.search(r"refit: models:/prices/1 \(xgboost\) trained again on all 1,500 rows", out), out
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    held, refitted = registry.get("prices", 1), registry.get("prices", 2)
+    assert registry.aliases("prices")["champion"] == 2
+    assert refitted.metrics == held.metrics and refitted.lineage["refit_of_version"] == held.uri
+    assert read_run(refitted.lineage["run_dir"]).rows["train"] == 1500
+    old, new = load(registry, held.uri), load(registry, refitted.uri)
+    assert new.spec.content_hash() == old.spec.content_hash()  # the same encodings, more rows behind the trees
+    rows = prices_table(1500).drop(columns=["price"]).head(50)
+    assert not np.allclose(new.predict(rows).values, old.predict(rows).values)

@@ -236,6 +236,20 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
     assert (x.search.scheduler, x.search.time_budget_s, x.xgboost.num_boost_round) == ("fifo", 18.0, 2000)
     searched = [v for v in open_registry_versions(cfg) if v.lineage.get("search")]
     assert searched or "again (same model files)" in out
+    # the champion this run made is trained again on every row and served; the gated run's metrics stay
+    refitted = re.search(r"refit: models:/\w+/(\d+) \((\w+)\) trained again on all ([\d,]+) rows.*-> models:/\w+/(\d+)", out)
+    if refitted is not None:  # (unless the champion from before kept the alias)
+        held_v, kind, rows, new_v = refitted.groups()
+        versions = {v.version: v for v in open_registry_versions(cfg)}
+        held, new = versions[int(held_v)], versions[int(new_v)]
+        assert new.kind == held.kind == kind and new.metrics == held.metrics
+        assert new.lineage["refit_of_version"] == held.uri and new.lineage["trigger"] == "refit"
+        from ray_pipeline.registry.versions import open_registry
+        from ray_pipeline.train.rundir import read_run
+
+        assert open_registry(cfg).aliases(cfg.registry.model_name)["champion"] == new.version
+        if kind != "ensemble":
+            assert read_run(new.lineage["run_dir"]).rows["train"] == int(rows.replace(",", ""))
 
 
 def open_registry_versions(cfg):

@@ -368,3 +368,26 @@ def test_metrics_on_known_inputs():
     assert m["bayes_log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.8, 0.8, 0.8])))
     assert evaluate.calibration_error(np.array([1.0, 0.0]), np.array([0.5, 0.5])) == pytest.approx(0.0)
     assert evaluate.calibration_error(np.array([1.0, 1.0]), np.array([0.25, 0.25])) == pytest.approx(0.75)
+
+
+def test_a_refit_repeats_the_recipe_on_every_row_of_the_split(ray_session, tmp_path):
+    """`train/refit.py`: XGBoost again for the rounds early stopping kept, on train + valid + test,
+    its metrics the held-out run's; the linear model with the held-out run's penalty."""
+    from ray_pipeline.train.refit import every_row, refit, settings
+    from ray_pipeline.train.rundir import read_run
+
+    prepared = linear_prepared(rows=3000)
+    cfg = linear_cfg(tmp_path, optimizer="newton", l2=0.01)
+    cfg.training.xgboost.num_boost_round, cfg.training.xgboost.early_stopping_rounds = 400, 5
+    held = train_model(cfg, "xgboost", workers=0, prepared=prepared)
+    best = int(held.model.booster.attr("best_iteration"))
+    assert best + 1 < 400  # early stopping chose
+    recipe = settings(cfg, read_run(held.run_dir), held.model)
+    assert recipe.training.xgboost.num_boost_round == best + 1
+    again = refit(cfg, prepared, str(held.run_dir))
+    assert again.model.booster.num_boosted_rounds() == best + 1
+    assert again.metrics == held.metrics and read_run(again.run_dir).lineage["refit_of"] == str(held.run_dir)
+    assert read_run(again.run_dir).rows["train"] == sum(prepared.rows.values())
+    assert every_row(prepared).train.count() == sum(prepared.rows.values())
+    linear = train_model(cfg, "logreg", workers=0, prepared=prepared)
+    assert settings(cfg, read_run(linear.run_dir), linear.model).training.logreg.l2 == 0.01

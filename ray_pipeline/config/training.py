@@ -149,6 +149,11 @@ class TrainingConfig(StrictModel):
         "(`run --time-budget`): the untuned settings first, each trial stopped early on its validation loss, "
         "a seeded TPE search after; the best trial of each kind goes to the gates. Unset: one run per kind.",
     )
+    refit: Literal["auto", "always", "never"] = Field(
+        default="auto", description="When `run` makes one of its models the champion, train that model's settings "
+        "again on train + valid + test rows and serve the refitted model (its metrics: the held-out run's, "
+        "measured before). auto: with a time budget (`run --time-budget`).",
+    )
     in_process_max_rows: int = Field(
         default=100_000,
         ge=0,

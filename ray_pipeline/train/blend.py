@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -76,20 +77,43 @@ def blend_runs(cfg: PipelineConfig, prepared: Prepared, run_dirs: list[str], tri
     model = EnsembleModel(members, columns, weights, spec.feature_names, task, transform)
     if task == "regression":
         model.output = evaluate.fit_output_map(model, split.train, split.valid)
+    return _written(cfg, prepared, split, model, runs, list(run_dirs), trigger, started)
+
+
+def refit_blend(cfg: PipelineConfig, prepared: Prepared, run_dir: str, members: list[TrainRun],
+                trigger: str = "refit") -> TrainRun:  # fmt: skip
+    """The ensemble in `run_dir` again, its members being `members` (each refitted on more rows):
+    the same weights, entries and output map; its held-out test metrics stay its estimate."""
+    held, blended = read_run(run_dir), load_model(model_dir(run_dir))
+    model = EnsembleModel([m.model for m in members], blended.columns, blended.weights, blended.feature_names,
+                          blended.task, blended.transform, blended.output)  # fmt: skip
+    runs = [read_run(m.run_dir) for m in members]
+    split = prepared.under(held.spec)
+    split = replace(split, rows={**split.rows, "train": sum(split.rows.values())})  # what the members trained on
+    return _written(cfg, prepared, split, model, runs, [str(m.run_dir) for m in members], trigger,
+                    time.perf_counter(), refit_of=(run_dir, held.metrics))  # fmt: skip
+
+
+def _written(cfg: PipelineConfig, prepared: Prepared, split: Prepared, model: EnsembleModel, runs: list[RunArtifacts],
+             run_dirs: list[str], trigger: str, started: float, refit_of: tuple[str, dict] | None = None) -> TrainRun:  # fmt: skip
+    """The ensemble's run directory: evaluated on the test split (or, refitted, its held-out
+    run's metrics), profiled, explained; returned as a run."""
+    spec, task = split.spec, model.task
     y, p, truth = evaluate.predict_split(model, split.test)
-    metrics = evaluate.task_metrics(task, y, p, truth)
+    metrics = evaluate.task_metrics(task, y, p, truth) if refit_of is None else refit_of[1]
     name = f"ensemble-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     run_dir = join(cfg.training.run_root, name)
     lineage = {**{k: v for k, v in runs[0].lineage.items() if k in ("training_set", "training_set_sha256",
                                                                        "event_time_range", "split", "config_hash")},
-               "feature_spec_hash": spec.content_hash(), "trigger": trigger, "members": list(run_dirs),
-               "started_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
-    params = {"weights": weights, "members": [r.kind for r in runs],
+               "feature_spec_hash": spec.content_hash(), "trigger": trigger, "members": run_dirs,
+               "started_at": datetime.now(timezone.utc).isoformat(),
+               **({"refit_of": refit_of[0]} if refit_of else {})}  # fmt: skip
+    params = {"weights": model.weights, "members": [r.kind for r in runs],
               "blend": "weighted margins, weights on a 0.1 grid fitted on the validation split",
               **({"output": model.output.to_json()} if model.output else {})}  # fmt: skip
     timings: dict[str, float] = {}
     with local_dir(run_dir) as local:
-        write_run(local, model, RunArtifacts("ensemble", spec, metrics, params, lineage, prepared.rows, []))
+        write_run(local, model, RunArtifacts("ensemble", spec, metrics, params, lineage, split.rows, []))
         if prepared.raw_train is not None:
             profile_once(cfg, prepared)
             save_profile(with_scores(prepared.input_profile, logged_score(task, p),

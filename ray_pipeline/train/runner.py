@@ -253,6 +253,7 @@ def train_model(
     trigger: str = "train",
     search: dict[str, Any] | None = None,
     init: Any = None,
+    refit_of: Any = None,
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
 
@@ -262,6 +263,8 @@ def train_model(
     (its search id and trial id go into its lineage; each epoch's or round's validation loss goes to
     Tune, from the loop in this process or, on workers, through Ray Train's TuneReportCallback).
     `init`: a model of the same kind over `prepared.spec`'s features to warm-start from (`warm_start`).
+    `refit_of`: the held-out run (a `RefitOf`) this one repeats on more rows (train/refit.py): its
+    penalty and output map are kept, and its test metrics stay the run's estimate.
     """
     import xgboost
 
@@ -315,15 +318,18 @@ def train_model(
         model: Any = XGBoostModel(booster, names, task=config["task"], transform=target_transform)
     else:
         few_rows = prepared.rows["train"] < L2_ROWS_PER_INPUT * max(len(names), 1)
-        if config["task"] == "regression" and few_rows and not workers and search is None and init is None:
+        chooses = search is None and init is None and refit_of is None
+        if config["task"] == "regression" and few_rows and not workers and chooses:
             out, config["l2"] = _l2_on_valid(config, prepared, out, names, target_transform)
         model = _linear(out, names, config["task"], target_transform)
 
-    if config["task"] == "regression":  # smearing and bounds, from the train and validation splits
+    if refit_of is not None:  # the validation rows are training rows now: the held-out run's map
+        model.output = refit_of.output
+    elif config["task"] == "regression":  # smearing and bounds, from the train and validation splits
         model.output = evaluate.fit_output_map(model, prepared.train, prepared.valid)
     t0 = time.perf_counter()
     y, p, truth = evaluate.predict_split(model, prepared.test)
-    test_metrics = evaluate.task_metrics(config["task"], y, p, truth)
+    test_metrics = evaluate.task_metrics(config["task"], y, p, truth) if refit_of is None else refit_of.metrics
     timings["evaluate_s"] = time.perf_counter() - t0
 
     run_dir = join(cfg.training.run_root, name)
@@ -346,6 +352,8 @@ def train_model(
         "duration_s": round(timings["prepare_s"] + timings["fit_s"] + timings["evaluate_s"], 3),
         **({"search": search} if search is not None else {}),
         **({"warm_start": True} if init is not None else {}),
+        **({"refit_of": refit_of.run_dir, "metrics_from": "the test split of refit_of, before these rows were "
+            "trained on"} if refit_of is not None else {}),  # fmt: skip
     }
     artifacts = RunArtifacts(kind, prepared.spec, test_metrics, params, lineage,
                              prepared.rows, history)  # fmt: skip

@@ -153,6 +153,32 @@ def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: 
     return Promotion(versions, champion, lines)
 
 
+def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotion, echo: Echo) -> None:
+    """The champion, when this run made it, trained again on every row of the split and served in
+    its place (`training.refit`; the gates judged its recipe on the held-out test split)."""
+    from ray_pipeline.registry.runs import index_run
+    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.train.refit import refit
+
+    held = promotion.champion
+    if held is None or held.version not in {v.version for v in promotion.versions}:
+        return
+    started = time.perf_counter()
+    run = refit(cfg, prepared, held.lineage["run_dir"])
+    registry = open_registry(cfg)
+    index_run(registry, run.run_dir)
+    version = register_run(registry, cfg.registry.model_name, run.run_dir, lineage={"refit_of_version": held.uri})
+    registry.set_alias(cfg.registry.model_name, cfg.serving.alias, version.version,
+                       f"refit of v{held.version} on every row of its split (train + valid + test)", "refit")  # fmt: skip
+    promotion.versions.append(version)
+    promotion.champion = version
+    line = (f"refit: {held.uri} ({held.kind}) trained again on all {sum(prepared.rows.values()):,} rows of the split "
+            f"in {time.perf_counter() - started:.1f} s -> {version.uri} @{cfg.serving.alias} (metrics: {held.uri}'s, "
+            "held out)")  # fmt: skip
+    promotion.lines.append(line)
+    echo(line)
+
+
 def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[HasRunDir], echo: Echo) -> list[HasRunDir]:
     """The ensemble of `runs` (`training.ensemble`), indexed, when a blend beats each alone on validation."""
     from ray_pipeline.registry.runs import index_run
@@ -266,6 +292,8 @@ def run_pipeline(
         promotion = register_and_promote(cfg, runs, cfg.serving.alias)
         promotion.lines[:0] = repeated
         echo("\n".join(promotion.lines))
+        if cfg.training.refit == "always" or (cfg.training.refit == "auto" and budget):
+            _refit_champion(cfg, prepared, promotion, echo)
 
     url = None
     if serve:
