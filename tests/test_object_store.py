@@ -129,7 +129,7 @@ def test_pipeline_on_s3_from_csv_to_predictions(ray_session, s3_bucket, tmp_path
         f"{bucket}/scores/{name}")) for name in list_files(f"{s3_bucket}/scores") if name.endswith(".parquet"))  # fmt: skip
     assert len(scores) == len(table)
     model = load(open_registry(cfg), champion.uri)
-    expected = model.predict_proba(table.drop(columns=["y"]).head(5))
+    expected = model.predict(table.drop(columns=["y"]).head(5)).probabilities
     got = scores.set_index("row").sort_index()["score"].head(5).to_numpy()
     assert np.allclose(got, expected, atol=1e-6)
 

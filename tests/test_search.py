@@ -226,8 +226,9 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
     kinds = {m.group(2): (int(m.group(1)), float(m.group(3)))
              for m in re.finditer(r"search-\S+: (\d+) trials of (\w+) \(tpe, fifo\) in ([\d.]+) s", out)}
     assert set(kinds) == {"logreg", "xgboost"}, out
-    for kind, (n, seconds) in kinds.items():  # Tune stops each search at its share (a loaded machine: fewer trials)
-        assert n >= 1 and seconds <= 40 * budget_share(kind, ["logreg", "xgboost"]) + 5, (kind, n, seconds)
+    for kind, (n, seconds) in kinds.items():  # Tune stops each search at its share (a loaded machine: fewer trials;
+        # the trial running at the budget is stopped, and Tune's teardown took up to 5.1 s on a clean clone's CI run)
+        assert n >= 1 and seconds <= 40 * budget_share(kind, ["logreg", "xgboost"]) + 8, (kind, n, seconds)
         assert "best: " in out or f"{kind}: no trial finished within" in out
     for noise in ("View detailed results", "TensorBoard", "tensorboardx", "A new study created", "Failed to fetch"):
         assert noise not in out, noise

@@ -63,7 +63,7 @@ def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
     def broken(records):
         raise RuntimeError("challenger exploded")
 
-    runner.models.models[CHALLENGER].model.score = broken  # fault injected into the loaded v2
+    runner.models.models[CHALLENGER].model.task_output = broken  # fault injected into the loaded v2
     requests = [_request(0, "challenger", runner), _request(1, "champion", runner), _request(2, "challenger", runner)]
     out = runner.score(requests)
     for req, result in zip(requests, out):  # what the HTTP route does after answering
@@ -83,13 +83,13 @@ def test_shadow_backlog_is_bounded_and_drained_on_close(ray_session, tmp_path, m
     runner = ModelRunner(_settings(tmp_path, "shadow"))
     gate = threading.Event()
     challenger = runner.models.models[CHALLENGER]
-    real = challenger.model.score
+    real = challenger.model.task_output
 
     def slow(records):
         gate.wait(30)
         return real(records)
 
-    challenger.model.score = slow  # the challenger falls behind
+    challenger.model.task_output = slow  # the challenger falls behind
     for i in range(6):
         req = _request(i, "champion", runner)
         result = runner.score([req])[0]
