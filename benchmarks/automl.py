@@ -165,6 +165,16 @@ def _features(t: Table, frame: pd.DataFrame) -> pd.DataFrame:
     return X
 
 
+def _codes_past(X: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """Categorical columns with more than `limit` values as their codes (numbers): scikit-learn's
+    HistGradientBoosting takes at most 255 categories per column."""
+    X = X.copy()
+    for c in X.columns:
+        if isinstance(X[c].dtype, pd.CategoricalDtype) and len(X[c].cat.categories) > limit:
+            X[c] = X[c].cat.codes.astype("float64").where(X[c].notna())
+    return X
+
+
 def flaml(t: Table, train: pd.DataFrame, test: pd.DataFrame, budget: float) -> dict:
     """FLAML's AutoML with the same budget, its own defaults otherwise."""
     from flaml import AutoML
@@ -199,6 +209,7 @@ def hgb(t: Table, train: pd.DataFrame, test: pd.DataFrame) -> dict:
     for c in Xte.columns:
         if isinstance(Xtr[c].dtype, pd.CategoricalDtype):
             Xte[c] = pd.Categorical(Xte[c], categories=Xtr[c].cat.categories)
+    Xtr, Xte = _codes_past(Xtr, 255), _codes_past(Xte, 255)
     started = time.perf_counter()
     if t.task == "regression":
         model = HistGradientBoostingRegressor(categorical_features="from_dtype", random_state=0)
@@ -225,7 +236,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 300.0])
     parser.add_argument("--tables", nargs="+", default=list(TABLES))
+    parser.add_argument("--markdown", action="store_true", help="print results/automl.json as docs/benchmarks.md's table")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / "automl.json").read_text())["budgets"]))
+        return
     init_ray(None, quiet=True)
     path = RESULTS / "automl.json"
     earlier = json.loads(path.read_text()).get("budgets", {}) if path.exists() else {}
@@ -270,6 +285,25 @@ def ratios_of(budgets: dict[str, dict]) -> dict[str, float]:
         ratios[f"geomean_ours_over_hgb_B{key}"] = geomean([r["ours_over_hgb"] for r in figures.values()])
         ratios[f"tables_at_or_below_flaml_B{key}"] = sum(r["ours_over_flaml"] <= 1 for r in figures.values())
     return ratios
+
+
+def markdown(budgets: dict[str, dict]) -> str:
+    """The per-table figures of every budget as a Markdown table, the geometric means below."""
+    lines = ["| B | table | task | rows | ours | FLAML | HGB | ours / FLAML | ours wall | ours serves |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, figures in sorted(budgets.items(), key=lambda kv: float(kv[0])):
+        for name, r in figures.items():
+            serves = r["ours"].get("champion", "").rsplit("(", 1)[-1].rstrip(")")
+            lines.append(f"| {key} s | {name} | {r['task']} | {r['rows']:,} | {r['ours']['loss']:.4g} | "
+                         f"{r['flaml']['loss']:.4g} | {r['hgb']['loss']:.4g} | {r['ours_over_flaml']:.3f} | "
+                         f"{r['ours']['wall_s']:.0f} s | {serves} |")  # fmt: skip
+    ratios = ratios_of(budgets)
+    lines.append("")
+    for key in sorted(budgets, key=float):
+        lines.append(f"- B = {key} s: geometric mean of ours / FLAML {ratios[f'geomean_ours_over_flaml_B{key}']:.4f}, "
+                     f"ours / HGB {ratios[f'geomean_ours_over_hgb_B{key}']:.4f}; at or below FLAML on "
+                     f"{ratios[f'tables_at_or_below_flaml_B{key}']} of {len(budgets[key])} tables.")  # fmt: skip
+    return "\n".join(lines)
 
 
 def save(budgets: dict[str, dict]) -> Path:
