@@ -81,11 +81,6 @@ class Prediction:
             }
         return {"value" if self.task == "regression" else "score": pa.array(out)}
 
-    def take(self, start: int, n: int) -> Prediction:
-        """Rows start .. start+n (one request's share of a batch)."""
-        return Prediction(self.task, self.outputs[start : start + n], self.classes, self.features[start : start + n],
-                          self.timing)  # fmt: skip
-
 
 @dataclass
 class Predictor:
