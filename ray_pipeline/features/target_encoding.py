@@ -40,13 +40,14 @@ def label_matrix(y: np.ndarray, task: str, classes: int, log1p: bool) -> np.ndar
 def target_partial(arr: pa.Array | pa.ChunkedArray, Y: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
     """Per category (read as ingest reads it) and fold: the row count and the sum of `Y`; the block's
     own total (for the prior)."""
-    text = np.asarray(clean_text(arr).to_pylist(), dtype=object)
-    out: dict[str, list] = {}
-    for value in pd.unique(text[pd.notna(text)]):
-        rows = text == value
-        counts = np.bincount(folds[rows], minlength=FOLDS).tolist()
-        sums = [Y[rows & (folds == f)].sum(axis=0).tolist() for f in range(FOLDS)]
-        out[str(value)] = [counts, sums]
+    codes, values = pd.factorize(np.asarray(clean_text(arr).to_pylist(), dtype=object))  # missing: -1
+    present = codes >= 0
+    cells = codes[present] * FOLDS + folds[present]  # one bin per (category, fold): one pass over the rows
+    size = len(values) * FOLDS
+    counts = np.bincount(cells, minlength=size).reshape(len(values), FOLDS)
+    sums = np.stack([np.bincount(cells, weights=Y[present, j], minlength=size) for j in range(Y.shape[1])], axis=-1)
+    sums = sums.reshape(len(values), FOLDS, Y.shape[1])
+    out = {str(v): [counts[i].tolist(), sums[i].tolist()] for i, v in enumerate(values)}
     return {"categories": out, "rows": int(len(Y)), "sum": Y.sum(axis=0).tolist()}
 
 
