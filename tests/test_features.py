@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ SCHEMA = SchemaConfig(
         "k": {"type": "int"},
         "c": {"type": "category"},
         "d": {"type": "category"},
+        "t": {"type": "timestamp"},
     },
 )
 
@@ -46,13 +48,14 @@ def _fit_local(frame: pd.DataFrame, features: FeaturesConfig, blocks: int = 3,
     size = max(1, -(-len(frame) // blocks))
     encoded = [n for n in ("c", "d") if features.categorical.get(n, CategoricalFeatureConfig()).encoding == "target"]
     target = {"columns": encoded, "label": "y", "task": "binary", "classes": 0, "log1p": False}
+    dates = ["t"] if "t" in frame else []
     partials = [
         json.loads(json.dumps(partial_stats(table.slice(i, size), {"x": features.numeric.get("x", NumericFeatureConfig()).log1p,
                                                                     "k": features.numeric.get("k", NumericFeatureConfig()).log1p},
-                                            ["c", "d"], target)))
+                                            ["c", "d"], target, dates)))
         for i in range(0, max(len(frame), 1), size)
     ]  # fmt: skip
-    return merge_partials(partials, ["x", "k"], ["c", "d"], features, [], oof)
+    return merge_partials(partials, ["x", "k"], ["c", "d"], features, [], oof, dates)
 
 
 def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
@@ -93,6 +96,17 @@ def reference(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
             for j, prior in enumerate(cat.target_prior):
                 mean = s.map(lambda v: cat.targets[v][j] if v in cat.targets else prior).astype("float64")
                 cols.append(mean.where(~missing, prior).to_numpy())
+    for date in spec.dates:  # days since 1970 standardized (missing: the mean), calendar parts as sin and cos
+        t = pd.to_datetime(frame[date.name], utc=True)
+        days = (t - pd.Timestamp("1970-01-01", tz="UTC")) / pd.Timedelta(days=1)
+        cols.append(((days.fillna(date.mean) - date.mean) / date.std).to_numpy())
+        values = {"month": t.dt.month - 1, "weekday": t.dt.dayofweek, "hour": t.dt.hour + t.dt.minute / 60}
+        periods = {"month": 12.0, "weekday": 7.0, "hour": 24.0}
+        for part in date.parts:
+            angle = 2 * np.pi * values[part].astype("float64").fillna(0.0) / periods[part]
+            cols += [np.where(t.isna(), 0.0, np.sin(angle)), np.where(t.isna(), 0.0, np.cos(angle))]
+        if date.missing_indicator:
+            cols.append(t.isna().astype("float64").to_numpy())
     limit = np.finfo(np.float64).max
     return np.clip(np.column_stack(cols), -limit, limit)  # outputs saturate, as documented
 
@@ -105,10 +119,11 @@ CATS = st.sampled_from(["a", "b", "c", "é", "", "long category name", "zz"]) | 
 TRAIN_FLOATS = st.floats(min_value=-1e6, max_value=1e6) | st.none()
 ANY_FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.sampled_from([1e300, -1e300, 0.0])
 INTS = st.integers(min_value=-(2**40), max_value=2**40) | st.none()
+TIMES = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)) | st.none()
 
 
 def _frames(x, k) -> st.SearchStrategy[pd.DataFrame]:
-    row = st.fixed_dictionaries({"x": x, "k": k, "c": CATS, "d": CATS})
+    row = st.fixed_dictionaries({"x": x, "k": k, "c": CATS, "d": CATS, "t": TIMES})
     return st.lists(row, min_size=1, max_size=40).map(
         lambda rows: pd.DataFrame(
             {
@@ -116,6 +131,7 @@ def _frames(x, k) -> st.SearchStrategy[pd.DataFrame]:
                 "k": pd.array([r["k"] for r in rows], dtype="Int64"),
                 "c": pd.Series([r["c"] for r in rows], dtype=object),
                 "d": pd.Series([r["d"] for r in rows], dtype=object),
+                "t": pd.to_datetime(pd.Series([r["t"] for r in rows], dtype=object)).dt.tz_localize("UTC"),
             }
         )
     )
@@ -163,9 +179,12 @@ def test_transform_equals_records_and_pandas_reference(train, test, features, na
     assert batch.dtype == np.float32 and batch.shape == (len(test), len(spec.feature_names))
     codes = [t == "c" for t in spec.feature_types]
     assert np.isfinite(batch[:, ~np.array(codes, dtype=bool)]).all()
-    # Online path, one request per row, gives the same bits as the batch path.
+    # Online path, one request per row, gives the same bits as the batch path (times as datetimes, or as
+    # ISO 8601 text with an offset, as a request sends them).
     records = test.astype(object).where(test.notna(), None).to_dict("records")
     for i, record in enumerate(records):
+        if i % 2 and record["t"] is not None:
+            record["t"] = record["t"].tz_convert(timezone(timedelta(hours=5, minutes=30))).isoformat()
         single, names = transform_records([record], spec)
         assert names == spec.feature_names
         np.testing.assert_array_equal(single[0], batch[i])

@@ -588,3 +588,59 @@ def test_the_champion_is_refitted_on_every_row_and_keeps_its_held_out_metrics(ra
     assert new.spec.content_hash() == old.spec.content_hash()  # the same encodings, more rows behind the trees
     rows = prices_table(1500).drop(columns=["price"]).head(50)
     assert not np.allclose(new.predict(rows).values, old.predict(rows).values)
+
+
+def test_a_second_date_column_reaches_models_as_its_days_and_calendar_parts(ray_session, tmp_path):
+    """Beside the event time, a signup date is an input (not left out): its days since 1970 carry the
+    account's age, its weekday the weekend effect. Ingest, `predict` and a served record read it alike."""
+    from ray_pipeline.config import load_config
+    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.serve.api import request_model
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    event = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.uniform(0, 60, n), unit="D")
+    signup = (event - pd.to_timedelta(rng.uniform(0, 900, n), unit="D")).floor("D")
+    age, weekend = (event - signup).days.to_numpy(), signup.dayofweek.to_numpy() >= 5
+    logit = -1.5 + 2.5 * (age < 120) + 1.5 * weekend
+    table = pd.DataFrame({"event_time": event.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                          "signup_date": signup.strftime("%Y-%m-%d").where(rng.random(n) > 0.05, ""),
+                          "spend": rng.lognormal(3, 1, n).round(2),
+                          "churned": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)})  # fmt: skip
+    csv, config = tmp_path / "signups.csv", tmp_path / "pipeline.yaml"
+    table.to_csv(csv, index=False)
+    told = _invoke("init", "--data", str(csv), "--label", "churned", "--out", str(config))
+    assert "event_time is the event time, so this one is an input" in told, told
+    body = yaml.safe_load(config.read_text())
+    assert body["data"]["schema"]["event_timestamp"] == "event_time"
+    assert body["data"]["schema"]["features"]["signup_date"] == {"type": "timestamp", "nullable": True}
+    _invoke("run", "--config", str(config), "--models", "logreg")
+    body["features"]["exclude"] = ["signup_date"]
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    _invoke("run", "--config", str(config), "--models", "logreg")
+    cfg = load_config(config)
+    registry = open_registry(cfg)
+    dated, undated = registry.get(cfg.registry.model_name, 1), registry.get(cfg.registry.model_name, 2)
+    assert dated.metrics["log_loss"] < undated.metrics["log_loss"] - 0.05, (dated.metrics, undated.metrics)
+    assert dated.signature["inputs"]["signup_date"] == "timestamp"
+
+    model = load(registry, dated.uri)
+    (date,) = model.spec.dates
+    assert date.parts == ["month", "weekday"] and date.missing_indicator  # dates without times; 5% blank
+    rows = table.drop(columns=["churned"]).head(40)  # with the event time: init gave models its weekday and hour
+    records = [{"spend": float(r.spend), "signup_date": r.signup_date or None, "event_time": r.event_time}
+               for r in rows.itertuples()]  # fmt: skip
+    from_records = model.predict(records).probabilities
+    typed = pd.DataFrame({"spend": rows["spend"], "signup_date": pd.to_datetime(rows["signup_date"], utc=True),
+                          "event_time": pd.to_datetime(rows["event_time"], utc=True)})  # fmt: skip
+    np.testing.assert_array_equal(model.predict(typed).probabilities, from_records)
+    # `predict` over the CSV (ingest's typing) scores the same
+    out = tmp_path / "scores.parquet"
+    _invoke("predict", "--config", str(config), "--input", str(csv), "--out", str(out), "--model", dated.uri)
+    scores = pd.read_parquet(out).set_index("row").sort_index()
+    np.testing.assert_allclose(scores["score"].to_numpy()[:40], from_records, rtol=1e-6)
+    # the serving contract takes ISO 8601 times and names a field that is not one
+    request = request_model(model.spec, 10, entity_ids=False)
+    request.model_validate_json(json.dumps({"records": [{"spend": 3.0, "signup_date": "2023-05-06"}]}))
+    with pytest.raises(Exception, match="signup_date"):
+        request.model_validate_json(json.dumps({"records": [{"spend": 3.0, "signup_date": "last week"}]}))

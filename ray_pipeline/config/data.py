@@ -34,7 +34,10 @@ class SourceConfig(StrictModel):
 class FeatureColumn(StrictModel):
     """One typed feature column with its allowed values."""
 
-    type: Literal["float", "int", "category"]
+    type: Literal["float", "int", "category", "timestamp"] = Field(
+        description="float, int, category, or timestamp: a date or time beside the event time (ISO 8601; naive is "
+        "UTC), given to models as its days since 1970 and its calendar parts."
+    )
     min: float | None = Field(default=None, description="Smallest allowed value (numeric only).")
     max: float | None = Field(default=None, description="Largest allowed value (numeric only).")
     categories: list[str] | None = Field(
@@ -51,8 +54,8 @@ class FeatureColumn(StrictModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> "FeatureColumn":
-        if self.type == "category" and (self.min is not None or self.max is not None):
-            raise UserError("min/max apply to numeric columns, not to type 'category'")
+        if self.type in ("category", "timestamp") and (self.min is not None or self.max is not None):
+            raise UserError(f"min/max apply to numeric columns, not to type '{self.type}'")
         if self.type != "category" and self.categories is not None:
             raise UserError(f"categories apply to type 'category', not to type '{self.type}'")
         if self.min is not None and self.max is not None and self.min > self.max:

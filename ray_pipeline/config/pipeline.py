@@ -43,12 +43,13 @@ class PipelineConfig(StrictModel):
     def _check_feature_names(self) -> "PipelineConfig":
         schema = self.data.schema_
         view_features = [f for view in self.features.views.values() for f in view.feature_names]
-        numeric = {n for n, c in schema.features.items() if c.type != "category"} | set(view_features)
+        numeric = {n for n, c in schema.features.items() if c.type in ("float", "int")} | set(view_features)
         categorical = {n for n, c in schema.features.items() if c.type == "category"}
+        dates = {n for n, c in schema.features.items() if c.type == "timestamp"}
         problems = [
             ("features.numeric", sorted(set(self.features.numeric) - numeric), sorted(numeric)),
             ("features.categorical", sorted(set(self.features.categorical) - categorical), sorted(categorical)),
-            ("features.exclude", sorted(set(self.features.exclude) - numeric - categorical), None),
+            ("features.exclude", sorted(set(self.features.exclude) - numeric - categorical - dates), None),
         ]
         for key, unknown, known in problems:
             if unknown:

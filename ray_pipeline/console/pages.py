@@ -180,6 +180,10 @@ def _spec_rows(spec: Any) -> list[dict[str, str]]:
         rows.append({"column": c.name, "kind": "categorical", "detail": ", ".join(
             f"{k} {v}" for k, v in d.items() if k != "name" and not isinstance(v, (dict, list)) and v not in (None, False))
             + f"; {len(cats)} known categories"})  # fmt: skip
+    for d in spec.dates:
+        marked = "; missing indicator" if d.missing_indicator else ""
+        detail = f"days since 1970 (mean {d.mean:.1f}, std {d.std:.1f}); {', '.join(d.parts)} as sin and cos{marked}"
+        rows.append({"column": d.name, "kind": "timestamp", "detail": detail})
     return rows
 
 

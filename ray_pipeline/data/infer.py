@@ -298,7 +298,8 @@ def _describe_column(name: str, s: pd.Series, rows: int) -> Column:
     if distinct == 1:
         return Column(name, "left out", f"constant ({_plain(present.iloc[0])!r}): carries no signal")
     if _is_time(s):
-        return Column(name, "event_timestamp", f"timestamps ({present.min()} .. {present.max()})")
+        return Column(name, "event_timestamp", f"timestamps ({present.min()} .. {present.max()}){null_note}",
+                      {"type": "timestamp", "nullable": nullable})  # fmt: skip
     is_text = not pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     numbers = _numbers_in_text(s) if is_text else None
     unique_share = distinct / len(present)
@@ -450,7 +451,13 @@ def infer_config(
     columns += [Column(c, "left out", "excluded by --exclude") if c in excluded else _describe_column(c, frame[c], rows)
                 for c in frame.columns if c != label]  # fmt: skip
     key = _first(columns, "entity_key", ID_NAME)
+    times = {c.name: c.why for c in columns if c.role == "event_timestamp"}
     ts = _first(columns, "event_timestamp", TIME_NAME)
+    for c in columns:  # the other timestamps are inputs: a signup date's age and season carry signal
+        if c.name in times and c is not ts:
+            c.role = "feature"
+            c.why = (f"{times[c.name]}; {ts.name} is the event time, so this one is an input: its days since 1970, "
+                     "month and weekday (hour when it has times)")  # fmt: skip
     features = [c for c in columns if c.role == "feature"]
     _calendar_columns(features, frame, ts)
     parts, span = _time_parts(frame, ts, features)

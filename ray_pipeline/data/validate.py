@@ -151,17 +151,28 @@ def _check_entity(arr: pa.ChunkedArray, schema: SchemaConfig, v: _Verdicts) -> p
 
 
 def _check_timestamp(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
+    ts = _parse_times(arr, name, v)
+    v.flag(_np(pc.is_null(ts)), "missing_timestamp", name, f"{name}: event timestamp is missing")
+    return ts
+
+
+def _check_time_feature(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verdicts) -> pa.Array:
+    ts = _parse_times(arr, name, v)
+    if not col.nullable:
+        v.flag(_np(pc.is_null(ts)), "null_value", name, f"{name}: missing and the column is not nullable")
+    return ts
+
+
+def _parse_times(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
+    """Times as timestamp[us, UTC] (null where missing); text that is not ISO 8601 is flagged."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_date(arr.type):
         arr = pc.cast(arr, pa.timestamp("us"))
     if pa.types.is_timestamp(arr.type):
         # Naive timestamps are taken as UTC; aware ones are converted to it.
-        ts = pc.cast(arr if arr.type.tz else pc.assume_timezone(arr, "UTC"), TIMESTAMP_TYPE)
-        v.flag(_np(pc.is_null(ts)), "missing_timestamp", name, f"{name}: event timestamp is missing")
-        return ts
+        return pc.cast(arr if arr.type.tz else pc.assume_timezone(arr, "UTC"), TIMESTAMP_TYPE)
     text, present = _trimmed(arr)
-    v.flag(~present, "missing_timestamp", name, f"{name}: event timestamp is missing")
     try:  # fast path: every value is ISO 8601 with a zone
         return pc.cast(text, TIMESTAMP_TYPE)
     except pa.ArrowInvalid:
@@ -171,6 +182,12 @@ def _check_timestamp(arr: pa.ChunkedArray, name: str, v: _Verdicts) -> pa.Array:
     v.flag(bad, "bad_timestamp", name, f"{name}: not an ISO 8601 timestamp", text)
     # NaT (missing or unparseable) becomes null; sub-microsecond digits are truncated.
     return pc.cast(pa.Array.from_pandas(parsed), TIMESTAMP_TYPE, safe=False)
+
+
+def _check_feature(arr: pa.ChunkedArray, name: str, col: FeatureColumn, v: _Verdicts) -> pa.Array:
+    """One feature column typed by its schema type, its offending rows flagged in `v`."""
+    check = {"category": _check_category, "timestamp": _check_time_feature}.get(col.type, _check_numeric)
+    return check(arr, name, col, v)
 
 
 _TRUE, _FALSE = ["1", "true", "True", "TRUE"], ["0", "false", "False", "FALSE"]
@@ -267,8 +284,7 @@ def validate_batch(batch: pa.Table, schema: SchemaConfig, keep_extra: bool = Tru
     if schema.split_column:
         typed[schema.split_column] = _check_split(batch[schema.split_column], schema.split_column, v)
     for name, col in schema.features.items():
-        check = _check_category if col.type == "category" else _check_numeric
-        typed[name] = check(batch[name], name, col, v)
+        typed[name] = _check_feature(batch[name], name, col, v)
 
     special = set(schema.columns) | INTERNAL
     extras = [c for c in batch.column_names if c not in special]
@@ -316,7 +332,7 @@ def validate_inputs(batch: pa.Table, columns: dict[str, FeatureColumn], keep: li
     out: dict[str, pa.Array] = {c: batch[c] for c in keep if c in batch.column_names}
     for name, col in columns.items():
         arr = batch[name] if name in batch.column_names else pa.nulls(n, pa.string())
-        out[name] = (_check_category if col.type == "category" else _check_numeric)(arr, name, col, v)
+        out[name] = _check_feature(arr, name, col, v)
     return _with_verdicts(out, batch, v, [c for c in [*keep, *columns] if c in batch.column_names])
 
 

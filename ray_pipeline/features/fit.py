@@ -20,9 +20,9 @@ from ray_pipeline.config import (
 from ray_pipeline.data.fold import fold_blocks
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.colstats import categorical_partial, merge_categorical, merge_numeric, numeric_partial
-from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, LabelSpec, NumericSpec
+from ray_pipeline.features.spec import CategoricalSpec, DateSpec, FeatureSpec, LabelSpec, NumericSpec
 from ray_pipeline.features.target_encoding import label_matrix, merge_target, row_folds, target_partial
-from ray_pipeline.features.transform import as_float
+from ray_pipeline.features.transform import as_float, days_since_epoch
 
 
 def _numeric_partial(arr: pa.ChunkedArray, name: str, log1p: bool) -> dict[str, Any]:
@@ -30,14 +30,22 @@ def _numeric_partial(arr: pa.ChunkedArray, name: str, log1p: bool) -> dict[str, 
     return numeric_partial(np.log1p(np.maximum(x, 0.0)) if log1p else x)
 
 
+def _date_partial(arr: pa.ChunkedArray) -> dict[str, Any]:
+    days = days_since_epoch(arr)
+    # a time of day other than midnight anywhere: the hour is a part worth giving
+    timed = bool(np.any(np.mod(days[~np.isnan(days)], 1.0) != 0))
+    return {"days": numeric_partial(days), "timed": timed}
+
+
 def partial_stats(batch: pa.Table, numeric: dict[str, bool], categorical: list[str],
-                  target: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                  target: dict[str, Any] | None = None, dates: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Statistics of one block (JSON-safe), for `fold_blocks`; `target`: the target-encoded columns
-    and how to read the label (column, task, classes, log1p)."""
+    and how to read the label (column, task, classes, log1p); `dates`: the timestamp inputs."""
     out = {
         "rows": batch.num_rows,
         "numeric": {name: _numeric_partial(batch[name], name, log1p) for name, log1p in numeric.items()},
         "categorical": {name: categorical_partial(batch[name]) for name in categorical},
+        "dates": {name: _date_partial(batch[name]) for name in dates or []},
     }
     if target and target["columns"]:
         y = batch[target["label"]].to_numpy(zero_copy_only=False)
@@ -76,6 +84,15 @@ def _numeric_spec(name: str, cfg: NumericFeatureConfig, merged: dict[str, Any]) 
     )
 
 
+def _date_spec(name: str, parts: list[dict[str, Any]]) -> DateSpec:
+    merged = merge_numeric([p["days"] for p in parts])
+    std = float(np.sqrt(merged["var"]))
+    timed = any(p["timed"] for p in parts)
+    return DateSpec(name=name, mean=merged["mean"], std=std if std > 0 else 1.0,
+                    parts=["month", "weekday", *(["hour"] if timed else [])],
+                    missing_indicator=merged["missing"] > 0, count=merged["n"], missing=merged["missing"])  # fmt: skip
+
+
 def _categorical_spec(
     name: str, cfg: CategoricalFeatureConfig, counts: dict[str, int], missing: int, rows: int
 ) -> CategoricalSpec:
@@ -103,10 +120,15 @@ def feature_columns(schema: SchemaConfig, features: FeaturesConfig) -> tuple[lis
     """Numeric and categorical features that go to models: schema order, then feature views'."""
     excluded = set(features.exclude)
     used = [n for n in schema.features if n not in excluded]
-    numeric = [n for n in used if schema.features[n].type != "category"]
+    numeric = [n for n in used if schema.features[n].type in ("float", "int")]
     numeric += [f for view in features.views.values() for f in view.feature_names if f not in excluded]
     categorical = [n for n in used if schema.features[n].type == "category"]
     return numeric, categorical
+
+
+def date_columns(schema: SchemaConfig, features: FeaturesConfig) -> list[str]:
+    """Timestamp features that go to models (their days and calendar parts), in schema order."""
+    return [n for n, c in schema.features.items() if c.type == "timestamp" and n not in set(features.exclude)]
 
 
 def time_parts(schema: SchemaConfig, features: FeaturesConfig) -> list[str]:
@@ -123,6 +145,7 @@ def merge_partials(
     features: FeaturesConfig,
     passthrough: list[str],
     oof: dict[str, np.ndarray] | None = None,
+    dates: list[str] | None = None,
 ) -> FeatureSpec:
     """Combine per-block statistics into a FeatureSpec (`oof`, filled when given: each target-encoded
     column's out-of-fold means for the train split's own rows)."""
@@ -147,7 +170,8 @@ def merge_partials(
             cat = cat.model_copy(update={"targets": encoded["targets"], "target_prior": encoded["prior"]})
             oof[name] = encoded["oof"]
         cat_specs.append(cat)
-    return FeatureSpec(rows=rows, numeric=num_specs, categorical=cat_specs, passthrough=passthrough)
+    date_specs = [_date_spec(name, [p["dates"][name] for p in partials]) for name in dates or []]
+    return FeatureSpec(rows=rows, numeric=num_specs, categorical=cat_specs, passthrough=passthrough, dates=date_specs)
 
 
 def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[str] | None = None,
@@ -155,15 +179,17 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
     """Fit a FeatureSpec on a Ray Dataset of accepted rows in one pass (`oof`: filled with the
     target-encoded columns' out-of-fold means for these rows, see `merge_partials`)."""
     numeric, categorical = feature_columns(schema, features)
+    dates = date_columns(schema, features)
     log1p = {n: features.numeric.get(n, NumericFeatureConfig()).log1p for n in numeric}
     label = schema.label_mapping
     encoded = [n for n in categorical if features.categorical.get(n, CategoricalFeatureConfig()).encoding == "target"]
     target = {"columns": encoded, "label": schema.label, "task": label.task, "classes": len(label.classes_text or []),
               "log1p": label.transform != "none"}  # the target as the first fit reads it (auto: log1p first)
-    partials = fold_blocks(ds, partial_stats, list, {"numeric": log1p, "categorical": categorical, "target": target})
+    partials = fold_blocks(ds, partial_stats, list, {"numeric": log1p, "categorical": categorical, "target": target,
+                                                     "dates": dates})  # fmt: skip
     if passthrough is None:
         passthrough = [*schema.keys, schema.label]
-    spec = merge_partials(partials, numeric, categorical, features, passthrough, oof)
+    spec = merge_partials(partials, numeric, categorical, features, passthrough, oof, dates)
     inputs = set(spec.input_columns)
     return spec.model_copy(update={
         # what ingest quarantines when missing, serving refuses when missing (never imputed in silence)

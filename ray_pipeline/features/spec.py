@@ -75,6 +75,25 @@ TIME_PARTS: dict[str, float] = {"hour": 24.0, "weekday": 7.0, "day_of_year": 365
 TimePart = Literal["hour", "weekday", "day_of_year", "month"]
 
 
+class DateSpec(_Frozen):
+    """Fitted state of one timestamp input (a date column beside the event time): its days since
+    1970 standardized (the trend: age, recency), and calendar parts as sin and cos."""
+
+    name: str
+    mean: float = Field(description="Training mean of the days since 1970-01-01 (UTC), also the missing fill.")
+    std: float = Field(description="Training std of those days (1.0 when constant).")
+    parts: list[TimePart] = Field(description="Calendar parts given to the model, each as sin and cos.")
+    missing_indicator: bool = Field(description="A 0/1 entry marks a missing time (training had some).")
+    count: int = Field(description="Present training values.")
+    missing: int = Field(description="Missing training values.")
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the column's entries in the output vector."""
+        names = [f"{self.name}__days"] + [f"{self.name}__{p}__{f}" for p in self.parts for f in ("sin", "cos")]
+        return names + ([f"{self.name}__missing"] if self.missing_indicator else [])
+
+
 class LabelSpec(_Frozen):
     """The target as the data schema said (recorded with every model version): the task, what label
     1 means (binary), the classes in order (multiclass), the target transform (regression)."""
@@ -110,11 +129,13 @@ class FeatureSpec(_Frozen):
     time_parts: list[TimePart] = Field(
         default_factory=list, description="Parts of the event time given to the model, each as sin and cos."
     )
+    dates: list[DateSpec] = Field(default_factory=list, description="Timestamp inputs beside the event time.")
 
     @property
     def input_columns(self) -> list[str]:
         """Raw columns transform reads (once each: an ensemble's spec encodes a column several ways)."""
-        return list(dict.fromkeys([c.name for c in self.numeric] + [c.name for c in self.categorical]))
+        names = [c.name for c in self.numeric] + [c.name for c in self.categorical] + [d.name for d in self.dates]
+        return list(dict.fromkeys(names))
 
     @property
     def feature_names(self) -> list[str]:
@@ -124,6 +145,8 @@ class FeatureSpec(_Frozen):
             names.extend(col.outputs)
         for cat in self.categorical:
             names.extend(cat.outputs)
+        for date in self.dates:
+            names.extend(date.outputs)
         for part in self.time_parts:
             names += [f"{self.event_timestamp}__{part}__sin", f"{self.event_timestamp}__{part}__cos"]
         return names
@@ -137,6 +160,8 @@ class FeatureSpec(_Frozen):
             out += [col.name] * len(col.outputs)
         for cat in self.categorical:
             out += [cat.name] * len(cat.outputs)
+        for date in self.dates:
+            out += [date.name] * len(date.outputs)
         out += [str(self.event_timestamp)] * (2 * len(self.time_parts))
         return out
 
@@ -152,9 +177,9 @@ class FeatureSpec(_Frozen):
         return self.label.task if self.label is not None else "binary"
 
     def _body(self) -> dict:
-        # `required`, `time_parts`, `cyclic` and the label's task fields came later: left out at their defaults, so specs
-        # written before them keep their hash
-        unset = {k for k in ("required", "time_parts") if not getattr(self, k)}
+        # `required`, `time_parts`, `dates`, `cyclic` and the label's task fields came later: left out at their
+        # defaults, so specs written before them keep their hash
+        unset = {k for k in ("required", "time_parts", "dates") if not getattr(self, k)}
         body = self.model_dump(mode="json", exclude=unset or None)
         for col in body["numeric"]:  # likewise a non-cyclic column's `cyclic`
             if col.get("cyclic") is None:

@@ -7,6 +7,7 @@ so the same input gives bit-identical float32 vectors in training and in serving
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.data.values import clean_text
-from ray_pipeline.features.spec import TIME_PARTS, CategoricalSpec, FeatureSpec, NumericSpec
+from ray_pipeline.features.spec import TIME_PARTS, CategoricalSpec, DateSpec, FeatureSpec, NumericSpec
 from ray_pipeline.features.target_encoding import row_folds, target_columns
 
 
@@ -73,7 +74,32 @@ def categorical_columns(arr: pa.Array | pa.ChunkedArray, cat: CategoricalSpec, o
 
 def time_part_columns(arr: pa.Array | pa.ChunkedArray, parts: list[str]) -> list[np.ndarray]:
     """Sin and cos of each part's angle on its cycle (UTC), 0 and 0 where the time is missing."""
+    return cycle_columns(utc_times(arr), parts)
+
+
+SECONDS_PER_DAY = 86400.0
+
+
+def days_since_epoch(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Days since 1970-01-01 UTC as float64 (NaN where missing), from timestamps or ISO 8601 text."""
     ts = utc_times(arr)
+    micros = pc.cast(ts, pa.int64())
+    values = np.asarray(pc.cast(micros, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), np.float64)
+    return values / (SECONDS_PER_DAY * 1e6)
+
+
+def date_columns(arr: pa.Array | pa.ChunkedArray, col: DateSpec) -> list[np.ndarray]:
+    """A timestamp input's entries: standardized days since 1970 (missing: the training mean, so 0),
+    sin and cos of each calendar part (0 and 0 where missing), and the missing indicator if kept."""
+    ts = utc_times(arr)
+    days = days_since_epoch(ts)
+    missing = np.isnan(days)
+    out = [(np.where(missing, col.mean, days) - col.mean) / col.std, *cycle_columns(ts, col.parts)]
+    return out + ([missing.astype(np.float64)] if col.missing_indicator else [])
+
+
+def cycle_columns(ts: pa.Array | pa.ChunkedArray, parts: list[str]) -> list[np.ndarray]:
+    """Sin and cos of each calendar part of UTC times `ts` on its cycle, 0 and 0 where missing."""
     values = {
         "hour": lambda: pc.add(pc.hour(ts), pc.divide(pc.cast(pc.minute(ts), pa.float64()), 60.0)),
         "weekday": lambda: pc.day_of_week(ts),  # Monday = 0
@@ -107,6 +133,8 @@ def transform_table(table: pa.Table, spec: FeatureSpec, dtype: type = np.float32
     for cat in spec.categorical:
         held_out = oof.get(cat.name) if oof and cat.encoding == "target" else None
         parts.extend(categorical_columns(table[cat.name], cat, held_out, folds))
+    for col in spec.dates:
+        parts.extend(date_columns(table[col.name], col))
     if spec.time_parts:
         parts.extend(time_part_columns(table[spec.event_timestamp], spec.time_parts))
     if not parts:
@@ -144,11 +172,26 @@ def utc_times(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     utc = pa.timestamp("us", tz="UTC")
     if values.type == utc:
         return values
+    if values.null_count == len(values):  # no times at all (a column older rows did not carry), whatever its type
+        return pa.nulls(len(values), utc)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_null(values.type):
         return pa.array(pd.to_datetime(values.to_pandas(), utc=True, format="ISO8601"), utc)
     if pa.types.is_timestamp(values.type) and values.type.tz is None:
         values = pc.assume_timezone(values, "UTC")
     return pc.cast(values, utc)
+
+
+def record_times(values: list[Any], name: str) -> pa.Array:
+    """One timestamp input of records (datetimes, dates or ISO 8601 text; naive is UTC) as timestamp[us, UTC]."""
+    # a number is not a time here (ingest does not read one as a time either)
+    bad = next((v for v in values if v is not None and not isinstance(v, date | str)), None)
+    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
+    if bad is None:
+        unparsed = parsed.isna().to_numpy() & np.array([v is not None for v in values], dtype=bool)
+        bad = values[int(np.argmax(unparsed))] if unparsed.any() else None
+    if bad is not None:
+        raise TypeError(f"feature {name!r}: expected an ISO 8601 time, got {bad!r}")
+    return pc.cast(pa.Array.from_pandas(parsed), pa.timestamp("us", tz="UTC"), safe=False)
 
 
 def records_table(records: Iterable[Mapping[str, Any]], spec: FeatureSpec) -> pa.Table:
@@ -165,6 +208,8 @@ def records_table(records: Iterable[Mapping[str, Any]], spec: FeatureSpec) -> pa
         cols[cat.name] = pa.array(
             [None if r.get(cat.name) is None else str(r.get(cat.name)) for r in rows], pa.string()
         )
+    for d in spec.dates:
+        cols[d.name] = record_times([r.get(d.name) for r in rows], d.name)
     return pa.table(cols) if cols else pa.table({"_": pa.nulls(len(rows))})
 
 

@@ -33,7 +33,8 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
     run = read_run(run_dir)
     spec = run.spec
     signature = {
-        "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical},
+        "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical}
+        | {d.name: "timestamp" for d in spec.dates},
         "features": spec.feature_names,
         "task": spec.task,
         "output": _output(spec),

@@ -12,7 +12,7 @@ No `from __future__ import annotations` here: pydantic must see the record model
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,9 @@ def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) 
     required = set(spec.required)
     fields: dict[str, Any] = {c.name: (float, ...) if c.name in required else (float | None, None) for c in spec.numeric}
     fields.update({c.name: (str, ...) if c.name in required else (str | None, None) for c in spec.categorical})
+    # a timestamp input: ISO 8601, a time or a plain date (naive is UTC)
+    fields.update({d.name: (datetime | date, ...) if d.name in required else (datetime | date | None, None)
+                   for d in spec.dates})  # fmt: skip
     key, ts = passthrough_fields(spec)
     # Optional: the caller's entity key and event time are logged with the prediction, so delayed
     # labels can be joined by (entity, event time) and labeled traffic can flow back into training.

@@ -69,6 +69,7 @@ def _score_block(batch: pa.Table, model: LoadedModel, keys: list[str], out_dir: 
     spec = model.spec
     columns = {c.name: FeatureColumn(type="float") for c in spec.numeric}
     columns |= {c.name: FeatureColumn(type="category") for c in spec.categorical}
+    columns |= {d.name: FeatureColumn(type="timestamp") for d in spec.dates}
     checked = v.validate_inputs(batch, columns, keys)
     good = checked.filter(pc.is_null(checked[v.REASON]))
     name = f"part-{pc.min(batch[v.ORDER]).as_py():020d}.parquet"
