@@ -305,3 +305,29 @@ def test_corrupted_generated_data_is_quarantined_by_kind(ray_session, tmp_path, 
     assert set(not_dup["event_id"].astype(int)) == set(dirty.loc[changed, "event_id"]) - set(
         dirty.loc[changed & dirty.duplicated(keep=False), "event_id"]
     )
+
+
+def test_timestamp_inputs_are_typed_and_bad_ones_quarantined(ray_session, tmp_path):
+    """A timestamp feature beside the event time: ISO 8601 dates and times (any offset) are read as
+    UTC times; text that is no time is quarantined naming the field, and so is a missing value in a
+    non-nullable one; a nullable one may be blank."""
+    source = tmp_path / "raw.csv"
+    source.write_text("rid,y,opened,closed\n"
+                      "1,0,2024-01-31,2024-02-03T10:30:00+02:00\n"
+                      "2,1,2023-12-01T23:00:00Z,\n"
+                      "3,0,soon,2024-01-01\n"
+                      "4,1,,2024-01-01\n")  # fmt: skip
+    out = tmp_path / "out"
+    cfg = parse_config({"data": {"source": {"path": str(source)}, "output": {"root": str(out)}, "schema": {
+        "label": "y", "features": {"opened": {"type": "timestamp", "nullable": False}, "closed": {"type": "timestamp"}}}}})  # fmt: skip
+    result = ingest(cfg)
+    assert (result.accepted, result.quarantined) == (2, 2)
+    quarantine = pd.read_parquet(out / "quarantine")
+    quarantine = quarantine.set_index(quarantine["rid"].astype(int))
+    assert quarantine.loc[3, "_reason"] == "bad_timestamp" and quarantine.loc[3, "_field"] == "opened"
+    assert "'soon'" in quarantine.loc[3, "_detail"]
+    assert quarantine.loc[4, "_reason"] == "null_value" and quarantine.loc[4, "_field"] == "opened"
+    accepted = pq.read_table(out / "accepted").sort_by("rid")
+    assert accepted.schema.field("opened").type == pa.timestamp("us", tz="UTC")
+    assert accepted["opened"].to_pylist() == [pd.Timestamp("2024-01-31", tz="UTC"), pd.Timestamp("2023-12-01T23:00Z")]
+    assert accepted["closed"].to_pylist() == [pd.Timestamp("2024-02-03T08:30Z"), None]
