@@ -596,6 +596,7 @@ def test_a_second_date_column_reaches_models_as_its_days_and_calendar_parts(ray_
     from ray_pipeline.config import load_config
     from ray_pipeline.registry.versions import load, open_registry
     from ray_pipeline.serve.api import request_model
+    from ray_pipeline.serve.client import http_json
 
     rng = np.random.default_rng(11)
     n = 3000
@@ -614,7 +615,16 @@ def test_a_second_date_column_reaches_models_as_its_days_and_calendar_parts(ray_
     body = yaml.safe_load(config.read_text())
     assert body["data"]["schema"]["event_timestamp"] == "event_time"
     assert body["data"]["schema"]["features"]["signup_date"] == {"type": "timestamp", "nullable": True}
-    _invoke("run", "--config", str(config), "--models", "logreg")
+    _serve_on_free_port(config, "signups")
+    url = re.search(r"endpoint: (\S+)/predict", _invoke("run", "--config", str(config), "--models", "logreg",
+                                                        "--serve", "--no-wait")).group(1)  # fmt: skip
+    sent = [{"spend": 20.0, "signup_date": day, "event_time": "2024-02-01T12:00:00Z"}
+            for day in ("2024-01-20", "2022-03-05T00:00:00+00:00", None)]  # fmt: skip
+    status, served = http_json(url + "/predict", {"records": sent})
+    assert status == 200, served
+    status, refused = http_json(url + "/predict", {"records": [{"spend": 1.0, "signup_date": "last week"}]})
+    assert status == 422 and "signup_date" in json.dumps(refused), refused
+    body = yaml.safe_load(config.read_text())
     body["features"]["exclude"] = ["signup_date"]
     config.write_text(yaml.safe_dump(body, sort_keys=False))
     _invoke("run", "--config", str(config), "--models", "logreg")
@@ -627,6 +637,9 @@ def test_a_second_date_column_reaches_models_as_its_days_and_calendar_parts(ray_
     model = load(registry, dated.uri)
     (date,) = model.spec.dates
     assert date.parts == ["month", "weekday"] and date.missing_indicator  # dates without times; 5% blank
+    served_scores = [p["probability"] for p in served["predictions"]]
+    np.testing.assert_allclose(served_scores, model.predict(sent).probabilities, rtol=1e-6)
+    assert served_scores[0] > served_scores[1]  # a new account churns more
     rows = table.drop(columns=["churned"]).head(40)  # with the event time: init gave models its weekday and hour
     records = [{"spend": float(r.spend), "signup_date": r.signup_date or None, "event_time": r.event_time}
                for r in rows.itertuples()]  # fmt: skip
