@@ -70,6 +70,7 @@ LabelValue = str | int | float | bool
 
 Task = Literal["binary", "multiclass", "regression"]
 TargetTransform = Literal["none", "log1p", "auto"]
+RegressionMetric = Literal["rmse", "mae"]
 
 
 class LabelMapping(StrictModel):
@@ -80,8 +81,9 @@ class LabelMapping(StrictModel):
     0; unset: every other value); `threshold` makes a numeric column positive when it is greater
     than the threshold. multiclass: `classes` lists the values in order (class i is the i-th).
     regression: the column is a number; `transform: log1p` fits log(1 + y) and inverts it on the
-    way out; `auto` fits each model both ways and keeps the one with the lower validation RMSE in
-    the label's units. A value that fits none of these goes to the quarantine.
+    way out; `auto` fits each model both ways and keeps the one with the lower validation error in
+    the label's units; `metric` names that error (rmse or mae), which every choice on validation uses.
+    A value that fits none of these goes to the quarantine.
     """
 
     column: str
@@ -97,7 +99,13 @@ class LabelMapping(StrictModel):
     transform: TargetTransform = Field(
         default="none",
         description="regression: none; log1p for a skewed target above -1; auto: each model fitted both ways, the "
-        "lower validation RMSE (in the label's units) kept.",
+        "lower validation error (`metric`, in the label's units) kept.",
+    )
+    metric: RegressionMetric = Field(
+        default="rmse",
+        description="regression: the error every choice on validation minimizes (target scale, search, blend, the "
+        "order models reach the gates, the gates' counterpart of log_loss). mae also fits XGBoost on absolute error "
+        "and keeps log1p predictions unsmeared (a median, which is what mae rewards).",
     )
 
     @model_validator(mode="after")
@@ -110,6 +118,8 @@ class LabelMapping(StrictModel):
             raise UserError("label: a multiclass task needs `classes` (and only it takes them)")
         if self.transform != "none" and self.task != "regression":
             raise UserError(f"label: transform {self.transform} applies to regression only")
+        if self.metric != "rmse" and self.task != "regression":
+            raise UserError(f"label: metric {self.metric} applies to regression only (classes are chosen by log_loss)")
         if self.classes is not None and len(set(self.classes_text)) != len(self.classes):
             raise UserError(f"label: classes repeat a value: {self.classes_text}")
         if self.positive is not None and self.threshold is not None:
@@ -142,7 +152,7 @@ class LabelMapping(StrictModel):
             return f"{self.column}: one of {self.classes_text}"
         if self.task == "regression":
             how = {"log1p": ", fitted as log1p", "auto": ", fitted raw or as log1p by validation"}.get(self.transform, "")
-            return f"{self.column} (a number{how})"
+            return f"{self.column} (a number{how}{', by mae' if self.metric == 'mae' else ''})"
         if self.threshold is not None:
             return f"{self.column} > {self.threshold:g}"
         if self.positive is not None:

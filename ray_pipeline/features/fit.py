@@ -200,5 +200,6 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
         "label": LabelSpec(column=label.column, task=label.task, positive=label.positive_text or None,
                            negative=label.negative_text, threshold=label.threshold,
                            classes=label.classes_text or None,
-                           transform="log1p" if label.transform == "auto" else label.transform),  # auto: log1p first
+                           transform="log1p" if label.transform == "auto" else label.transform,  # auto: log1p first
+                           metric=label.metric),
     })

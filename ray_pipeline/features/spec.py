@@ -102,6 +102,7 @@ class LabelSpec(_Frozen):
     task: Literal["binary", "multiclass", "regression"] = "binary"
     classes: list[str] | None = Field(default=None, description="multiclass: the label values, in class order.")
     transform: Literal["none", "log1p"] = Field(default="none", description="regression: the fitted target's transform.")
+    metric: Literal["rmse", "mae"] = Field(default="rmse", description="regression: the error choices minimize.")
     positive: list[str] | None = Field(default=None, description="Values meaning 1 (unset: the column is 0/1).")
     negative: list[str] | None = Field(default=None, description="Values meaning 0 (unset: all others).")
     threshold: float | None = Field(default=None, description="Numeric label: 1 when greater.")
@@ -110,6 +111,11 @@ class LabelSpec(_Frozen):
     def outputs(self) -> int:
         """Model outputs per row: one per class for multiclass, else one."""
         return len(self.classes) if self.task == "multiclass" and self.classes else 1
+
+    @property
+    def loss(self) -> str:
+        """The metric every choice on validation minimizes: log_loss for classes, else `metric`."""
+        return self.metric if self.task == "regression" else "log_loss"
 
 
 class FeatureSpec(_Frozen):
@@ -176,6 +182,11 @@ class FeatureSpec(_Frozen):
         """binary, multiclass or regression (binary for specs without a label)."""
         return self.label.task if self.label is not None else "binary"
 
+    @property
+    def loss(self) -> str:
+        """The validation metric choices minimize: log_loss, or the regression's rmse or mae."""
+        return self.label.loss if self.label is not None else "log_loss"
+
     def _body(self) -> dict:
         # `required`, `time_parts`, `dates`, `cyclic` and the label's task fields came later: left out at their
         # defaults, so specs written before them keep their hash
@@ -189,7 +200,7 @@ class FeatureSpec(_Frozen):
                 if not cat.get(key):
                     cat.pop(key, None)
         if body.get("label"):
-            defaults = {"task": "binary", "classes": None, "transform": "none"}
+            defaults = {"task": "binary", "classes": None, "transform": "none", "metric": "rmse"}
             body["label"] = {k: v for k, v in body["label"].items() if k not in defaults or v != defaults[k]}
         return body
 

@@ -21,9 +21,15 @@ EPS = 1e-15
 # exactly. AUC and R^2 are not means over rows and are recomputed per resample.
 PER_ROW = {"log_loss", "brier", "rmse", "mae"}
 SUPPORTED = PER_ROW | {"roc_auc", "r2"}
-# A regression version has no log-loss or AUC: the configured classification gates apply to the
-# task's counterparts (the error to beat, the fit not to lose), and the report says so.
-TASK_COUNTERPART = {"regression": {"log_loss": "rmse", "roc_auc": "r2", "brier": "mae"}}
+
+
+def counterparts(task: str, metric: str = "rmse") -> dict[str, str]:
+    """The metric each configured classification gate stands for in `task`: a regression version has
+    no log-loss or AUC, so its gates check the error to beat (`metric`, the label's), the fit not to
+    lose (R^2) and the other error; the report says so."""
+    if task != "regression":
+        return {}
+    return {"log_loss": metric, "roc_auc": "r2", "brier": "rmse" if metric == "mae" else "mae"}
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,11 @@ def _resampled_gains(metric: str, y: np.ndarray, p_new: np.ndarray, p_old: np.nd
 
 
 def paired_gates(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, gates: dict[str, GateRule],
-                 test: GateTestConfig, task: str = "binary") -> list[GateCheck]:  # fmt: skip
+                 test: GateTestConfig, task: str = "binary", metric: str = "rmse") -> list[GateCheck]:  # fmt: skip
     """Every gate checked on the same rows by a seeded paired bootstrap (a regression task checks
-    each classification gate's counterpart)."""
+    each classification gate's counterpart, its error being `metric`)."""
     y, p_new, p_old = (np.asarray(a, dtype=np.float64) for a in (y, p_new, p_old))
-    counterpart = TASK_COUNTERPART.get(task, {})
+    counterpart = counterparts(task, metric)
     gates = {counterpart.get(metric, metric): rule for metric, rule in gates.items()}
     unknown = sorted(set(gates) - SUPPORTED)
     if unknown:

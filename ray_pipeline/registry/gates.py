@@ -18,7 +18,7 @@ import numpy as np
 
 from ray_pipeline.config import GateRule, GateTestConfig
 from ray_pipeline.registry.attempts import FORCED, PASSED, REFUSED, record_attempt
-from ray_pipeline.registry.bootstrap import TASK_COUNTERPART, GateCheck, paired_gates
+from ray_pipeline.registry.bootstrap import GateCheck, counterparts, paired_gates
 from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
 
 # Metrics where a smaller value is better; every other metric is better when larger.
@@ -30,9 +30,20 @@ def task_of(version: ModelVersion) -> str:
     return version.signature.get("task") or (version.signature.get("label") or {}).get("task") or "binary"
 
 
-def primary_metric(task: str) -> str:
-    """The metric models of a task are ranked by: rmse for regression, log-loss otherwise (lower is better)."""
-    return "rmse" if task == "regression" else "log_loss"
+def primary_metric(task: str, metric: str = "rmse") -> str:
+    """The metric models of a task are ranked by: the label's `metric` (rmse or mae) for regression,
+    log-loss otherwise (lower is better)."""
+    return metric if task == "regression" else "log_loss"
+
+
+def metric_of(version: ModelVersion) -> str:
+    """The regression error a version was chosen by (its label's `metric`; rmse before there was one)."""
+    return (version.signature.get("label") or {}).get("metric", "rmse")
+
+
+def loss_of(version: ModelVersion) -> str:
+    """The metric a version is ranked by among its task's versions."""
+    return primary_metric(task_of(version), metric_of(version))
 
 
 TASK_METRICS = {"binary": ("log_loss", "roc_auc"), "multiclass": ("log_loss", "accuracy", "macro_f1", "roc_auc"),
@@ -82,7 +93,7 @@ def gate_report(candidate: ModelVersion, current: ModelVersion | None, gates: di
     clash = _same_target(candidate, current)
     if clash:
         return False, "\n".join([*lines, clash])
-    counterpart = TASK_COUNTERPART.get(task_of(candidate), {})
+    counterpart = counterparts(task_of(candidate), metric_of(candidate))
     for configured, rule in gates.items():
         metric = counterpart.get(configured, configured)
         if metric != configured:
@@ -130,10 +141,11 @@ class HoldoutGates:
     test: GateTestConfig
     title: str
     task: str = "binary"
+    metric: str = "rmse"  # a regression's error (the label's metric)
     checks: list[GateCheck] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.checks = paired_gates(self.y, self.p_new, self.p_old, self.gates, self.test, self.task)
+        self.checks = paired_gates(self.y, self.p_new, self.p_old, self.gates, self.test, self.task, self.metric)
 
     @property
     def passed(self) -> bool:

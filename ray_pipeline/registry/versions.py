@@ -26,6 +26,13 @@ def open_registry(cfg: PipelineConfig) -> Registry:
     return Registry(registry_db(cfg), cfg.registry.artifact_root)
 
 
+def _label(spec: FeatureSpec) -> dict[str, Any] | None:
+    """The label as the signature records it (a regression's error metric; none for classes)."""
+    if spec.label is None:
+        return None
+    return spec.label.model_dump(exclude_none=True, exclude=None if spec.task == "regression" else {"metric"})
+
+
 def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None,
                  lineage: dict[str, Any] | None = None) -> ModelVersion:  # fmt: skip
     """Register a training run directory (model/, feature_spec.json, metrics, params, lineage; `lineage`
@@ -38,7 +45,7 @@ def register_run(registry: Registry, name: str, run_dir: str | Path, code_versio
         "features": spec.feature_names,
         "task": spec.task,
         "output": _output(spec),
-        "label": spec.label.model_dump(exclude_none=True) if spec.label is not None else None,
+        "label": _label(spec),
     }
     full = {**run.lineage, **(lineage or {}), "run_dir": str(run_dir), "code_version": code_version or _code_version(),
             "model_sha256": model_sha256(run_dir)}  # fmt: skip

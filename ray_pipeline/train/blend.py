@@ -22,7 +22,7 @@ from ray_pipeline.train.ensemble import EnsembleModel, blend_weights, combined_s
 from ray_pipeline.train.models import load_model, logged_score
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, model_dir, read_run, write_run
 from ray_pipeline.train.runner import IMPORTANCE_MIN_S, IMPORTANCE_SHARE, TrainRun, profile_once
-from ray_pipeline.train.target import valid_rmse
+from ray_pipeline.train.target import valid_error
 
 
 def _matrix(ds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -30,11 +30,11 @@ def _matrix(ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(batch["x"], dtype=np.float64), np.asarray(batch["y"], dtype=np.float64)
 
 
-def _margin_loss(task: str) -> Any:
-    """The validation loss of a blended margin: log-loss, or squared error on the fitted target."""
+def _margin_loss(task: str, metric: str = "rmse") -> Any:
+    """The validation loss of a blended margin: log-loss, or squared (absolute, for mae) error on the fitted target."""
     def loss(y: np.ndarray, z: np.ndarray) -> float:
         if task == "regression":
-            return float(np.mean((y - z) ** 2))
+            return float(np.mean(np.abs(y - z))) if metric == "mae" else float(np.mean((y - z) ** 2))
         if task == "multiclass":
             p = np.clip(softmax(z, axis=1)[np.arange(len(y)), y.astype(np.int64)], 1e-15, 1.0)
             return float(-np.mean(np.log(p)))
@@ -46,13 +46,13 @@ def _margin_loss(task: str) -> Any:
 
 def _one_scale(prepared: Prepared, run_dirs: list[str]) -> list[str]:
     """The runs whose margins add up: a regression blend's members fit the target on one scale
-    (log1p or raw), the scale of the member with the lowest validation RMSE."""
+    (log1p or raw), the scale of the member with the lowest validation error (`label.metric`)."""
     specs = [read_run(d).spec for d in run_dirs]
     scales = {s.label.transform if s.label else "none" for s in specs}
     if len(scales) < 2:
         return run_dirs
-    rmse = [valid_rmse(load_model(model_dir(d)), prepared.under(s)) for d, s in zip(run_dirs, specs)]
-    best = specs[int(np.argmin(rmse))].label.transform
+    errors = [valid_error(load_model(model_dir(d)), prepared.under(s)) for d, s in zip(run_dirs, specs)]
+    best = specs[int(np.argmin(errors))].label.transform
     return [d for d, s in zip(run_dirs, specs) if s.label.transform == best]
 
 
@@ -70,13 +70,13 @@ def blend_runs(cfg: PipelineConfig, prepared: Prepared, run_dirs: list[str], tri
     split = prepared.under(spec)
     Xv, yv = _matrix(split.valid)
     task = spec.task
-    weights = blend_weights(task, yv, [m.margin(Xv[:, c]) for m, c in zip(members, columns)], _margin_loss(task))
+    weights = blend_weights(task, yv, [m.margin(Xv[:, c]) for m, c in zip(members, columns)], _margin_loss(task, spec.loss))
     if max(weights) == 1.0:
         return None
     transform = spec.label.transform if spec.label else "none"
     model = EnsembleModel(members, columns, weights, spec.feature_names, task, transform)
     if task == "regression":
-        model.output = evaluate.fit_output_map(model, split.train, split.valid)
+        model.output = evaluate.fit_output_map(model, split.train, split.valid, spec.loss)
     return _written(cfg, prepared, split, model, runs, list(run_dirs), trigger, started)
 
 

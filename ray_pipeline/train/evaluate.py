@@ -128,11 +128,11 @@ def predict_split(model: Any, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
 BOUND_MARGIN = 0.5  # a regression output stays within this share of the training range beyond it
 
 
-def fit_output_map(model: Any, train: Any, valid: Any) -> OutputMap:
+def fit_output_map(model: Any, train: Any, valid: Any, metric: str = "rmse") -> OutputMap:
     """A regression model's OutputMap, fitted on its own splits: bounds a margin around the train
     split's target range; for a log1p target, Duan's smearing factor from the validation residuals,
-    kept when it lowers the validation RMSE in the user's units (exp of a log-scale prediction
-    estimates the median, not the mean)."""
+    kept when it lowers the validation error (`metric`) in the user's units (exp of a log-scale
+    prediction estimates the median, not the mean: RMSE wants the mean, MAE the median)."""
     lo, hi = math.inf, -math.inf
     for batch in train.select_columns(["y"]).iter_batches(batch_size=65536, batch_format="numpy"):
         y = untransform(np.asarray(batch["y"], dtype=np.float64), model.transform)
@@ -148,9 +148,9 @@ def fit_output_map(model: Any, train: Any, valid: Any) -> OutputMap:
         return plain
     z = np.log1p(raw)
     smeared = OutputMap(float(np.mean(np.exp(np.log1p(yv) - z))), bounds)
-    rmse = {m: float(np.sqrt(np.mean((yv - np.clip(untransform(z, "log1p", m.smearing), *bounds)) ** 2)))
-            for m in (plain, smeared)}  # fmt: skip
-    return min(rmse, key=rmse.get)
+    errors = {m: regression_metrics(yv, np.clip(untransform(z, "log1p", m.smearing), *bounds))[metric]
+              for m in (plain, smeared)}  # fmt: skip
+    return min(errors, key=errors.get)
 
 
 def save_plots(directory: Path, history: list[dict[str, float]], y: np.ndarray, p: np.ndarray, title: str,

@@ -125,20 +125,20 @@ def _linear(out: dict[str, Any], names: list[str], task: str, transform: str) ->
 def _l2_on_valid(config: dict[str, Any], prepared: Prepared, out: dict[str, Any], names: list[str],
                  transform: str) -> tuple[dict[str, Any], float]:  # fmt: skip
     """The linear regression refitted at each penalty of L2_GRID (in-process, from the fit's own
-    weights: each converges in a few steps); the one with the lowest validation RMSE and its l2.
-    Unregularised on a few hundred rows and hundreds of inputs it can explode."""
-    def rmse(result: dict[str, Any]) -> float:
+    weights: each converges in a few steps); the one with the lowest validation error (`label.metric`)
+    and its l2. Unregularised on a few hundred rows and hundreds of inputs it can explode."""
+    def error(result: dict[str, Any]) -> float:
         yv, pv, _ = evaluate.predict_split(_linear(result, names, "regression", transform), prepared.valid)
-        return float(np.sqrt(np.mean((yv - pv) ** 2))) if len(yv) else math.inf
+        return evaluate.regression_metrics(yv, pv)[prepared.spec.loss] if len(yv) else math.inf
 
-    best, best_l2, best_rmse = out, config["l2"], rmse(out)
+    best, best_l2, best_error = out, config["l2"], error(out)
     start = warm_start("logreg", _linear(out, names, "regression", transform), names)
     for l2 in L2_GRID:
         if l2 == config["l2"]:
             continue
         tried = _direct("logreg", {**config, **start, "l2": l2, "progress_key": None}, prepared).return_value
-        if tried is not None and (score := rmse(tried)) < best_rmse:
-            best, best_l2, best_rmse = {**tried, "history": out["history"]}, l2, score
+        if tried is not None and (score := error(tried)) < best_error:
+            best, best_l2, best_error = {**tried, "history": out["history"]}, l2, score
     return best, best_l2
 
 
@@ -186,6 +186,7 @@ def loop_config(kind: str, cfg: PipelineConfig, spec: FeatureSpec, workers: int,
     log_every = 10 if workers else None
     common = {"n_features": len(spec.feature_names), "checkpoint_every": training.checkpoint_every,
               "log_every": log_every, "task": spec.task, "n_outputs": spec.label.outputs if spec.label else 1,
+              "metric": spec.loss,
               **(fault or {})}  # fmt: skip
     if kind == "xgboost":
         x = training.xgboost
@@ -326,7 +327,7 @@ def train_model(
     if refit_of is not None:  # the validation rows are training rows now: the held-out run's map
         model.output = refit_of.output
     elif config["task"] == "regression":  # smearing and bounds, from the train and validation splits
-        model.output = evaluate.fit_output_map(model, prepared.train, prepared.valid)
+        model.output = evaluate.fit_output_map(model, prepared.train, prepared.valid, prepared.spec.loss)
     t0 = time.perf_counter()
     y, p, truth = evaluate.predict_split(model, prepared.test)
     test_metrics = evaluate.task_metrics(config["task"], y, p, truth) if refit_of is None else refit_of.metrics

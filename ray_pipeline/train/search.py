@@ -159,10 +159,6 @@ def _asha_sparing(untuned: dict[str, Any]) -> type:
     return SparingASHA
 
 
-def _loss_metric(prepared: Prepared) -> str:
-    return "rmse" if prepared.spec.task == "regression" else "log_loss"
-
-
 def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Prepared, search_id: str,
            workers: int, fault: dict[str, Any] | None = None) -> None:  # fmt: skip
     """The Tune function trainable: one training run with `params`, reported to Tune."""
@@ -178,10 +174,10 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
     run = train_model(with_params(cfg, kind, params), kind, workers, prepared=prepared, trigger="search",
                       search={"id": search_id, "trial": trial_id, "params": params}, fault=fault)  # fmt: skip
     y, p, _ = evaluate.predict_split(run.model, prepared.valid)
-    metric = evaluate.task_metrics(prepared.spec.task, y, p)[_loss_metric(prepared)]
+    metric = evaluate.task_metrics(prepared.spec.task, y, p)[prepared.spec.loss]
     loss = run.history[-1]["valid_loss"] if run.history else float("nan")
-    if TARGET_PARAM in params:  # losses on two target scales compare in the label's units only
-        loss = float(metric)
+    if TARGET_PARAM in params or prepared.spec.loss == "mae":  # losses on two target scales compare in the
+        loss = float(metric)  # label's units only; the linear model's loss is squared, mae is not
     tune.report({"valid_loss": loss,
                  "valid_metric": float(metric), "step": len(run.history) + 1, "run_dir": str(run.run_dir),
                  "nodes": sorted(set(run.worker_nodes)) or [ray.get_runtime_context().get_node_id()],
@@ -297,7 +293,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     with contextlib.redirect_stdout(printed):
         grid = tuner.fit()
     log.debug("Ray Tune printed: %s", printed.getvalue())
-    result = SearchResult(search_id, kind, s.algorithm, s.scheduler, _loss_metric(prepared),
+    result = SearchResult(search_id, kind, s.algorithm, s.scheduler, prepared.spec.loss,
                           {k: r.model_dump(exclude_none=True) for k, r in space.items()}, join(storage, search_id))  # fmt: skip
     result.trials = [_trial_of(r) for r in grid]
     result.seconds = time.perf_counter() - started

@@ -3,7 +3,7 @@
 log1p tames a skewed target but its inverse estimates the median unless smeared; the raw target
 estimates the mean but lets the largest values dominate the fit. Which one wins depends on the
 table and the model, so with `auto` each model is fitted both ways on the same split and the one
-with the lower validation RMSE in the label's units is kept.
+with the lower validation error (`label.metric`: RMSE or MAE) in the label's units is kept.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def under_target(prepared: Prepared, transform: str) -> Prepared:
     return prepared.under(with_target(prepared.spec, transform))
 
 
-def valid_rmse(model: Any, prepared: Prepared) -> float:
-    """The model's RMSE on the validation split, in the label's units (comparable across transforms)."""
+def valid_error(model: Any, prepared: Prepared) -> float:
+    """The model's validation error (`label.metric`) in the label's units (comparable across transforms)."""
     y, p, _ = evaluate.predict_split(model, under_target(prepared, model.transform).valid)
-    return evaluate.regression_metrics(y, p)["rmse"]
+    return evaluate.regression_metrics(y, p)[prepared.spec.loss]

@@ -93,11 +93,13 @@ def _shard_iter(shard: tuple[list, int], n_features: int, weights: list[float] |
     return ShardIter()
 
 
-def task_params(task: str, n_outputs: int) -> dict[str, Any]:
-    """XGBoost's objective and evaluation metric for the task (the config's `params` may override
-    the objective, e.g. reg:pseudohubererror)."""
+def task_params(task: str, n_outputs: int, metric: str = "rmse") -> dict[str, Any]:
+    """XGBoost's objective and evaluation metric for the task and the regression's `metric` (the
+    config's `params` may override the objective, e.g. reg:pseudohubererror)."""
     if task == "multiclass":
         return {"objective": "multi:softprob", "num_class": n_outputs, "eval_metric": "mlogloss"}
+    if task == "regression" and metric == "mae":  # the median, which absolute error rewards
+        return {"objective": "reg:absoluteerror", "eval_metric": "mae"}
     if task == "regression":
         return {"objective": "reg:squarederror", "eval_metric": "rmse"}
     return {"objective": "binary:logistic", "eval_metric": "logloss"}
@@ -113,7 +115,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     d, rank = config["n_features"], session.get_context().get_world_rank()
     params = {
-        **task_params(config.get("task", "binary"), config.get("n_outputs", 1)),
+        **task_params(config.get("task", "binary"), config.get("n_outputs", 1), config.get("metric", "rmse")),
         "tree_method": "hist",
         "nthread": config["nthread"],
         "seed": config["seed"],
@@ -166,7 +168,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     )
     if rank != 0:
         return None
-    metric = next(iter(history["valid"]))  # the one eval_metric: logloss, mlogloss or rmse
+    metric = next(iter(history["valid"]))  # the one eval_metric: logloss, mlogloss, rmse or mae
     valid = history["valid"][metric]
     train = history.get("train", {}).get(metric, [None] * len(valid))
     rounds = [{"round": done + i + 1, "train_loss": t, "valid_loss": v} for i, (t, v) in enumerate(zip(train, valid))]

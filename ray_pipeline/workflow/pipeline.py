@@ -109,17 +109,17 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
 
 def _kept_target(cfg: PipelineConfig, kind: str, prepared: Prepared, tried: list[TrainRun],
                  echo: Echo | None) -> TrainRun:  # fmt: skip
-    """Of one model kind fitted on each target transform, the run with the lowest validation RMSE."""
+    """Of one model kind fitted on each target transform, the run with the lowest validation error."""
     from ray_pipeline.train import target
     from ray_pipeline.train.data import for_model
 
     if len(tried) == 1:
         return tried[0]
     taken = for_model(prepared, kind, cfg.training)
-    scored = sorted((target.valid_rmse(run.model, taken), i, run) for i, run in enumerate(tried))
+    scored = sorted((target.valid_error(run.model, taken), i, run) for i, run in enumerate(tried))
     if echo is not None:
-        figures = ", ".join(f"{run.model.transform} {rmse:.6g}" for rmse, _, run in scored)
-        echo(f"{kind}: target fitted as {scored[0][2].model.transform} (validation RMSE {figures})")
+        figures = ", ".join(f"{run.model.transform} {error:.6g}" for error, _, run in scored)
+        echo(f"{kind}: target fitted as {scored[0][2].model.transform} (validation {taken.spec.loss.upper()} {figures})")
     return scored[0][2]
 
 
@@ -135,14 +135,14 @@ def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: 
     The best run becomes the holder if it beats the current one (or there is none); the others
     are then checked against it, so the report shows each gate decision.
     """
-    from ray_pipeline.registry.gates import PromotionRefused, headline, primary_metric, promote, task_of
+    from ray_pipeline.registry.gates import PromotionRefused, headline, loss_of, promote
     from ray_pipeline.registry.versions import open_registry, register_run
 
     registry = open_registry(cfg)
     name = cfg.registry.model_name
     versions = [register_run(registry, name, run.run_dir) for run in runs]
     lines = [headline(v) for v in versions]
-    for v in sorted(versions, key=lambda v: v.metrics.get(primary_metric(task_of(v)), float("inf"))):
+    for v in sorted(versions, key=lambda v: v.metrics.get(loss_of(v), float("inf"))):
         try:
             change, report = promote(registry, name, v.version, alias, cfg.registry.gates)
             lines += [report, f"@{alias}: {change.from_version} -> {change.to_version}"]

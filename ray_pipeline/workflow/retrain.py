@@ -273,7 +273,7 @@ def _start_race(cfg: PipelineConfig, registry: Registry, record: dict[str, Any],
     @challenger and traffic split to restore go with it)."""
     fb = cfg.monitoring.feedback
     failed = [g["metric"] for g in record["gates"] if not g["passed"]]
-    if failed != [primary_metric(task)]:  # it lost on another gate (e.g. AUC): no loss race can win that back
+    if failed != [primary_metric(task, cfg.data.schema_.label_mapping.metric)]:  # it lost on another gate (e.g. AUC): no loss race can win that back
         return
     loss_champ = row_losses(task, y, p_champ)
     race = Race.start(task, champion.version, loss_champ - row_losses(task, y, p), loss_champ,
@@ -304,7 +304,7 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
     the number of candidates (Bonferroni), so trying several model kinds does not raise the chance
     of promoting noise. Returns that candidate (its last item True: register it), or the best
     refused one (False; the record says why), or None when every candidate is the champion again."""
-    ranked = sorted(candidates, key=lambda c: c[0][primary_metric(task)])
+    ranked = sorted(candidates, key=lambda c: c[0][primary_metric(task, cfg.data.schema_.label_mapping.metric)])
     t = cfg.registry.gate_test
     test = t.model_copy(update={"level": 1 - (1 - t.level) / len(ranked)})
     reports, first = [], None
@@ -316,7 +316,7 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
                            "not gated")  # fmt: skip
             continue
         gates = HoldoutGates(y, p, p_champ, champion.version, cfg.registry.gates, test, f"{run.name} vs {champion.uri}",
-                             task)  # fmt: skip
+                             task, cfg.data.schema_.label_mapping.metric)  # fmt: skip
         reports.append(gates.report())
         first = first or (gates, run, p)
         if gates.passed or not cfg.monitoring.feedback.promote:  # promotion off: a person decides
