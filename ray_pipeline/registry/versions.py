@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.registry.store import ModelVersion, Registry
 from ray_pipeline.train.explain import IMPORTANCE_FILE
 from ray_pipeline.train.models import load_model
