@@ -48,8 +48,8 @@ def fill(cfg, tmp: Path, runs: int, versions: int, moves: int, windows: int) -> 
     """Write the stores; returns seconds per part."""
     from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
     from ray_pipeline.monitor.job import TABLE_SCHEMA
+    from ray_pipeline.registry.handoff import open_registry, register_run
     from ray_pipeline.registry.runs import RunRecord, index_runs
-    from ray_pipeline.registry.versions import open_registry, register_run
     from ray_pipeline.storage import write_parquet, write_text
     from ray_pipeline.train.models import LogisticModel
     from ray_pipeline.train.rundir import RunArtifacts, write_run

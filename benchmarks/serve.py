@@ -32,7 +32,7 @@ SMALL_RECORD = {"amount": 42.0, "distance_km": 3.5, "channel": "online"}
 
 def _register(root: Path, spec, model) -> None:
     """Register `model` over `spec` as bench@champion in a registry under `root`."""
-    from ray_pipeline.registry.versions import register_run
+    from ray_pipeline.registry.handoff import register_run
     from ray_pipeline.registry.store import Registry
     from ray_pipeline.train.rundir import RunArtifacts, write_run
 
@@ -90,7 +90,7 @@ PREDICTORS = {"logreg_3_inputs": small_logreg, "xgboost_demo": demo_xgboost}
 UVICORN_APP = """
 import sys
 from fastapi import FastAPI
-from ray_pipeline.registry.versions import load
+from ray_pipeline.registry.handoff import load
 from ray_pipeline.registry.store import Registry
 model = load(Registry(sys.argv[1], sys.argv[2]), "models:/bench@champion")
 # Like the Serve app: model calls are CPU-bound, so run them on the event loop, not a thread pool.

@@ -32,7 +32,7 @@ def build_site(tmp: Path) -> dict[str, Any]:
     from ray_pipeline.console.app import deploy_console
     from ray_pipeline.data.synthetic import generate
     from ray_pipeline.monitor.job import Monitor
-    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.registry.handoff import open_registry, register_run
     from ray_pipeline.workflow.pipeline import run_pipeline, train_models
 
     generate(SyntheticConfig(rows=8_000, seed=3, start="2024-01-01T00:00:00Z", days=31, entities=2000,

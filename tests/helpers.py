@@ -13,7 +13,7 @@ import numpy as np
 
 from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.features.spec import CategoricalSpec, FeatureSpec, NumericSpec
-from ray_pipeline.registry.versions import register_run
+from ray_pipeline.registry.handoff import register_run
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.runtime import free_port
 from ray_pipeline.serve.client import http_json

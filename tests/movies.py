@@ -133,7 +133,7 @@ def run_loop(tmp: Path, fraction: float | None, models: list[str], echo: Callabl
     """Base model on 1940-1965, then eight served windows with labels after each; the per-window table."""
     from sklearn.metrics import roc_auc_score
 
-    from ray_pipeline.registry.versions import load
+    from ray_pipeline.registry.handoff import load
     from ray_pipeline.workflow.loop import Loop
 
     frame = movies_table(fraction, seed)

@@ -87,7 +87,7 @@ def shot(page, name: str) -> None:
 
 
 def test_without_the_token_pages_ask_to_sign_in_and_actions_are_refused(page, site):
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     page.goto(site["console"] + "runs")
     assert page.url.endswith("/login")
@@ -159,7 +159,7 @@ def _served_version(site) -> int:
 
 
 def test_promote_refused_then_accepted_with_hot_reload_then_rolled_back(page, site):
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     from .helpers import wait_until
 
@@ -193,7 +193,7 @@ def test_promote_refused_then_accepted_with_hot_reload_then_rolled_back(page, si
 
 
 def test_a_forged_post_without_the_csrf_token_is_refused(page, site):
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     registry = open_registry(site["cfg"])
     sign_in(page, site)
@@ -239,8 +239,8 @@ def test_try_it_sends_a_real_request_from_the_served_contract(page, site):
 
 
 def test_with_the_token_a_traffic_change_is_accepted_and_recorded(page, site):
+    from ray_pipeline.registry.handoff import open_registry
     from ray_pipeline.registry.traffic import current_traffic
-    from ray_pipeline.registry.versions import open_registry
 
     sign_in(page, site)
     page.goto(site["console"] + f"models/shop/{site['v3']}")

@@ -75,8 +75,8 @@ def test_every_promotion_attempt_is_recorded_with_the_gate_numbers(tmp_path):
 
 
 def test_the_run_index_syncs_from_run_directories_and_sorts_filters_and_pages_in_sql(tmp_path):
+    from ray_pipeline.registry.handoff import register_run
     from ray_pipeline.registry.runs import get_runs, query_runs, registered_as, sync_runs
-    from ray_pipeline.registry.versions import register_run
 
     root = tmp_path / "runs"
     dirs = [make_run(root, loss, 0.9 - loss, seed=i) for i, loss in enumerate([0.5, 0.3, 0.4, 0.2, 0.6])]
@@ -93,7 +93,8 @@ def test_the_run_index_syncs_from_run_directories_and_sorts_filters_and_pages_in
 
 
 def test_paged_versions_and_history_newest_first(tmp_path):
-    from ray_pipeline.registry.browse import history_page, model_names, versions_page
+    from ray_pipeline.registry.aliases import history_page
+    from ray_pipeline.registry.versions import model_names, versions_page
 
     registry = two_version_registry(tmp_path)
     registry.set_alias("fraud", "champion", 2, "up")
@@ -107,7 +108,7 @@ def test_paged_versions_and_history_newest_first(tmp_path):
 
 
 def test_traffic_settings_are_checked_and_the_newest_holds(tmp_path):
-    from ray_pipeline.registry.store import RegistryError
+    from ray_pipeline.registry.database import RegistryError
     from ray_pipeline.registry.traffic import current_traffic, set_traffic, traffic_history
 
     registry = Registry(tmp_path / "reg.db", tmp_path / "art")

@@ -60,7 +60,7 @@ def base(ray_session, tmp_path_factory):
 
 
 def _scenario(base, tmp_path, name: str):
-    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.registry.handoff import open_registry, register_run
 
     # the quiet 3 s windows between sends must not resolve an alert as stale: these tests watch it
     # resolve on traffic that no longer drifts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ray_pipeline.config import GateRule, GateTestConfig
-from ray_pipeline.registry.bootstrap import identical, paired_gates
+from ray_pipeline.registry.significance import identical, paired_gates
 
 GATES = {"log_loss": GateRule(min_improvement=0.0), "roc_auc": GateRule(max_regression=0.01)}
 TEST = GateTestConfig(resamples=400, level=0.95, seed=0)

@@ -147,7 +147,7 @@ def test_jobs_run_the_pipeline_on_the_cluster(local_cluster, trained, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     # 1. `ray job submit` (the fixture): both kinds registered, one promoted, outputs on shared storage
     cfg = load_config(trained)

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 
 from ray_pipeline.config import ConfigError, parse_config
-from ray_pipeline.monitor import alerts
 from ray_pipeline.features.profile import build_profile, save_profile
-from ray_pipeline.registry.versions import open_registry, register_run
+from ray_pipeline.monitor import alerts
+from ray_pipeline.registry.handoff import open_registry, register_run
 from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
 from .conftest import require_binary

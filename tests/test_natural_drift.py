@@ -73,7 +73,7 @@ def base_model(cfg, tables: list[pa.Table], drop: tuple[str, ...] = ("p_true",))
     """Ingest `tables`, build features, train and register the base model as @champion."""
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.features.build import build_features
-    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.registry.handoff import open_registry, register_run
     from ray_pipeline.storage import write_parquet
     from ray_pipeline.train.runner import train_model
 
@@ -91,8 +91,8 @@ def base_model(cfg, tables: list[pa.Table], drop: tuple[str, ...] = ("p_true",))
 def serve_period(cfg, registry, rows: pa.Table, k: int) -> int:
     """Score a period with the model @champion serves (and, in shadow mode, the @challenger) and log it
     at the records' own times."""
+    from ray_pipeline.registry.handoff import load
     from ray_pipeline.registry.traffic import current_traffic
-    from ray_pipeline.registry.versions import load
     from ray_pipeline.serve.predlog import PredictionLog, rows_table
 
     schema, name = cfg.data.schema_, cfg.registry.model_name

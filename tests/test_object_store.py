@@ -17,8 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from ray_pipeline.cli import app
-from ray_pipeline.registry.versions import load, register_run
-from ray_pipeline.registry.store import Registry, RegistryError
+from ray_pipeline.registry.database import RegistryError
+from ray_pipeline.registry.handoff import load, register_run
+from ray_pipeline.registry.store import Registry
 from ray_pipeline.runtime import free_port
 from ray_pipeline.storage import filesystem, list_files, read_bytes
 from tests.tables import missing_table
@@ -91,7 +92,7 @@ def test_pipeline_on_s3_from_csv_to_predictions(ray_session, s3_bucket, tmp_path
     """`init`, `run` (Ray Train workers, checkpoints in the bucket) and `predict` with every
     artifact on S3: the source table, ingest output, feature store, runs, registry, scores."""
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     table = missing_table()
     local_csv = tmp_path / "missing.csv"
@@ -157,10 +158,10 @@ def test_monitoring_on_s3_log_labels_windows_alerts_reports_and_state(ray_sessio
     import ray.data
 
     from ray_pipeline.config import parse_config
+    from ray_pipeline.features.profile import build_profile, save_profile
     from ray_pipeline.monitor.job import Monitor
     from ray_pipeline.monitor.labels import accepted_labels, ingest_labels
-    from ray_pipeline.features.profile import build_profile, save_profile
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
     from ray_pipeline.storage import read_text, write_text
     from tests.test_monitoring import RULE, T0, _log, _rows, config
 

@@ -91,7 +91,7 @@ def _same_split_baseline(config: Path) -> float:
 
 def _best_auc(config: Path) -> float:
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     cfg = load_config(config)
     return max(v.metrics["roc_auc"] for v in open_registry(cfg).versions(cfg.registry.model_name))
@@ -99,7 +99,7 @@ def _best_auc(config: Path) -> float:
 
 def _best_loss(config: Path, metric: str) -> float:
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     cfg = load_config(config)
     return min(v.metrics[metric] for v in open_registry(cfg).versions(cfg.registry.model_name))
@@ -289,7 +289,7 @@ def test_regression_table_from_csv_to_served_model(ray_session, tmp_path):
     from ray import serve
 
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
 
     table = prices_table()
     csv, config = tmp_path / "prices.csv", tmp_path / "prices.yaml"
@@ -363,7 +363,7 @@ def test_table_with_time_and_thresholded_label(ray_session, tmp_path):
     # the label mapping travels with the model version
     from ray_pipeline.config import load_config
     from ray_pipeline.features.build import training_set_path
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
     from ray_pipeline.storage import tree_sha256
 
     cfg = load_config(config)
@@ -503,7 +503,7 @@ def test_the_drift_reference_describes_the_rows_without_a_label_too(ray_session,
     the model will see: the reference profile input drift is measured against describes them too."""
     from ray_pipeline.config import load_config
     from ray_pipeline.features.profile import load_profile
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     table = flights_table(2000).astype({"arr_delay": object})
     newest = table.index[-300:]  # the newest flights: long ones, their delays not known yet
@@ -529,7 +529,7 @@ def test_a_many_valued_category_reaches_the_linear_model_as_its_mean_target(ray_
     frequency alone cannot tell it, and the version scores records with the full-train means."""
     from ray_pipeline.config import load_config
     from ray_pipeline.features.transform import transform_records
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
 
     rng = np.random.default_rng(7)
     n, shops = 3000, [f"shop{i:03d}" for i in range(150)]
@@ -567,7 +567,7 @@ def test_the_champion_is_refitted_on_every_row_and_keeps_its_held_out_metrics(ra
     """`training.refit: always`: the run's champion is trained again on train + valid + test, and
     the refit serves in its place with the gated run's test metrics as its estimate."""
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
     from ray_pipeline.train.rundir import read_run
 
     csv, config = tmp_path / "prices.csv", tmp_path / "pipeline.yaml"
@@ -594,7 +594,7 @@ def test_a_second_date_column_reaches_models_as_its_days_and_calendar_parts(ray_
     """Beside the event time, a signup date is an input (not left out): its days since 1970 carry the
     account's age, its weekday the weekend effect. Ingest, `predict` and a served record read it alike."""
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
     from ray_pipeline.serve.api import request_model
     from ray_pipeline.serve.client import http_json
 
@@ -664,7 +664,7 @@ def test_label_metric_mae_fits_and_chooses_for_the_median(ray_session, tmp_path)
     on validation uses MAE. On a target with skewed noise it beats the RMSE fit on test MAE; the gates
     judge the MAE run on MAE and promote it."""
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     rng = np.random.default_rng(3)
     n = 2500

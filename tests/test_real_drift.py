@@ -23,7 +23,7 @@ FRACTION = 0.15  # of each year's movies: 1,600 to train, 450-1,300 per window
 
 def test_continuous_training_keeps_up_on_real_drift(ray_session, tmp_path):
     from ray_pipeline.feedback.records import feedback_runs
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     print("\n" + HEADER)
     table = run_loop(tmp_path, FRACTION, ["logreg", "xgboost"])

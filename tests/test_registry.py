@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from ray_pipeline.cli import app
 from ray_pipeline.config import GateRule
 from ray_pipeline.features.transform import transform_records
+from ray_pipeline.registry.database import RegistryError
 from ray_pipeline.registry.gates import PromotionRefused, promote
-from ray_pipeline.registry.versions import load, register_run
-from ray_pipeline.registry.store import Registry, RegistryError
+from ray_pipeline.registry.handoff import load, register_run
+from ray_pipeline.registry.store import Registry
 from ray_pipeline.train.models import LogisticModel
 from ray_pipeline.train.rundir import PARAMS_FILE, SPEC_FILE, model_dir, read_run
 
@@ -114,7 +115,7 @@ def test_crash_during_registration_leaves_nothing_visible(registry, tmp_path):
     # A hard kill (no cleanup at all) between moving the folder and committing:
     script = (
         "import os, sys; from ray_pipeline.registry.store import Registry; "
-        "from ray_pipeline.registry.versions import register_run\n"
+        "from ray_pipeline.registry.handoff import register_run\n"
         "class R(Registry):\n    def _before_commit(self, v): os._exit(9)\n"
         f"register_run(R({str(registry.db)!r}, {str(registry.root)!r}), 'fraud', {str(run)!r})"
     )

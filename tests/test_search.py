@@ -48,8 +48,8 @@ def churn(ray_session, tmp_path_factory) -> Path:
 
 def test_tune_registers_the_best_trial_with_its_search_through_the_gates(churn):
     from ray_pipeline.config import load_config
+    from ray_pipeline.registry.handoff import importance, open_registry
     from ray_pipeline.registry.runs import get_runs
-    from ray_pipeline.registry.versions import importance, open_registry
 
     out = _invoke("tune", "--config", str(churn), "--model", "xgboost", "--trials", "5")
     cfg = load_config(churn)
@@ -142,7 +142,7 @@ def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, r
 
 def test_run_search_searches_each_model_and_registers_its_best_trial(churn):
     from ray_pipeline.config import load_config
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     body = yaml.safe_load(churn.read_text())
     body["training"]["search"].update(trials=3, scheduler="fifo")
@@ -245,7 +245,7 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
         held, new = versions[int(held_v)], versions[int(new_v)]
         assert new.kind == held.kind == kind and new.metrics == held.metrics
         assert new.lineage["refit_of_version"] == held.uri and new.lineage["trigger"] == "refit"
-        from ray_pipeline.registry.versions import open_registry
+        from ray_pipeline.registry.handoff import open_registry
         from ray_pipeline.train.rundir import read_run
 
         assert open_registry(cfg).aliases(cfg.registry.model_name)["champion"] == new.version
@@ -254,7 +254,7 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
 
 
 def open_registry_versions(cfg):
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     return open_registry(cfg).versions(cfg.registry.model_name)
 

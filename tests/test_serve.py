@@ -18,7 +18,7 @@ import pytest
 from ray_pipeline.features.online import SQLiteOnlineStore
 from ray_pipeline.features.spec import NumericSpec
 from ray_pipeline.registry.gates import promote
-from ray_pipeline.registry.versions import load, register_run
+from ray_pipeline.registry.handoff import load, register_run
 from ray_pipeline.serve.predlog import read_log
 
 from .helpers import KEY, SPEC, call, make_run, samples, scrape_until, serve_config, two_version_registry, wait_until

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ray_pipeline.registry.versions import load
+from ray_pipeline.registry.handoff import load
 from ray_pipeline.serve.predlog import read_log
 
 from .helpers import call, samples, scrape_until, serve_config, two_version_registry, wait_until

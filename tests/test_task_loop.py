@@ -62,11 +62,11 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
     from ray_pipeline.data.ingest import ingest
     from ray_pipeline.data.synthetic import generate
     from ray_pipeline.features.build import build_features
-    from ray_pipeline.workflow.loop import Loop
     from ray_pipeline.monitor.labels import ingest_labels
-    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.registry.handoff import open_registry, register_run
     from ray_pipeline.serve.app import deploy
     from ray_pipeline.train.runner import train_model
+    from ray_pipeline.workflow.loop import Loop
 
     name = f"loop-{task}"
     cfg = loop_config(tmp_path, tmp_path, name, label=LABELS[task], logreg={"optimizer": "newton", "epochs": 20},
@@ -143,7 +143,7 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
 
 def load_version(registry, name: str, version: int):
     """The registered version `version` of `name`, loaded as serving loads it."""
-    from ray_pipeline.registry.versions import load
+    from ray_pipeline.registry.handoff import load
 
     return load(registry, f"models:/{name}/{version}")
 

@@ -191,7 +191,7 @@ def test_init_infers_the_task_from_the_label(tmp_path):
 def test_a_promotion_cannot_change_the_task_or_the_classes():
     from ray_pipeline.config import GateRule
     from ray_pipeline.registry.gates import gate_report
-    from ray_pipeline.registry.store import ModelVersion
+    from ray_pipeline.registry.versions import ModelVersion
 
     def version(n: int, label: dict, metrics: dict) -> ModelVersion:
         return ModelVersion(name="m", version=n, created_at="", kind="logreg", path="", manifest_sha256="",
@@ -216,7 +216,7 @@ def test_a_promotion_cannot_change_the_task_or_the_classes():
 
 def test_holdout_gates_compare_each_task_by_paired_bootstrap():
     from ray_pipeline.config import GateRule, GateTestConfig
-    from ray_pipeline.registry.bootstrap import paired_gates
+    from ray_pipeline.registry.significance import paired_gates
 
     rng = np.random.default_rng(2)
     gates = {"log_loss": GateRule(min_improvement=0.0), "roc_auc": GateRule(max_regression=0.01)}

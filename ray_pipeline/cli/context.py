@@ -37,7 +37,7 @@ def friendly_errors(fn: F) -> F:
     import click
 
     from ray_pipeline.data.sources import IngestError
-    from ray_pipeline.registry.store import RegistryError
+    from ray_pipeline.registry.database import RegistryError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -18,7 +18,7 @@ app = typer.Typer(help="Model registry: versions, aliases, promotion, rollback."
 def models_list(config: ConfigOpt, name: NameOpt = None, verbose: VerboseOpt = False) -> None:
     """List versions with their key metrics and aliases."""
     from ray_pipeline.registry.gates import metrics_text
-    from ray_pipeline.registry.versions import open_registry, registry_db
+    from ray_pipeline.registry.handoff import open_registry, registry_db
 
     cfg = load_config(config)
     registry = open_registry(cfg)
@@ -46,7 +46,7 @@ def models_register(
 ) -> None:
     """Register a training run as a new version (promote it with `models promote`)."""
     from ray_pipeline.registry.gates import headline
-    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.registry.handoff import open_registry, register_run
 
     cfg = load_config(config)
     v = register_run(open_registry(cfg), name or cfg.registry.model_name, run_dir)
@@ -63,7 +63,7 @@ def models_show(
     from dataclasses import asdict
 
     from ray_pipeline.feedback.records import version_race
-    from ray_pipeline.registry.versions import importance, open_registry
+    from ray_pipeline.registry.handoff import importance, open_registry
 
     cfg = load_config(config)
     registry = open_registry(cfg)
@@ -85,7 +85,7 @@ def models_promote(
 ) -> None:
     """Move an alias to a version if it passes the configured gates against the current holder."""
     from ray_pipeline.registry.gates import promote
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     cfg = load_config(config)
     change, report = promote(
@@ -104,7 +104,7 @@ def models_rollback(
     verbose: VerboseOpt = False,
 ) -> None:
     """Move an alias back to the version it held before its last change."""
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     cfg = load_config(config)
     change = open_registry(cfg).rollback(name or cfg.registry.model_name, alias)
@@ -118,7 +118,7 @@ def models_history(
     verbose: VerboseOpt = False,
 ) -> None:
     """Every alias change: time, alias, from -> to, reason, actor."""
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     cfg = load_config(config)
     for c in open_registry(cfg).history(name or cfg.registry.model_name, alias):

@@ -147,7 +147,7 @@ def predict(
     verbose: VerboseOpt = False,
 ) -> None:
     """Score a file or directory in batch with Ray Data and a registered model (its own FeatureSpec)."""
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
     from ray_pipeline.serve.batch import score_files
 
     cfg = load_config(config)

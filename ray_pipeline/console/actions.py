@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ray_pipeline.console.state import ConsoleState
+from ray_pipeline.registry.database import RegistryError
 from ray_pipeline.registry.gates import PromotionRefused, promote
-from ray_pipeline.registry.store import RegistryError
 from ray_pipeline.registry.traffic import set_traffic
 
 

@@ -19,12 +19,13 @@ from ray_pipeline.data.ingest import ingest_runs, quarantine_sample
 from ray_pipeline.features.build import last_build
 from ray_pipeline.feedback.records import feedback_runs, version_race
 from ray_pipeline.monitor.history import active_alerts, alert_log, report_windows
+from ray_pipeline.registry.aliases import history_page
 from ray_pipeline.registry.attempts import attempts
-from ray_pipeline.registry.browse import history_page, model_names, versions_page
+from ray_pipeline.registry.database import RegistryError
+from ray_pipeline.registry.handoff import importance as version_importance
 from ray_pipeline.registry.runs import get_runs, metric_names, query_runs, registered_as, run_kinds
-from ray_pipeline.registry.store import RegistryError
 from ray_pipeline.registry.traffic import current_traffic, traffic_history
-from ray_pipeline.registry.versions import importance as version_importance
+from ray_pipeline.registry.versions import model_names, versions_page
 from ray_pipeline.serve.predlog import STAGES, recent_log
 from ray_pipeline.storage import join, list_files
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.console.access import Access
 from ray_pipeline.monitor.history import MonitoringTable
+from ray_pipeline.registry.handoff import open_registry
 from ray_pipeline.registry.runs import sync_runs
 from ray_pipeline.registry.store import Registry
-from ray_pipeline.registry.versions import open_registry
 
 SYNC_EVERY_S = 30.0  # runs written by another process appear within this; runs this platform trains are indexed at once
 

@@ -83,7 +83,7 @@ def _show_predictions(cfg: PipelineConfig, url: str, echo: Echo) -> None:
     """The champion loaded from the registry, then the same rows (and entity lookups) over HTTP."""
     from ray_pipeline.data.sources import read_parquet
     from ray_pipeline.features.build import training_set_path
-    from ray_pipeline.registry.versions import load, open_registry
+    from ray_pipeline.registry.handoff import load, open_registry
     from ray_pipeline.serve.client import http_json
 
     name, key, label = cfg.registry.model_name, cfg.data.schema_.entity_key, cfg.data.schema_.label

@@ -28,7 +28,7 @@ from ray_pipeline.monitor.prom import MonitorGauges
 from ray_pipeline.monitor.report import write_report
 from ray_pipeline.monitor.window import version_labels, window_rows
 from ray_pipeline.registry.gates import task_of
-from ray_pipeline.registry.versions import open_registry
+from ray_pipeline.registry.handoff import open_registry
 from ray_pipeline.serve.predlog import log_files
 from ray_pipeline.storage import join, read_text, write_parquet, write_text
 

@@ -4,7 +4,7 @@ version it replaces, checked inside the transaction that moves it.
 Two kinds of evidence, one rule and one `promote`:
 - `metric_gates`: the test metrics each version was registered with (`promote`, `run`, the console);
 - `HoldoutGates`: both versions scored on the same holdout rows and compared by a paired bootstrap
-  (registry/bootstrap.py), so a tie or a gain the rows cannot tell from noise never passes (the
+  (registry/significance.py), so a tie or a gain the rows cannot tell from noise never passes (the
   feedback loop's retrain).
 """
 
@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.config import GateRule, GateTestConfig
+from ray_pipeline.registry.aliases import AliasChange
 from ray_pipeline.registry.attempts import FORCED, PASSED, REFUSED, record_attempt
-from ray_pipeline.registry.bootstrap import GateCheck, counterparts, paired_gates
-from ray_pipeline.registry.store import AliasChange, ModelVersion, Registry, RegistryError
+from ray_pipeline.registry.database import RegistryError
+from ray_pipeline.registry.significance import GateCheck, counterparts, paired_gates
+from ray_pipeline.registry.store import Registry
+from ray_pipeline.registry.versions import ModelVersion
 
 # Metrics where a smaller value is better; every other metric is better when larger.
 LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "excess_log_loss", "rmse", "mae", "excess_rmse"}

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_pipeline.registry.store import ModelVersion
+from ray_pipeline.registry.versions import ModelVersion
 
 PROMOTE, RETIRE = "promote", "retire"
 

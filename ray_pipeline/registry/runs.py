@@ -13,14 +13,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyarrow import fs as pafs
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, and_, delete, func, insert, select
 
 from ray_pipeline.errors import UserError
-from ray_pipeline.registry.store import RUN_METRICS, RUNS, VERSIONS, Registry
+from ray_pipeline.registry.database import METADATA, HasDatabase
+from ray_pipeline.registry.versions import VERSIONS
 from ray_pipeline.storage import filesystem, join
 from ray_pipeline.train.rundir import RunArtifacts, read_run
 
 SORTABLE = ("started_at", "duration_s", "kind", "trigger", "run_id")
+
+RUNS = Table(
+    "runs", METADATA,
+    Column("run_id", String(255), primary_key=True), Column("path", Text, nullable=False),
+    Column("kind", String(32), nullable=False), Column("trigger", String(32), nullable=False),
+    Column("started_at", String(40), nullable=False), Column("duration_s", Float),
+    Column("params", Text, nullable=False), Column("metrics", Text, nullable=False),
+    Column("lineage", Text, nullable=False), Column("workers", Integer), Column("nodes", Integer),
+    Index("ix_runs_started", "started_at"), Index("ix_runs_kind", "kind", "started_at"),
+)  # fmt: skip
+RUN_METRICS = Table(
+    "run_metrics", METADATA,
+    Column("run_id", String(255), primary_key=True), Column("metric", String(64), primary_key=True),
+    Column("value", Float), Index("ix_run_metrics", "metric", "value"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,12 +65,12 @@ def run_record(run_id: str, path: str, run: RunArtifacts) -> RunRecord:
                      len(set(nodes)) if nodes else None)  # fmt: skip
 
 
-def index_runs(registry: Registry, records: list[RunRecord]) -> None:
+def index_runs(registry: HasDatabase, records: list[RunRecord]) -> None:
     """Add (or replace) runs in the index."""
     if not records:
         return
     ids = [r.run_id for r in records]
-    with registry._transaction("runs") as db:
+    with registry.database.transaction("runs") as db:
         db.execute(delete(RUNS).where(RUNS.c.run_id.in_(ids)))
         db.execute(delete(RUN_METRICS).where(RUN_METRICS.c.run_id.in_(ids)))
         db.execute(insert(RUNS), [
@@ -68,14 +84,14 @@ def index_runs(registry: Registry, records: list[RunRecord]) -> None:
             db.execute(insert(RUN_METRICS), metrics)
 
 
-def index_run(registry: Registry, run_dir: str) -> RunRecord:
+def index_run(registry: HasDatabase, run_dir: str) -> RunRecord:
     """Index one run directory (path or URI)."""
     record = run_record(run_dir.rstrip("/").rsplit("/", 1)[-1], run_dir, read_run(run_dir))
     index_runs(registry, [record])
     return record
 
 
-def sync_runs(registry: Registry, run_root: str) -> int:
+def sync_runs(registry: HasDatabase, run_root: str) -> int:
     """Index every run directory under `run_root` the index does not hold yet; returns how many.
     Directories that are not finished runs (Ray Train's files of a run in progress) are left for later."""
     fs, root = filesystem(run_root)
@@ -84,7 +100,7 @@ def sync_runs(registry: Registry, run_root: str) -> int:
     except OSError:
         return 0
     names = {e.base_name for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith(".")}
-    with registry._read() as db:
+    with registry.database.read() as db:
         known = set(db.execute(select(RUNS.c.run_id)).scalars())
     records = []
     for name in sorted(names - known):
@@ -97,7 +113,7 @@ def sync_runs(registry: Registry, run_root: str) -> int:
     return len(records)
 
 
-def query_runs(registry: Registry, kind: str | None = None, trigger: str | None = None, sort: str = "started_at",
+def query_runs(registry: HasDatabase, kind: str | None = None, trigger: str | None = None, sort: str = "started_at",
                descending: bool = True, offset: int = 0, limit: int = 50) -> tuple[int, list[RunRecord]]:  # fmt: skip
     """One page of runs, filtered and sorted in SQL: (total matching, page). `sort` is a column of
     `SORTABLE` or a metric name (runs without that metric last)."""
@@ -116,33 +132,33 @@ def query_runs(registry: Registry, kind: str | None = None, trigger: str | None 
         key = m.c.value
     order = key.desc().nulls_last() if descending else key.asc().nulls_last()
     query = query.where(*where).order_by(order, r.run_id).offset(max(offset, 0)).limit(max(limit, 1))
-    with registry._read() as db:
+    with registry.database.read() as db:
         total = db.execute(select(func.count()).select_from(RUNS).where(*where)).scalar_one()
         return total, [_record(row) for row in db.execute(query)]
 
 
-def get_runs(registry: Registry, run_ids: list[str]) -> list[RunRecord]:
+def get_runs(registry: HasDatabase, run_ids: list[str]) -> list[RunRecord]:
     """The runs with these ids, in the order asked (unknown ids left out)."""
-    with registry._read() as db:
+    with registry.database.read() as db:
         rows = {row[0]: _record(row) for row in db.execute(select(RUNS).where(RUNS.c.run_id.in_(run_ids)))}
     return [rows[i] for i in run_ids if i in rows]
 
 
-def run_kinds(registry: Registry) -> list[str]:
+def run_kinds(registry: HasDatabase) -> list[str]:
     """The model kinds and triggers present in the index (filter choices)."""
-    with registry._read() as db:
+    with registry.database.read() as db:
         return sorted(db.execute(select(RUNS.c.kind).distinct()).scalars())
 
 
-def metric_names(registry: Registry) -> list[str]:
+def metric_names(registry: HasDatabase) -> list[str]:
     """Every metric some run has (sort choices)."""
-    with registry._read() as db:
+    with registry.database.read() as db:
         return sorted(db.execute(select(RUN_METRICS.c.metric).distinct()).scalars())
 
 
-def registered_as(registry: Registry, run: RunRecord) -> list[tuple[str, int]]:
+def registered_as(registry: HasDatabase, run: RunRecord) -> list[tuple[str, int]]:
     """The versions registered from this run directory (lineage's run_dir), as (name, version)."""
-    with registry._read() as db:
+    with registry.database.read() as db:
         rows = db.execute(select(VERSIONS.c.name, VERSIONS.c.version, VERSIONS.c.lineage)
                           .where(VERSIONS.c.lineage.contains(run.run_id)))  # fmt: skip
         return [(n, v) for n, v, lin in rows if json.loads(lin).get("run_dir", "").rstrip("/") == run.path.rstrip("/")]

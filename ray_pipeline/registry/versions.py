@@ -1,114 +1,102 @@
-"""Registered versions: register a training run, open the configured registry, load a version by URI.
-
-Promotion (alias moves through gates) is registry/gates.py."""
+"""The versions table: one immutable row per registered version (MLflow's vocabulary: a registered
+model NAME, its versions 1, 2, ..., models:/ URIs), and its reads, paged for lists that grow."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ray_pipeline.config import PipelineConfig
-from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.registry.store import ModelVersion, Registry
-from ray_pipeline.train.explain import IMPORTANCE_FILE
-from ray_pipeline.train.models import load_model
-from ray_pipeline.train.predict import Predictor
-from ray_pipeline.train.rundir import load_spec, model_dir, read_run
+from sqlalchemy import Column, Connection, Integer, String, Table, Text, func, insert, select
+
+from ray_pipeline.registry.database import METADATA, HasDatabase, RegistryError
+
+URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9_.-]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_.-]+))$")
+
+VERSIONS = Table(
+    "versions", METADATA,
+    Column("name", String(255), primary_key=True), Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", String(40), nullable=False), Column("kind", String(32), nullable=False),
+    Column("path", Text, nullable=False), Column("manifest_sha256", String(64), nullable=False),
+    Column("metrics", Text, nullable=False), Column("params", Text, nullable=False),
+    Column("signature", Text, nullable=False), Column("lineage", Text, nullable=False),
+)  # fmt: skip
 
 
-def registry_db(cfg: PipelineConfig) -> str:
-    """The registry's database: `registry.db_url`, else the SQLite file at `registry.db_path`."""
-    return cfg.registry.db_url or cfg.registry.db_path
+@dataclass(frozen=True)
+class ModelVersion:
+    """One immutable registered version."""
+
+    name: str
+    version: int
+    created_at: str
+    kind: str
+    path: str
+    manifest_sha256: str
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    signature: dict[str, Any]
+    lineage: dict[str, Any]
+
+    @property
+    def uri(self) -> str:
+        """models:/NAME/VERSION."""
+        return f"models:/{self.name}/{self.version}"
 
 
-def open_registry(cfg: PipelineConfig) -> Registry:
-    """The configured registry."""
-    return Registry(registry_db(cfg), cfg.registry.artifact_root)
+def version_of(row: Any) -> ModelVersion:
+    """A versions-table row as its record."""
+    name, version, created, kind, path, sha, metrics, params, signature, lineage = tuple(row)
+    return ModelVersion(
+        name, version, created, kind, path, sha, json.loads(metrics), json.loads(params),
+        json.loads(signature), json.loads(lineage),
+    )  # fmt: skip
 
 
-def _label(spec: FeatureSpec) -> dict[str, Any] | None:
-    """The label as the signature records it (a regression's error metric; none for classes)."""
-    if spec.label is None:
-        return None
-    return spec.label.model_dump(exclude_none=True, exclude=None if spec.task == "regression" else {"metric"})
+def next_version(db: Connection, name: str) -> int:
+    """The number the next version of `name` gets (inside the registrar's transaction: gap-free)."""
+    latest = db.execute(select(func.coalesce(func.max(VERSIONS.c.version), 0)).where(VERSIONS.c.name == name))
+    return latest.scalar_one() + 1
 
 
-def register_run(registry: Registry, name: str, run_dir: str | Path, code_version: str | None = None,
-                 lineage: dict[str, Any] | None = None) -> ModelVersion:  # fmt: skip
-    """Register a training run directory (model/, feature_spec.json, metrics, params, lineage; `lineage`
-    adds what only the caller knows, e.g. that the run refits a gated recipe)."""
-    run = read_run(run_dir)
-    spec = run.spec
-    signature = {
-        "inputs": {c.name: "number" for c in spec.numeric} | {c.name: "string" for c in spec.categorical}
-        | {d.name: "timestamp" for d in spec.dates},
-        "features": spec.feature_names,
-        "task": spec.task,
-        "output": _output(spec),
-        "label": _label(spec),
-    }
-    full = {**run.lineage, **(lineage or {}), "run_dir": str(run_dir), "code_version": code_version or _code_version(),
-            "model_sha256": model_sha256(run_dir)}  # fmt: skip
-    return registry.register(name, run_dir, run.kind, run.metrics, run.params, signature, full)
+def insert_version(db: Connection, record: ModelVersion) -> None:
+    """Add `record`'s row (visible when the transaction commits)."""
+    db.execute(insert(VERSIONS).values(
+        name=record.name, version=record.version, created_at=record.created_at, kind=record.kind, path=record.path,
+        manifest_sha256=record.manifest_sha256, metrics=json.dumps(record.metrics), params=json.dumps(record.params),
+        signature=json.dumps(record.signature), lineage=json.dumps(record.lineage, default=str),
+    ))  # fmt: skip
 
 
-def _output(spec) -> str:
-    """What a score means, for people and the OpenAPI page."""
-    if spec.task == "multiclass":
-        return f"probability per class of {spec.label.classes} and the predicted class"
-    if spec.task == "regression":
-        return f"the predicted {spec.label.column}"
-    return "probability of label 1"
+def get_version(db: Connection, name: str, version: int) -> ModelVersion:
+    """One version's record, or a RegistryError naming it."""
+    row = db.execute(select(VERSIONS).where(VERSIONS.c.name == name, VERSIONS.c.version == version)).first()
+    if row is None:
+        raise RegistryError(f"models:/{name}/{version} does not exist")
+    return version_of(row)
 
 
-def model_sha256(run_dir: str | Path) -> str:
-    """Digest of a run's model files: two runs that learned the same model have the same digest."""
-    from ray_pipeline.storage import join, tree_sha256
-    from ray_pipeline.train.rundir import MODEL_DIR
-
-    return tree_sha256(join(str(run_dir), MODEL_DIR))  # join, not Path: run_dir may be a URI
-
-
-def same_model(registry: Registry, name: str, digest: str) -> ModelVersion | None:
-    """The registered version of `name` whose model has this digest, if any."""
-    return next((v for v in registry.versions(name) if v.lineage.get("model_sha256") == digest), None)
+def all_versions(registry: HasDatabase, name: str | None = None) -> list[ModelVersion]:
+    """Every version (of `name`), oldest first."""
+    query = select(VERSIONS).order_by(VERSIONS.c.name, VERSIONS.c.version)
+    if name is not None:
+        query = query.where(VERSIONS.c.name == name)
+    with registry.database.read() as db:
+        return [version_of(r) for r in db.execute(query)]
 
 
-def _code_version() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def model_names(registry: HasDatabase) -> list[str]:
+    """Registered model names."""
+    with registry.database.read() as db:
+        return sorted(db.execute(select(VERSIONS.c.name).distinct()).scalars())
 
 
-@dataclass
-class LoadedModel(Predictor):
-    """A registered version ready to predict from raw rows: `predict` applies its own FeatureSpec.
-
-    >>> champion = load(open_registry(cfg), "models:/fraud@champion")  # doctest: +SKIP
-    >>> champion.predict([{"amount": 12.5, "channel": "web"}]).probabilities  # doctest: +SKIP
-    array([0.031])
-    """
-
-    version: ModelVersion
-
-
-def importance(registry: Registry, version: ModelVersion) -> dict[str, Any] | None:
-    """The version's stored importance (train/explain.py), read from its checksummed files; None
-    for versions registered before runs wrote it."""
-    import json
-
-    path = registry.checkout(version) / IMPORTANCE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def load(registry: Registry, uri: str) -> LoadedModel:
-    """Load models:/NAME/VERSION or models:/NAME@ALIAS, verifying every file's checksum first."""
-    version = registry.resolve(uri)
-    directory = registry.checkout(version)
-    return LoadedModel(load_spec(directory), load_model(model_dir(directory)), version)
+def versions_page(registry: HasDatabase, name: str, offset: int = 0, limit: int = 50,
+                  kind: str | None = None) -> tuple[int, list[ModelVersion]]:  # fmt: skip
+    """(total, newest-first page) of `name`'s versions."""
+    where = [VERSIONS.c.name == name] + ([VERSIONS.c.kind == kind] if kind else [])
+    query = select(VERSIONS).where(*where).order_by(VERSIONS.c.version.desc()).offset(offset).limit(limit)
+    with registry.database.read() as db:
+        total = db.execute(select(func.count()).select_from(VERSIONS).where(*where)).scalar_one()
+        return total, [version_of(r) for r in db.execute(query)]

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
-from ray_pipeline.registry.versions import LoadedModel
+from ray_pipeline.registry.handoff import LoadedModel
 from ray_pipeline.train.models import logged_score
 
 EXACTLY_ONE = "give exactly one of records or entity_ids"

@@ -36,8 +36,8 @@ from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table
 from ray_pipeline.raycompat import serve_client
+from ray_pipeline.registry.handoff import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
-from ray_pipeline.registry.versions import LoadedModel, load, registry_db
 from ray_pipeline.runtime import quiet_serve_logs
 from ray_pipeline.serve.api import (
     PREDICT_RESPONSES,
@@ -368,7 +368,7 @@ class Predictor:
 
 def build_app(cfg: PipelineConfig, api_key: str | None = None):
     """The bound Serve application for `cfg`."""
-    from ray_pipeline.registry.versions import open_registry
+    from ray_pipeline.registry.handoff import open_registry
 
     s = cfg.serving
     load(open_registry(cfg), f"models:/{cfg.registry.model_name}@{s.alias}")  # fail at deploy, not in every replica

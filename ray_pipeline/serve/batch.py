@@ -21,7 +21,7 @@ from ray_pipeline.data import validate as v
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
 from ray_pipeline.errors import UserError
 from ray_pipeline.progress import bar
-from ray_pipeline.registry.versions import LoadedModel
+from ray_pipeline.registry.handoff import LoadedModel
 from ray_pipeline.storage import filesystem, reset_dir
 from ray_pipeline.train.explain import explain_rows
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ray_pipeline.errors import UserError
-from ray_pipeline.registry.versions import LoadedModel, load
+from ray_pipeline.registry.handoff import LoadedModel, load
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.traffic import current_traffic
 

@@ -1,7 +1,7 @@
 """One predict path: input rows through a model's own FeatureSpec to the task's answer.
 
 Serving, batch scoring, the retrain and the gates all score through `Predictor.predict`; a
-registered version (`registry.versions.LoadedModel`) is a Predictor with its version, and an
+registered version (`registry.handoff.LoadedModel`) is a Predictor with its version, and an
 ensemble is one model among the others here.
 """
 

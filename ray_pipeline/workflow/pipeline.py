@@ -17,7 +17,7 @@ from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import IngestResult
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.build import FeatureBuild
-from ray_pipeline.registry.store import ModelVersion
+from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.runner import TrainRun
 
@@ -87,8 +87,8 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
     """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)
     and add each run to the registry's run index (`trigger`: run, train or feedback; `init`: a model
     to warm-start from, see `train_model`)."""
+    from ray_pipeline.registry.handoff import open_registry
     from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.registry.versions import open_registry
     from ray_pipeline.train import target
     from ray_pipeline.train.data import prepare_training_set
     from ray_pipeline.train.runner import summary, train_model
@@ -136,7 +136,7 @@ def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: 
     are then checked against it, so the report shows each gate decision.
     """
     from ray_pipeline.registry.gates import PromotionRefused, headline, loss_of, promote
-    from ray_pipeline.registry.versions import open_registry, register_run
+    from ray_pipeline.registry.handoff import open_registry, register_run
 
     registry = open_registry(cfg)
     name = cfg.registry.model_name
@@ -156,8 +156,8 @@ def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: 
 def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotion, echo: Echo) -> None:
     """The champion, when this run made it, trained again on every row of the split and served in
     its place (`training.refit`; the gates judged its recipe on the held-out test split)."""
+    from ray_pipeline.registry.handoff import open_registry, register_run
     from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.registry.versions import open_registry, register_run
     from ray_pipeline.train.refit import refit
 
     held = promotion.champion
@@ -181,8 +181,8 @@ def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotio
 
 def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[HasRunDir], echo: Echo) -> list[HasRunDir]:
     """The ensemble of `runs` (`training.ensemble`), indexed, when a blend beats each alone on validation."""
+    from ray_pipeline.registry.handoff import open_registry
     from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.registry.versions import open_registry
     from ray_pipeline.train.blend import blend_runs
     from ray_pipeline.train.evaluate import render
 

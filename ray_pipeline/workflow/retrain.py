@@ -34,17 +34,18 @@ import pyarrow.compute as pc
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
+from ray_pipeline.features.build import build_features, materialize_online
 from ray_pipeline.feedback.records import write_record
 from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic, new_labels, select_rows, span
 from ray_pipeline.monitor.estimate import save_calibration
-from ray_pipeline.registry.bootstrap import identical
 from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, primary_metric, promote
+from ray_pipeline.registry.handoff import load, model_sha256, open_registry, register_run, same_model
 from ray_pipeline.registry.race import Race, row_losses
-from ray_pipeline.registry.store import ModelVersion, Registry
+from ray_pipeline.registry.significance import identical
+from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.traffic import current_traffic, set_traffic
-from ray_pipeline.registry.versions import load, model_sha256, open_registry, register_run, same_model
+from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.train import evaluate
-from ray_pipeline.features.build import build_features, materialize_online
 from ray_pipeline.train.data import iso_us, model_inputs, prepare_training_set, with_columns
 from ray_pipeline.train.predict import Predictor
 from ray_pipeline.workflow.pipeline import train_models
