@@ -170,8 +170,8 @@ def _label_text(value: LabelValue) -> str:
 
 
 class SchemaConfig(StrictModel):
-    """The columns a dataset must have: a binary label and features; an entity key, event time and
-    split column when the table has them."""
+    """The columns a dataset must have: a label (binary, multiclass or regression) and features; an
+    entity key, event time and split column when the table has them."""
 
     entity_key: str | None = Field(
         default=None, description="Entity id column; needed for feature views and online lookups."

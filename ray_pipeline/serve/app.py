@@ -252,7 +252,7 @@ class ModelRunner:
 
 
 
-api = FastAPI(title="ray-pipeline", description="Binary classification served from the model registry.")
+api = FastAPI(title="ray-pipeline", description="Binary, multiclass and regression models served from the model registry.")
 # The replica this process runs. The routes below are plain functions over it: with the app given to
 # `serve.ingress`, Serve serves a frozen copy of it taken at import, which a replica's own OpenAPI
 # document (its champion's request contract) and error handlers could not reach.
