@@ -19,11 +19,16 @@ On a Ray upgrade, re-check each function below (tests/test_raycompat.py exercise
 - `use_saved_token`: what `ray.init` does only for a cluster it finds by itself (no address): turn
   token auth on when RAY_AUTH_MODE is unset and a token is saved. With an explicit address Ray
   skips it, and a command attaching to an embedded instance (token auth on) was refused.
+- `route_raylet_messages`: the driver's error listener (`ray._private.worker.listen_error_messages`)
+  prints what the raylet pushes (e.g. "N PYTHON worker processes have been started ... 4x the
+  maximum expected startup concurrency") through the module's `print_to_stdstream`, whatever
+  `log_to_driver` says; the function is swapped for one that hands those lines elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +92,32 @@ def node_logs_dir() -> str | None:
     """Where the connected node's Ray processes write their logs (None when not connected)."""
     node = getattr(ray._private.worker.global_worker, "node", None)
     return node.get_logs_dir_path() if node is not None else None
+
+
+_printer: dict[str, Any] = {}
+
+
+def route_raylet_messages(to: Callable[[str], None] | None) -> bool:
+    """Hand each line the raylet pushes to this driver to `to` instead of printing it (None: print
+    again, as Ray does); False when Ray's printer moved and nothing was changed."""
+    import ray._private.worker as worker
+
+    original = _printer.setdefault("print", getattr(worker, "print_to_stdstream", None))
+    if original is None:
+        return False
+    if to is None:
+        worker.print_to_stdstream = original
+        return True
+
+    def routed(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+            return
+        for line in data.get("lines", []):
+            to(line)
+
+    worker.print_to_stdstream = routed
+    return True
 
 
 _warning = check_version()

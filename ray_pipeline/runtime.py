@@ -7,9 +7,10 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import ray
@@ -19,6 +20,7 @@ from ray_pipeline.raycompat import (
     DATA_PROGRESS_LOGGER,
     default_token_path,
     node_logs_dir,
+    route_raylet_messages,
     use_saved_token,
 )
 
@@ -176,6 +178,20 @@ def local_cpus() -> int:
     return max(4, os.cpu_count() or 1)
 
 
+def _raylet_log(directory: str) -> Callable[[str], None]:
+    """A writer appending each raylet message, timestamped, to `raylet_messages.log` in `directory`."""
+    path = Path(directory) / "raylet_messages.log"
+
+    def write(line: str) -> None:
+        try:
+            with path.open("a") as f:
+                f.write(f"{datetime.now(timezone.utc).isoformat()} {line.rstrip()}\n")
+        except OSError:
+            pass  # a log that cannot be written is no reason to fail a run
+
+    return write
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -219,6 +235,8 @@ def init_ray(
             )
             _owner_only(default_token_path())
     _configure_data_context(quiet)
+    if quiet:  # the raylet's notices (a burst of worker processes starting) go to Ray's logs, not the terminal
+        route_raylet_messages(_raylet_log(node_logs_dir() or tempfile.gettempdir()))
     ctx = ray.get_runtime_context()
     resources = ray.cluster_resources()
     return RayRuntime(

@@ -62,3 +62,24 @@ def test_the_default_token_path_is_under_the_users_home():
 def test_a_saved_token_is_not_used_when_the_auth_mode_is_set(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # explicit: Ray's choice stands, nothing changes
     assert raycompat.use_saved_token() is False and os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_raylet_messages_can_be_routed_off_the_terminal(capsys):
+    """The driver's error listener prints what the raylet pushes through `print_to_stdstream`; routed,
+    such a line reaches the given writer and not the terminal, other lines still print."""
+    import ray._private.worker as worker
+
+    from ray_pipeline.raycompat import route_raylet_messages
+
+    got: list[str] = []
+    assert route_raylet_messages(got.append)
+    try:
+        notice = "WARNING: 8 PYTHON worker processes have been started on node: abc"
+        worker.print_to_stdstream({"lines": [notice], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream({"lines": ["epoch 1"], "pid": 42, "is_err": False, "ip": "1.2.3.4",
+                                   "task_name": "t", "actor_name": ""}, ignore_prefix=True)  # fmt: skip
+    finally:
+        assert route_raylet_messages(None)
+    out = capsys.readouterr()
+    assert got == [notice] and "PYTHON worker processes" not in out.out + out.err
+    assert "epoch 1" in out.out + out.err
