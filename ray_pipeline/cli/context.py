@@ -72,6 +72,7 @@ def start_ray(address: str | None, verbose: bool = False, cfg: PipelineConfig | 
     same config is attached to instead of starting a second one beside it."""
     from ray_pipeline.progress import set_enabled
     from ray_pipeline.runtime import init_ray, serving_ray
+    from ray_pipeline.workflow.serving import attach_file
 
     set_enabled(not verbose)
     if not (address or os.environ.get("RAY_ADDRESS")) and cfg is not None:
@@ -79,11 +80,6 @@ def start_ray(address: str | None, verbose: bool = False, cfg: PipelineConfig | 
         if address:
             typer.echo(f"attached to the local Ray that `run --serve` started: {address}")
     return init_ray(address, quiet=not verbose)
-
-
-def attach_file(cfg: PipelineConfig) -> Path:
-    """Where `run --serve` says which local Ray it started for this config (beside the config)."""
-    return cfg.base_dir / ".ray-pipeline" / "ray.json"
 
 
 def stop_on_signals(echo: Callable[[str], object]):
@@ -141,38 +137,3 @@ def connect(config: Path, address: str | None, verbose: bool) -> Context:
     """Load the config and connect to Ray (to the local Ray `run --serve` started for it, if any)."""
     cfg = load_config(config)
     return Context(cfg, start_ray(address, verbose, cfg))
-
-
-def serve_until_stopped(cfg: PipelineConfig, wait: bool) -> None:
-    """Keep the process (and an embedded Ray with it) alive until Ctrl-C or SIGTERM, then remove the app."""
-    import signal
-    import time
-
-    from ray import serve
-
-    if not wait:
-        return
-    typer.echo("Ctrl-C (or SIGTERM) stops the endpoint")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop == Ctrl-C
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    # Graceful: replicas flush their prediction logs before the embedded Ray goes away.
-    for name in (cfg.serving.app_name, cfg.console.app_name):
-        if name in serve.status().applications:
-            serve.delete(name)
-            typer.echo(f"deleted {name}")
-
-
-def start_console(cfg: PipelineConfig) -> str | None:
-    """Deploy the web console beside the model (unless `console.enabled` is false); print and return its URL."""
-    if not cfg.console.enabled:
-        return None
-    from ray_pipeline.console.app import deploy_console
-
-    url = deploy_console(cfg)
-    access = "operator token required" if cfg.console.token_env else "read-only, this machine only (no console.token_env)"
-    typer.echo(f"console: {url}  ({access})")
-    return url

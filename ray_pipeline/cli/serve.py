@@ -13,8 +13,6 @@ from ray_pipeline.cli.context import (
     VerboseOpt,
     connect,
     friendly_errors,
-    serve_until_stopped,
-    start_console,
     start_ray,
 )
 
@@ -32,14 +30,18 @@ def serve_deploy(
     verbose: VerboseOpt = False,
 ) -> None:
     """Deploy models:/NAME@ALIAS behind the HTTP API (POST /predict, GET /healthz, /model, /docs)."""
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.workflow.serving import ServingSession
 
     ctx = connect(config, address, verbose)
     cfg, runtime = ctx.cfg, ctx.runtime
-    url = deploy(cfg, local=runtime.local)
-    typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {url}/predict (docs: {url}/docs)")
-    start_console(cfg)
-    serve_until_stopped(cfg, wait if wait is not None else runtime.local)
+    session = ServingSession(cfg, runtime, typer.echo)
+    session.start(console=False)
+    typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {session.url}/predict "
+               f"(docs: {session.url}/docs)")  # fmt: skip
+    session.start(model=False)
+    if wait if wait is not None else runtime.local:
+        session.wait()
+        session.stop()
 
 
 @app.command("status")

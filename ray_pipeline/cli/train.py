@@ -11,12 +11,9 @@ from ray_pipeline.cli.context import (
     AddressOpt,
     ConfigOpt,
     VerboseOpt,
-    attach_file,
     connect,
     friendly_errors,
     heading,
-    serve_until_stopped,
-    start_console,
     start_ray,
 )
 from ray_pipeline.config import load_config
@@ -115,19 +112,14 @@ def run(
     if champion is not None:
         typer.echo(f"models:/{cfg.registry.model_name}@{cfg.serving.alias} = {champion.uri} ({champion.kind})")
     if serve:
-        start_console(cfg)
-        wait = wait if wait is not None else runtime.local
-        if runtime.local and wait:
-            from ray_pipeline.runtime import announce_ray
+        from ray_pipeline.workflow.serving import ServingSession
 
-            with announce_ray(attach_file(cfg), runtime.address):
-                typer.echo(f"Ray: {runtime.address} (local, started by this command); `monitor`, `retrain`, "
-                           f"`predict` and `serve` with this config attach to it while it serves "
-                           f"(or pass --address {runtime.address})")  # fmt: skip
-                serve_until_stopped(cfg, wait)
+        session = ServingSession(cfg, runtime, typer.echo).start(url=done.url)
+        if wait if wait is not None else runtime.local:
+            session.wait()
+            session.stop()
         else:
             typer.echo(f"Ray: {runtime.address}")
-            serve_until_stopped(cfg, wait)
 
 
 @app.command()

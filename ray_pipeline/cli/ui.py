@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, connect, friendly_errors, start_console
+from ray_pipeline.cli.context import AddressOpt, ConfigOpt, VerboseOpt, connect, friendly_errors
 
 app = typer.Typer()
 
@@ -22,22 +22,10 @@ def ui(
     verbose: VerboseOpt = False,
 ) -> None:
     """Start the web console (pipeline map, runs, models, serving, monitoring, data) on Ray Serve."""
-    import signal
-    import time
-
-    from ray import serve
+    from ray_pipeline.workflow.serving import ServingSession
 
     ctx = connect(config, address, verbose)
-    cfg = ctx.cfg
-    cfg.console.enabled = True  # asked for by name
-    start_console(cfg)
-    if not (wait if wait is not None else ctx.runtime.local):
-        return
-    typer.echo("Ctrl-C (or SIGTERM) stops the console")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    serve.delete(cfg.console.app_name)
+    session = ServingSession(ctx.cfg, ctx.runtime, typer.echo).start(model=False, console=True)  # asked for by name
+    if wait if wait is not None else ctx.runtime.local:
+        session.wait()
+        session.stop()

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from ray_pipeline.config import PipelineConfig, SyntheticConfig
 from ray_pipeline.runtime import RayRuntime
+from ray_pipeline.workflow.serving import ServingSession
 
 Echo = Callable[[str], None]
 STEPS = 9
@@ -27,7 +28,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     heading(f"[2/{STEPS}] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}")
     stages = Stages(STEPS, echo, heading, first=3)
     done = run_pipeline(cfg, serve=True, local=runtime.local, echo=echo, stages=stages)
-    console = _start_console(cfg, echo)
+    session = ServingSession(cfg, runtime, echo).start(url=done.url)
     heading("what the demo can check that real data cannot: ground truth, online lookups")
     _show_ground_truth(cfg, spec, done.ingest.accepted_path, echo)
     _show_predictions(cfg, done.url, echo)
@@ -45,21 +46,10 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     if loop.false_alarms:
         echo(f"alerts before the drift (false alarms): {', '.join(loop.false_alarms)}")
     echo(f"monitoring table, reports and alerts: {cfg.monitoring.root}")
-    if console:
-        echo(f"console: {console} (up while the endpoint is up)")
+    if session.console_url:
+        echo(f"console: {session.console_url} (up while the endpoint is up)")
     echo("the demo stops the endpoint and the console on exit; `ray-pipeline serve deploy` keeps them up")
-    _stop_serving(cfg, runtime)
-
-
-def _start_console(cfg: PipelineConfig, echo: Echo) -> str | None:
-    """The web console beside the endpoint, for the rest of the demo."""
-    if not cfg.console.enabled:
-        return None
-    from ray_pipeline.console.app import deploy_console
-
-    url = deploy_console(cfg)
-    echo(f"console: {url} (pipeline map, runs, models, serving, monitoring, data)")
-    return url
+    session.stop(release=True)
 
 
 def _show_ground_truth(cfg: PipelineConfig, spec: SyntheticConfig, accepted: str, echo: Echo) -> None:
@@ -99,19 +89,3 @@ def _show_predictions(cfg: PipelineConfig, url: str, echo: Echo) -> None:
     for body in ({"records": records}, {"entity_ids": [1, 2, 10**9]}):
         status, answer = http_json(url + "/predict", body)
         echo(f"POST {url}/predict {json.dumps(body, default=str)[:100]}...\n  -> {status} {json.dumps(answer)}")
-
-
-def _stop_serving(cfg: PipelineConfig, runtime: RayRuntime) -> None:
-    """Stop what the demo deployed, and only that."""
-    from ray import serve
-
-    from ray_pipeline.runtime import shutdown_ray
-
-    if runtime.started:
-        shutdown_ray()  # the demo's own Ray: Serve goes with it (serve.shutdown would print Ray's retry warning)
-    elif runtime.local:
-        serve.shutdown()  # an embedded Ray someone else started: free the port for a later deploy
-    else:
-        for name in (cfg.serving.app_name, cfg.console.app_name):  # a shared cluster: remove only the demo's applications
-            if name in serve.status().applications:
-                serve.delete(name)
