@@ -211,7 +211,7 @@ def main() -> None:
     from ray import serve
 
     from ray_pipeline.runtime import init_ray
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
 
     init_ray()
     serve_port = free_port()

@@ -30,7 +30,7 @@ def test_every_api_example_runs_as_a_doctest(ray_session, tmp_path, monkeypatch)
     real_init = api.init
 
     def init_on_a_free_port(*args, **kwargs):  # the session's Serve may hold the default port
-        cfg = real_init(*args, **kwargs)
+        real_init(*args, **kwargs)
         path = kwargs.get("out", "pipeline.yaml")
         body = yaml.safe_load(open(path))
         body["serving"].update(port=port, app_name="api-doctest", route_prefix="/api-doctest")

@@ -82,7 +82,7 @@ def _monitor(cfg):
 
 
 def _deploy(cfg):
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
 
     return deploy(cfg)
 

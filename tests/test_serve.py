@@ -32,7 +32,7 @@ RECORD = {"amount": 3.0, "channel": "pos"}
 def served(ray_session, tmp_path_factory, monkeypatch_module):
     from ray import serve
 
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
 
     tmp = tmp_path_factory.mktemp("serve")
     cfg = serve_config(tmp, "test-app", max_records_per_request=50, api_key_env="RP_TEST_KEY")
@@ -278,7 +278,7 @@ def test_local_deploy_onto_a_running_serve_skips_the_port_check(served):
 
     from ray import serve
 
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
 
     port = urlparse(served["url"]).port
     cfg = serve_config(served["tmp"], "second-app", port=port, prediction_log=str(served["tmp"] / "predlog-2"))
@@ -294,7 +294,7 @@ def test_prediction_log_keeps_every_scored_record(ray_session, tmp_path, monkeyp
     """Its own app and registry: every answered record is in the log once, refusals too."""
     from ray import serve
 
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
 
     cfg = serve_config(tmp_path, "log-app", max_records_per_request=50, api_key_env="RP_TEST_KEY")
     registry = two_version_registry(tmp_path)
@@ -356,7 +356,7 @@ def test_generated_serve_config_is_valid_and_strict(tmp_path):
 def test_a_taken_port_is_named_before_serve_tries_it(tmp_path):
     import socket
 
-    from ray_pipeline.serve.app import check_port_free
+    from ray_pipeline.serve.deploy import check_port_free
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ def deployed(ray_session, tmp_path):
     """Deploys apps built from serve_config overrides; deletes them after the test."""
     from ray import serve
 
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
 
     names: list[str] = []
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ray_pipeline.serve import app as serve_app
+from ray_pipeline.serve import replica
 from ray_pipeline.serve.api import ScoreRequest
-from ray_pipeline.serve.app import ModelRunner, ServingSettings
+from ray_pipeline.serve.replica import ModelRunner, ServingSettings
 from ray_pipeline.serve.predlog import read_log
 from ray_pipeline.serve.variants import CHALLENGER, ModelSet
 from ray_pipeline.train.rundir import model_dir
@@ -77,7 +77,7 @@ def test_a_failing_canary_is_answered_by_the_champion(ray_session, tmp_path):
 
 
 def test_shadow_backlog_is_bounded_and_drained_on_close(ray_session, tmp_path, monkeypatch):
-    monkeypatch.setattr(serve_app, "MAX_SHADOW_BATCHES", 3)
+    monkeypatch.setattr(replica, "MAX_SHADOW_BATCHES", 3)
     registry = two_version_registry(tmp_path)
     registry.set_alias("fraud", "challenger", 2)
     runner = ModelRunner(_settings(tmp_path, "shadow"))

@@ -64,7 +64,7 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
     from ray_pipeline.features.build import build_features
     from ray_pipeline.monitor.labels import ingest_labels
     from ray_pipeline.registry.handoff import open_registry, register_run
-    from ray_pipeline.serve.app import deploy
+    from ray_pipeline.serve.deploy import deploy
     from ray_pipeline.train.runner import train_model
     from ray_pipeline.workflow.loop import Loop
 

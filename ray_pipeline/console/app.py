@@ -343,7 +343,7 @@ def deploy_console(cfg: PipelineConfig) -> str:
     """Start (or update) the console beside the model on the connected Ray's Serve; returns its URL.
     Serve must already run (serve.start with the serving HTTP options)."""
     from ray_pipeline.raycompat import serve_client
-    from ray_pipeline.serve.app import wait_until_routed
+    from ray_pipeline.serve.deploy import wait_until_routed
 
     c, s = cfg.console, cfg.serving
     serve.start(http_options={"host": s.host, "port": s.port})

@@ -3,7 +3,8 @@
 import os
 
 from ray_pipeline.config import PipelineConfig, load_config
-from ray_pipeline.serve.app import DEPLOYMENT, autoscaling_config, build_app
+from ray_pipeline.serve.app import DEPLOYMENT
+from ray_pipeline.serve.deploy import autoscaling_config, build_app
 
 
 def build(args: dict):

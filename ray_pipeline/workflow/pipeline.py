@@ -297,7 +297,7 @@ def run_pipeline(
 
     url = None
     if serve:
-        from ray_pipeline.serve.app import deploy
+        from ray_pipeline.serve.deploy import deploy
 
         with stages.stage("serve", f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} on Ray Serve"):
             if promotion.champion is None:

@@ -15,7 +15,7 @@ from ray import serve
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.console.app import deploy_console
 from ray_pipeline.runtime import RayRuntime, announce_ray, shutdown_ray
-from ray_pipeline.serve.app import deploy
+from ray_pipeline.serve.deploy import deploy
 
 Echo = Callable[[str], None]
 

@@ -1,0 +1,238 @@
+"""One replica's state: the served versions (champion, challenger) kept current by a background
+alias watcher, the batched scoring through each version's own predict path, shadow scoring after
+the answer, the metrics and the prediction log. `ModelRunner` is what serve/app.py's routes score
+with; nothing here knows about HTTP."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_pipeline.config import PipelineConfig
+from ray_pipeline.features.transform import records_table
+from ray_pipeline.registry.handoff import LoadedModel, registry_db
+from ray_pipeline.registry.store import Registry
+from ray_pipeline.serve.api import ScoreRequest, Scored, logged_scores
+from ray_pipeline.serve.metrics import ServeMetrics
+from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
+from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
+from ray_pipeline.storage import read_text
+from ray_pipeline.train.explain import explain_rows
+
+MAX_SHADOW_BATCHES = 64  # beyond this backlog, shadow scoring skips batches (counted in rp_shadow_dropped)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """What a replica needs, resolved from the pipeline config on the driver (paths absolute)."""
+
+    db_path: str
+    artifact_root: str
+    model_name: str
+    alias: str
+    prediction_log: str
+    traffic_mode: str = "off"
+    challenger_alias: str = "challenger"
+    canary_share: float = 0.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    reload_poll_s: float = 2.0
+    log_flush_rows: int = 1000
+    log_flush_s: float = 5.0
+    alerts_file: str | None = None
+    api_key: str | None = None
+    max_records: int = 1000
+    explain_method: str = "treeshap"
+    views: dict[str, tuple[list[str], int | None]] = field(default_factory=dict)  # view -> (features, TTL)
+    store: Any = None  # the online store (features/online.py), when views are configured
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, api_key: str | None = None) -> "ServingSettings":
+        """The settings of `cfg`'s serving section (opens the online store when views exist)."""
+        from ray_pipeline.features.build import online_store
+
+        s, t, r = cfg.serving, cfg.serving.traffic, cfg.registry
+        views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}
+        return cls(
+            db_path=registry_db(cfg), artifact_root=r.artifact_root, model_name=r.model_name,
+            alias=s.alias, prediction_log=s.prediction_log, traffic_mode=t.mode,
+            challenger_alias=t.challenger_alias, canary_share=t.canary_share, max_batch_size=s.max_batch_size,
+            batch_wait_timeout_s=s.batch_wait_timeout_s, reload_poll_s=s.reload_poll_s,
+            log_flush_rows=s.log_flush_rows, log_flush_s=s.log_flush_s,
+            alerts_file=cfg.monitoring.active_alerts, api_key=api_key,
+            max_records=s.max_records_per_request, explain_method=s.explain_method, views=views, store=online_store(cfg) if views else None,
+        )  # fmt: skip
+
+
+class ModelRunner:
+    """Replica state shared by the HTTP routes: models, metrics, prediction log, alias watcher."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.metrics = ServeMetrics()
+        self.models = ModelSet(
+            Registry(settings.db_path, settings.artifact_root),
+            settings.model_name,
+            settings.alias,
+            mode=settings.traffic_mode,
+            challenger_alias=settings.challenger_alias,
+            canary_share=settings.canary_share,
+            on_load=self.metrics.loaded,
+        )
+        self.log = PredictionLog(settings.prediction_log, settings.log_flush_rows, settings.log_flush_s)
+        # Shadow scoring runs here, after the caller's answer is on its way; one thread keeps it ordered.
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        # Batches submitted and not finished: bounded, so a slow challenger cannot pile work up.
+        self._shadow_slots = threading.BoundedSemaphore(MAX_SHADOW_BATCHES)
+        self._stop = threading.Event()
+        self.alerts: list[dict[str, Any]] = []  # active monitoring alerts, written by `ray-pipeline monitor`
+        self._read_alerts()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.reload_poll_s):
+            self._read_alerts()
+            try:
+                for change in self.models.refresh():
+                    print(f"models:/{self.settings.model_name} {change}")
+            except Exception as exc:  # keep serving what is loaded; report and retry next poll
+                print(f"reload of models:/{self.settings.model_name} failed, still serving: {exc}")
+
+    def score(self, requests: list[ScoreRequest]) -> list[Scored]:
+        """Score a batch of requests, one vectorized call per version; schedules shadow scoring.
+
+        Each request names the variant and the version it was validated against (`pick`); that
+        version scores it, even when an alias moved while it waited for the batch.
+        """
+        out: list[Scored | None] = [None] * len(requests)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault((req.variant, id(req.model)), []).append(i)
+        for (variant, _), idxs in groups.items():
+            try:
+                self._answer(requests[idxs[0]].model, variant, idxs, requests, out)
+            except Exception as exc:
+                if variant != CHALLENGER:
+                    raise
+                # a failing canary must not fail callers: the champion answers instead
+                print(f"challenger failed, champion answers this batch: {exc!r}")
+                self.metrics.challenger_errors.inc(1)
+                self._answer(self.models.pick_champion(), CHAMPION, idxs, requests, out)
+        shadow = self.models.shadow()
+        if shadow is not None:
+            if self._shadow_slots.acquire(blocking=False):
+                self._shadow_pool.submit(self._shadow, shadow, requests)
+            else:
+                self.metrics.shadow_dropped.inc(sum(len(r.records) for r in requests))
+        return out  # type: ignore[return-value]
+
+    def _answer(self, model: LoadedModel, variant: str, idxs: list[int], requests: list[ScoreRequest],
+                out: list[Scored | None]) -> None:  # fmt: skip
+        chunks, timing = self._score_with(model, variant, [requests[i] for i in idxs])
+        for i, (probs, inputs, X) in zip(idxs, chunks):
+            # only for the requests that asked: explaining costs nothing otherwise
+            asked = requests[i].explain and X is not None and len(X)
+            why = explain_rows(model.model, model.spec, X, requests[i].explain, self.settings.explain_method) \
+                if asked else None  # fmt: skip
+            out[i] = Scored(probs, inputs, model.version.name, model.version.version, variant, **timing,
+                            explanations=why)  # fmt: skip
+
+    def _shadow(self, model: LoadedModel, requests: list[ScoreRequest]) -> None:
+        try:
+            chunks, timing = self._score_with(model, SHADOW, requests)
+            now = datetime.now(timezone.utc)
+            for req, (probs, inputs, _) in zip(requests, chunks):
+                v = model.version
+                self.log.append_table(log_rows(req, probs, inputs, v.name, v.version, SHADOW, timing, now))
+        except Exception as exc:  # the caller was answered already; report and carry on
+            print(f"shadow scoring with v{model.version.version} failed: {exc!r}")
+            self.metrics.challenger_errors.inc(1)
+        finally:
+            self._shadow_slots.release()
+
+    def _score_with(
+        self, model: LoadedModel, variant: str, requests: list[ScoreRequest]
+    ) -> tuple[list[tuple[list[float], pa.Table, np.ndarray | None]], dict[str, float]]:
+        """Per request its outputs, typed inputs and feature matrix; the batch's transform and inference times."""
+        records = [r for req in requests for r in req.records]
+        started = time.perf_counter()
+        inputs = records_table(records, model.spec)
+        typed_ms = (time.perf_counter() - started) * 1e3
+        times = None
+        if model.spec.time_parts:  # each record's event time (one sent without: the time it is scored)
+            now = datetime.now(timezone.utc)
+            times = [t or now for req in requests for t in (req.event_ts or [None] * len(req.records))]
+        pred = model.predict(inputs, times)
+        probs = pred.outputs.tolist()
+        timing = {**pred.timing, "transform_ms": pred.timing["transform_ms"] + typed_ms}
+        self.metrics.scored(model.version.version, variant, pred.logged().tolist())
+        if variant != SHADOW:  # the same records were already counted for the answering variant
+            self.metrics.missing_values(records, model.spec.input_columns)
+        chunks, i = [], 0
+        for req in requests:
+            n = len(req.records)
+            chunks.append((probs[i : i + n], inputs.slice(i, n), pred.features[i : i + n]))
+            i += n
+        return chunks, timing
+
+    def record(self, req: ScoreRequest, result: Scored, timing: dict[str, float | None]) -> None:
+        """Log an answered request's scored rows with its latency per stage (the table is built by
+        the log's flusher, not on the request path)."""
+        at = datetime.now(timezone.utc)
+
+        def build() -> pa.Table:
+            inputs = set(result.inputs.column_names)
+            extra = [extra_fields(r, inputs) for r in req.records]
+            return log_rows(req, result.outputs, result.inputs, result.model, result.version, result.variant,
+                            timing, at, extra)  # fmt: skip
+
+        self.log.append_table(build, len(result.outputs))
+
+    def refused(self, status: int, detail: str) -> None:
+        """Log and count a request the API refused (monitoring reports them per status)."""
+        self.metrics.refused.inc(1, tags={"status": str(status)})
+        base = {"request_id": [new_request_id()], "row": [0], "model_name": [self.settings.model_name],
+                "variant": [REFUSED], "http_status": [status], "extra": [detail[:2000]]}  # fmt: skip
+        self.log.append_table(rows_table(base, None, datetime.now(timezone.utc)))
+
+    def _read_alerts(self) -> None:
+        path = self.settings.alerts_file
+        if not path:
+            return
+        try:
+            text = read_text(path)
+            self.alerts = json.loads(text) if text else []
+        except (OSError, ValueError) as exc:  # a half-written or unreadable file: keep the last good list
+            print(f"cannot read active alerts {path}: {exc}")
+
+    def close(self) -> None:
+        """Stop watching, finish shadow work, write what the log buffered."""
+        self._stop.set()
+        self._shadow_pool.shutdown(wait=True)
+        self.log.close()
+
+
+def log_rows(req: ScoreRequest, probs: list[float], inputs: pa.Table, name: str, version: int, variant: str,
+             timing: dict[str, float | None], at: datetime, extra: list[str | None] | None = None) -> pa.Table:  # fmt: skip
+    """Prediction-log rows of one scored request (only its records that were scored)."""
+    n = len(probs)
+    base = {"request_id": [req.request_id] * n, "row": req.rows if req.rows is not None else list(range(n)),
+            "entity": req.entities, "event_ts": req.event_ts or [None] * n,
+            "score": logged_scores(req.model.spec, probs), "model_name": [name] * n,
+            "model_version": [version] * n, "variant": [variant] * n, "http_status": [200] * n,
+            "extra": extra or [None] * n}  # fmt: skip
+    for stage in STAGES:
+        base[f"latency_{stage}_ms"] = [timing.get(f"{stage}_ms")] * n
+    return rows_table(base, inputs, at)
+
+
+def extra_fields(record: dict[str, Any], inputs: set[str]) -> str | None:
+    """A record's fields that are not typed input columns, as JSON for the log's `extra` (or None)."""
+    rest = {k: v for k, v in record.items() if k not in inputs}
+    return json.dumps(rest, default=str) if rest else None
