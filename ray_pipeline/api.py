@@ -27,9 +27,10 @@ from ray_pipeline.runtime import init_ray
 from ray_pipeline.serve import deploy as serving
 from ray_pipeline.train.predict import Prediction
 from ray_pipeline.train.runner import TrainRun
-from ray_pipeline.workflow import pipeline, retrain as feedback
+from ray_pipeline.workflow import pipeline, promotion, retrain as feedback
 from ray_pipeline.workflow.loop import Loop
-from ray_pipeline.workflow.pipeline import PipelineRun, Promotion
+from ray_pipeline.workflow.pipeline import PipelineRun
+from ray_pipeline.workflow.promotion import Promotion
 
 
 __all__ = ray_pipeline.__all__  # the package exports these names from here, on first use
@@ -105,7 +106,7 @@ def register_and_promote(config: Config, runs: Sequence[Any], alias: str = "cham
     >>> promotion.champion is not None
     True
     """
-    return pipeline.register_and_promote(load_config(config), runs, alias)
+    return promotion.register_and_promote(load_config(config), runs, alias)
 
 
 def deploy(config: Config) -> str:

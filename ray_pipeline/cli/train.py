@@ -35,7 +35,8 @@ def train(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a model on the feature store's training set with Ray Train; print the evaluation."""
-    from ray_pipeline.workflow.pipeline import check_models, register_and_promote, train_models
+    from ray_pipeline.workflow.pipeline import check_models, train_models
+    from ray_pipeline.workflow.promotion import register_and_promote
 
     cfg = connect(config, address, verbose).cfg
     [run] = train_models(cfg, check_models([model]), workers=workers, echo=typer.echo)

@@ -11,27 +11,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import IngestResult
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.build import FeatureBuild
-from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.runner import TrainRun
+from ray_pipeline.workflow.promotion import HasRunDir, Promotion, register_and_promote
+from ray_pipeline.workflow.search import SearchedRun, budget_share, budgeted, keep_best, not_registered, render_search
 
 MODEL_KINDS = ("logreg", "xgboost")
 Echo = Callable[[str], None]
-
-
-@dataclass
-class Promotion:
-    """What registering and promoting a set of runs did."""
-
-    versions: list[ModelVersion]
-    champion: ModelVersion | None
-    lines: list[str]
 
 
 @dataclass
@@ -123,36 +115,6 @@ def _kept_target(cfg: PipelineConfig, kind: str, prepared: Prepared, tried: list
     return scored[0][2]
 
 
-class HasRunDir(Protocol):
-    """A finished training run, as registration needs it: its directory."""
-
-    run_dir: str
-
-
-def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: str = "champion") -> Promotion:
-    """Register every run (a TrainRun, or a search's best trial), then offer them to `alias` best test log-loss first, through the gates.
-
-    The best run becomes the holder if it beats the current one (or there is none); the others
-    are then checked against it, so the report shows each gate decision.
-    """
-    from ray_pipeline.registry.gates import PromotionRefused, headline, loss_of, promote
-    from ray_pipeline.registry.handoff import open_registry, register_run
-
-    registry = open_registry(cfg)
-    name = cfg.registry.model_name
-    versions = [register_run(registry, name, run.run_dir) for run in runs]
-    lines = [headline(v) for v in versions]
-    for v in sorted(versions, key=lambda v: v.metrics.get(loss_of(v), float("inf"))):
-        try:
-            change, report = promote(registry, name, v.version, alias, cfg.registry.gates)
-            lines += [report, f"@{alias}: {change.from_version} -> {change.to_version}"]
-        except PromotionRefused as refused:
-            lines.append(str(refused))
-    holder = registry.aliases(name).get(alias)
-    champion = registry.get(name, holder) if holder is not None else None
-    return Promotion(versions, champion, lines)
-
-
 def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotion, echo: Echo) -> None:
     """The champion, when this run made it, trained again on every row of the split and served in
     its place (`training.refit`; the gates judged its recipe on the held-out test split)."""
@@ -203,14 +165,6 @@ def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
     """A search per model kind on one prepared split: the best trials' runs to register, and a
     line for each best trial that is a registered model again."""
     from ray_pipeline.train.search import run_search
-    from ray_pipeline.workflow.search import (
-        SearchedRun,
-        budget_share,
-        budgeted,
-        keep_best,
-        not_registered,
-        render_search,
-    )
 
     runs: list[HasRunDir] = []
     repeated = []

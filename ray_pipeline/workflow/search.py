@@ -14,7 +14,7 @@ from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.storage import join, write_bytes
 from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.search import SEARCH_FILE, SearchResult
-from ray_pipeline.workflow.pipeline import Promotion, register_and_promote
+from ray_pipeline.workflow.promotion import Promotion, register_and_promote
 
 
 @dataclass
