@@ -32,7 +32,7 @@ def _prepared(rows: int, task: str, workdir: Path):
     import ray.data
 
     from ray_pipeline.config import SyntheticConfig, parse_config
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
     from ray_pipeline.train.data import prepare
 
     body = demo_config_body(workdir)

@@ -227,7 +227,7 @@ def main() -> None:
 
     os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
     from ray_pipeline.config import SyntheticConfig
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.runtime import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-features-"))

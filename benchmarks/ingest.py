@@ -82,7 +82,7 @@ def main() -> None:
 
     os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.runtime import init_ray
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))

@@ -110,7 +110,7 @@ def _run_on(nodes: int, raw: Path, workdir: Path) -> dict[str, float]:
 def main() -> None:
     """Both cluster sizes, one after the other, on the same generated rows."""
     from ray_pipeline.config import SyntheticConfig
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.runtime import init_ray, shutdown_ray
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

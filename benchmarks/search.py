@@ -39,7 +39,7 @@ def main() -> None:
     import ray.data
 
     from ray_pipeline.config import SyntheticConfig, parse_config
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
     from ray_pipeline.runtime import init_ray
     from ray_pipeline.train.data import prepare
     from ray_pipeline.train.search import run_search

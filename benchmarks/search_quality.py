@@ -42,7 +42,7 @@ def main() -> None:
 
     from ray_pipeline.config import load_config
     from ray_pipeline.config.training import ParamRange
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.runtime import init_ray
     from ray_pipeline.train.rundir import read_run
     from ray_pipeline.train.search import run_search

@@ -64,7 +64,7 @@ def demo_xgboost(root: Path) -> dict:
     import xgboost
 
     from ray_pipeline.config import load_config
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
     from ray_pipeline.features.fit import feature_columns, merge_partials, partial_stats
     from ray_pipeline.features.transform import transform_table
     from ray_pipeline.train.models import XGBoostModel

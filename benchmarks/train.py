@@ -39,7 +39,7 @@ def _config(workdir: Path):
 def _prepared(cfg, rows: int, seed: int):
     from ray_pipeline.config import SyntheticConfig
     from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.train.data import prepare
 
     out = tempfile.mkdtemp(prefix="bench-train-raw-")

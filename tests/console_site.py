@@ -30,7 +30,7 @@ def site_config(tmp: Path, epochs: int) -> PipelineConfig:
 def build_site(tmp: Path) -> dict[str, Any]:
     """Everything the console pages show, on the session's Ray; returns the config and URLs."""
     from ray_pipeline.console.app import deploy_console
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.monitor.job import Monitor
     from ray_pipeline.registry.handoff import open_registry, register_run
     from ray_pipeline.workflow.pipeline import run_pipeline, train_models

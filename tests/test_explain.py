@@ -36,7 +36,7 @@ def generated(ray_session, tmp_path_factory):
     import ray.data
 
     from ray_pipeline.config import SyntheticConfig
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
     from ray_pipeline.train.data import prepare
 
     frame = generate_chunk(SyntheticConfig(rows=30_000, chunk_rows=30_000, seed=8), 0).to_pandas()

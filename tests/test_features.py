@@ -215,7 +215,7 @@ def test_ray_data_transform_equals_records(ray_session, train, test, features):
 
 def _demo_frame(rows: int = 30_000) -> pd.DataFrame:
     from ray_pipeline.config import SyntheticConfig
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
 
     spec = SyntheticConfig(rows=rows, chunk_rows=rows, seed=9)
     return generate_chunk(spec, 0).to_pandas()

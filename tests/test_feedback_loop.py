@@ -45,7 +45,7 @@ CONCEPT = {"start": "2024-02-04T00:00:00Z", "concept_drift": {"intercept": -1.6}
 def base(ray_session, tmp_path_factory):
     """20k pre-drift rows ingested, features built, a logistic model trained once."""
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.features.build import build_features
     from ray_pipeline.train.runner import train_model
 

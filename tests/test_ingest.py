@@ -13,7 +13,7 @@ import pytest
 from ray_pipeline.config import PipelineConfig, SyntheticConfig, parse_config
 from ray_pipeline.data.ingest import ingest
 from ray_pipeline.data.sources import IngestError
-from ray_pipeline.data.synthetic import generate, generate_chunk
+from ray_pipeline.synthetic.transactions import generate, generate_chunk
 
 HEADER = "rid,user_id,ts,y,amount,count,color,city"
 # rid -> (CSV line after rid, expected reason, expected field); reason None means accepted.

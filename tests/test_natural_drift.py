@@ -1,5 +1,5 @@
 """The loop on natural drift (issue: the loop on real data). A year of subscriber records
-(`data/seasonal.py`: a calendar input, a seasonal input, gradual concept drift, a two-period
+(`synthetic/seasonal.py`: a calendar input, a seasonal input, gradual concept drift, a two-period
 campaign that shifts the plan mix and ends); the first six periods train the base model, later ones
 are served one period per monitoring window through the registry's @champion into the real
 prediction log, with one window without traffic. Labels arrive by entity and event time after each
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from ray_pipeline.config import parse_config
-from ray_pipeline.data.seasonal import FEATURES, seasonal_period
+from ray_pipeline.synthetic.seasonal import FEATURES, seasonal_period
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ray_pipeline.config import SyntheticConfig
-from ray_pipeline.data import synthetic as syn
+from ray_pipeline.synthetic import transactions as syn
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DRIFT_AT = datetime(2024, 2, 15, tzinfo=timezone.utc)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ray_pipeline.config import SyntheticConfig
-from ray_pipeline.data import synthetic as syn
+from ray_pipeline.synthetic import transactions as syn
 
 from .loop_helpers import INPUTS, loop_config, next_window, send_windows, traffic, wait_for_version, write_labels
 
@@ -60,7 +60,7 @@ def test_drift_alert_retrain_promote_and_serve_per_task(ray_session, tmp_path, t
     from ray import serve
 
     from ray_pipeline.data.ingest import ingest
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.features.build import build_features
     from ray_pipeline.monitor.labels import ingest_labels
     from ray_pipeline.registry.handoff import open_registry, register_run

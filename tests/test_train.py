@@ -287,7 +287,7 @@ def test_close_to_sklearn_on_demo_features(ray_session, tmp_path, demo_config_di
     from sklearn.metrics import log_loss
 
     from ray_pipeline.config import SyntheticConfig
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
     from ray_pipeline.train.data import prepare
 
     frame = generate_chunk(SyntheticConfig(rows=30_000, chunk_rows=30_000, seed=4), 0).to_pandas()
@@ -322,7 +322,7 @@ def test_xgboost_on_two_workers_beats_linear_on_interactions(ray_session, tmp_pa
     from sklearn.metrics import roc_auc_score
 
     from ray_pipeline.config import SyntheticConfig
-    from ray_pipeline.data.synthetic import generate_chunk
+    from ray_pipeline.synthetic.transactions import generate_chunk
     from ray_pipeline.train.data import prepare
 
     frame = generate_chunk(SyntheticConfig(rows=40_000, chunk_rows=40_000, seed=6), 0).to_pandas()

@@ -64,7 +64,7 @@ def generate(
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate synthetic transactions with a known ground truth (p_true, or y_true) in parallel."""
-    from ray_pipeline.data.synthetic import generate as run_generate
+    from ray_pipeline.synthetic.transactions import generate as run_generate
 
     cfg = load_config(config) if config else None
     drift: dict[str, object] = {}

@@ -141,7 +141,7 @@ def predict(
 ) -> None:
     """Score a file or directory in batch with Ray Data and a registered model (its own FeatureSpec)."""
     from ray_pipeline.registry.handoff import load, open_registry
-    from ray_pipeline.serve.batch import score_files
+    from ray_pipeline.workflow.scoring import score_files
 
     cfg = load_config(config)
     uri = model or f"models:/{cfg.registry.model_name}@{cfg.serving.alias}"

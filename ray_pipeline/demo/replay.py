@@ -17,7 +17,7 @@ from ray_pipeline.serve.client import http_json
 
 def generated_events(spec: SyntheticConfig) -> pa.Table:
     """The generator's rows for `spec` (in-process, every chunk), in event-time order."""
-    from ray_pipeline.data.synthetic import generate_chunk, num_chunks
+    from ray_pipeline.synthetic.transactions import generate_chunk, num_chunks
 
     table = pa.concat_tables([generate_chunk(spec, c) for c in range(num_chunks(spec))])
     return table.sort_by("event_ts")

@@ -20,7 +20,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
              window_s: float = 10.0, per_window: int = 6000) -> None:  # fmt: skip
     """Steps 2-9 of the demo; step 1 (Ray) is the caller's. `window_s`, `per_window`: the loop's
     monitoring windows and the records replayed in each."""
-    from ray_pipeline.data.synthetic import generate
+    from ray_pipeline.synthetic.transactions import generate
     from ray_pipeline.workflow.pipeline import Stages, run_pipeline
 
     raw = cfg.data.source.path
@@ -54,7 +54,7 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
 
 def _show_ground_truth(cfg: PipelineConfig, spec: SyntheticConfig, accepted: str, echo: Echo) -> None:
     """The Bayes-optimal floor, and online-store lookups for two known entities and an unknown one."""
-    from ray_pipeline.data.summary import ground_truth_summary
+    from ray_pipeline.synthetic.truth import ground_truth_summary
     from ray_pipeline.features.build import online_store
 
     echo(ground_truth_summary(accepted, cfg.data.schema_.label).render())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ray_pipeline.data.synthetic import bayes_log_loss
+from ray_pipeline.synthetic.transactions import bayes_log_loss
 
 
 @dataclass(frozen=True)
