@@ -52,11 +52,11 @@ def load_config(config: Config) -> PipelineConfig:
 
 def init(data: str, label: str, out: str | Path = "pipeline.yaml", positive: list[str] | None = None,
          threshold: float | None = None, task: str | None = None, exclude: list[str] | None = None,
-         overwrite: bool = True) -> PipelineConfig:  # fmt: skip
+         overwrite: bool = False) -> PipelineConfig:  # fmt: skip
     """Infer a commented pipeline.yaml from a sample of `data` (as `ray-pipeline init`), write it to `out`
-    and return it loaded.
+    (an existing file only with `overwrite`) and return it loaded.
 
-    >>> cfg = rp.init("churn.csv", label="Churn", positive=["Yes"], out="pipeline.yaml")
+    >>> cfg = rp.init("churn.csv", label="Churn", positive=["Yes"], out="pipeline.yaml", overwrite=True)
     >>> cfg.data.schema_.label_mapping.task, cfg.data.schema_.entity_key
     ('binary', 'customerID')
     """

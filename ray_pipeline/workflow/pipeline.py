@@ -1,8 +1,8 @@
 """The whole pipeline as one call: ingest, features, train each model, register, promote, serve.
 
 `ray-pipeline run`, the demo and the notebook go through `run_pipeline`; `ray-pipeline train` and a
-feedback retrain (workflow/retrain.py) through its steps (`train_models`, `register_and_promote`),
-so what a user runs on their own table is what the demo shows.
+feedback retrain (workflow/retrain.py) through its steps (`train_models` here, `register_and_promote`
+in workflow/promotion.py), so what a user runs on their own table is what the demo shows.
 """
 
 from __future__ import annotations
