@@ -126,9 +126,10 @@ def feature_columns(schema: SchemaConfig, features: FeaturesConfig) -> tuple[lis
     return numeric, categorical
 
 
-def date_columns(schema: SchemaConfig, features: FeaturesConfig) -> list[str]:
+def timestamp_inputs(schema: SchemaConfig, features: FeaturesConfig) -> list[str]:
     """Timestamp features that go to models (their days and calendar parts), in schema order."""
-    return [n for n, c in schema.features.items() if c.type == "timestamp" and n not in set(features.exclude)]
+    excluded = set(features.exclude)
+    return [n for n, c in schema.features.items() if c.type == "timestamp" and n not in excluded]
 
 
 def time_parts(schema: SchemaConfig, features: FeaturesConfig) -> list[str]:
@@ -179,7 +180,7 @@ def fit(ds, schema: SchemaConfig, features: FeaturesConfig, passthrough: list[st
     """Fit a FeatureSpec on a Ray Dataset of accepted rows in one pass (`oof`: filled with the
     target-encoded columns' out-of-fold means for these rows, see `merge_partials`)."""
     numeric, categorical = feature_columns(schema, features)
-    dates = date_columns(schema, features)
+    dates = timestamp_inputs(schema, features)
     log1p = {n: features.numeric.get(n, NumericFeatureConfig()).log1p for n in numeric}
     label = schema.label_mapping
     encoded = [n for n in categorical if features.categorical.get(n, CategoricalFeatureConfig()).encoding == "target"]
