@@ -113,7 +113,7 @@ def paired_gates(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, gates: dic
     each classification gate's counterpart, its error being `metric`)."""
     y, p_new, p_old = (np.asarray(a, dtype=np.float64) for a in (y, p_new, p_old))
     counterpart = counterparts(task, metric)
-    gates = {counterpart.get(metric, metric): rule for metric, rule in gates.items()}
+    gates = {counterpart.get(name, name): rule for name, rule in gates.items()}
     unknown = sorted(set(gates) - SUPPORTED)
     if unknown:
         raise ValueError(f"registry.gates {unknown}: a holdout comparison supports {sorted(SUPPORTED)}")
