@@ -318,8 +318,9 @@ def test_timestamp_inputs_are_typed_and_bad_ones_quarantined(ray_session, tmp_pa
                       "3,0,soon,2024-01-01\n"
                       "4,1,,2024-01-01\n")  # fmt: skip
     out = tmp_path / "out"
-    cfg = parse_config({"data": {"source": {"path": str(source)}, "output": {"root": str(out)}, "schema": {
-        "label": "y", "features": {"opened": {"type": "timestamp", "nullable": False}, "closed": {"type": "timestamp"}}}}})  # fmt: skip
+    features = {"opened": {"type": "timestamp", "nullable": False}, "closed": {"type": "timestamp"}}
+    cfg = parse_config({"data": {"source": {"path": str(source)}, "output": {"root": str(out)},
+                                 "schema": {"label": "y", "features": features}}})  # fmt: skip
     result = ingest(cfg)
     assert (result.accepted, result.quarantined) == (2, 2)
     quarantine = pd.read_parquet(out / "quarantine")

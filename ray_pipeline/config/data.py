@@ -104,8 +104,8 @@ class LabelMapping(StrictModel):
     metric: RegressionMetric = Field(
         default="rmse",
         description="regression: the error every choice on validation minimizes (target scale, search, blend, the "
-        "order models reach the gates, the gates' counterpart of log_loss). mae also fits XGBoost on absolute error "
-        "and keeps log1p predictions unsmeared (a median, which is what mae rewards).",
+        "order models reach the gates, the gates' counterpart of log_loss, whether log1p predictions are smeared). "
+        "mae also fits XGBoost on absolute error (a median, which is what mae rewards).",
     )
 
     @model_validator(mode="after")

@@ -44,7 +44,8 @@ from ray_pipeline.serve.predlog import new_request_id
 from ray_pipeline.serve.replica import ModelRunner, ServingSettings
 
 DEPLOYMENT = "predictor"
-api = FastAPI(title="ray-pipeline", description="Binary, multiclass and regression models served from the model registry.")
+api = FastAPI(title="ray-pipeline",
+              description="Binary, multiclass and regression models served from the model registry.")
 # The routes are plain functions over the replica Serve runs them in, which `Predictor` puts in the
 # app's state when Serve builds the app: with the app given to `serve.ingress`, Serve would serve a
 # frozen copy of it taken at import, which a replica's own OpenAPI document (its champion's request

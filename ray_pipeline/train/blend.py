@@ -70,7 +70,8 @@ def blend_runs(cfg: PipelineConfig, prepared: Prepared, run_dirs: list[str], tri
     split = prepared.under(spec)
     Xv, yv = _matrix(split.valid)
     task = spec.task
-    weights = blend_weights(task, yv, [m.margin(Xv[:, c]) for m, c in zip(members, columns)], _margin_loss(task, spec.loss))
+    margins = [m.margin(Xv[:, c]) for m, c in zip(members, columns)]
+    weights = blend_weights(task, yv, margins, _margin_loss(task, spec.loss))
     if max(weights) == 1.0:
         return None
     transform = spec.label.transform if spec.label else "none"

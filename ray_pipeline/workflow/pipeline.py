@@ -111,7 +111,8 @@ def _kept_target(cfg: PipelineConfig, kind: str, prepared: Prepared, tried: list
     scored = sorted((target.valid_error(run.model, taken), i, run) for i, run in enumerate(tried))
     if echo is not None:
         figures = ", ".join(f"{run.model.transform} {error:.6g}" for error, _, run in scored)
-        echo(f"{kind}: target fitted as {scored[0][2].model.transform} (validation {taken.spec.loss.upper()} {figures})")
+        kept = scored[0][2].model.transform
+        echo(f"{kind}: target fitted as {kept} (validation {taken.spec.loss.upper()} {figures})")
     return scored[0][2]
 
 

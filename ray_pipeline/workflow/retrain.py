@@ -274,7 +274,8 @@ def _start_race(cfg: PipelineConfig, registry: Registry, record: dict[str, Any],
     @challenger and traffic split to restore go with it)."""
     fb = cfg.monitoring.feedback
     failed = [g["metric"] for g in record["gates"] if not g["passed"]]
-    if failed != [primary_metric(task, cfg.data.schema_.label_mapping.metric)]:  # it lost on another gate (e.g. AUC): no loss race can win that back
+    # it lost on another gate (e.g. AUC): no loss race can win that back
+    if failed != [primary_metric(task, cfg.data.schema_.label_mapping.metric)]:
         return
     loss_champ = row_losses(task, y, p_champ)
     race = Race.start(task, champion.version, loss_champ - row_losses(task, y, p), loss_champ,
