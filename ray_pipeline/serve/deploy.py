@@ -15,6 +15,7 @@ from ray_pipeline.runtime import quiet_serve_logs
 from ray_pipeline.serve.app import Predictor
 from ray_pipeline.serve.replica import ServingSettings
 
+
 def build_app(cfg: PipelineConfig, api_key: str | None = None):
     """The bound Serve application for `cfg`."""
     s = cfg.serving
