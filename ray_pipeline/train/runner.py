@@ -21,9 +21,9 @@ from ray_pipeline.progress import remote_bar
 from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate, explain
 from ray_pipeline.train.data import Prepared, for_model, prepare_training_set, shard_refs
-from ray_pipeline.train.models import LogisticModel, XGBoostModel, logged_score
+from ray_pipeline.train.models import LogisticModel, XGBoostModel, load_model, logged_score
 from ray_pipeline.train.objective import task_weights
-from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, write_run
+from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, model_dir, read_run, write_run
 from ray_pipeline.train.entry import worker_loop
 from ray_pipeline.train.worker import TUNE_DIRECT, TUNE_VIA_TRAIN
 
@@ -45,6 +45,15 @@ class TrainRun:
     resumed_from: int | None = None
     resumed_at: float | None = None  # wall-clock time (epoch s) the restarted worker group resumed
     worker_memory_mb: list[list[float]] | None = None  # per rank: private MB at start, peak private, VmHWM
+
+    @classmethod
+    def of(cls, run_dir: str) -> TrainRun:
+        """The finished run in `run_dir` (path or URI) read back from its files: a search's best
+        trial, a retrain's challenger, a run another process trained."""
+        run = read_run(run_dir)
+        # the stage timings live only in the process that trained it (the lineage keeps duration_s)
+        return cls(run_dir.rstrip("/").rsplit("/", 1)[-1], run.kind, run_dir, load_model(model_dir(run_dir)), run.spec,
+                   run.metrics, run.history, run.params, {}, list(run.lineage.get("worker_nodes") or []))  # fmt: skip
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,

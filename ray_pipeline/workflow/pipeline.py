@@ -19,8 +19,8 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.features.build import FeatureBuild
 from ray_pipeline.train.data import Prepared
 from ray_pipeline.train.runner import TrainRun
-from ray_pipeline.workflow.promotion import HasRunDir, Promotion, register_and_promote
-from ray_pipeline.workflow.search import SearchedRun, budget_share, budgeted, keep_best, not_registered, render_search
+from ray_pipeline.workflow.promotion import Promotion, register_and_promote
+from ray_pipeline.workflow.search import budget_share, budgeted, keep_best, not_registered, render_search
 
 MODEL_KINDS = ("logreg", "xgboost")
 Echo = Callable[[str], None]
@@ -34,7 +34,7 @@ class PipelineRun:
     features: FeatureBuild
     online: dict[str, dict[str, int]]
     prepared: Prepared
-    runs: Sequence[HasRunDir]  # TrainRun objects, or a search's best trials (`run --search`)
+    runs: Sequence[TrainRun]  # TrainRun objects, or a search's best trials (`run --search`)
     promotion: Promotion
     url: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -142,7 +142,7 @@ def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotio
     echo(line)
 
 
-def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[HasRunDir], echo: Echo) -> list[HasRunDir]:
+def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[TrainRun], echo: Echo) -> list[TrainRun]:
     """The ensemble of `runs` (`training.ensemble`), indexed, when a blend beats each alone on validation."""
     from ray_pipeline.registry.handoff import open_registry
     from ray_pipeline.registry.runs import index_run
@@ -162,12 +162,12 @@ def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[HasRunDir], e
 
 
 def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
-                   echo: Echo) -> tuple[list[HasRunDir], list[str]]:  # fmt: skip
+                   echo: Echo) -> tuple[list[TrainRun], list[str]]:  # fmt: skip
     """A search per model kind on one prepared split: the best trials' runs to register, and a
     line for each best trial that is a registered model again."""
     from ray_pipeline.train.search import run_search
 
-    runs: list[HasRunDir] = []
+    runs: list[TrainRun] = []
     repeated = []
     budget = cfg.training.time_budget_s
     for kind in models:
@@ -180,7 +180,7 @@ def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
             runs += train_models(cfg, [kind], prepared, echo=echo, trigger="run")
             continue
         kept = keep_best(cfg, result, prepared)
-        if isinstance(kept, SearchedRun):
+        if isinstance(kept, TrainRun):
             runs.append(kept)
         else:
             repeated.append(not_registered(kept))

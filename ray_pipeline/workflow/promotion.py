@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.registry.gates import PromotionRefused, headline, loss_of, promote
 from ray_pipeline.registry.handoff import open_registry, register_run
 from ray_pipeline.registry.versions import ModelVersion
+from ray_pipeline.train.runner import TrainRun
 
 
 @dataclass
@@ -22,13 +22,7 @@ class Promotion:
     lines: list[str]
 
 
-class HasRunDir(Protocol):
-    """A finished training run, as registration needs it: its directory."""
-
-    run_dir: str
-
-
-def register_and_promote(cfg: PipelineConfig, runs: Sequence[HasRunDir], alias: str = "champion") -> Promotion:
+def register_and_promote(cfg: PipelineConfig, runs: Sequence[TrainRun], alias: str = "champion") -> Promotion:
     """Register every run (a TrainRun, or a search's best trial), then offer them to `alias` best test log-loss first, through the gates.
 
     The best run becomes the holder if it beats the current one (or there is none); the others

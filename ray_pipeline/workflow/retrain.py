@@ -24,7 +24,6 @@ import logging
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -48,6 +47,7 @@ from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import iso_us, model_inputs, prepare_training_set, with_columns
 from ray_pipeline.train.predict import Predictor
+from ray_pipeline.train.runner import TrainRun
 from ray_pipeline.workflow.pipeline import train_models
 
 log = logging.getLogger(__name__)
@@ -336,26 +336,6 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
     return run, gates, p, False
 
 
-@dataclass
-class Challenger:
-    """A retrained model as the comparison needs it: a training run, or a search's best trial."""
-
-    name: str
-    kind: str
-    run_dir: str
-    model: Any
-    spec: Any
-
-    @classmethod
-    def of(cls, run_dir: str) -> Challenger:
-        """The run in `run_dir`."""
-        from ray_pipeline.train.models import load_model
-        from ray_pipeline.train.rundir import model_dir, read_run
-
-        run = read_run(run_dir)
-        return cls(run_dir.rstrip("/").rsplit("/", 1)[-1], run.kind, run_dir, load_model(model_dir(run_dir)), run.spec)
-
-
 def retrain_config(cfg: PipelineConfig, kind: str, champion_kind: str, champion_lineage: dict[str, Any]) -> PipelineConfig:
     """The settings `kind` retrains with: the champion's searched parameters when the champion is
     that kind and came from a search (a retrain must not quietly undo a search), else the config's."""
@@ -391,7 +371,7 @@ def challengers(cfg: PipelineConfig, prepared: Any, champion_kind: str, champion
         record.setdefault("searches", {})[kind] = {"id": result.search_id, "trials": len(result.trials),
                                                    "finished": sum(t.status == "finished" for t in result.trials),
                                                    "best_trial": best.trial_id, "best_params": best.params}  # fmt: skip
-        found.append(Challenger.of(str(best.run_dir)))
+        found.append(TrainRun.of(str(best.run_dir)))
     return found
 
 

@@ -13,15 +13,9 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.storage import join, write_bytes
 from ray_pipeline.train.data import Prepared
+from ray_pipeline.train.runner import TrainRun
 from ray_pipeline.train.search import SEARCH_FILE, SearchResult
 from ray_pipeline.workflow.promotion import Promotion, register_and_promote
-
-
-@dataclass
-class SearchedRun:
-    """The best trial's run directory, as the registration step takes runs."""
-
-    run_dir: str
 
 
 @dataclass
@@ -57,7 +51,7 @@ def _short(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> SearchedRun | ModelVersion:
+def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> TrainRun | ModelVersion:
     """Index every finished trial as a run; the best one's run with search.json and importance.json
     written into it, or the registered version whose model files it repeats."""
     from ray_pipeline.registry.handoff import model_sha256, open_registry, same_model
@@ -83,7 +77,7 @@ def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> 
     taken = prepared.under(read_run(best.run_dir).spec)  # the rows as the best trial took them
     save_importance(best.run_dir, load_model(model_dir(best.run_dir)), taken.spec, taken.test,
                     budget_s=max(IMPORTANCE_SHARE * took, IMPORTANCE_MIN_S))
-    return SearchedRun(best.run_dir)
+    return TrainRun.of(str(best.run_dir))
 
 
 def not_registered(twin: ModelVersion) -> str:
@@ -108,7 +102,7 @@ def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = Non
     prepared = prepare_training_set(cfg)
     result = run_search(cfg, kind, prepared, trials, search_id=search_id, resume=resume is not None)
     kept = keep_best(cfg, result, prepared)
-    if isinstance(kept, SearchedRun):
+    if isinstance(kept, TrainRun):
         promotion = register_and_promote(cfg, [kept], cfg.serving.alias)
     else:
         registry = open_registry(cfg)
