@@ -616,8 +616,11 @@ def test_a_second_date_column_reaches_models_as_its_days_and_calendar_parts(ray_
     assert body["data"]["schema"]["event_timestamp"] == "event_time"
     assert body["data"]["schema"]["features"]["signup_date"] == {"type": "timestamp", "nullable": True}
     _serve_on_free_port(config, "signups")
-    url = re.search(r"endpoint: (\S+)/predict", _invoke("run", "--config", str(config), "--models", "logreg",
-                                                        "--serve", "--no-wait")).group(1)  # fmt: skip
+    # the URL itself (a traceback printed under the call would show this test's own source line)
+    out = _invoke("run", "--config", str(config), "--models", "logreg", "--serve", "--no-wait")
+    found = re.search(r"endpoint: (http\S+)/predict", out)
+    assert found, out
+    url = found.group(1)
     sent = [{"spend": 20.0, "signup_date": day, "event_time": "2024-02-01T12:00:00Z"}
             for day in ("2024-01-20", "2022-03-05T00:00:00+00:00", None)]  # fmt: skip
     status, served = http_json(url + "/predict", {"records": sent})
