@@ -81,6 +81,13 @@ def test_a_worse_challenger_is_retired_and_an_undecided_one_runs_out_of_windows(
     tie.add(np.zeros(50), np.ones(50))
     assert tie.verdict() == RETIRE  # out of windows: the champion stays
     np.testing.assert_allclose(row_losses("regression", np.array([1.0, 2.0]), np.array([2.0, 0.0])), [1.0, 4.0])
+    # a label chosen by mae races absolute error, and a saved race keeps which
+    y, p = np.array([1.0, 2.0]), np.array([2.0, 0.0])
+    np.testing.assert_allclose(row_losses("regression", y, p, "mae"), [1.0, 2.0])
+    by_mae = Race.start("regression", 1, np.zeros(5), np.ones(5), alpha=0.05, max_windows=3, metric="mae")
+    assert Race.from_dict(by_mae.to_dict()).metric == "mae"
+    saved_before = {k: v for k, v in by_mae.to_dict().items() if k != "metric"}  # a state written before mae
+    assert Race.from_dict(saved_before).metric == "rmse"
 
 
 def test_a_version_shows_its_race_live_from_the_loop_state_and_then_how_it_ended(tmp_path):

@@ -15,7 +15,7 @@ holds at every n at once with probability 1 - alpha (Ville's inequality on the m
 martingale). Using the observed V is the self-normalized form, exact for conditionally symmetric
 gains and an approximation otherwise. `rho` sets where the boundary is tightest; it is the first
 window's V, fixed before any later look. Only the task's primary loss is raced (log-loss, squared
-error); the holdout gates' other rules were checked on the first window.
+or absolute error); the holdout gates' other rules were checked on the first window.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from ray_pipeline.registry.versions import ModelVersion
 PROMOTE, RETIRE = "promote", "retire"
 
 
-def row_losses(task: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+def row_losses(task: str, y: np.ndarray, p: np.ndarray, metric: str = "rmse") -> np.ndarray:
     """Each row's loss as the prediction log holds its answer: log-loss of a probability (binary),
-    squared error (regression)."""
+    squared error (regression; absolute error when the label's metric is mae)."""
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
     if task == "regression":
-        return (p - y) ** 2
+        return np.abs(p - y) if metric == "mae" else (p - y) ** 2
     p = np.clip(p, 1e-15, 1 - 1e-15)
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
@@ -56,12 +56,14 @@ class Race:
     gain_squares: float = 0.0  # V
     champion_loss: float = 0.0  # sum of the champion's per-row losses (for relative figures)
     windows: int = 0
+    metric: str = "rmse"  # a regression's per-row loss: squared (rmse) or absolute (mae) error
 
     @classmethod
     def start(cls, task: str, champion: int, gains: np.ndarray, champion_loss: np.ndarray, alpha: float,
-              max_windows: int) -> Race:  # fmt: skip
+              max_windows: int, metric: str = "rmse") -> Race:  # fmt: skip
         """A race whose first window is the holdout that could not decide."""
-        race = cls(task, champion, None, alpha, max_windows, rho=max(float(np.sum(gains**2)), 1e-12))
+        rho = max(float(np.sum(gains**2)), 1e-12)
+        race = cls(task, champion, None, alpha, max_windows, rho=rho, metric=metric)
         race.add(gains, champion_loss)
         return race
 

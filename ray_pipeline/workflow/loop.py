@@ -161,8 +161,8 @@ class Loop:
                                                   f"v{race.challenger}/shadow")  # fmt: skip
         if not y.size:
             return  # no labeled pairs yet (labels late, or no traffic): the race waits
-        loss = row_losses(race.task, y, p_champion)
-        race.add(loss - row_losses(race.task, y, p_challenger), loss)
+        loss = row_losses(race.task, y, p_champion, race.metric)
+        race.add(loss - row_losses(race.task, y, p_challenger, race.metric), loss)
         held["race"], held["verdict"], held["report"] = race.to_dict(), race.verdict(), race.report()
         result.notes.append(held["report"])
 

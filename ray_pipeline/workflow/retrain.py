@@ -274,12 +274,12 @@ def _start_race(cfg: PipelineConfig, registry: Registry, record: dict[str, Any],
     @challenger and traffic split to restore go with it)."""
     fb = cfg.monitoring.feedback
     failed = [g["metric"] for g in record["gates"] if not g["passed"]]
-    # it lost on another gate (e.g. AUC): no loss race can win that back
-    if failed != [primary_metric(task, cfg.data.schema_.label_mapping.metric)]:
+    metric = cfg.data.schema_.label_mapping.metric
+    if failed != [primary_metric(task, metric)]:  # it lost on another gate (e.g. AUC): no loss race wins that back
         return
-    loss_champ = row_losses(task, y, p_champ)
-    race = Race.start(task, champion.version, loss_champ - row_losses(task, y, p), loss_champ,
-                      1 - cfg.registry.gate_test.level, fb.race_windows)  # fmt: skip
+    loss_champ = row_losses(task, y, p_champ, metric)
+    race = Race.start(task, champion.version, loss_champ - row_losses(task, y, p, metric), loss_champ,
+                      1 - cfg.registry.gate_test.level, fb.race_windows, metric)  # fmt: skip
     if race.verdict() is not None:  # surely worse (or a one-window race): nothing to wait for
         record["race"] = race.report()
         return
