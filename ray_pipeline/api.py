@@ -20,8 +20,7 @@ from typing import Any
 import ray_pipeline
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.config import load_config as _read_config
-from ray_pipeline.data.infer import infer_config
-from ray_pipeline.errors import UserError
+from ray_pipeline.data.infer import write_config
 from ray_pipeline.registry.handoff import LoadedModel, load, open_registry
 from ray_pipeline.runtime import init_ray
 from ray_pipeline.serve import deploy as serving
@@ -60,12 +59,7 @@ def init(data: str, label: str, out: str | Path = "pipeline.yaml", positive: lis
     >>> cfg.data.schema_.label_mapping.task, cfg.data.schema_.entity_key
     ('binary', 'customerID')
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: exists; pass overwrite=True to replace it")
-    inferred = infer_config(data, label, positive, threshold, str(out), task=task, exclude=exclude)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(inferred.yaml_text)
+    write_config(data, label, out, overwrite, positive=positive, threshold=threshold, task=task, exclude=exclude)
     return _read_config(out)
 
 

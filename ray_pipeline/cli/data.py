@@ -118,13 +118,10 @@ def init(
     verbose: VerboseOpt = False,
 ) -> None:
     """Infer a pipeline.yaml from a sample of your table: types, nullability, categories, key, time, label and task."""
-    from ray_pipeline.data.infer import infer_config
+    from ray_pipeline.data.infer import write_config
 
-    if out.exists() and not force:
-        raise UserError(f"--out {out}: exists; pass --force to overwrite it")
-    inferred = infer_config(data, label, positive or None, threshold, str(out), task=task, exclude=exclude or None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(inferred.yaml_text)
+    inferred = write_config(data, label, out, force, positive=positive or None, threshold=threshold, task=task,
+                            exclude=exclude or None)  # fmt: skip
     typer.echo(inferred.render())
     typer.echo(f"wrote {out}; next: ray-pipeline run --config {out} --serve")
 

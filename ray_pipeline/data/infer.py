@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -477,6 +478,18 @@ def infer_config(
     text = _yaml(src, data, out, label_map, key, ts, features, columns, rows, parts, span)
     cfg = parse_config(yaml.safe_load(text), os.path.abspath(out))  # what init writes must validate
     return Inference(text, columns, rows, notes, cfg)
+
+
+def write_config(data: str, label: str, out: str | os.PathLike, overwrite: bool = False, **options: Any) -> Inference:
+    """`infer_config` for `data`, written to `out` (an existing file only with `overwrite`); `options`
+    are infer_config's (positive, threshold, task, exclude)."""
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: exists; overwrite it explicitly (--force)")
+    inferred = infer_config(data, label, out=str(path), **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(inferred.yaml_text)
+    return inferred
 
 
 def _data_path(data: str, out: str) -> str:
