@@ -135,7 +135,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     from ray_pipeline.progress import Reporter
     from ray_pipeline.train import session
-    from ray_pipeline.train.worker import TUNE_VIA_TRAIN, load_shard, tune_report
+    from ray_pipeline.train.worker import TUNE_VIA_TRAIN, load_shard, past_deadline, tune_report
 
     ctx = session.get_context()
     rank = ctx.get_world_rank()
@@ -216,6 +216,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         else:
             state.stale += 1
             stop = state.stale >= config["patience"]
+        stop = stop or past_deadline(config)
         progress(epoch + 1, epochs, force=stop or epoch == epochs - 1)
         if rank == 0 and config["log_every"] and (epoch % config["log_every"] == 0 or stop or epoch == epochs - 1):
             print(f"epoch {epoch + 1:4d}  train_loss {train_loss:.6f}  valid_loss {valid_loss:.6f}  lr {lr:.4g}")

@@ -264,6 +264,7 @@ def train_model(
     search: dict[str, Any] | None = None,
     init: Any = None,
     refit_of: Any = None,
+    deadline: float | None = None,
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
 
@@ -274,7 +275,8 @@ def train_model(
     Tune, from the loop in this process or, on workers, through Ray Train's TuneReportCallback).
     `init`: a model of the same kind over `prepared.spec`'s features to warm-start from (`warm_start`).
     `refit_of`: the held-out run (a `RefitOf`) this one repeats on more rows (train/refit.py): its
-    penalty and output map are kept, and its test metrics stay the run's estimate.
+    penalty and output map are kept, and its test metrics stay the run's estimate. `deadline`: the
+    wall-clock time (`time.time()`) an in-process search trial stops at, keeping its best so far.
     """
     import xgboost
 
@@ -298,6 +300,8 @@ def train_model(
               "progress_key": name if search is None else None, "measure_memory": measure_memory}  # fmt: skip
     if search is not None:
         config["tune_report"] = TUNE_VIA_TRAIN if workers else TUNE_DIRECT
+        if deadline is not None and not workers:
+            config["deadline"] = deadline
     if init is not None:
         config.update(warm_start(kind, init, names))
     if kind == "xgboost" and cfg.training.xgboost.class_weight is not None and prepared.spec.task != "regression":

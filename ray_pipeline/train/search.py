@@ -160,8 +160,9 @@ def _asha_sparing(untuned: dict[str, Any]) -> type:
 
 
 def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Prepared, search_id: str,
-           workers: int, fault: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """The Tune function trainable: one training run with `params`, reported to Tune."""
+           workers: int, fault: dict[str, Any] | None = None, deadline: float | None = None) -> None:  # fmt: skip
+    """The Tune function trainable: one training run with `params`, reported to Tune (cut at the
+    search's `deadline` when it runs in-process, so it reports before Tune stops the search)."""
     import ray
     from ray import tune
 
@@ -169,10 +170,13 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
     from ray_pipeline.train.runner import train_model
 
     trial_id = tune.get_context().get_trial_id()
+    if deadline is not None and time.time() >= deadline:
+        return  # queued before the search's deadline, started after it: nothing to train in the time left
     if TARGET_PARAM in params:  # the regression target as this trial fits it (label.transform: auto)
         prepared = under_target(prepared, params[TARGET_PARAM])
     run = train_model(with_params(cfg, kind, params), kind, workers, prepared=prepared, trigger="search",
-                      search={"id": search_id, "trial": trial_id, "params": params}, fault=fault)  # fmt: skip
+                      search={"id": search_id, "trial": trial_id, "params": params}, fault=fault,
+                      deadline=deadline)  # fmt: skip
     y, p, _ = evaluate.predict_split(run.model, prepared.valid)
     metric = evaluate.task_metrics(prepared.spec.task, y, p)[prepared.spec.loss]
     loss = run.history[-1]["valid_loss"] if run.history else float("nan")
@@ -212,11 +216,15 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from ray_pipeline.train.deadline import UntilDeadline, trial_reserve
     from ray_pipeline.train.runner import in_process_or, profile_once
 
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")
     s = cfg.training.search
+    # A time budget covers the whole search: the preparation below, every trial and the teardown.
+    deadline = time.time() + s.time_budget_s if s.time_budget_s else None
+    stop_at = deadline and deadline - trial_reserve(s.time_budget_s)
     space = space_of(cfg, kind, prepared.spec.task)
     workers = in_process_or(cfg.training, prepared) if workers is None else workers
     search_id = search_id or new_search_id(kind)
@@ -250,13 +258,15 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
         # it keeps its own limit on trials at once (TuneConfig's applies to Searchers only)
         searcher = BasicVariantGenerator(points_to_evaluate=first, random_state=np.random.RandomState(s.seed),
                                          max_concurrent=concurrent)  # fmt: skip
+    if stop_at and s.algorithm == "tpe":
+        searcher = UntilDeadline(searcher, stop_at)
     scheduler = FIFOScheduler()
     if s.scheduler == "asha":
         scheduler = _asha_sparing(first[0])(time_attr="step", max_t=_max_steps(cfg, kind, space),
                                             grace_period=s.grace, reduction_factor=3)  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers,
-                             fault=fault),  # fmt: skip
+                             fault=fault, deadline=stop_at),  # fmt: skip
         resources,
     )
     storage = searches_root(cfg)
@@ -276,7 +286,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
             tune_config=tune.TuneConfig(metric="valid_loss", mode="min", search_alg=searcher, scheduler=scheduler,
                                         num_samples=trials or s.trials,
                                         max_concurrent_trials=concurrent if s.algorithm == "tpe" else None,
-                                        time_budget_s=s.time_budget_s),  # fmt: skip
+                                        time_budget_s=deadline and max(1.0, deadline - time.time())),  # fmt: skip
             run_config=tune.RunConfig(name=search_id, storage_path=storage, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=cfg.training.max_failures)),
         )  # fmt: skip

@@ -7,9 +7,9 @@ fixed cost of a run, but there is no reason to load pydantic and matplotlib on e
 
 from __future__ import annotations
 
-from typing import Any
-
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +76,14 @@ def tune_report(config: dict[str, Any], step: int, valid_loss: float) -> None:
         import ray.tune
 
         ray.tune.report({"valid_loss": float(valid_loss), "step": step})
+
+
+def past_deadline(config: dict[str, Any]) -> bool:
+    """Whether an in-process search trial's loop has reached its search's deadline (a wall-clock
+    time): it stops there and keeps its best epoch or round so far. Only a loop in one process
+    checks the clock; ranks on Ray Train workers must all stop at the same step."""
+    deadline = config.get("deadline")
+    return deadline is not None and time.time() >= deadline
 
 
 def quiet_report_log() -> None:

@@ -45,7 +45,7 @@ def _progress(key: str | None, total: int, config: dict[str, Any]):
     import xgboost
 
     from ray_pipeline.progress import Reporter
-    from ray_pipeline.train.worker import tune_report
+    from ray_pipeline.train.worker import past_deadline, tune_report
 
     class Progress(xgboost.callback.TrainingCallback):
         def __init__(self) -> None:
@@ -55,7 +55,7 @@ def _progress(key: str | None, total: int, config: dict[str, Any]):
             self.report(model.num_boosted_rounds(), total)
             if "valid" in evals_log:
                 tune_report(config, model.num_boosted_rounds(), next(iter(evals_log["valid"].values()))[-1])
-            return False
+            return past_deadline(config)  # True ends the boosting; early stopping's best round stays
 
         def after_training(self, model):
             self.report(model.num_boosted_rounds(), total, force=True)
