@@ -247,6 +247,12 @@ def init_ray(
     )
 
 
+def attach_file(base_dir: Path) -> Path:
+    """Where a serving session on an embedded Ray says which local Ray it runs (beside the config in
+    `base_dir`): other commands given the same config attach to it."""
+    return base_dir / ".ray-pipeline" / "ray.json"
+
+
 @contextmanager
 def announce_ray(path: Path, address: str) -> Iterator[None]:
     """Say, in `path`, that this process runs a local Ray at `address` (other commands attach to it),

@@ -71,12 +71,11 @@ def start_ray(address: str | None, verbose: bool = False, cfg: PipelineConfig | 
     progress bars show instead. Without an address, a local Ray that `run --serve` started for the
     same config is attached to instead of starting a second one beside it."""
     from ray_pipeline.progress import set_enabled
-    from ray_pipeline.runtime import init_ray, serving_ray
-    from ray_pipeline.workflow.serving import attach_file
+    from ray_pipeline.runtime import attach_file, init_ray, serving_ray
 
     set_enabled(not verbose)
     if not (address or os.environ.get("RAY_ADDRESS")) and cfg is not None:
-        address = serving_ray(attach_file(cfg))
+        address = serving_ray(attach_file(cfg.base_dir))
         if address:
             typer.echo(f"attached to the local Ray that `run --serve` started: {address}")
     return init_ray(address, quiet=not verbose)

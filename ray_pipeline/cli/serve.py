@@ -38,10 +38,7 @@ def serve_deploy(
     session.start(console=False)
     typer.echo(f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} at {session.url}/predict "
                f"(docs: {session.url}/docs)")  # fmt: skip
-    session.start(model=False)
-    if wait if wait is not None else runtime.local:
-        session.wait()
-        session.stop()
+    session.start(model=False).hold(wait)
 
 
 @app.command("status")

@@ -115,12 +115,7 @@ def run(
     if serve:
         from ray_pipeline.workflow.serving import ServingSession
 
-        session = ServingSession(cfg, runtime, typer.echo).start(url=done.url)
-        if wait if wait is not None else runtime.local:
-            session.wait()
-            session.stop()
-        else:
-            typer.echo(f"Ray: {runtime.address}")
+        ServingSession(cfg, runtime, typer.echo).start(url=done.url).hold(wait)
 
 
 @app.command()

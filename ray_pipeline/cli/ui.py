@@ -25,7 +25,4 @@ def ui(
     from ray_pipeline.workflow.serving import ServingSession
 
     ctx = connect(config, address, verbose)
-    session = ServingSession(ctx.cfg, ctx.runtime, typer.echo).start(model=False, console=True)  # asked for by name
-    if wait if wait is not None else ctx.runtime.local:
-        session.wait()
-        session.stop()
+    ServingSession(ctx.cfg, ctx.runtime, typer.echo).start(model=False, console=True).hold(wait)  # asked for by name

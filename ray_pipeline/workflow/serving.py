@@ -8,22 +8,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ray import serve
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.console.app import deploy_console
-from ray_pipeline.runtime import RayRuntime, announce_ray, shutdown_ray
+from ray_pipeline.runtime import RayRuntime, announce_ray, attach_file, shutdown_ray
 from ray_pipeline.serve.deploy import deploy
 
 Echo = Callable[[str], None]
-
-
-def attach_file(cfg: PipelineConfig) -> Path:
-    """Where a serving session on an embedded Ray says which local Ray it runs (beside the config):
-    other commands given the same config attach to it."""
-    return cfg.base_dir / ".ray-pipeline" / "ray.json"
 
 
 @dataclass
@@ -51,11 +44,21 @@ class ServingSession:
             self.echo(f"console: {self.console_url}  ({access})")
         return self
 
+    def hold(self, wait: bool | None = None) -> None:
+        """Serve until Ctrl-C or SIGTERM, then remove what this session deployed, when `wait` (by
+        default on an embedded Ray, which would end with this process); otherwise leave it serving
+        and say which Ray it runs on."""
+        if self.runtime.local if wait is None else wait:
+            self.wait()
+            self.stop()
+        else:
+            self.echo(f"Ray: {self.runtime.address}")
+
     def wait(self) -> None:
         """Keep serving until Ctrl-C or SIGTERM; on an embedded Ray started here, announce it first so
         `monitor`, `retrain`, `predict` and `serve` with the same config attach to it."""
         if self.runtime.local and self.runtime.started:
-            with announce_ray(attach_file(self.cfg), self.runtime.address):
+            with announce_ray(attach_file(self.cfg.base_dir), self.runtime.address):
                 self.echo(f"Ray: {self.runtime.address} (local, started by this command); `monitor`, `retrain`, "
                           f"`predict` and `serve` with this config attach to it while it serves "
                           f"(or pass --address {self.runtime.address})")  # fmt: skip
