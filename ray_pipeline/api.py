@@ -24,7 +24,7 @@ from ray_pipeline.data.infer import write_config
 from ray_pipeline.registry.handoff import LoadedModel, load, open_registry
 from ray_pipeline.runtime import init_ray
 from ray_pipeline.serve import deploy as serving
-from ray_pipeline.train.predict import Prediction
+from ray_pipeline.train.models import Prediction
 from ray_pipeline.train.runner import TrainRun
 from ray_pipeline.workflow import pipeline, promotion, retrain as feedback
 from ray_pipeline.workflow.loop import Loop

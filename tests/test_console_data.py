@@ -124,7 +124,7 @@ def test_traffic_settings_are_checked_and_the_newest_holds(tmp_path):
 
 def test_a_replica_takes_the_traffic_split_set_in_the_registry(tmp_path):
     from ray_pipeline.registry.traffic import set_traffic
-    from ray_pipeline.serve.variants import CHALLENGER, ModelSet
+    from ray_pipeline.serve.replica import CHALLENGER, ModelSet
 
     registry = two_version_registry(tmp_path)
     registry.set_alias("fraud", "challenger", 2, "test")

@@ -10,7 +10,7 @@ import pytest
 from ray_pipeline.features.spec import LabelSpec
 from ray_pipeline.features.transform import transform_records
 from ray_pipeline.train.models import LogisticModel, OutputMap
-from ray_pipeline.train.predict import Predictor
+from ray_pipeline.train.models import Predictor
 
 from .helpers import SPEC
 

@@ -12,7 +12,7 @@ from ray_pipeline.serve import replica
 from ray_pipeline.serve.api import ScoreRequest
 from ray_pipeline.serve.replica import ModelRunner, ServingSettings
 from ray_pipeline.serve.predlog import read_log
-from ray_pipeline.serve.variants import CHALLENGER, ModelSet
+from ray_pipeline.serve.replica import CHALLENGER, ModelSet
 from ray_pipeline.train.rundir import model_dir
 
 from .helpers import two_version_registry

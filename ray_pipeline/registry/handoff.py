@@ -13,8 +13,7 @@ from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.train.explain import IMPORTANCE_FILE
-from ray_pipeline.train.models import load_model
-from ray_pipeline.train.predict import Predictor
+from ray_pipeline.train.models import Predictor, load_model
 from ray_pipeline.train.rundir import load_spec, model_dir, read_run
 
 

@@ -3,11 +3,18 @@ the FastAPI ingress and the batched model server for `models:/NAME@champion` (pl
 canary or shadow traffic). Serving lives in three rooms: the routes and the ingress (here), the
 replica's state and scoring (serve/replica.py), the deploy (serve/deploy.py).
 
-A /predict from body to answer: `Predictor.predict` (here) picks the answering version
-(serve/variants.py) and parses the body with that version's contract (serve/api.py);
-`ModelRunner.score` (serve/replica.py) scores a dynamic batch through the version's own predict
-path (train/predict.py: its FeatureSpec's transform, features/transform.py, then its model); the
-answer is built (serve/api.py) and logged (serve/predlog.py).
+A plain /predict from body to answer (records, no API key, no explanation, champion only) runs code
+in these files, and only these (tests/test_serve_trace.py follows one and checks):
+- serve/app.py: the route and `Predictor.predict`;
+- serve/api.py: the body parsed against the answering version's contract, the answer built;
+- serve/replica.py: the version picked, the batch scored, the metrics counted, the rows logged;
+- features/transform.py: the records typed as ingest types them, then the version's transform;
+- train/models.py: the version's `Predictor.predict` and its model's output;
+- serve/predlog.py: the request id and the log's buffer (written by its flusher, off the path);
+- and two shared definitions: the FeatureSpec (features/spec.py) and ingest's text cleaning of
+  categories (data/values.py).
+An API key adds auth.py; entity ids, features/online.py; `explain`, train/explain.py; an ensemble
+version, train/ensemble.py.
 
 One deployment, not ingress + model: each extra Serve hop costs a few ms per request
 (benchmarks/serve.py), and ingress and model scale together anyway. Each replica polls the registry

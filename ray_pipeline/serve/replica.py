@@ -1,11 +1,19 @@
-"""One replica's state: the served versions (champion, challenger) kept current by a background
-alias watcher, the batched scoring through each version's own predict path, shadow scoring after
-the answer, the metrics and the prediction log. `ModelRunner` is what serve/app.py's routes score
-with; nothing here knows about HTTP."""
+"""One replica's state: the served versions (`ModelSet`: champion, challenger) kept current by a
+background alias watcher, the batched scoring through each version's own predict path, shadow
+scoring after the answer, the metrics (`ServeMetrics`) and the prediction log. `ModelRunner` is what
+serve/app.py's routes score with; nothing here knows about HTTP.
+
+Traffic between versions: the champion alias, plus a challenger alias that answers a share of
+requests (canary) or scores every request unseen by the caller (shadow). Ray Serve has no traffic
+split of its own; doing it inside the replica keeps one hop per request and lets one dynamic batch
+hold requests for both versions.
+"""
 
 import json
+import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,16 +23,17 @@ import numpy as np
 import pyarrow as pa
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table
-from ray_pipeline.registry.handoff import LoadedModel, registry_db
+from ray_pipeline.registry.handoff import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
+from ray_pipeline.registry.traffic import current_traffic
 from ray_pipeline.serve.api import ScoreRequest, Scored, logged_scores
-from ray_pipeline.serve.metrics import ServeMetrics
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
-from ray_pipeline.serve.variants import CHALLENGER, CHAMPION, SHADOW, ModelSet
 from ray_pipeline.storage import read_text
 from ray_pipeline.train.explain import explain_rows
 
+CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
 MAX_SHADOW_BATCHES = 64  # beyond this backlog, shadow scoring skips batches (counted in rp_shadow_dropped)
 
 
@@ -68,6 +77,192 @@ class ServingSettings:
             alerts_file=cfg.monitoring.active_alerts, api_key=api_key,
             max_records=s.max_records_per_request, explain_method=s.explain_method, views=views, store=online_store(cfg) if views else None,
         )  # fmt: skip
+
+
+class ModelSet:
+    """Champion (always) and challenger (canary/shadow, when its alias is set); follows alias moves."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str,
+        champion_alias: str,
+        mode: str = "off",
+        challenger_alias: str = "challenger",
+        canary_share: float = 0.0,
+        on_load: Callable[[int, str, float], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.registry, self.name, self.mode, self.canary_share = registry, name, mode, canary_share
+        self.aliases = {CHAMPION: champion_alias, CHALLENGER: challenger_alias}
+        self._use_registry_traffic()
+        self._on_load = on_load
+        self._rng = random.Random(seed)
+        self.models: dict[str, LoadedModel | None] = {role: None for role in self.aliases}
+        self.loaded_at: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # role -> why its wanted version is not loaded
+        self._failed: dict[str, int] = {}  # role -> version that failed to load (artifacts never change)
+        self.models[CHAMPION] = self._load(CHAMPION, self._wanted(CHAMPION))
+        if self.models[CHAMPION] is None:
+            raise UserError(f"models:/{name}@{champion_alias} is not set: nothing to serve")
+        if self.mode != "off":
+            self.refresh()  # a broken challenger is reported, never a reason not to serve the champion
+
+    def _wanted(self, role: str) -> int | None:
+        return self.registry.aliases(self.name).get(self.aliases[role])
+
+    def _load(self, role: str, version: int | None) -> LoadedModel | None:
+        if version is None:
+            return None
+        started = time.perf_counter()
+        loaded = load(self.registry, f"models:/{self.name}/{version}")
+        self.loaded_at[role] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if self._on_load:
+            self._on_load(version, role, time.perf_counter() - started)
+        return loaded
+
+    def refresh(self) -> list[str]:
+        """Load versions whose alias moved, then swap each in with one assignment; returns what changed.
+
+        A version that fails to load (tampered artifact, missing file) leaves the role on what it
+        had; the failure is reported once and kept in `errors`. Registered artifacts never change,
+        so that version is not retried until the alias points elsewhere.
+        """
+        changes = self._use_registry_traffic()
+        for role in self.aliases:
+            if role == CHALLENGER and self.mode == "off":
+                continue  # no traffic for it: not loaded
+            wanted, current = self._wanted(role), self.models[role]
+            have = current.version.version if current else None
+            if wanted == have or (role == CHAMPION and wanted is None):
+                self.errors.pop(role, None)
+                self._failed.pop(role, None)
+                continue  # a deleted champion alias keeps the last version serving rather than failing
+            if role in self._failed and self._failed[role] == wanted:
+                continue  # (a deleted alias, wanted None, is a move, not a known failure)
+            try:
+                self.models[role] = self._load(role, wanted)
+            except Exception as exc:
+                self._failed[role] = wanted
+                self.errors[role] = f"v{wanted}: {exc}"
+                changes.append(f"{role}: v{wanted} failed to load, still v{have}: {exc}")
+                continue
+            self.errors.pop(role, None)
+            self._failed.pop(role, None)
+            changes.append(f"{role}: v{have} -> v{wanted}")
+        return changes
+
+    def _use_registry_traffic(self) -> list[str]:
+        """Take the traffic split an operator set in the registry (registry/traffic.py), if any."""
+        setting = current_traffic(self.registry, self.name)
+        if setting is None or (setting.mode, setting.canary_share) == (self.mode, self.canary_share):
+            return []
+        before = f"{self.mode} {self.canary_share:g}"
+        self.mode, self.canary_share = setting.mode, setting.canary_share
+        return [f"traffic: {before} -> {self.mode} {self.canary_share:g}"]
+
+    def pick(self) -> tuple[str, LoadedModel]:
+        """The variant that answers the next request and the version serving it now.
+
+        The caller validates the request against this version's inputs and has it scored by this
+        same version, even if an alias moves in between.
+        """
+        models = self.models  # refresh() swaps entries in place: read each one once
+        challenger = models.get(CHALLENGER)
+        if self.mode == "canary" and challenger and self._rng.random() < self.canary_share:
+            return CHALLENGER, challenger
+        return CHAMPION, self.pick_champion()
+
+    def pick_champion(self) -> LoadedModel:
+        """The champion version serving now."""
+        champion = self.models[CHAMPION]
+        assert champion is not None  # set in __init__ and never unset
+        return champion
+
+    def shadow(self) -> LoadedModel | None:
+        """The model that scores every request in shadow mode (None when off or unset)."""
+        return self.models.get(CHALLENGER) if self.mode == "shadow" else None
+
+    def info(self) -> dict[str, Any]:
+        """Name, version, spec hash and load time per variant, the traffic mode, and any load failures."""
+        champion = self.models[CHAMPION]
+        assert champion is not None
+        out = {**_describe(champion, self.loaded_at[CHAMPION]), "traffic": {"mode": self.mode}}
+        if self.mode != "off":
+            challenger = self.models[CHALLENGER]
+            out["traffic"].update(
+                challenger_alias=self.aliases[CHALLENGER],
+                challenger=_describe(challenger, self.loaded_at[CHALLENGER]) if challenger else None,
+            )
+            if self.mode == "canary":
+                out["traffic"]["canary_share"] = self.canary_share
+        if self.errors:
+            out["load_errors"] = dict(self.errors)  # versions an alias points at that could not be loaded
+        return out
+
+
+def _describe(model: LoadedModel, loaded_at: str) -> dict[str, Any]:
+    v = model.version
+    label = model.spec.label  # what the output means in the data's own terms: task, classes, 1, units
+    return {"name": v.name, "version": v.version, "uri": v.uri, "kind": v.kind,
+            "feature_spec_hash": model.spec.content_hash(), "loaded_at": loaded_at,
+            "inputs": model.spec.input_columns,
+            "label": {"task": label.task, **label.model_dump(exclude_defaults=True)} if label is not None else None}  # fmt: skip
+
+
+SCORE_BOUNDARIES = [i / 10 for i in range(1, 10)]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+STAGE_BOUNDARIES = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+
+
+class ServeMetrics:
+    """The application's own metrics (ray.serve.metrics), exported beside Ray Serve's on the metrics
+    port: predictions and scores per model version and variant, missing features, batch sizes, load times,
+    challenger failures and skipped shadow work."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        per_version = ("model_version", "variant")
+        self.predictions = Counter("rp_predictions", "Predictions made.", tag_keys=per_version)
+        self.scores = Histogram("rp_score", "Predicted probabilities.", boundaries=SCORE_BOUNDARIES,
+                                tag_keys=per_version)  # fmt: skip
+        self.missing = Counter("rp_missing_features", "Feature values missing in requests.", tag_keys=("feature",))
+        self.batch_sizes = Histogram("rp_batch_size", "Records per model call.", boundaries=BATCH_BOUNDARIES)
+        self.load_seconds = Gauge("rp_model_load_seconds", "Time to load a served version.", tag_keys=per_version)
+        self.challenger_errors = Counter("rp_challenger_errors", "Canary or shadow batches the challenger failed.")
+        self.shadow_dropped = Counter("rp_shadow_dropped", "Records not shadow-scored because the backlog was full.")
+        self.refused = Counter("rp_refused_requests", "Requests refused by the API.", tag_keys=("status",))
+        self.stage_seconds = Histogram("rp_stage_seconds", "Per-request latency by stage.",
+                                       boundaries=STAGE_BOUNDARIES, tag_keys=("stage",))  # fmt: skip
+
+    def stages(self, timing: dict[str, float | None], total_ms: float) -> None:
+        """Observe one request's latency per stage (lookup, transform, inference, post) and in total."""
+        for key, ms in timing.items():
+            if ms is not None:
+                self.stage_seconds.observe(ms / 1e3, tags={"stage": key.removesuffix("_ms")})
+        self.stage_seconds.observe(total_ms / 1e3, tags={"stage": "total"})
+
+    def scored(self, version: int, variant: str, probabilities: list[float]) -> None:
+        """Count one model call's predictions."""
+        if not probabilities:  # Counter.inc(0) raises
+            return
+        tags = {"model_version": str(version), "variant": variant}
+        self.predictions.inc(len(probabilities), tags=tags)
+        self.batch_sizes.observe(len(probabilities))
+        for p in probabilities:
+            self.scores.observe(p, tags=tags)
+
+    def missing_values(self, records: list[dict[str, Any]], columns: list[str]) -> None:
+        """Count None / absent values per input column."""
+        for name in columns:
+            gaps = sum(1 for r in records if r.get(name) is None)
+            if gaps:
+                self.missing.inc(gaps, tags={"feature": name})
+
+    def loaded(self, version: int, variant: str, seconds: float) -> None:
+        """Record how long loading `version` took."""
+        self.load_seconds.set(seconds, tags={"model_version": str(version), "variant": variant})
 
 
 class ModelRunner:

@@ -46,7 +46,7 @@ from ray_pipeline.registry.traffic import current_traffic, set_traffic
 from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import iso_us, model_inputs, prepare_training_set, with_columns
-from ray_pipeline.train.predict import Predictor
+from ray_pipeline.train.models import Predictor
 from ray_pipeline.train.runner import TrainRun
 from ray_pipeline.workflow.pipeline import train_models
 
