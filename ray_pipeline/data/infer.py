@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ray_pipeline.config import DEFAULT_NULL_VALUES, PipelineConfig, SourceConfig, parse_config
+from ray_pipeline.config.writer import Section, dump
 from ray_pipeline.data.values import clean_series
 from ray_pipeline.data.sources import IngestError, SourceFiles, resolve_source
 from ray_pipeline.errors import UserError
@@ -498,80 +499,60 @@ def _data_path(data: str, out: str) -> str:
     return os.path.relpath(os.path.abspath(data), os.path.dirname(os.path.abspath(out)) or ".")
 
 
-def q(value: Any) -> str:
-    """A value as inline YAML (quoted where YAML would misread it, e.g. Yes/No as booleans)."""
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
-
-
 def _yaml(src, data, out, label_map, key, ts, features, columns, rows, parts, span) -> str:
     # A directory names the pipeline (its files are parts, often with generated names).
     named = data.rstrip("/") if os.path.isdir(data) else src.files[0]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(named))[0]) or "model"
     work = f"{stem}-pipeline"
     left = [c for c in columns if c.role == "left out"]
-    lines = [
-        f"# Written by `ray-pipeline init` from {rows:,} sampled rows of {data}.",
-        "# Check the guesses below, then: ray-pipeline run --config " + os.path.basename(out) + " --serve",
-        "data:",
-        "  source:",
-        f"    path: {q(_data_path(data, out))}",
-        f"    format: {src.format}",
-        "  schema:",
-    ]
+    doc = Section()
+    data_ = doc.section("data")
+    data_.section("source").set("path", _data_path(data, out)).set("format", src.format)
+    schema = data_.section("schema")
     if key is not None:
-        lines += [f"    entity_key: {q(key.name)}  # {key.why}", f"    entity_type: {key.spec['entity_type']}"]
+        schema.set("entity_key", key.name, key.why).set("entity_type", key.spec["entity_type"])
     else:
-        lines.append("    # no entity key: no id-like column (feature views and online lookups need one)")
+        schema.comment("no entity key: no id-like column (feature views and online lookups need one)")
     if ts is not None:
-        lines.append(f"    event_timestamp: {q(ts.name)}  # {ts.why}; the split is by time")
+        schema.set("event_timestamp", ts.name, f"{ts.why}; the split is by time")
     else:
-        lines.append("    # no event timestamp: the split is random, stratified by the label")
-    lines.append(f"    label: {q(label_map)}  # {columns[0].why}")
-    lines.append("    features:")
+        schema.comment("no event timestamp: the split is random, stratified by the label")
+    schema.set("label", label_map, columns[0].why, inline=True)
+    inputs = schema.section("features")
     for c in features:
-        lines.append(f"      {q(c.name)}: {q(c.spec)}  # {c.why}")
+        why = c.why
         if c.sample_range is not None:
-            lo, hi = c.sample_range
-            lines.append(f"      #   sample range {lo:g} .. {hi:g}: add min/max to quarantine values outside it")
+            why += f"; sample range {c.sample_range[0]:g} .. {c.sample_range[1]:g}: add min/max to quarantine values outside it"
+        inputs.set(c.name, c.spec, why, inline=True)
     if left:
-        lines.append("    # left out:")
-        lines += [f"    #   {c.name}: {c.why}" for c in left]
-    lines += [
-        "  output:",
-        f"    root: {work}/ingested",
-        "features:",
-        f"  store_root: {work}/features",
-    ]
+        data_.comment("left out:", *(f"  {c.name}: {c.why}" for c in left))
+    data_.section("output").set("root", f"{work}/ingested")
+    feats = doc.section("features").set("store_root", f"{work}/features")
     if parts:
-        lines.append(f"  time_parts: {q(parts)}  # of {ts.name}, each cyclic ({span}); requests send {ts.name}")
+        feats.set("time_parts", parts, f"of {ts.name}, each cyclic ({span}); requests send {ts.name}", inline=True)
     cyclic = [c for c in features if c.cyclic]
     if cyclic:
-        lines.append("  numeric:")
-        lines += [f"    {q(c.name)}: {{cyclic: {c.cyclic:g}}}" for c in cyclic]
+        numeric = feats.section("numeric")
+        for c in cyclic:
+            numeric.set(c.name, {"cyclic": c.cyclic}, inline=True)
     encoded = [c for c in features if c.encoding in ("onehot", "target")]
     if encoded:
-        lines.append("  categorical:")
-        lines += [f"    {q(c.name)}: {{encoding: {c.encoding}}}" for c in encoded]
-    lines += [
-        "  online:",
-        f"    path: {work}/features/online.db",
-        "training:",
-        f"  run_root: {work}/runs",
-        "registry:",
-        f"  db_path: {work}/registry.db",
-        f"  artifact_root: {work}/artifacts",
-        f"  model_name: {q(stem)}",
-        "serving:",
-        f"  prediction_log: {work}/predictions",
-        "monitoring:",
-        f"  root: {work}/monitoring",
-    ]
+        categorical = feats.section("categorical")
+        for c in encoded:
+            categorical.set(c.name, {"encoding": c.encoding}, inline=True)
+    feats.section("online").set("path", f"{work}/features/online.db")
+    doc.section("training").set("run_root", f"{work}/runs")
+    doc.section("registry").set("db_path", f"{work}/registry.db").set("artifact_root", f"{work}/artifacts") \
+        .set("model_name", stem)  # fmt: skip
+    doc.section("serving").set("prediction_log", f"{work}/predictions")
+    monitoring = doc.section("monitoring").set("root", f"{work}/monitoring")
     if key is not None and ts is not None:  # labeled traffic can join training: the loop keeps learning
-        lines += [
-            "  feedback:",
-            "    triggers:",
-            f"      new_labels: {{labels: {NEW_LABELS}}}  # retrain on every {NEW_LABELS:,} new labels; the gates "
-            "decide whether it serves",
-            "    models: [logreg, xgboost]  # each kind `run` trains competes; the best that beats the served one wins",
-        ]
-    return "\n".join(lines) + "\n"
+        feedback = monitoring.section("feedback")
+        feedback.section("triggers").set("new_labels", {"labels": NEW_LABELS},
+                                         f"retrain on every {NEW_LABELS:,} new labels; the gates decide whether it "
+                                         "serves", inline=True)  # fmt: skip
+        feedback.set("models", ["logreg", "xgboost"],
+                     "each kind `run` trains competes; the best that beats the served one wins", inline=True)
+    header = [f"Written by `ray-pipeline init` from {rows:,} sampled rows of {data}.",
+              f"Check the guesses below, then: ray-pipeline run --config {os.path.basename(out)} --serve"]
+    return dump(doc, header)
