@@ -14,8 +14,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 # (not `train`, `serve` or `monitor`: those are the stages' subpackages)
-__all__ = ["load_config", "init", "run", "train_model", "register_and_promote", "deploy", "load_model", "predict",
-           "monitor_windows", "retrain", "silent"]  # fmt: skip
+__all__ = ["load_config", "init", "start_ray", "generate", "ingest", "build_features", "run", "train_model",
+           "register_and_promote", "deploy", "undeploy", "read_predictions", "load_model", "predict", "monitor_windows",
+           "demo_loop", "retrain", "silent"]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

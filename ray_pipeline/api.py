@@ -18,12 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import ray_pipeline
+import pandas as pd
+from ray import serve
+
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.config import load_config as _read_config
+from ray_pipeline.config.synthetic import SyntheticConfig
+from ray_pipeline.data import ingest as ingestion
 from ray_pipeline.data.infer import write_config
+from ray_pipeline.demo.showcase import LoopReport, run_loop
+from ray_pipeline.features import build
 from ray_pipeline.registry.handoff import LoadedModel, load, open_registry
-from ray_pipeline.runtime import init_ray
+from ray_pipeline.runtime import RayRuntime, init_ray
 from ray_pipeline.serve import deploy as serving
+from ray_pipeline.serve.predlog import read_log
+from ray_pipeline.synthetic import transactions
 from ray_pipeline.train.models import Prediction
 from ray_pipeline.train.runner import TrainRun
 from ray_pipeline.workflow import pipeline, promotion, retrain as feedback
@@ -61,6 +70,60 @@ def init(data: str, label: str, out: str | Path = "pipeline.yaml", positive: lis
     """
     write_config(data, label, out, overwrite, positive=positive, threshold=threshold, task=task, exclude=exclude)
     return _read_config(out)
+
+
+def start_ray(address: str | None = None) -> RayRuntime:
+    """Connect to the Ray at `address` (or `RAY_ADDRESS`), or start an embedded local one; every
+    function below does this itself when it needs Ray.
+
+    >>> rp.start_ray().local
+    True
+    """
+    return init_ray(address, quiet=True)
+
+
+def generate(config: Config, out: str | Path | None = None, rows: int | None = None) -> transactions.GenerateResult:
+    """The config's `synthetic` events (the demo's, whose label probability is known) written with
+    Ray Data to `out` (default: `data.source.path`, overwritten), `rows` of them if given (a config
+    without a `synthetic` section: the generator's defaults).
+
+    >>> rp.generate("pipeline.yaml", out="events", rows=2_000).rows
+    2000
+    """
+    cfg = load_config(config)
+    base = cfg.synthetic or SyntheticConfig()  # a config without the section: the generator's defaults
+    spec = base if rows is None else base.model_copy(update={"rows": rows})
+    init_ray(quiet=True)
+    return transactions.generate(spec, str(out) if out is not None else cfg.data.source.path)
+
+
+def ingest(config: Config) -> ingestion.IngestResult:
+    """Read and validate the source (as the pipeline's first stage): good rows to the ingested
+    table, every bad one to the quarantine with its reason, field, file and row.
+
+    >>> done = rp.ingest("pipeline.yaml")
+    >>> done.accepted + done.quarantined
+    800
+    """
+    cfg = load_config(config)
+    init_ray(quiet=True)
+    return ingestion.ingest(cfg)
+
+
+def build_features(config: Config) -> build.FeatureBuild:
+    """The feature store from the ingested table: views, the point-in-time training set, and the
+    online store when views are configured.
+
+    >>> built = rp.build_features("pipeline.yaml")
+    >>> built.rows == rp.ingest("pipeline.yaml").accepted
+    True
+    """
+    cfg = load_config(config)
+    init_ray(quiet=True)
+    built = build.build_features(cfg)
+    if cfg.features.views:
+        build.materialize_online(cfg)
+    return built
 
 
 def run(config: Config, models: Sequence[str] = pipeline.MODEL_KINDS, time_budget: float | None = None,
@@ -114,6 +177,26 @@ def deploy(config: Config) -> str:
     return serving.deploy(cfg, local=runtime.local)
 
 
+def undeploy(config: Config) -> None:
+    """Remove the served application; its replicas write what their prediction logs buffered first.
+
+    >>> rp.undeploy("pipeline.yaml")
+    """
+    cfg = load_config(config)
+    init_ray(quiet=True)
+    if cfg.serving.app_name in serve.status().applications:
+        serve.delete(cfg.serving.app_name)
+
+
+def read_predictions(config: Config) -> pd.DataFrame:
+    """Every logged prediction (request id, time, inputs, score, version, variant, latency per stage).
+
+    >>> rp.read_predictions("pipeline.yaml").columns[:2].tolist()
+    ['request_id', 'row']
+    """
+    return read_log(load_config(config).serving.prediction_log).to_pandas()
+
+
 def load_model(config: Config, uri: str | None = None) -> LoadedModel:
     """A registered version (default: the served alias) loaded as a Predictor, its files checked.
 
@@ -149,6 +232,21 @@ def monitor_windows(config: Config, window_s: float | None = None) -> list[Any]:
         return loop.run(None, None)
     finally:
         loop.close()
+
+
+def demo_loop(config: Config, url: str, window_s: float = 10.0, per_window: int = 6000,
+              echo: Callable[[str], None] = print) -> LoopReport:  # fmt: skip
+    """The loop `make demo` ends with, on a config with `synthetic` events: traffic replayed to the
+    endpoint at `url` before and after a drift, labels arriving, the monitor alerting, the feedback
+    loop retraining and promoting through the gates (about a minute).
+
+    >>> report = rp.demo_loop("demo.yaml", url, window_s=10)  # doctest: +SKIP
+    >>> report.windows_to_alert  # doctest: +SKIP
+    1
+    """
+    cfg = load_config(config)
+    init_ray(quiet=True)
+    return run_loop(cfg, url, cfg.synthetic or SyntheticConfig(), echo=echo, window_s=window_s, per_window=per_window)
 
 
 def retrain(config: Config, reason: str = "manual") -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """notebooks/walkthrough.ipynb runs top to bottom (in this process, on the session's Ray).
 
-Its last section replays drifted traffic through `demo.showcase.run_loop`, the loop `make demo`
-runs and tests/test_cli.py's demo test checks end to end: here that cell runs with the loop
-switched off (its parameter), and its call is checked against `run_loop`'s signature, so the loop
-runs once per test session, not twice."""
+It uses only the public API (`import ray_pipeline as rp`). Its last section replays drifted traffic
+through `rp.demo_loop`, the loop `make demo` runs and tests/test_cli.py's demo test checks end to
+end: here that cell runs with the loop switched off (its parameter), and its call is checked against
+`demo_loop`'s signature, so the loop runs once per test session, not twice."""
 
 from __future__ import annotations
 
@@ -46,15 +46,21 @@ def test_walkthrough_notebook_runs_end_to_end(ray_session, tmp_path, monkeypatch
     assert len(ns["log"]) == scored
     assert ns["answer"]["request_id"] in set(ns["log"]["request_id"])
     assert "loop" not in ns  # switched off, and the cell still ran (its import)
-    _check_call(cells[-1], "run_loop", ns["run_loop"], ns)
+    _check_call(cells[-1], "demo_loop", ns["rp"].demo_loop, ns)
+    imports = [n for c in cells for n in ast.walk(ast.parse("".join(c["source"])))
+               if isinstance(n, (ast.Import, ast.ImportFrom))]  # fmt: skip
+    modules = {a.name for n in imports if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module or "" for n in imports if isinstance(n, ast.ImportFrom)}
+    project = {m for m in modules if m.startswith("ray_pipeline")}
+    assert project == {"ray_pipeline"}, f"the notebook imports only the public API: {project}"
 
 
 def _check_call(cell: dict, name: str, function, ns: dict) -> None:
     """The cell's call of `name` binds to `function`'s signature, its arguments being names the
     notebook defines (or attributes of them)."""
     calls = [n for n in ast.walk(ast.parse("".join(cell["source"]))) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Name) and n.func.id == name]  # fmt: skip
-    assert len(calls) == 1, f"expected one {name}(...) call in the last cell"
+             and isinstance(n.func, ast.Attribute) and n.func.attr == name]  # fmt: skip
+    assert len(calls) == 1, f"expected one rp.{name}(...) call in the last cell"
     call = calls[0]
     inspect.signature(function).bind(*call.args, **{k.arg: k.value for k in call.keywords})
     for node in [*call.args, *(k.value for k in call.keywords)]:

@@ -522,7 +522,8 @@ def _yaml(src, data, out, label_map, key, ts, features, columns, rows, parts, sp
     for c in features:
         why = c.why
         if c.sample_range is not None:
-            why += f"; sample range {c.sample_range[0]:g} .. {c.sample_range[1]:g}: add min/max to quarantine values outside it"
+            lo, hi = c.sample_range
+            why += f"; sample range {lo:g} .. {hi:g}: add min/max to quarantine values outside it"
         inputs.set(c.name, c.spec, why, inline=True)
     if left:
         data_.comment("left out:", *(f"  {c.name}: {c.why}" for c in left))
