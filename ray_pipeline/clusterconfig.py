@@ -131,7 +131,7 @@ def _meta(spec: ClusterSpec, suffix: str) -> dict[str, Any]:
 
 def kuberay_manifests(cfg: PipelineConfig, config_in_image: str, spec: ClusterSpec) -> dict[str, dict[str, Any]]:
     """RayCluster, RayJob (runs the pipeline) and RayService (serves the champion), by file name."""
-    from ray_pipeline.serve.entry import deploy_config
+    from ray_pipeline.serve.entry import deploy_config  # here: Ray Serve's import cost, for manifests only
 
     cluster = raycluster_spec(cfg, spec)
     serve_config = deploy_config(config_in_image, cfg)

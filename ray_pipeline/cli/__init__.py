@@ -1,5 +1,8 @@
 """`ray-pipeline`: one module per sub-app (data, features, train, models, serve, monitor, labels,
-cluster, feedback, demo, ui), all sharing `context` (options, errors, config and Ray)."""
+cluster, feedback, demo, ui), all sharing `context` (options, errors, config and Ray).
+
+Each command imports the stage it runs inside its function: `--help` and a quick command start
+without Ray Train, Tune, Serve or scikit-learn (docs/ARCHITECTURE.md has the figures)."""
 
 from __future__ import annotations
 

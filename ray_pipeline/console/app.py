@@ -25,6 +25,9 @@ from ray_pipeline.console import actions, pages
 from ray_pipeline.console.access import COOKIE, Access, Denied
 from ray_pipeline.console.state import ConsoleState
 from ray_pipeline.errors import UserError
+from ray_pipeline.monitor.history import report_file as path_of
+from ray_pipeline.raycompat import serve_client
+from ray_pipeline.serve.deploy import wait_until_routed
 from ray_pipeline.storage import read_bytes
 
 HERE = Path(__file__).parent
@@ -205,7 +208,6 @@ def monitoring(request: Request, metric: str = "psi", version: int | None = None
 def report_file(request: Request, window: str, name: str):
     """A file of a per-window report (its HTML and PNGs)."""
     _guard(request)
-    from ray_pipeline.monitor.history import report_file as path_of
 
     m = _state().cfg.monitoring
     if not (SAFE_NAME.match(window) and SAFE_NAME.match(name)) or not name.endswith((".html", ".png")):
@@ -342,9 +344,6 @@ def console_token(cfg: PipelineConfig) -> str | None:
 def deploy_console(cfg: PipelineConfig) -> str:
     """Start (or update) the console beside the model on the connected Ray's Serve; returns its URL.
     Serve must already run (serve.start with the serving HTTP options)."""
-    from ray_pipeline.raycompat import serve_client
-    from ray_pipeline.serve.deploy import wait_until_routed
-
     c, s = cfg.console, cfg.serving
     serve.start(http_options={"host": s.host, "port": s.port})
     serve.run(Console.bind(cfg, console_token(cfg)), name=c.app_name, route_prefix=c.route_prefix, blocking=False)

@@ -28,6 +28,7 @@ from ray_pipeline.registry.traffic import current_traffic, traffic_history
 from ray_pipeline.registry.versions import model_names, versions_page
 from ray_pipeline.serve.predlog import STAGES, recent_log
 from ray_pipeline.storage import join, list_files
+from ray_pipeline.train.rundir import load_spec
 
 STAGE_ORDER = ("data", "features", "training", "registry", "serving", "monitoring", "feedback")
 RUN_COLUMNS = ("log_loss", "roc_auc", "brier", "accuracy", "rmse", "r2")
@@ -150,8 +151,6 @@ def compare(st: ConsoleState, ids: list[str]) -> dict[str, Any]:
 
 def run_detail(st: ConsoleState, run_id: str) -> dict[str, Any] | None:
     """One run: parameters, metrics, plots, FeatureSpec, lineage, the versions registered from it."""
-    from ray_pipeline.train.rundir import load_spec
-
     found = get_runs(st.registry, [run_id])
     if not found:
         st.sync_runs(force=True)

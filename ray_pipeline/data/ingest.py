@@ -23,6 +23,7 @@ from ray_pipeline.data.sources import (
     IngestError,
     SourceFiles,
     check_columns,
+    read_parquet,
     read_piece,
     read_pieces,
     resolve_source,
@@ -295,8 +296,6 @@ def unlabeled_rows(cfg: PipelineConfig, inputs: list[str]):
     """The last ingest's rows without a label (quarantined for it: no model trains on them) as a Ray
     Dataset of the schema `inputs` among them, typed; None when there are none. Input drift compares
     traffic with every ingested row, labeled or not (features/profile.py)."""
-    from ray_pipeline.data.sources import read_parquet
-
     features = cfg.data.schema_.features
     columns = {c: features[c] for c in inputs if c in features}
     if not columns or not matching_files(cfg.data.output.quarantine, "*.parquet"):

@@ -12,13 +12,15 @@ from typing import Any
 import pyarrow as pa
 
 from ray_pipeline.config import PipelineConfig, SchemaConfig, SyntheticConfig
+from ray_pipeline.features.pit import point_in_time_join
+from ray_pipeline.features.store import read_view
 from ray_pipeline.serve.client import http_json
+from ray_pipeline.storage import write_bytes
+from ray_pipeline.synthetic.transactions import generate_chunk, num_chunks
 
 
 def generated_events(spec: SyntheticConfig) -> pa.Table:
     """The generator's rows for `spec` (in-process, every chunk), in event-time order."""
-    from ray_pipeline.synthetic.transactions import generate_chunk, num_chunks
-
     table = pa.concat_tables([generate_chunk(spec, c) for c in range(num_chunks(spec))])
     return table.sort_by("event_ts")
 
@@ -26,9 +28,6 @@ def generated_events(spec: SyntheticConfig) -> pa.Table:
 def with_view_features(cfg: PipelineConfig, events: pa.Table) -> pa.Table:
     """Events with each configured feature view's values as of their time (the training set's join)."""
     import ray.data
-
-    from ray_pipeline.features.pit import point_in_time_join
-    from ray_pipeline.features.store import read_view
 
     schema = cfg.data.schema_
     ds = ray.data.from_arrow(events)
@@ -89,8 +88,6 @@ def send_windows(url: str, schema: SchemaConfig, events: pa.Table, inputs: list[
 def write_labels_csv(path: str | Path, labels: list[dict[str, Any]]) -> str:
     """Labels as an upstream system would deliver them: a CSV of request_id, row, label (path or URI)."""
     import pyarrow.csv as pacsv
-
-    from ray_pipeline.storage import write_bytes
 
     sink = pa.BufferOutputStream()
     pacsv.write_csv(pa.Table.from_pylist(labels), sink)

@@ -9,7 +9,15 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from ray_pipeline.config import PipelineConfig, SyntheticConfig
+from ray_pipeline.data.sources import read_parquet
+from ray_pipeline.demo.showcase import run_loop
+from ray_pipeline.features.build import online_store, training_set_path
+from ray_pipeline.registry.handoff import load, open_registry
 from ray_pipeline.runtime import RayRuntime
+from ray_pipeline.serve.client import http_json
+from ray_pipeline.synthetic.transactions import generate
+from ray_pipeline.synthetic.truth import ground_truth_summary
+from ray_pipeline.workflow.pipeline import Stages, run_pipeline
 from ray_pipeline.workflow.serving import ServingSession
 
 Echo = Callable[[str], None]
@@ -20,9 +28,6 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
              window_s: float = 10.0, per_window: int = 6000) -> None:  # fmt: skip
     """Steps 2-9 of the demo; step 1 (Ray) is the caller's. `window_s`, `per_window`: the loop's
     monitoring windows and the records replayed in each."""
-    from ray_pipeline.synthetic.transactions import generate
-    from ray_pipeline.workflow.pipeline import Stages, run_pipeline
-
     raw = cfg.data.source.path
     result = generate(spec, raw)
     heading(f"[2/{STEPS}] generated {result.rows:,} synthetic rows in {result.seconds:.1f} s -> {raw}")
@@ -34,7 +39,6 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
     _show_predictions(cfg, done.url, echo)
 
     heading(f"[{STEPS}/{STEPS}] closing the loop: drift, monitoring, alert, retrain, promotion, hot reload")
-    from ray_pipeline.demo.showcase import run_loop
 
     loop = run_loop(cfg, done.url, spec, echo=echo, window_s=window_s, per_window=per_window)
     echo(
@@ -54,9 +58,6 @@ def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, ec
 
 def _show_ground_truth(cfg: PipelineConfig, spec: SyntheticConfig, accepted: str, echo: Echo) -> None:
     """The Bayes-optimal floor, and online-store lookups for two known entities and an unknown one."""
-    from ray_pipeline.synthetic.truth import ground_truth_summary
-    from ray_pipeline.features.build import online_store
-
     echo(ground_truth_summary(accepted, cfg.data.schema_.label).render())
     store = online_store(cfg)
     end = spec.start + timedelta(days=spec.days)  # TTL evaluated at the end of the data, as a replay would
@@ -71,11 +72,6 @@ def _show_ground_truth(cfg: PipelineConfig, spec: SyntheticConfig, accepted: str
 
 def _show_predictions(cfg: PipelineConfig, url: str, echo: Echo) -> None:
     """The champion loaded from the registry, then the same rows (and entity lookups) over HTTP."""
-    from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.features.build import training_set_path
-    from ray_pipeline.registry.handoff import load, open_registry
-    from ray_pipeline.serve.client import http_json
-
     name, key, label = cfg.registry.model_name, cfg.data.schema_.entity_key, cfg.data.schema_.label
     champion = load(open_registry(cfg), f"models:/{name}@champion")
     sample = read_parquet(training_set_path(cfg)).take(3)

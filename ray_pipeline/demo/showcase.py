@@ -21,7 +21,11 @@ from ray_pipeline.demo.replay import (
     with_view_features,
     write_labels_csv,
 )
+from ray_pipeline.monitor.labels import ingest_labels
+from ray_pipeline.registry.handoff import load, open_registry
+from ray_pipeline.serve.client import http_json
 from ray_pipeline.storage import delete_tree, join
+from ray_pipeline.workflow.loop import Loop
 
 DRIFTED_WINDOWS = 4  # windows of drifted traffic before the monitor runs; the last is the holdout
 
@@ -63,11 +67,6 @@ def _live(results: list, metric: str, version: int) -> list[float]:
 def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callable[[str], None] = print,
              window_s: float = 10.0, per_window: int = 6000) -> LoopReport:  # fmt: skip
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
-    from ray_pipeline.monitor.labels import ingest_labels
-    from ray_pipeline.registry.handoff import load, open_registry
-    from ray_pipeline.serve.client import http_json
-    from ray_pipeline.workflow.loop import Loop
-
     report = LoopReport()
     delete_tree(cfg.monitoring.root)  # the demo's own monitoring starts afresh
     end = base.start + timedelta(days=base.days)

@@ -16,7 +16,7 @@ from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.features.online import OnlineStore, open_store
 from ray_pipeline.features.pit import point_in_time_join
 from ray_pipeline.features.store import daily_aggregates, materialize, read_view, write_view
-from ray_pipeline.storage import join, read_text, write_text
+from ray_pipeline.storage import filesystem, join, read_text, write_text
 
 
 @dataclass
@@ -48,8 +48,6 @@ def training_set_path(cfg: PipelineConfig) -> str:
 def _has_parquet(location: str) -> bool:
     """Whether a directory or URI holds any Parquet file (the feedback loop may not have written yet)."""
     from pyarrow import fs as pafs
-
-    from ray_pipeline.storage import filesystem
 
     fs, path = filesystem(location)
     if fs.get_file_info(path).type != pafs.FileType.Directory:

@@ -111,7 +111,7 @@ def live_quality(y: np.ndarray, p: np.ndarray, task: str = "binary") -> dict[str
     (binary); accuracy and macro-F1 of the served class (multiclass); RMSE, MAE, R^2 (regression)."""
     from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
-    from ray_pipeline.train.evaluate import calibration_error
+    from ray_pipeline.train.evaluate import calibration_error  # here: scikit-learn's import, as above
 
     out = {"labeled_rows": float(len(y))}
     if len(y) == 0:

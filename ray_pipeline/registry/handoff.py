@@ -12,9 +12,10 @@ from ray_pipeline.config import PipelineConfig
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.versions import ModelVersion
+from ray_pipeline.storage import join, tree_sha256
 from ray_pipeline.train.explain import IMPORTANCE_FILE
 from ray_pipeline.train.models import Predictor, load_model
-from ray_pipeline.train.rundir import load_spec, model_dir, read_run
+from ray_pipeline.train.rundir import MODEL_DIR, load_spec, model_dir, read_run
 
 
 def registry_db(cfg: PipelineConfig) -> str:
@@ -64,9 +65,6 @@ def _output(spec) -> str:
 
 def model_sha256(run_dir: str | Path) -> str:
     """Digest of a run's model files: two runs that learned the same model have the same digest."""
-    from ray_pipeline.storage import join, tree_sha256
-    from ray_pipeline.train.rundir import MODEL_DIR
-
     return tree_sha256(join(str(run_dir), MODEL_DIR))  # join, not Path: run_dir may be a URI
 
 

@@ -13,6 +13,7 @@ from ray_pipeline.raycompat import serve_client
 from ray_pipeline.registry.handoff import load, open_registry
 from ray_pipeline.runtime import quiet_serve_logs
 from ray_pipeline.serve.app import Predictor
+from ray_pipeline.serve.client import http_json
 from ray_pipeline.serve.replica import ServingSettings
 
 
@@ -89,8 +90,6 @@ ROUTE_WAIT_S = 30.0
 
 def wait_until_routed(url: str, seconds: float = ROUTE_WAIT_S) -> bool:
     """Poll GET {url}/healthz until it answers 200 (True) or `seconds` pass (False)."""
-    from ray_pipeline.serve.client import http_json
-
     deadline = time.time() + seconds
     while time.time() < deadline:
         try:

@@ -64,7 +64,7 @@ class ServingSettings:
     @classmethod
     def from_config(cls, cfg: PipelineConfig, api_key: str | None = None) -> "ServingSettings":
         """The settings of `cfg`'s serving section (opens the online store when views exist)."""
-        from ray_pipeline.features.build import online_store
+        from ray_pipeline.features.build import online_store  # here: on the driver; replicas skip the builder
 
         s, t, r = cfg.serving, cfg.serving.traffic, cfg.registry
         views = {name: (v.feature_names, v.ttl_seconds) for name, v in cfg.features.views.items()}

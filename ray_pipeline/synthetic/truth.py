@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.synthetic.transactions import bayes_log_loss
 
 
@@ -37,8 +38,6 @@ def _partial(batch: pa.Table, label: str) -> pa.Table:
 def ground_truth_summary(accepted_path: str, label: str) -> GroundTruth:
     """Label rate, mean p_true and Bayes log-loss of the Parquet rows at `accepted_path`."""
     from ray.data.aggregate import Sum
-
-    from ray_pipeline.data.sources import read_parquet
 
     ds = read_parquet(accepted_path, columns=[label, "p_true"])
     parts = ds.map_batches(_partial, fn_kwargs={"label": label}, batch_format="pyarrow")

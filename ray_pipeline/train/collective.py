@@ -20,6 +20,8 @@ import struct
 
 import numpy as np
 
+from ray_pipeline.train import session
+
 _HEADER = struct.Struct("!Q")  # payload bytes
 _TIMEOUT_S = 1800.0  # a peer silent this long is stuck, not slow: fail so Ray Train restarts the group
 _group: "StarGroup | None" = None
@@ -74,7 +76,6 @@ class StarGroup:
 def allreduce(values: np.ndarray, op: str = "sum") -> np.ndarray:
     """Sum (or max) across the Ray Train workers of this run; the identity for one worker."""
     global _group
-    from ray_pipeline.train import session
 
     ctx = session.get_context()
     world_size = ctx.get_world_size()

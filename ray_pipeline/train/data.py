@@ -11,10 +11,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_pipeline.config import PipelineConfig
+from ray_pipeline.data.sources import read_parquet
 from ray_pipeline.errors import UserError
+from ray_pipeline.features.build import training_set_path
 from ray_pipeline.features.fit import fit
 from ray_pipeline.features.spec import FeatureSpec, native_spec
 from ray_pipeline.features.transform import transform_table
+from ray_pipeline.storage import tree_sha256
 from ray_pipeline.train.models import transform_target
 
 # Synthetic ground truth, carried to the test set as "truth" when the data has it: p_true (binary:
@@ -307,10 +310,6 @@ def prepare_training_set(cfg: PipelineConfig, holdout: pa.Table | None = None, s
 
     `holdout`, `since_us` (a feedback retrain): the test rows, and the first event time to train on;
     `spec`: a fitted spec to transform with (see `prepare`)."""
-    from ray_pipeline.data.sources import read_parquet
-    from ray_pipeline.features.build import training_set_path
-    from ray_pipeline.storage import tree_sha256
-
     path = training_set_path(cfg)
     digest = tree_sha256(path)  # before reading: the digest names exactly the files prepared
     training_set = read_parquet(path)

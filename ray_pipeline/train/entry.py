@@ -17,7 +17,7 @@ def worker_loop(kind: str):
 
     def loop(config: dict[str, Any]) -> dict[str, Any] | None:
         quiet_report_log()
-        if kind == "xgboost":
+        if kind == "xgboost":  # each worker imports the one loop it runs
             from ray_pipeline.train.xgb import train_loop
         else:
             from ray_pipeline.train.logreg import train_loop

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.storage import join, write_bytes
 
 IMPORTANCE_FILE = "importance.json"
 # TreeSHAP interactions cost about d times the contributions per row, and a thousand rows made them
@@ -146,8 +147,6 @@ def save_importance(run_dir: str, model: Any, spec: FeatureSpec, ds, budget_s: f
     """Compute `global_importance` over `ds` (within `budget_s`) and write it as the run directory's
     importance.json; returns it."""
     import json
-
-    from ray_pipeline.storage import join, write_bytes
 
     found = global_importance(model, spec, ds, budget_s)
     write_bytes(join(run_dir, IMPORTANCE_FILE), json.dumps(found, indent=2).encode())

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ray_pipeline.train import optimizers as opt
+from ray_pipeline.progress import Reporter
+from ray_pipeline.train import optimizers as opt, session
 from ray_pipeline.train.collective import allreduce
 from ray_pipeline.train.objective import Evaluation, global_objective, mean_loss, task_weights
+from ray_pipeline.train.worker import TUNE_VIA_TRAIN, load_shard, past_deadline, tune_report
 
 STATE_JSON, STATE_NPZ = "state.json", "arrays.npz"
 SECOND_ORDER = ("newton", "lbfgs")
@@ -132,10 +134,6 @@ class _SecondOrder:
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop; rank 0 returns the chosen weights and the loss history."""
     import ray.train
-
-    from ray_pipeline.progress import Reporter
-    from ray_pipeline.train import session
-    from ray_pipeline.train.worker import TUNE_VIA_TRAIN, load_shard, past_deadline, tune_report
 
     ctx = session.get_context()
     rank = ctx.get_world_rank()

@@ -15,16 +15,18 @@ import numpy as np
 from ray_pipeline.config import PipelineConfig, TrainingConfig
 from ray_pipeline.data.ingest import unlabeled_rows
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.spec import FeatureSpec
+from ray_pipeline.features.build import training_set_path
 from ray_pipeline.features.profile import input_profile, save_profile, with_scores
+from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.progress import remote_bar
 from ray_pipeline.storage import join, local_dir
 from ray_pipeline.train import evaluate, explain
 from ray_pipeline.train.data import Prepared, for_model, prepare_training_set, shard_refs
+from ray_pipeline.train.entry import worker_loop
 from ray_pipeline.train.models import LogisticModel, XGBoostModel, load_model, logged_score
 from ray_pipeline.train.objective import task_weights
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, model_dir, read_run, write_run
-from ray_pipeline.train.entry import worker_loop
+from ray_pipeline.train.session import direct_loop
 from ray_pipeline.train.worker import TUNE_DIRECT, TUNE_VIA_TRAIN
 
 
@@ -63,7 +65,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
     from ray.train.xgboost import XGBoostConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ray_pipeline.train.trainer import Trainer, XGBoostTrainer
+    from ray_pipeline.train.trainer import Trainer, XGBoostTrainer  # here: Ray Train's import cost, paid when used
 
     training = cfg.training
     scaling = ScalingConfig(
@@ -107,8 +109,6 @@ class _DirectResult:
 
 def _direct(kind: str, loop_config: dict[str, Any], prepared: Prepared) -> _DirectResult:
     """Run the loop in this process without Ray Train (a search trial on a small table)."""
-    from ray_pipeline.train.session import direct_loop
-
     shards = {name: shard_refs(getattr(prepared, name), 1) for name in ("train", "valid")}
     with direct_loop():
         return _DirectResult(worker_loop(kind)({**loop_config, "shards": shards}))
@@ -279,8 +279,6 @@ def train_model(
     wall-clock time (`time.time()`) an in-process search trial stops at, keeping its best so far.
     """
     import xgboost
-
-    from ray_pipeline.features.build import training_set_path
 
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")

@@ -32,7 +32,9 @@ from ray_pipeline.config import PipelineConfig
 from ray_pipeline.config.training import ParamRange
 from ray_pipeline.errors import UserError
 from ray_pipeline.storage import join
+from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, for_model
+from ray_pipeline.train.runner import in_process_or, profile_once, train_model
 from ray_pipeline.train.target import TARGET_PARAM, under_target
 
 log = logging.getLogger(__name__)
@@ -166,9 +168,6 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
     import ray
     from ray import tune
 
-    from ray_pipeline.train import evaluate
-    from ray_pipeline.train.runner import train_model
-
     trial_id = tune.get_context().get_trial_id()
     if deadline is not None and time.time() >= deadline:
         return  # queued before the search's deadline, started after it: nothing to train in the time left
@@ -216,8 +215,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from ray_pipeline.train.deadline import UntilDeadline, trial_reserve
-    from ray_pipeline.train.runner import in_process_or, profile_once
+    from ray_pipeline.train.deadline import UntilDeadline, trial_reserve  # here: it imports Ray Tune, as above
 
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")

@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ray_pipeline.raycompat import train_context_logger
+from ray_pipeline.train import session
+from ray_pipeline.train.collective import allreduce
+
 
 def iter_batches(shard: tuple[list, int], n_features: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features, labels) per Arrow record batch of a shard's blocks: float32 views straight into
@@ -45,9 +49,6 @@ def load_shard(shard: tuple[list, int], n_features: int) -> tuple[np.ndarray, np
 
 def gather_rows(values: list[float]) -> list[list[float]]:
     """Each worker's row of numbers, gathered on every worker with the allreduce."""
-    from ray_pipeline.train import session
-    from ray_pipeline.train.collective import allreduce
-
     ctx = session.get_context()
     rows = np.zeros((ctx.get_world_size(), len(values)))
     rows[ctx.get_world_rank()] = values
@@ -89,8 +90,6 @@ def past_deadline(config: dict[str, Any]) -> bool:
 def quiet_report_log() -> None:
     """Silence Ray Train's per-report INFO line (the whole checkpoint repr, every report, every worker)."""
     import logging
-
-    from ray_pipeline.raycompat import train_context_logger
 
     # That logger is named by file path, so RunConfig's LoggingConfig, which filters only "ray.train.*"
     # records, does not reach it.

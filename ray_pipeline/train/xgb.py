@@ -8,6 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ray_pipeline.progress import Reporter
+from ray_pipeline.train import session
+from ray_pipeline.train.worker import TUNE_VIA_TRAIN, iter_batches, past_deadline, tune_report
+
 
 def _callback(frequency: int, every_round: bool = False):
     """Ray Train's XGBoost callback, reporting only with checkpoints: each ray.train.report is a
@@ -44,9 +48,6 @@ def _progress(key: str | None, total: int, config: dict[str, Any]):
     to Ray Tune in a search trial)."""
     import xgboost
 
-    from ray_pipeline.progress import Reporter
-    from ray_pipeline.train.worker import past_deadline, tune_report
-
     class Progress(xgboost.callback.TrainingCallback):
         def __init__(self) -> None:
             self.report = Reporter(key)
@@ -69,8 +70,6 @@ def _shard_iter(shard: tuple[list, int], n_features: int, weights: list[float] |
     """An xgboost.DataIter over a shard's record batches (`worker.iter_batches`); rows weigh
     `weights[class]` when given; `feature_types` marks native category codes ("c")."""
     import xgboost
-
-    from ray_pipeline.train.worker import iter_batches
 
     class ShardIter(xgboost.DataIter):
         def __init__(self) -> None:
@@ -109,9 +108,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train worker loop: checkpoints every `checkpoint_every` rounds, resumes from the last."""
     import xgboost
     from ray.train.xgboost import RayTrainReportCallback
-
-    from ray_pipeline.train import session
-    from ray_pipeline.train.worker import TUNE_VIA_TRAIN
 
     d, rank = config["n_features"], session.get_context().get_world_rank()
     params = {

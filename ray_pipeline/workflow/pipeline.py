@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray_pipeline.config import PipelineConfig
-from ray_pipeline.data.ingest import IngestResult
+from ray_pipeline.data.ingest import IngestResult, check_quarantine_share, ingest
 from ray_pipeline.errors import UserError
-from ray_pipeline.features.build import FeatureBuild
-from ray_pipeline.train.data import Prepared
-from ray_pipeline.train.runner import TrainRun
+from ray_pipeline.features.build import FeatureBuild, build_features, materialize_online
+from ray_pipeline.registry.handoff import open_registry, register_run
+from ray_pipeline.registry.runs import index_run
+from ray_pipeline.train import target
+from ray_pipeline.train.blend import blend_runs
+from ray_pipeline.train.data import Prepared, describe_split, for_model, prepare_training_set
+from ray_pipeline.train.evaluate import render
+from ray_pipeline.train.refit import refit
+from ray_pipeline.train.runner import TrainRun, in_process_or, summary, train_model
+from ray_pipeline.train.search import run_search
 from ray_pipeline.workflow.promotion import Promotion, register_and_promote
 from ray_pipeline.workflow.search import budget_share, budgeted, keep_best, not_registered, render_search
 
@@ -79,12 +86,6 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
     """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)
     and add each run to the registry's run index (`trigger`: run, train or feedback; `init`: a model
     to warm-start from, see `train_model`)."""
-    from ray_pipeline.registry.handoff import open_registry
-    from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.train import target
-    from ray_pipeline.train.data import prepare_training_set
-    from ray_pipeline.train.runner import summary, train_model
-
     prepared = prepared if prepared is not None else prepare_training_set(cfg)
     runs = []
     for kind in kinds:
@@ -102,9 +103,6 @@ def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepar
 def _kept_target(cfg: PipelineConfig, kind: str, prepared: Prepared, tried: list[TrainRun],
                  echo: Echo | None) -> TrainRun:  # fmt: skip
     """Of one model kind fitted on each target transform, the run with the lowest validation error."""
-    from ray_pipeline.train import target
-    from ray_pipeline.train.data import for_model
-
     if len(tried) == 1:
         return tried[0]
     taken = for_model(prepared, kind, cfg.training)
@@ -119,10 +117,6 @@ def _kept_target(cfg: PipelineConfig, kind: str, prepared: Prepared, tried: list
 def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotion, echo: Echo) -> None:
     """The champion, when this run made it, trained again on every row of the split and served in
     its place (`training.refit`; the gates judged its recipe on the held-out test split)."""
-    from ray_pipeline.registry.handoff import open_registry, register_run
-    from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.train.refit import refit
-
     held = promotion.champion
     if held is None or held.version not in {v.version for v in promotion.versions}:
         return
@@ -144,11 +138,6 @@ def _refit_champion(cfg: PipelineConfig, prepared: Prepared, promotion: Promotio
 
 def _blend(cfg: PipelineConfig, prepared: Prepared, runs: Sequence[TrainRun], echo: Echo) -> list[TrainRun]:
     """The ensemble of `runs` (`training.ensemble`), indexed, when a blend beats each alone on validation."""
-    from ray_pipeline.registry.handoff import open_registry
-    from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.train.blend import blend_runs
-    from ray_pipeline.train.evaluate import render
-
     if not cfg.training.ensemble or len(runs) < 2:
         return []
     blended = blend_runs(cfg, prepared, [str(r.run_dir) for r in runs])
@@ -165,8 +154,6 @@ def _search_models(cfg: PipelineConfig, models: list[str], prepared: Prepared,
                    echo: Echo) -> tuple[list[TrainRun], list[str]]:  # fmt: skip
     """A search per model kind on one prepared split: the best trials' runs to register, and a
     line for each best trial that is a registered model again."""
-    from ray_pipeline.train.search import run_search
-
     runs: list[TrainRun] = []
     repeated = []
     budget = cfg.training.time_budget_s
@@ -199,11 +186,6 @@ def run_pipeline(
     """Ingest, build features (and the online store when views exist), train each model kind on
     one prepared split (or search its hyperparameters on Ray Tune: `search`), register, promote
     through the gates, and optionally deploy on Ray Serve."""
-    from ray_pipeline.data.ingest import check_quarantine_share, ingest
-    from ray_pipeline.features.build import build_features, materialize_online
-    from ray_pipeline.train.data import describe_split, prepare_training_set
-    from ray_pipeline.train.runner import in_process_or
-
     models = check_models(list(models))
     stages = stages or Stages(5 + bool(serve), echo)
     with stages.stage("ingest", "ingest and validation"):
@@ -252,7 +234,7 @@ def run_pipeline(
 
     url = None
     if serve:
-        from ray_pipeline.serve.deploy import deploy
+        from ray_pipeline.serve.deploy import deploy  # here: Ray Serve's import cost, paid by `--serve` only
 
         with stages.stage("serve", f"serving models:/{cfg.registry.model_name}@{cfg.serving.alias} on Ray Serve"):
             if promotion.champion is None:

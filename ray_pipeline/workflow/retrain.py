@@ -34,8 +34,9 @@ import pyarrow.compute as pc
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.build import build_features, materialize_online
+from ray_pipeline.features.profile import input_profile
 from ray_pipeline.feedback.records import write_record
-from ray_pipeline.feedback.selection import feed_back, fed_keys, labeled_traffic, new_labels, select_rows, span
+from ray_pipeline.feedback.selection import fed_keys, feed_back, labeled_traffic, new_labels, select_rows, span
 from ray_pipeline.monitor.estimate import save_calibration
 from ray_pipeline.registry.gates import HoldoutGates, PromotionRefused, primary_metric, promote
 from ray_pipeline.registry.handoff import load, model_sha256, open_registry, register_run, same_model
@@ -48,7 +49,9 @@ from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import iso_us, model_inputs, prepare_training_set, with_columns
 from ray_pipeline.train.models import Predictor
 from ray_pipeline.train.runner import TrainRun
+from ray_pipeline.train.search import run_search, with_params
 from ray_pipeline.workflow.pipeline import train_models
+from ray_pipeline.workflow.search import keep_best
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +210,6 @@ def _refit(cfg: PipelineConfig, registry: Registry, record: dict[str, Any], hold
     `calibration`: the gated version's labels and scores on that window, out of sample, which its
     quality estimates start from (the refit's own scores there are in-sample). A warm-started winner
     is refitted the same way: from `champion` (the one it was judged against), the window included."""
-    from ray_pipeline.train.search import with_params
-
     name, alias = cfg.registry.model_name, cfg.serving.alias
     feed_back(cfg, holdout.filter(pc.is_valid(holdout["entity"])), f"{record['id']}-holdout")
     build_features(cfg)
@@ -339,8 +340,6 @@ def _first_passing(cfg: PipelineConfig, registry: Registry, record: dict[str, An
 def retrain_config(cfg: PipelineConfig, kind: str, champion_kind: str, champion_lineage: dict[str, Any]) -> PipelineConfig:
     """The settings `kind` retrains with: the champion's searched parameters when the champion is
     that kind and came from a search (a retrain must not quietly undo a search), else the config's."""
-    from ray_pipeline.train.search import with_params
-
     params = (champion_lineage.get("search") or {}).get("params")
     return with_params(cfg, kind, params) if params and champion_kind == kind else cfg
 
@@ -349,9 +348,6 @@ def challengers(cfg: PipelineConfig, prepared: Any, champion_kind: str, champion
                 record: dict[str, Any]) -> list[Any]:  # fmt: skip
     """Each configured model kind retrained on `prepared`: with the champion's parameters, or the
     best trial of a small search (`feedback.hyperparameters`); what was used goes into `record`."""
-    from ray_pipeline.train.search import run_search
-    from ray_pipeline.workflow.search import keep_best
-
     fb = cfg.monitoring.feedback
     if fb.hyperparameters == "champion":
         runs = []
@@ -380,8 +376,6 @@ def _reference(cfg: PipelineConfig, holdout: pa.Table, spec: Any) -> dict[str, A
     promotion is decided on. Its training rows are mostly older: against them the traffic that
     started the retrain would keep its input-drift alert firing after the promotion."""
     import ray.data
-
-    from ray_pipeline.features.profile import input_profile
 
     m = cfg.monitoring
     return input_profile(ray.data.from_arrow(with_columns(holdout, spec.input_columns)), spec, m.bins, m.top_k)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.config import FeatureColumn, PipelineConfig, SourceConfig
 from ray_pipeline.data import validate as v
+from ray_pipeline.data.ingest import read_source, root_cause
 from ray_pipeline.data.sources import IngestError, check_columns, read_pieces, resolve_source
 from ray_pipeline.errors import UserError
 from ray_pipeline.progress import bar
@@ -113,8 +114,6 @@ def score_files(cfg: PipelineConfig, model: LoadedModel, location: str, out: str
                 explain: int = 0) -> BatchResult:  # fmt: skip
     """Score every row of `location` (file, directory, glob or URI) with `model`; write Parquet to `out`
     (with an `explanation` column of the top `explain` columns per row when explain > 0)."""
-    from ray_pipeline.data.ingest import read_source, root_cause
-
     started = time.perf_counter()
     source = SourceConfig(path=location, format=fmt, null_values=cfg.data.source.null_values,
                           csv_delimiter=cfg.data.source.csv_delimiter)  # fmt: skip

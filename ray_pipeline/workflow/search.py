@@ -10,11 +10,16 @@ from dataclasses import dataclass
 
 from ray_pipeline.config import PipelineConfig
 from ray_pipeline.errors import UserError
+from ray_pipeline.registry.handoff import model_sha256, open_registry, same_model
+from ray_pipeline.registry.runs import index_run
 from ray_pipeline.registry.versions import ModelVersion
 from ray_pipeline.storage import join, write_bytes
-from ray_pipeline.train.data import Prepared
-from ray_pipeline.train.runner import TrainRun
-from ray_pipeline.train.search import SEARCH_FILE, SearchResult
+from ray_pipeline.train.data import Prepared, prepare_training_set
+from ray_pipeline.train.explain import save_importance
+from ray_pipeline.train.models import load_model
+from ray_pipeline.train.rundir import model_dir, read_run
+from ray_pipeline.train.runner import IMPORTANCE_MIN_S, IMPORTANCE_SHARE, TrainRun
+from ray_pipeline.train.search import SEARCH_FILE, SearchResult, new_search_id, run_search, searches_root, space_of
 from ray_pipeline.workflow.promotion import Promotion, register_and_promote
 
 
@@ -54,13 +59,6 @@ def _short(v: object) -> str:
 def keep_best(cfg: PipelineConfig, result: SearchResult, prepared: Prepared) -> TrainRun | ModelVersion:
     """Index every finished trial as a run; the best one's run with search.json and importance.json
     written into it, or the registered version whose model files it repeats."""
-    from ray_pipeline.registry.handoff import model_sha256, open_registry, same_model
-    from ray_pipeline.registry.runs import index_run
-    from ray_pipeline.train.explain import save_importance
-    from ray_pipeline.train.models import load_model
-    from ray_pipeline.train.rundir import model_dir, read_run
-    from ray_pipeline.train.runner import IMPORTANCE_MIN_S, IMPORTANCE_SHARE
-
     registry = open_registry(cfg)
     for t in result.trials:
         if t.run_dir:
@@ -90,10 +88,6 @@ def search_and_register(cfg: PipelineConfig, kind: str, trials: int | None = Non
     """Search `kind` on the feature store's training set (or finish the stopped search `resume`),
     register the best trial (its version carries search.json: space, algorithm, every trial, the
     best parameters) and promote it through the gates."""
-    from ray_pipeline.registry.handoff import open_registry
-    from ray_pipeline.train.data import prepare_training_set
-    from ray_pipeline.train.search import new_search_id, run_search, searches_root, space_of
-
     space_of(cfg, kind)  # a space the model kind does not take stops here, before any data is read
     search_id = resume or new_search_id(kind)
     if echo is not None:
