@@ -1,5 +1,6 @@
 """What serve/app.py's docstring says a /predict reads is true: one request through a replica built
-in this process (Serve's batcher aside), every project file that runs code on its way recorded."""
+in this process (alone, so scored without Serve's batcher), every project file that runs code on its
+way recorded."""
 
 from __future__ import annotations
 
@@ -61,12 +62,7 @@ def test_a_plain_predict_runs_code_in_the_files_the_docstring_lists(tmp_path):
     settings = dataclasses.replace(ServingSettings.from_config(cfg), store=None, views={}, api_key=None)
     # The replica class itself (Serve's ingress wrapper around it needs a running replica).
     cls = next(c for c in serve_app.Predictor.func_or_class.__mro__ if "predict" in vars(c))
-    replica = cls(settings)
-
-    async def batch_of_one(req):  # Serve's batcher asks for its replica context
-        return replica.runner.score([req])[0]
-
-    replica.score_batch = batch_of_one
+    replica = cls(settings)  # a request alone on it is scored at once, without Serve's batcher
     app = replica.__serve_build_asgi_app__()
     record = {"amount": 12.5, "channel": " pos "}
     try:
