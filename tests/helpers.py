@@ -3,6 +3,7 @@ with a known model, and one way to wait for something."""
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -205,3 +206,13 @@ def linear_cfg(tmp_path, **logreg) -> PipelineConfig:
     )
 
 
+# A line Ray or Ray Tune printed, not the project: Ray's log format, its processes' prefixes, the
+# raylet's worker-start notice, its native exit noise, Tune's experiment box and TensorBoard hint.
+RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|pid=)|nanobind|Token authentication"
+                      r"|PYTHON worker processes have been started|View detailed results here|TensorBoard"
+                      r"|Trial status|tensorboardx")
+
+
+def ray_lines(text: str) -> list[str]:
+    """The lines of a terminal's text that Ray or Tune printed (none on a quiet terminal)."""
+    return [line for line in text.splitlines() if RAY_LINE.search(line)]

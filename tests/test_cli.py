@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ray_pipeline.cli import app
+
+from .helpers import ray_lines
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent / "ray-pipeline"
@@ -97,6 +100,8 @@ def test_missing_source_exits_2_naming_it(ray_session, tmp_path, demo_config_dic
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(ray_session, project_copy):
+    """The demo as a newcomer's terminal shows it (a process of its own, on the session's Ray):
+    every stage's report, and no line of Ray's or Tune's own."""
     from ray_pipeline.runtime import free_port
 
     config = project_copy / "configs" / "demo.yaml"
@@ -105,10 +110,13 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     config.write_text(yaml.safe_dump(body, sort_keys=False))
     # A short loop (3 s windows of 1,000 records) on a small table: the notebook test runs the
     # same loop; the demo's default (10 s windows of 6,000) is what `make demo` shows.
-    result = runner.invoke(app, ["demo", "--config", str(config), "--rows", "15000", "--loop-window", "3",
-                                 "--per-window", "1000"])
-    assert result.exit_code == 0, result.output
-    out = result.output
+    proc = subprocess.run([str(BIN), "demo", "--config", str(config), "--rows", "15000", "--loop-window", "3",
+                           "--per-window", "1000", "--address", ray_session.address], capture_output=True, text=True,
+                          env={**os.environ, "RAY_PIPELINE_PROGRESS": "0"}, cwd=project_copy, timeout=900)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    noise = ray_lines(out)
+    assert not noise, "\n".join(noise)
     assert "generated 15,000 synthetic rows" in out
     assert "read               15,000" in out
     assert "Bayes-optimal log-loss" in out
@@ -126,10 +134,6 @@ def test_demo_runs_end_to_end(ray_session, project_copy):
     assert "feedback feedback-" in out and "loop: alert" in out
     # The retrain's feature step refreshed the online store, as `run` does: lookups see fed-back rows.
     assert re.search(r"online store refreshed: customer_daily [1-9][\d,]* entity values", out), out[-3000:]
-
-
-# A line Ray printed, not the project: its log format, its processes' prefixes, its native exit noise.
-RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|pid=)|nanobind|Token authentication")
 
 
 # A process that starts the embedded local Ray as every command does, says its address, holds it
@@ -172,9 +176,44 @@ def test_an_embedded_ray_with_token_auth_is_quiet_and_other_commands_attach_to_i
     assert holder.returncode == 0, held_err[-2000:]
     token = tmp_path / ".ray" / "auth_token"  # token auth was on: the notice was due, and kept off
     assert stat.S_IMODE(token.stat().st_mode) == 0o600  # Ray writes it with the umask's mode
-    lines = (first + held_out + held_err + proc.stdout + proc.stderr).splitlines()
-    ray_lines = [line for line in lines if RAY_LINE.search(line)]
-    assert not ray_lines, "\n".join(ray_lines)
+    noise = ray_lines(first + held_out + held_err + proc.stdout + proc.stderr)
+    assert not noise, "\n".join(noise)
+
+
+@pytest.mark.slow  # starts a Ray of its own and serves: `make test-fast` leaves it out
+def test_run_serve_on_a_newcomers_terminal_is_quiet_and_stops_on_ctrl_c(tmp_path, demo_config_dict):
+    """`run --serve` as a newcomer runs it (its own embedded Ray, waiting to be stopped): the
+    terminal shows the run and where it serves, no line of Ray's; Ctrl-C stops it cleanly and the
+    note that let other commands attach is gone."""
+    from ray_pipeline.runtime import free_port
+
+    raw = tmp_path / "raw"
+    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
+    body = demo_config_dict  # its paths (../data/demo/...) land under tmp_path from configs/
+    body["data"]["source"]["path"] = str(raw)
+    body["serving"]["port"] = free_port()
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(body))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([str(BIN), "run", "--config", str(config), "--models", "logreg", "--serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        assert (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists(), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    assert "endpoint: http://" in out and "(local, started by this command)" in out, out[-3000:]
+    assert not ray_lines(out), out
+    assert not (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists()
 
 
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out

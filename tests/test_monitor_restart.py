@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from .helpers import ray_lines
 from .test_natural_drift import base_model, deliver_labels, drift_config_body, period, serve_period
 
 pytestmark = pytest.mark.slow
@@ -97,6 +98,7 @@ def test_killed_monitor_resumes_without_losing_or_duplicating(ray_session, tmp_p
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert f"finished the interrupted feedback run {interrupted}" in out and "SIGTERM" in out and "state saved" in out
+    assert not ray_lines(out), out  # a retrain inside `monitor --watch`: still only the monitor's own lines
 
     # nothing lost: every window once, with all its rows; the interrupted retrain completed once.
     # Read as the table's readers do: a write the first kill cut short left a hidden temp file.

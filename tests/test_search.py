@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from ray_pipeline.cli import app
 
+from .helpers import ray_lines
 from .tables import churn_table
 
 pytestmark = pytest.mark.slow  # Ray Tune trials: `make test-fast` skips these
@@ -127,7 +128,9 @@ def test_a_killed_driver_resumes_the_search_keeping_its_finished_trials(churn, r
         time.sleep(2.5)  # one more save of the experiment's state (TUNE_GLOBAL_CHECKPOINT_S)
     finally:
         proc.kill()
+        printed = first + proc.stdout.read()
         proc.wait()
+    assert not ray_lines(printed), printed  # `tune`'s terminal: the search's own lines only
     before = _finished_runs(run_root, search_id)
     assert len(before) >= 2, "the driver was killed before two trials finished"
 
