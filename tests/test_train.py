@@ -13,7 +13,7 @@ from ray_pipeline.config import PipelineConfig, parse_config
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.objective import shard_sums
 from ray_pipeline.train.rundir import PLOTS_DIR, model_dir, read_run
-from ray_pipeline.train.runner import in_process_or, summary, train_model
+from ray_pipeline.train.runner import placement_of, summary, train_model
 
 from .helpers import TRUE_BIAS, TRUE_COEF, linear_cfg, linear_prepared
 
@@ -66,9 +66,11 @@ def test_recovers_linear_ground_truth_in_process(linear, tmp_path):
     written = read_run(run.run_dir)
     assert (written.kind, written.metrics, written.spec) == ("logreg", run.metrics, run.spec)
     assert written.params["workers"] == 0 and len(written.history) == len(run.history)
-    assert "in-process" in summary(run)
+    assert "in-process" in summary(run) and "Ray Train's start alone costs" in summary(run)
+    placed = written.lineage["placement"]  # why, kept with the run
+    assert placed["workers"] == 0 and "Ray Train's start" in placed["why"] and placed["estimate_s"] >= 0
     cfg.training.in_process_max_rows = linear.rows["train"] - 1  # one row more than in-process allows
-    assert in_process_or(cfg.training, linear) == cfg.training.workers == 2
+    assert placement_of(cfg, "logreg", linear).workers == cfg.training.workers == 2
 
 
 @pytest.mark.slow
@@ -77,6 +79,7 @@ def test_xgboost_trains_in_process(linear, tmp_path):
     cfg.training.xgboost.num_boost_round = 30
     run = train_model(cfg, "xgboost", prepared=linear)
     assert run.params["workers"] == 0 and 0 < len(run.history) <= 30
+    assert run.params["nthread"] >= 1 and run.params["nthread"] == read_run(run.run_dir).lineage["placement"]["threads"]
     assert run.metrics["log_loss"] < 0.6 and (model_dir(run.run_dir) / "model.ubj").exists()
 
 

@@ -154,12 +154,17 @@ class TrainingConfig(StrictModel):
         "again on train + valid + test rows and serve the refitted model (its metrics: the held-out run's, "
         "measured before). auto: with a time budget (`run --time-budget`).",
     )
-    in_process_max_rows: int = Field(
-        default=100_000,
+    placement: Literal["auto", "in_process", "workers"] = Field(
+        default="auto",
+        description="Where a run trains. auto: by its estimated cost (rows x inputs x rounds or epochs) against "
+        "the cluster's shape: in-process with all the node's threads, or `workers` Ray Train workers when more "
+        "nodes divide the loop by enough to pay for their seconds of start-up. An explicit --workers wins.",
+    )
+    in_process_max_rows: int | None = Field(
+        default=None,
         ge=0,
-        description="Training sets with at most this many train rows run in-process (Ray Train local mode: "
-        "no worker processes and their seconds of start-up; no restarts); 0 = always use `workers`. "
-        "An explicit --workers wins.",
+        description="Instead of `placement: auto`'s estimate, a fixed rule: train splits with at most this many "
+        "rows train in-process, larger ones on `workers`; 0 = always on `workers`.",
     )
     cpus_per_worker: float = Field(default=0.5, gt=0, description="Fractional CPUs leave room for Ray Data.")
     checkpoint_every: int = Field(

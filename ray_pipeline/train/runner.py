@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_pipeline.config import PipelineConfig, TrainingConfig
+from ray_pipeline.config import PipelineConfig
 from ray_pipeline.data.ingest import unlabeled_rows
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.build import training_set_path
@@ -25,6 +25,7 @@ from ray_pipeline.train.data import Prepared, for_model, prepare_training_set, s
 from ray_pipeline.train.entry import worker_loop
 from ray_pipeline.train.models import LogisticModel, XGBoostModel, load_model, logged_score
 from ray_pipeline.train.objective import task_weights
+from ray_pipeline.train.placement import ClusterShape, Placement, place
 from ray_pipeline.train.rundir import PLOTS_DIR, RunArtifacts, model_dir, read_run, write_run
 from ray_pipeline.train.session import direct_loop
 from ray_pipeline.train.worker import TUNE_DIRECT, TUNE_VIA_TRAIN
@@ -47,6 +48,7 @@ class TrainRun:
     resumed_from: int | None = None
     resumed_at: float | None = None  # wall-clock time (epoch s) the restarted worker group resumed
     worker_memory_mb: list[list[float]] | None = None  # per rank: private MB at start, peak private, VmHWM
+    placement: str | None = None  # why it trained where it did (train/placement.py)
 
     @classmethod
     def of(cls, run_dir: str) -> TrainRun:
@@ -55,11 +57,12 @@ class TrainRun:
         run = read_run(run_dir)
         # the stage timings live only in the process that trained it (the lineage keeps duration_s)
         return cls(run_dir.rstrip("/").rsplit("/", 1)[-1], run.kind, run_dir, load_model(model_dir(run_dir)), run.spec,
-                   run.metrics, run.history, run.params, {}, list(run.lineage.get("worker_nodes") or []))  # fmt: skip
+                   run.metrics, run.history, run.params, {}, list(run.lineage.get("worker_nodes") or []),
+                   placement=(run.lineage.get("placement") or {}).get("why"))  # fmt: skip
 
 
 def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepared: Prepared, name: str,
-             workers: int, strategy: str, tune_trial: bool = False):  # fmt: skip
+             workers: int, cpus_per_worker: float, strategy: str, tune_trial: bool = False):  # fmt: skip
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.xgboost import XGBoostConfig
@@ -70,7 +73,7 @@ def _trainer(kind: str, loop_config: dict[str, Any], cfg: PipelineConfig, prepar
     training = cfg.training
     scaling = ScalingConfig(
         num_workers=workers,
-        resources_per_worker={"CPU": training.cpus_per_worker},
+        resources_per_worker={"CPU": cpus_per_worker},
         placement_strategy=strategy,
     )
     run = RunConfig(
@@ -151,14 +154,20 @@ def _l2_on_valid(config: dict[str, Any], prepared: Prepared, out: dict[str, Any]
     return best, best_l2
 
 
-def in_process_or(training: TrainingConfig, prepared: Prepared) -> int:
-    """`training.workers`, or 0 (in-process) when the train split has at most `in_process_max_rows`.
+# Iterations the second-order optimizers take at most, for the placement's estimate (Newton converges
+# in a handful, lbfgs in up to a hundred: docs/benchmarks.md); the others run their epochs.
+SECOND_ORDER_PASSES = {"newton": 10, "lbfgs": 100}
 
-    Starting Ray Train's controller and worker processes costs seconds (benchmarks/train.py) while
-    the training loop on 100k rows takes well under a second: a small table gains nothing from
-    workers but that wait.
-    """
-    return 0 if prepared.rows["train"] <= training.in_process_max_rows else training.workers
+
+def placement_of(cfg: PipelineConfig, kind: str, prepared: Prepared, workers: int | None = None) -> Placement:
+    """Where `kind` trains on `prepared` on this cluster (train/placement.py); `workers`: as asked."""
+    t, inputs = cfg.training, len(prepared.spec.feature_names)
+    if kind == "xgboost":
+        optimizer, passes = "hist", t.xgboost.num_boost_round
+    else:
+        optimizer = resolve_optimizer(t.logreg.optimizer, inputs)
+        passes = min(t.logreg.epochs, SECOND_ORDER_PASSES.get(optimizer, t.logreg.epochs))
+    return place(t, kind, optimizer, prepared.rows["train"], inputs, passes, ClusterShape.current(), workers)
 
 
 def profile_once(cfg: PipelineConfig, prepared: Prepared) -> None:
@@ -268,8 +277,8 @@ def train_model(
 ) -> TrainRun:
     """Train `kind` ("logreg" or "xgboost") on the feature store's training set and evaluate it.
 
-    `workers`: Ray Train workers, 0 for in-process; by default `training.workers`, or in-process
-    for a train split of at most `training.in_process_max_rows` rows. `trigger`: what started the
+    `workers`: Ray Train workers, 0 for in-process; by default where the run's estimated cost says
+    (`placement_of`), recorded in its lineage. `trigger`: what started the
     run (run, train, feedback, search), kept in its lineage. `search`: this run is a Ray Tune trial
     (its search id and trial id go into its lineage; each epoch's or round's validation loss goes to
     Tune, from the loop in this process or, on workers, through Ray Train's TuneReportCallback).
@@ -290,12 +299,14 @@ def train_model(
     base, prepared = prepared, for_model(prepared, kind, cfg.training)  # e.g. XGBoost's native categories
     timings["prepare_s"] = time.perf_counter() - t0
 
-    if workers is None:
-        workers = in_process_or(cfg.training, prepared)
+    placement = placement_of(cfg, kind, prepared, workers)
+    workers = placement.workers
     name = f"{kind}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     names = prepared.spec.feature_names
     config = {**loop_config(kind, cfg, prepared.spec, workers, fault),
               "progress_key": name if search is None else None, "measure_memory": measure_memory}  # fmt: skip
+    if kind == "xgboost":  # an in-process search trial holds one CPU of the node: one thread
+        config["nthread"] = 1 if search is not None and not workers else placement.threads
     if search is not None:
         config["tune_report"] = TUNE_VIA_TRAIN if workers else TUNE_DIRECT
         if deadline is not None and not workers:
@@ -315,8 +326,8 @@ def train_model(
         if search is not None and not workers:  # a trial in-process: the loop itself (train/session.py)
             result = _direct(kind, config, prepared)
         else:
-            result = _trainer(kind, config, cfg, prepared, name, workers, placement_strategy,
-                              tune_trial=search is not None).fit()  # fmt: skip
+            result = _trainer(kind, config, cfg, prepared, name, workers, placement.cpus_per_worker,
+                              placement_strategy, tune_trial=search is not None).fit()  # fmt: skip
     timings["fit_s"] = time.perf_counter() - t0
     timings["loop_s"] = float((result.return_value or {}).get("loop_s", float("nan")))
     if result.error is not None:
@@ -360,6 +371,7 @@ def train_model(
         "ray_train_run": str(result.path),
         "worker_nodes": out.get("worker_nodes", []),
         "trigger": trigger,
+        "placement": placement.lineage(),
         "started_at": started_at.isoformat(),
         "duration_s": round(timings["prepare_s"] + timings["fit_s"] + timings["evaluate_s"], 3),
         **({"search": search} if search is not None else {}),
@@ -390,6 +402,7 @@ def train_model(
     return TrainRun(
         name, kind, run_dir, model, prepared.spec, test_metrics, history, params, timings,
         out.get("worker_nodes", []), out.get("resumed_from"), out.get("resumed_at"), out.get("worker_memory_mb"),
+        placement.why,
     )  # fmt: skip
 
 
@@ -398,6 +411,7 @@ def summary(run: TrainRun) -> str:
     t = run.timings
     nodes = len(set(run.worker_nodes))
     where = f"{len(run.worker_nodes)} worker(s) on {nodes} node(s)" if run.params.get("workers") else "in-process"
+    where += f" ({run.placement})" if run.placement else ""
     return "\n".join(
         [
             evaluate.render(run.kind, run.metrics),

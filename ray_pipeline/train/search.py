@@ -1,9 +1,9 @@
 """Hyperparameter search on Ray Tune, each trial a training run of this project.
 
 A Tune function trainable builds and fits the run (`train_model`), as Ray's Train V2 + Tune
-pattern has it, following the rule `run` uses: a small table trains in the trial's own process (1
-CPU per trial, so trials run side by side across the cluster's CPUs); a table past
-`training.in_process_max_rows` trains on its Ray Train workers, which report every epoch or round
+pattern has it, placed as `run` places a run (train/placement.py): a table whose loop costs less
+than Ray Train's start trains in the trial's own process (1 CPU per trial, so trials run side by
+side across the cluster's CPUs); a larger one trains on its Ray Train workers, which report every epoch or round
 and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
 trial's worker group from its last checkpoint, as in any run). Every epoch or round reports its
 validation loss, so ASHA stops the trials that trail; a trial that finishes reports the validation
@@ -34,7 +34,7 @@ from ray_pipeline.errors import UserError
 from ray_pipeline.storage import join
 from ray_pipeline.train import evaluate
 from ray_pipeline.train.data import Prepared, for_model
-from ray_pipeline.train.runner import in_process_or, profile_once, train_model
+from ray_pipeline.train.runner import placement_of, profile_once, train_model
 from ray_pipeline.train.target import TARGET_PARAM, under_target
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     deadline = time.time() + s.time_budget_s if s.time_budget_s else None
     stop_at = deadline and deadline - trial_reserve(s.time_budget_s)
     space = space_of(cfg, kind, prepared.spec.task)
-    workers = in_process_or(cfg.training, prepared) if workers is None else workers
+    workers = placement_of(cfg, kind, prepared, workers).workers
     search_id = search_id or new_search_id(kind)
     # One CPU stays free: a trial's evaluation runs Ray Data tasks, which wait behind trials holding
     # every CPU (forever when the trials themselves wait on them).

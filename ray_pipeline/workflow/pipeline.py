@@ -24,7 +24,7 @@ from ray_pipeline.train.blend import blend_runs
 from ray_pipeline.train.data import Prepared, describe_split, for_model, prepare_training_set
 from ray_pipeline.train.evaluate import render
 from ray_pipeline.train.refit import refit
-from ray_pipeline.train.runner import TrainRun, in_process_or, summary, train_model
+from ray_pipeline.train.runner import TrainRun, summary, train_model
 from ray_pipeline.train.search import run_search
 from ray_pipeline.workflow.promotion import Promotion, register_and_promote
 from ray_pipeline.workflow.search import budget_share, budgeted, keep_best, not_registered, render_search
@@ -83,7 +83,7 @@ def check_models(models: list[str]) -> list[str]:
 def train_models(cfg: PipelineConfig, kinds: list[str] | tuple[str, ...], prepared: Prepared | None = None,
                  workers: int | None = None, echo: Echo | None = None, trigger: str = "train",
                  init: Any = None) -> list[TrainRun]:  # fmt: skip
-    """Train each model kind on one prepared split (`workers`: None = the rule `in_process_or` applies)
+    """Train each model kind on one prepared split (`workers`: None = where each run's cost says)
     and add each run to the registry's run index (`trigger`: run, train or feedback; `init`: a model
     to warm-start from, see `train_model`)."""
     prepared = prepared if prepared is not None else prepare_training_set(cfg)
@@ -211,18 +211,16 @@ def run_pipeline(
         echo(f"FeatureSpec {prepared.spec.content_hash()[:12]}: {len(prepared.spec.feature_names)} model inputs "
              f"from {len(prepared.spec.input_columns)} columns")  # fmt: skip
 
-    workers = in_process_or(cfg.training, prepared)
-    where = f"{workers} workers" if workers else "in-process: a small table"
     budget, names = cfg.training.time_budget_s, ", ".join(models)
     searching = bool(budget) or search
     title = (f"search within {budget:g} s on Ray Tune: {names}" if budget
              else f"hyperparameter search on Ray Tune: {names}" if search
-             else f"training on Ray Train ({where}): {names}")  # fmt: skip
+             else f"training (each where its cost says): {names}")  # fmt: skip
     with stages.stage("train", title):
         if searching:
             runs, repeated = _search_models(cfg, models, prepared, echo)
         else:
-            runs, repeated = train_models(cfg, models, prepared, workers, echo, trigger="run"), []
+            runs, repeated = train_models(cfg, models, prepared, None, echo, trigger="run"), []
         runs += _blend(cfg, prepared, runs, echo)
 
     with stages.stage("registry", "model registry: register, promote through the gates"):
