@@ -195,7 +195,9 @@ def test_run_serve_on_a_newcomers_terminal_is_quiet_and_stops_on_ctrl_c(tmp_path
     (tmp_path / "configs").mkdir()
     config = tmp_path / "configs" / "pipeline.yaml"
     config.write_text(yaml.safe_dump(body))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A newcomer's shell: no address, nor the session Ray's own Serve ports and files (runtime.py
+    # scopes them per instance through the environment, which a child would inherit)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_SERVE_")}
     proc = subprocess.Popen([str(BIN), "run", "--config", str(config), "--models", "logreg", "--serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)  # fmt: skip
     lines = []
