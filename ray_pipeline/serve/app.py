@@ -24,6 +24,7 @@ with one assignment, so requests never fail during a promote or a rollback.
 No `from __future__ import annotations` here: FastAPI must see the request model class itself.
 """
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -154,8 +155,13 @@ class Predictor:
             req = score_request(parsed, new_request_id(), variant, model)
             # Adaptive batching: a request alone on the replica is scored at once, rather than waiting
             # out `batch_wait_timeout_s` for a batch that is not coming; with others in flight it
-            # joins Serve's batch.
-            scored = self.runner.score([req])[0] if self.in_flight == 1 else await self.score_batch(req)
+            # joins Serve's batch. Scored off the event loop, so requests arriving meanwhile are
+            # taken in (and batched), and Serve's ongoing-request count, which autoscaling reads,
+            # sees them: scored on the loop, a busy replica looked idle and never scaled up.
+            if self.in_flight == 1:
+                scored = (await asyncio.to_thread(self.runner.score, [req]))[0]
+            else:
+                scored = await self.score_batch(req)
         finally:
             self.in_flight -= 1
         post_started = time.perf_counter()

@@ -170,7 +170,10 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
 
     trial_id = tune.get_context().get_trial_id()
     if deadline is not None and time.time() >= deadline:
-        return  # queued before the search's deadline, started after it: nothing to train in the time left
+        # Queued before the search's deadline, started after it: nothing to train in the time left.
+        # Tune wants its metric in every trial's result; not finished, so never the best.
+        tune.report({"valid_loss": float("inf"), "step": 0, "finished": False})
+        return
     if TARGET_PARAM in params:  # the regression target as this trial fits it (label.transform: auto)
         prepared = under_target(prepared, params[TARGET_PARAM])
     run = train_model(with_params(cfg, kind, params), kind, workers, prepared=prepared, trigger="search",
