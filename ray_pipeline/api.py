@@ -94,7 +94,10 @@ def generate(config: Config, out: str | Path | None = None, rows: int | None = N
     base = cfg.synthetic or SyntheticConfig()  # a config without the section: the generator's defaults
     spec = base if rows is None else base.model_copy(update={"rows": rows})
     init_ray(quiet=True)
-    return transactions.generate(spec, str(out) if out is not None else cfg.data.source.path)
+    if out is None:
+        return transactions.generate(spec, cfg.data.source.path)
+    # A relative folder is this process's: Ray Data's writers run in workers with a cwd of their own.
+    return transactions.generate(spec, str(out) if "://" in str(out) else str(Path(out).resolve()))
 
 
 def ingest(config: Config) -> ingestion.IngestResult:

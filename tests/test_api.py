@@ -50,6 +50,7 @@ def test_every_api_example_runs_as_a_doctest(ray_session, tmp_path, monkeypatch)
     result = runner.summarize(verbose=False)
     assert result.failed == 0 and result.attempted >= 20, result
     assert os.path.exists(tmp_path / "pipeline.yaml")
+    assert any((tmp_path / "events").iterdir())  # rp.generate's relative folder: the caller's, not a worker's
 
 
 def test_the_package_exports_the_api_lazily():
