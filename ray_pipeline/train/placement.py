@@ -61,11 +61,6 @@ class Placement:
     why: str
     estimate_s: float | None = None
 
-    @property
-    def where(self) -> str:
-        """In a word or three: in-process, or how many workers."""
-        return "in-process" if not self.workers else f"{self.workers} Ray Train worker(s)"
-
     def lineage(self) -> dict[str, Any]:
         """The placement as the run's lineage keeps it."""
         return {k: v for k, v in asdict(self).items() if v is not None}

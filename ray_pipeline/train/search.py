@@ -3,8 +3,8 @@
 A Tune function trainable builds and fits the run (`train_model`), as Ray's Train V2 + Tune
 pattern has it, placed as `run` places a run (train/placement.py): a table whose loop costs less
 than Ray Train's start trains in the trial's own process (1 CPU per trial, so trials run side by
-side across the cluster's CPUs); a larger one trains on its Ray Train workers, which report every epoch or round
-and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
+side across the cluster's CPUs); a larger one trains on its Ray Train workers, which report every
+epoch or round and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
 trial's worker group from its last checkpoint, as in any run). Every epoch or round reports its
 validation loss, so ASHA stops the trials that trail; a trial that finishes reports the validation
 metric of the model it returns (log-loss, or RMSE for regression), and the best of those wins.
