@@ -77,11 +77,6 @@ class Section:
         self._pending += lines
         return self
 
-    def trailing(self) -> list[str]:
-        """Comment lines queued with no key after them (the caller puts them above the next section's key)."""
-        lines, self._pending = self._pending, []
-        return lines
-
 
 def dump(root: Section, header: list[str]) -> str:
     """The document `root` as YAML text, `header` as comment lines at its top."""
