@@ -340,6 +340,11 @@ def test_xgboost_on_two_workers_beats_linear_on_interactions(ray_session, tmp_pa
     linear = train_model(cfg, "logreg", workers=0, prepared=prepared)
     assert xgb.metrics["log_loss"] < linear.metrics["log_loss"]
     assert (model_dir(xgb.run_dir) / "model.ubj").exists() and len(xgb.history) > 5
+    # Ray Train's fixed cost in parts around rank 0's loop, kept with the run and in its summary
+    parts = read_run(xgb.run_dir).lineage["fit_parts_s"]
+    assert all(v >= 0 for v in parts.values()) and parts["start_s"] > 0, parts
+    assert sum(parts.values()) <= xgb.timings["fit_s"] + 0.5, (parts, xgb.timings)
+    assert "Ray Train start" in summary(xgb) and "Ray Train start" not in summary(linear)
 
     # Same parameters in one process on the same rows: the distributed model is as good.
     train = prepared.train.take_batch(10**7, batch_format="numpy")

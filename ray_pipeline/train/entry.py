@@ -6,6 +6,7 @@ import one way: this module dispatches to the loops, the loops use the helpers.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray_pipeline.train.worker import MemoryProbe, gather_rows, node_ids, quiet_report_log
@@ -16,6 +17,7 @@ def worker_loop(kind: str):
     memory figures when `measure_memory` is set)."""
 
     def loop(config: dict[str, Any]) -> dict[str, Any] | None:
+        entered_at = time.time()  # wall clock: the driver splits Ray Train's fixed cost around it
         quiet_report_log()
         if kind == "xgboost":  # each worker imports the one loop it runs
             from ray_pipeline.train.xgb import train_loop
@@ -27,6 +29,7 @@ def worker_loop(kind: str):
         memory = gather_rows(probe.stop()) if probe is not None else None
         if out is None:
             return None
-        return {**out, "worker_nodes": nodes, **({"worker_memory_mb": memory} if memory else {})}
+        return {**out, "worker_nodes": nodes, "entered_at": entered_at, "left_at": time.time(),
+                **({"worker_memory_mb": memory} if memory else {})}
 
     return loop

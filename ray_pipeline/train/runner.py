@@ -317,7 +317,7 @@ def train_model(
         config["class_weights"] = list(task_weights(prepared.spec.task, cfg.training.xgboost.class_weight,
                                                     class_counts(prepared.train, max(config["n_outputs"], 2))))  # fmt: skip
     total = config["num_boost_round"] if kind == "xgboost" else config["epochs"]
-    t0 = time.perf_counter()
+    t0, fit_started = time.perf_counter(), time.time()
     # A trial's progress is Tune's to show; a bar per trial would also put the board actor inside
     # one trial's placement group, which ends with that trial.
     bar = nullcontext() if search is not None else remote_bar(name, f"train {kind}", total,
@@ -333,6 +333,8 @@ def train_model(
     if result.error is not None:
         raise result.error
     out = result.return_value or {}
+    if "entered_at" in out:  # Ray Train's fixed cost, split around rank 0's loop (wall clocks)
+        timings.update(fit_parts(fit_started, out, time.time(), timings["loop_s"]))
     target_transform = prepared.spec.label.transform if prepared.spec.label else "none"
     if kind == "xgboost":
         # From the loop's return value: in-process runs keep no checkpoint to read it from.
@@ -374,6 +376,8 @@ def train_model(
         "placement": placement.lineage(),
         "started_at": started_at.isoformat(),
         "duration_s": round(timings["prepare_s"] + timings["fit_s"] + timings["evaluate_s"], 3),
+        **({"fit_parts_s": {k: round(timings[k], 3) for k in ("start_s", "data_s", "loop_s", "teardown_s")}}
+           if "start_s" in timings else {}),  # fmt: skip
         **({"search": search} if search is not None else {}),
         **({"warm_start": True} if init is not None else {}),
         **({"refit_of": refit_of.run_dir, "metrics_from": "the test split of refit_of, before these rows were "
@@ -406,6 +410,23 @@ def train_model(
     )  # fmt: skip
 
 
+def fit_parts(fit_started: float, out: dict[str, Any], fit_ended: float, loop_s: float) -> dict[str, float]:
+    """A fit's wall time in parts: `start_s` until rank 0's loop function runs (the trainer built,
+    shards handed over, controller and worker processes started, the placement group, the worker's
+    imports), `data_s` in it before and after the loop (reading the shard, XGBoost's matrices),
+    `teardown_s` from its return until the driver has the result (the group stopped)."""
+    inside = out["left_at"] - out["entered_at"]
+    return {"start_s": out["entered_at"] - fit_started, "data_s": max(inside - loop_s, 0.0),
+            "teardown_s": fit_ended - out["left_at"]}
+
+
+def _parts(t: dict[str, float]) -> str:
+    if "start_s" not in t:
+        return ""
+    return (f" (Ray Train start {t['start_s']:.1f} s, data {t['data_s']:.1f} s, loop {t['loop_s']:.1f} s, "
+            f"teardown {t['teardown_s']:.1f} s)")
+
+
 def summary(run: TrainRun) -> str:
     """Plain-text report of a run."""
     t = run.timings
@@ -417,7 +438,7 @@ def summary(run: TrainRun) -> str:
             evaluate.render(run.kind, run.metrics),
             f"         {len(run.history)} {'epochs' if run.kind == 'logreg' else 'rounds'}, "
             f"{where}; prepare {t['prepare_s']:.1f} s, "
-            f"fit {t['fit_s']:.1f} s, evaluate {t['evaluate_s']:.1f} s"
+            f"fit {t['fit_s']:.1f} s{_parts(t) if run.params.get('workers') else ''}, evaluate {t['evaluate_s']:.1f} s"
             + (f", importance {t['importance_s']:.1f} s on {int(t['importance_rows']):,} rows" if "importance_s" in t else "")
             + f" -> {run.run_dir}",
         ]
