@@ -124,6 +124,13 @@ class SearchConfig(StrictModel):
     grace: int = Field(default=10, ge=1, description="asha: epochs or rounds every trial gets before it can be stopped.")
     max_concurrent: int = Field(default=0, ge=0, description="Trials at once; 0: as many as the CPUs hold.")
     seed: int = 0
+    cv_max_rows: int = Field(
+        default=10_000, ge=0, description="A random split with at most this many train + valid rows judges each "
+        "trial by its mean error over `cv_folds` folds of them (fitted in the trial's process), not on the one "
+        "validation split: on a small table that split is a few hundred rows, and picking the best of many trials "
+        "on it picks its noise. The registered model is still the trial's own run. 0: never.",
+    )
+    cv_folds: int = Field(default=5, ge=2, le=20, description="Folds of the cross-validation (`cv_max_rows`).")
     xgboost: dict[str, ParamRange] = Field(
         default_factory=_xgboost_space,
         description="XGBoost parameter -> range (any key of training.xgboost.params, and num_boost_round).",

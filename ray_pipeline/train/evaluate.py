@@ -129,22 +129,25 @@ BOUND_MARGIN = 0.5  # a regression output stays within this share of the trainin
 
 
 def fit_output_map(model: Any, train: Any, valid: Any, metric: str = "rmse") -> OutputMap:
-    """A regression model's OutputMap, fitted on its own splits: bounds a margin around the train
-    split's target range; for a log1p target, Duan's smearing factor from the validation residuals,
-    kept when it lowers the validation error (`metric`) in the user's units (exp of a log-scale
-    prediction estimates the median, not the mean: RMSE wants the mean, MAE the median)."""
+    """A regression model's OutputMap, fitted on its own splits (Ray Datasets; `output_map`)."""
     lo, hi = math.inf, -math.inf
     for batch in train.select_columns(["y"]).iter_batches(batch_size=65536, batch_format="numpy"):
         y = untransform(np.asarray(batch["y"], dtype=np.float64), model.transform)
         if len(y):
             lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+    model.output = None
+    yv, raw, _ = predict_split(model, valid) if model.transform == "log1p" else (np.empty(0), np.empty(0), None)
+    return output_map(model.transform, lo, hi, yv, raw, metric)
+
+
+def output_map(transform: str, lo: float, hi: float, yv: np.ndarray, raw: np.ndarray, metric: str) -> OutputMap:
+    """Bounds a margin around the train target's range [`lo`, `hi`]; for a log1p target, Duan's
+    smearing factor from the validation residuals (`yv` in the user's units, `raw` the unsmeared
+    output), kept when it lowers the validation error (`metric`) in the user's units (exp of a
+    log-scale prediction estimates the median, not the mean: RMSE wants the mean, MAE the median)."""
     bounds = (lo - BOUND_MARGIN * (hi - lo), hi + BOUND_MARGIN * (hi - lo)) if lo <= hi else None
     plain = OutputMap(1.0, bounds)
-    if model.transform != "log1p" or bounds is None:
-        return plain
-    model.output = None
-    yv, raw, _ = predict_split(model, valid)
-    if not len(yv):
+    if transform != "log1p" or bounds is None or not len(yv):
         return plain
     z = np.log1p(raw)
     smeared = OutputMap(float(np.mean(np.exp(np.log1p(yv) - z))), bounds)

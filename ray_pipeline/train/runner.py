@@ -113,8 +113,25 @@ class _DirectResult:
 def _direct(kind: str, loop_config: dict[str, Any], prepared: Prepared) -> _DirectResult:
     """Run the loop in this process without Ray Train (a search trial on a small table)."""
     shards = {name: shard_refs(getattr(prepared, name), 1) for name in ("train", "valid")}
+    return _DirectResult(run_direct(kind, loop_config, shards))
+
+
+def run_direct(kind: str, loop_config: dict[str, Any], shards: dict[str, list]) -> dict[str, Any]:
+    """The loop's return value, run in this process on one rank's `shards` (train and valid)."""
     with direct_loop():
-        return _DirectResult(worker_loop(kind)({**loop_config, "shards": shards}))
+        return worker_loop(kind)({**loop_config, "shards": shards})
+
+
+def model_from(kind: str, out: dict[str, Any], names: list[str], task: str, transform: str) -> Any:
+    """The model a loop returned (`out`), over features `names`."""
+    if kind == "xgboost":
+        import xgboost
+
+        # From the loop's return value: in-process runs keep no checkpoint to read it from.
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(out["model_ubj"]))
+        return XGBoostModel(booster, names, task=task, transform=transform)
+    return _linear(out, names, task, transform)
 
 
 # Newton's pass builds a (d+1)^2 Hessian (n d^2 work) but converges in a handful of iterations
@@ -287,8 +304,6 @@ def train_model(
     penalty and output map are kept, and its test metrics stay the run's estimate. `deadline`: the
     wall-clock time (`time.time()`) an in-process search trial stops at, keeping its best so far.
     """
-    import xgboost
-
     if kind not in ("logreg", "xgboost"):
         raise UserError(f"--model {kind!r}: expected logreg or xgboost")
     timings: dict[str, float] = {}
@@ -336,17 +351,12 @@ def train_model(
     if "entered_at" in out:  # Ray Train's fixed cost, split around rank 0's loop (wall clocks)
         timings.update(fit_parts(fit_started, out, time.time(), timings["loop_s"]))
     target_transform = prepared.spec.label.transform if prepared.spec.label else "none"
-    if kind == "xgboost":
-        # From the loop's return value: in-process runs keep no checkpoint to read it from.
-        booster = xgboost.Booster()
-        booster.load_model(bytearray(out["model_ubj"]))
-        model: Any = XGBoostModel(booster, names, task=config["task"], transform=target_transform)
-    else:
+    if kind == "logreg":
         few_rows = prepared.rows["train"] < L2_ROWS_PER_INPUT * max(len(names), 1)
         chooses = search is None and init is None and refit_of is None
         if config["task"] == "regression" and few_rows and not workers and chooses:
             out, config["l2"] = _l2_on_valid(config, prepared, out, names, target_transform)
-        model = _linear(out, names, config["task"], target_transform)
+    model = model_from(kind, out, names, config["task"], target_transform)
 
     if refit_of is not None:  # the validation rows are training rows now: the held-out run's map
         model.output = refit_of.output

@@ -33,6 +33,7 @@ from ray_pipeline.config.training import ParamRange
 from ray_pipeline.errors import UserError
 from ray_pipeline.storage import join
 from ray_pipeline.train import evaluate
+from ray_pipeline.train.crossval import Folds, cv_error, described, folds_of
 from ray_pipeline.train.data import Prepared, for_model
 from ray_pipeline.train.runner import placement_of, profile_once, train_model
 from ray_pipeline.train.target import TARGET_PARAM, under_target
@@ -74,6 +75,7 @@ class SearchResult:
     path: str  # the Tune experiment directory (`Tuner.restore` resumes from it)
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
+    judged_by: str = "the validation split"  # or k-fold cross-validation on a small table (train/crossval.py)
 
     @property
     def best(self) -> Trial | None:
@@ -85,7 +87,8 @@ class SearchResult:
         """What the registered version keeps of its search (JSON-ready)."""
         best = self.best
         return {"search_id": self.search_id, "kind": self.kind, "algorithm": self.algorithm,
-                "scheduler": self.scheduler, "metric": f"validation {self.metric}", "space": self.space,
+                "scheduler": self.scheduler, "metric": f"validation {self.metric}", "judged_by": self.judged_by,
+                "space": self.space,
                 "trials": [asdict(t) for t in self.trials], "seconds": round(self.seconds, 2),
                 "best_trial": best.trial_id if best else None, "best_params": best.params if best else None}  # fmt: skip
 
@@ -162,9 +165,11 @@ def _asha_sparing(untuned: dict[str, Any]) -> type:
 
 
 def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Prepared, search_id: str,
-           workers: int, fault: dict[str, Any] | None = None, deadline: float | None = None) -> None:  # fmt: skip
+           workers: int, fault: dict[str, Any] | None = None, deadline: float | None = None,
+           folds: Folds | None = None) -> None:  # fmt: skip
     """The Tune function trainable: one training run with `params`, reported to Tune (cut at the
-    search's `deadline` when it runs in-process, so it reports before Tune stops the search)."""
+    search's `deadline` when it runs in-process, so it reports before Tune stops the search);
+    with `folds`, judged by its mean error over them (train/crossval.py)."""
     import ray
     from ray import tune
 
@@ -184,6 +189,13 @@ def _trial(params: dict[str, Any], cfg: PipelineConfig, kind: str, prepared: Pre
     loss = run.history[-1]["valid_loss"] if run.history else float("nan")
     if TARGET_PARAM in params or prepared.spec.loss == "mae":  # losses on two target scales compare in the
         loss = float(metric)  # label's units only; the linear model's loss is squared, mae is not
+    if folds is not None:
+        cv = cv_error(run, prepared, folds, deadline)
+        if cv is None:  # the deadline came before every fold was fitted: not comparable, never the best
+            tune.report({"valid_loss": float("inf"), "step": len(run.history) + 1, "run_dir": str(run.run_dir),
+                         "finished": False})  # fmt: skip
+            return
+        metric = loss = cv
     tune.report({"valid_loss": loss,
                  "valid_metric": float(metric), "step": len(run.history) + 1, "run_dir": str(run.run_dir),
                  "nodes": sorted(set(run.worker_nodes)) or [ray.get_runtime_context().get_node_id()],
@@ -247,6 +259,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     profile_once(cfg, prepared)
     profile, prepared = prepared.input_profile, for_model(prepared, kind, cfg.training)  # once, not per trial
     prepared.input_profile = profile
+    folds = None if workers else folds_of(prepared, s)  # a small table: every trial judged on k folds
     first = [defaults(cfg, kind, space)]
     if s.algorithm == "tpe":
         import optuna
@@ -267,7 +280,7 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
                                             grace_period=s.grace, reduction_factor=3)  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg=cfg, kind=kind, prepared=prepared, search_id=search_id, workers=workers,
-                             fault=fault, deadline=stop_at),  # fmt: skip
+                             fault=fault, deadline=stop_at, folds=folds),  # fmt: skip
         resources,
     )
     storage = searches_root(cfg)
@@ -305,7 +318,8 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
         grid = tuner.fit()
     log.debug("Ray Tune printed: %s", printed.getvalue())
     result = SearchResult(search_id, kind, s.algorithm, s.scheduler, prepared.spec.loss,
-                          {k: r.model_dump(exclude_none=True) for k, r in space.items()}, join(storage, search_id))  # fmt: skip
+                          {k: r.model_dump(exclude_none=True) for k, r in space.items()}, join(storage, search_id),
+                          judged_by=described(folds))  # fmt: skip
     result.trials = [_trial_of(r) for r in grid]
     result.seconds = time.perf_counter() - started
     return result

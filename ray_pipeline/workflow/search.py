@@ -37,7 +37,8 @@ class SearchOutcome:
 
 def render_search(s: SearchResult) -> str:
     """The trials, best first, and which one won."""
-    lines = [f"{s.search_id}: {len(s.trials)} trials of {s.kind} ({s.algorithm}, {s.scheduler}) in {s.seconds:.1f} s"]
+    lines = [f"{s.search_id}: {len(s.trials)} trials of {s.kind} ({s.algorithm}, {s.scheduler}) in {s.seconds:.1f} s, "
+             f"judged on {s.judged_by}"]
     lines.append(f"  {'trial':<18} {'status':<9} {'valid ' + s.metric:>14}  {'node(s)':<13}  params")
     for t in sorted(s.trials, key=lambda t: (t.valid_metric is None, t.valid_metric or 0.0)):
         metric = f"{t.valid_metric:.6f}" if t.valid_metric is not None else "-"
