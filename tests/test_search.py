@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,7 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
         # the trial running at the budget is stopped, and Tune's teardown took up to 5.1 s on a clean clone's CI run)
         assert n >= 1 and seconds <= 40 * budget_share(kind, ["logreg", "xgboost"]) + 8, (kind, n, seconds)
         assert "best: " in out or f"{kind}: no trial finished within" in out
+    assert out.count("judged on 5-fold cross-validation over") == 2, out  # a small table: folds, not one split
     for noise in ("View detailed results", "TensorBoard", "tensorboardx", "A new study created", "Failed to fetch"):
         assert noise not in out, noise
     cfg = load_config(churn)
@@ -254,6 +256,42 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
         assert open_registry(cfg).aliases(cfg.registry.model_name)["champion"] == new.version
         if kind != "ensemble":
             assert read_run(new.lineage["run_dir"]).rows["train"] == int(rows.replace(",", ""))
+
+
+def test_a_small_table_judges_each_trial_on_k_folds_of_train_and_valid(churn):
+    """Below `cv_max_rows` a search's trials are compared on their mean error over k stratified folds
+    of train + valid (the trial's own settings fitted k times), not on the one validation split."""
+    import numpy as np
+
+    from ray_pipeline.config import load_config
+    from ray_pipeline.train.crossval import cv_error, folds_of
+    from ray_pipeline.train.data import prepare_training_set
+    from ray_pipeline.train.runner import train_model
+
+    cfg = load_config(churn)
+    prepared = prepare_training_set(cfg)
+    s = cfg.training.search
+    folds = folds_of(prepared, s)
+    n = prepared.rows["train"] + prepared.rows["valid"]
+    assert folds is not None and folds.k == s.cv_folds == 5 and folds.rows.num_rows == n
+    sizes = np.bincount(folds.fold)
+    assert sizes.max() - sizes.min() <= 2, sizes  # one row per label group at most
+    y = folds.rows["y"].to_numpy()
+    for f in range(folds.k):  # stratified: each fold's churn rate is the table's
+        assert abs(y[folds.fold == f].mean() - y.mean()) < 0.01
+    shards = folds.shards(0, "none")
+    assert shards["train"][0][1] + shards["valid"][0][1] == n and shards["valid"][0][1] == sizes[0]
+
+    good = train_model(cfg, "logreg", 0, prepared)
+    cfg.training.logreg.l2 = 10.0  # a penalty that flattens the model: worse on every fold
+    bad = train_model(cfg, "logreg", 0, prepared)
+    good_cv, bad_cv = cv_error(good, prepared, folds), cv_error(bad, prepared, folds)
+    assert abs(good_cv - good.metrics["log_loss"]) < 0.05, (good_cv, good.metrics)  # the same error, more rows
+    assert bad_cv > good_cv + 0.02, (good_cv, bad_cv)
+    assert cv_error(good, prepared, folds, deadline=time.time()) is None  # no time left: not comparable
+
+    s.cv_max_rows = n - 1  # a larger table keeps its one validation split
+    assert folds_of(prepared, s) is None
 
 
 def open_registry_versions(cfg):

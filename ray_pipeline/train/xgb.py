@@ -170,7 +170,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     rounds = [{"round": done + i + 1, "train_loss": t, "valid_loss": v} for i, (t, v) in enumerate(zip(train, valid))]
     return {
         "history": rounds,
-        "best_iteration": final.best_iteration,
+        # (unset when the deadline ended the boosting at its first round: the deadline's callback
+        # runs before early stopping's, and a callback ending the round skips the ones after it)
+        "best_iteration": int(final.attr("best_iteration")) if final.attr("best_iteration") is not None else None,
         "resumed_from": done or None,
         "loop_s": time.perf_counter() - started,
         "model_ubj": bytes(final.save_raw("ubj")),  # the driver's copy (checkpoints are for resuming)
