@@ -207,10 +207,10 @@ def linear_cfg(tmp_path, **logreg) -> PipelineConfig:
 
 
 # A line Ray or Ray Tune printed, not the project: Ray's log format, its processes' prefixes, the
-# raylet's worker-start notice, its native exit noise, Tune's experiment box and TensorBoard hint.
+# raylet's worker-start notice, its native exit noise, Tune's experiment box, TensorBoard's hint and warnings.
 RAY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR)\b \S+\.py:\d+ --|\((raylet|pid=)|nanobind|Token authentication"
                       r"|PYTHON worker processes have been started|View detailed results here|TensorBoard"
-                      r"|Trial status|tensorboardx")
+                      r"|Trial status|tensorboardx|NaN or Inf found in input tensor")
 
 
 def ray_lines(text: str) -> list[str]:

@@ -235,7 +235,8 @@ def test_run_with_a_time_budget_searches_both_kinds_within_it_quietly(churn):
         assert n >= 1 and seconds <= 40 * budget_share(kind, ["logreg", "xgboost"]) + 8, (kind, n, seconds)
         assert "best: " in out or f"{kind}: no trial finished within" in out
     assert out.count("judged on 5-fold cross-validation over") == 2, out  # a small table: folds, not one split
-    for noise in ("View detailed results", "TensorBoard", "tensorboardx", "A new study created", "Failed to fetch"):
+    for noise in ("View detailed results", "TensorBoard", "tensorboardx", "A new study created", "Failed to fetch",
+                  "NaN or Inf found"):
         assert noise not in out, noise
     cfg = load_config(churn)
     x = budgeted(cfg, "xgboost", 18.0).training

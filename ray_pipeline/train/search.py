@@ -311,8 +311,9 @@ def run_search(cfg: PipelineConfig, kind: str, prepared: Prepared, trials: int |
     # Tune prints its experiment path and a TensorBoard hint, and warns about every trial a time
     # budget stopped before its first report: the search's own summary (render_search) says what
     # happened, so none of that reaches the terminal (it goes to this module's debug log).
-    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.logger.tensorboardx"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # (TensorBoard's logger also refuses list values)
+    # (TensorBoard's logger also refuses list values, and warns of the infinite loss an unfinished trial reports)
+    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.logger.tensorboardx", "tensorboardX.x2num"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         grid = tuner.fit()
