@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from ray_pipeline.config import FeatureColumn
 from ray_pipeline.features.online import SQLiteOnlineStore
 from ray_pipeline.features.spec import NumericSpec
 from ray_pipeline.registry.gates import promote
@@ -297,10 +298,19 @@ def test_prediction_log_keeps_every_scored_record(ray_session, tmp_path, monkeyp
     from ray_pipeline.serve.deploy import deploy
 
     cfg = serve_config(tmp_path, "log-app", max_records_per_request=50, api_key_env="RP_TEST_KEY")
+    # ingest's rules on the inputs: a record breaking one is answered flagged (serving.on_invalid: flag)
+    cfg.data.schema_.features["amount"] = FeatureColumn(type="float", min=0.0)
+    cfg.data.schema_.features["channel"] = FeatureColumn(type="category", categories=["pos", "online"])
     registry = two_version_registry(tmp_path)
     monkeypatch.setenv("RP_TEST_KEY", KEY)
     url = deploy(cfg)
     ids = [predict(url, [RECORD] * 3)["request_id"], predict(url, [RECORD, {}])["request_id"]]
+    flagged = predict(url, [{"amount": -1.0, "channel": "pos"}, {"amount": 2.0, "channel": "zzz"}, RECORD])
+    assert [p["status"] for p in flagged["predictions"]] == ["out_of_range", "unknown_category", "ok"]
+    assert all(p["probability"] is not None for p in flagged["predictions"])  # flagged, still answered
+    ids.append(flagged["request_id"])
+    counted = scrape_until(lambda text: samples(text, "ray_rp_flagged_records_total", application="log-app"))
+    assert sum(samples(counted, "ray_rp_flagged_records_total", application="log-app")) == 2
     assert call(url, "/predict", {"records": [RECORD]}, key=None)[0] == 401
     assert call(url, "/predict", {"records": [RECORD] * 51})[0] == 413
     assert call(url, "/predict", {"records": [{"amount": "1"}]})[0] == 422
@@ -310,7 +320,10 @@ def test_prediction_log_keeps_every_scored_record(ray_session, tmp_path, monkeyp
     serve.delete(cfg.serving.app_name)  # graceful: replicas flush what they buffered
     everything = read_log(str(tmp_path / "predlog"))
     log = everything.filter(pc.not_equal(everything["variant"], "refused"))
-    assert sorted(log.column("request_id").to_pylist()) == sorted([ids[0]] * 3 + [ids[1]] * 2 + [ids[2]])
+    assert sorted(log.column("request_id").to_pylist()) == sorted([ids[0]] * 3 + [ids[1]] * 2 + [ids[2]] * 3 + [ids[3]])
+    marked = log.filter(pc.equal(log["request_id"], ids[2])).sort_by("row")
+    assert [json.loads(e)["status"] if e else "ok" for e in marked["extra"].to_pylist()] == \
+        ["out_of_range", "unknown_category", "ok"]  # fmt: skip
     assert log.column("model_version").to_pylist().count(2) == 1
     assert set(log.column("variant").to_pylist()) == {"champion"}
     # refused requests are logged too (one row each, with their HTTP status) for monitoring to count

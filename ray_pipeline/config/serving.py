@@ -71,6 +71,12 @@ class ServingConfig(StrictModel):
     prediction_log: str = Field(default="predictions", description="Directory of the prediction log (Parquet).")
     log_flush_rows: int = Field(default=1000, ge=1)
     log_flush_s: float = Field(default=5.0, gt=0)
+    on_invalid: Literal["flag", "refuse"] = Field(
+        default="flag", description="A record that ingest would quarantine for a value out of its column's min/max "
+        "or outside its category list: flag answers it with that status (out_of_range, unknown_category; counted and "
+        "logged), refuse answers 422 naming the field and the rule. A value of the wrong type (1.5 for an integer "
+        "input) is refused either way.",
+    )
 
 
 # Metric names the monitor writes (monitor/stats.py); alert rules may only name these.

@@ -3,6 +3,10 @@ from its FeatureSpec), a /predict body parsed into the rows to score (`parse_pre
 online-store lookups for entity ids), the typed request a replica scores (`ScoreRequest`), what
 scoring returns (`Scored`) and the answer the caller gets (`answer`).
 
+A record meets ingest's rules too (`check_records`, by ingest's own column-wise checks): what ingest
+would quarantine is refused with a 422 naming the record, the field and the rule, or, for a range or
+a category list under `serving.on_invalid: flag`, answered with that rule as its status.
+
 Each served version carries its own contract: replicas hot-swap versions, and a promoted version
 may take different inputs than the one that was champion at deploy time.
 
@@ -11,7 +15,7 @@ No `from __future__ import annotations` here: pydantic must see the record model
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -22,6 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from ray_pipeline.config import FeatureColumn
+from ray_pipeline.data.validate import DETAIL, FIELD, REASON, validate_inputs
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.spec import FeatureSpec
 from ray_pipeline.registry.handoff import LoadedModel
@@ -32,11 +38,26 @@ EXACTLY_ONE = "give exactly one of records or entity_ids"
 
 @dataclass(frozen=True)
 class Contract:
-    """What one model version accepts: the request model and the logged-only key and time fields."""
+    """What one model version accepts: the request model, the logged-only key and time fields, and
+    ingest's rules on its inputs that JSON types cannot say (`rules_of`), with what breaking one means."""
 
     request: type[BaseModel]
     key: str | None
     ts: str | None
+    rules: dict[str, FeatureColumn] = field(default_factory=dict)
+    on_invalid: str = "flag"
+
+
+# Statuses of a record answered although ingest would quarantine it (`serving.on_invalid: flag`).
+FLAGGED = ("out_of_range", "unknown_category")
+SCORED = ("ok", *FLAGGED)
+
+
+def rules_of(features: dict[str, FeatureColumn]) -> dict[str, FeatureColumn]:
+    """The schema's columns with a rule ingest checks beyond a JSON type: integers, a min or max, a
+    category list."""
+    return {name: col for name, col in features.items()
+            if col.type == "int" or col.categories is not None or col.min is not None or col.max is not None}
 
 
 EXPLAIN_DOC = ("Also return, per row, the top_k input columns by contribution to the margin (log-odds, the "
@@ -44,23 +65,67 @@ EXPLAIN_DOC = ("Also return, per row, the top_k input columns by contribution to
 DEFAULT_TOP_K, MAX_TOP_K = 5, 50
 
 
-def contract(spec: FeatureSpec, max_records: int, entity_ids: bool) -> Contract:
-    """The request contract of a version fitted with `spec`; `entity_ids` when an online store is set."""
+def contract(spec: FeatureSpec, max_records: int, entity_ids: bool, rules: dict[str, FeatureColumn] | None = None,
+             on_invalid: str = "flag") -> Contract:  # fmt: skip
+    """The request contract of a version fitted with `spec`; `entity_ids` when an online store is set;
+    `rules`: ingest's rules (`rules_of`), those of the version's inputs applied as `on_invalid` says."""
     key, ts = passthrough_fields(spec)
-    return Contract(request_model(spec, max_records, entity_ids), key, ts)
+    mine = {name: col for name, col in (rules or {}).items() if name in set(spec.input_columns)}
+    return Contract(request_model(spec, max_records, entity_ids, mine, on_invalid), key, ts, mine, on_invalid)
 
 
-def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True) -> type[BaseModel]:
-    """Pydantic request model whose record fields are the FeatureSpec's input columns.
+def _documented(name: str, rules: dict[str, FeatureColumn], on_invalid: str) -> dict[str, Any]:
+    """The OpenAPI keywords of input `name`'s rule: an integer type; a range and a category list as
+    bounds and an enum when breaking them is refused, else said in the description."""
+    col = rules.get(name)
+    if col is None:
+        return {}
+    doc: dict[str, Any] = {"type": "integer"} if col.type == "int" else {}  # 3.0 is an integer, 1.5 is not
+    out: dict[str, Any] = {}
+    if on_invalid == "refuse":
+        bounds = (("minimum", col.min), ("maximum", col.max), ("enum", col.categories))
+        doc |= {k: v for k, v in bounds if v is not None}
+    else:
+        said = [f"at least {col.min:g}" if col.min is not None else "",
+                f"at most {col.max:g}" if col.max is not None else "",
+                f"one of {', '.join(col.categories)}" if col.categories is not None else ""]  # fmt: skip
+        if any(said):
+            status = "unknown_category" if col.categories is not None else "out_of_range"
+            out["description"] = f"{' and '.join(x for x in said if x)}; otherwise answered with status {status}"
+    if doc:
+        out["json_schema_extra"] = _on_value(doc)
+    return out
+
+
+def _on_value(doc: dict[str, Any]):
+    """A json_schema_extra that puts `doc` on a field's value type (not on its null alternative)."""
+    def apply(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf") or [schema]:
+            if branch.get("type") in ("number", "string"):
+                branch.update(doc)
+
+    return apply
+
+
+def request_model(spec: FeatureSpec, max_records: int, entity_ids: bool = True,
+                  rules: dict[str, FeatureColumn] | None = None,
+                  on_invalid: str = "flag") -> type[BaseModel]:  # fmt: skip
+    """Pydantic request model whose record fields are the FeatureSpec's input columns (`rules`:
+    ingest's rules, documented per field; `check_records` applies them).
 
     Validated from the raw JSON body (`model_validate_json`): JSON's strict rules accept ISO 8601 strings
     as times while still refusing "12.5" as a number.
     """
     # A non-nullable input (ingest quarantines a row without it) is required and may not be null:
     # 422 naming the field. A nullable one may be left out and is imputed (the response says so).
-    required = set(spec.required)
-    fields: dict[str, Any] = {c.name: (float, ...) if c.name in required else (float | None, None) for c in spec.numeric}
-    fields.update({c.name: (str, ...) if c.name in required else (str | None, None) for c in spec.categorical})
+    required, rules = set(spec.required), rules or {}
+
+    def typed(name: str, kind: Any) -> tuple[Any, Any]:
+        doc = _documented(name, rules, on_invalid)
+        return (kind, Field(..., **doc)) if name in required else (kind | None, Field(None, **doc))
+
+    fields: dict[str, Any] = {c.name: typed(c.name, float) for c in spec.numeric}
+    fields.update({c.name: typed(c.name, str) for c in spec.categorical})
     # a timestamp input: ISO 8601, a time or a plain date (naive is UTC)
     fields.update({d.name: (datetime | date, ...) if d.name in required else (datetime | date | None, None)
                    for d in spec.dates})  # fmt: skip
@@ -207,6 +272,7 @@ class ScoreRequest:
     event_ts: list[datetime | None] | None = None
     rows: list[int] | None = None  # None: every row, in order
     explain: int = 0  # columns per explanation; 0: not asked for
+    statuses: list[str] | None = None  # per row: ok, or a FLAGGED status it is answered with
 
 
 @dataclass
@@ -241,6 +307,7 @@ def parse_predict(raw: bytes, terms: Contract, max_records: int, store: Any,
             parsed.records.append(values)
             parsed.entities.append(entity)
             parsed.event_ts.append(event_ts)
+        check_records(parsed, terms)
         return parsed
     if len(body.entity_ids) > max_records:
         raise HTTPException(413, detail=f"entity_ids: {len(body.entity_ids)} ids, at most {max_records}")
@@ -251,12 +318,39 @@ def parse_predict(raw: bytes, terms: Contract, max_records: int, store: Any,
                       body.top_k if body.explain else 0)  # fmt: skip
 
 
+def check_records(parsed: ParsedRows, terms: Contract) -> None:
+    """Ingest's checks (`data.validate.validate_inputs`, column by column) on the records' inputs
+    that have a rule: a record ingest would quarantine is refused (422 naming the record, the field
+    and the rule) or, for a range or a category list with `on_invalid: flag`, marked with that
+    status (answered, counted and logged as such)."""
+    if not terms.rules or not parsed.records:
+        return
+    values = pa.table({name: pa.array([r.get(name) for r in parsed.records],
+                                      pa.string() if col.type == "category" else pa.float64())
+                       for name, col in terms.rules.items()})  # fmt: skip
+    checked = validate_inputs(values, terms.rules, [])
+    reasons = checked[REASON]
+    if reasons.null_count == len(reasons):
+        return
+    errors = []
+    for i, (reason, name, detail) in enumerate(zip(reasons.to_pylist(), checked[FIELD].to_pylist(),
+                                                   checked[DETAIL].to_pylist())):  # fmt: skip
+        if reason is None:
+            continue
+        if terms.on_invalid == "flag" and reason in FLAGGED:
+            parsed.statuses[i] = reason
+        else:
+            errors.append({"type": reason, "loc": ("body", "records", i, name), "msg": detail})
+    if errors:
+        raise RequestValidationError(errors)
+
+
 def score_request(parsed: ParsedRows, request_id: str, variant: str, model: LoadedModel) -> ScoreRequest:
     """The rows of `parsed` that have features, as one request to score."""
-    known = [i for i, st in enumerate(parsed.statuses) if st == "ok"]
+    known = [i for i, st in enumerate(parsed.statuses) if st in SCORED]
     return ScoreRequest(request_id, variant, model, [parsed.records[i] for i in known],
                         [parsed.entities[i] for i in known], [parsed.event_ts[i] for i in known], known,
-                        parsed.explain)  # fmt: skip
+                        parsed.explain, [parsed.statuses[i] for i in known])  # fmt: skip
 
 
 def prediction(spec: FeatureSpec, output: Any) -> dict[str, Any]:

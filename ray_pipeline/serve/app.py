@@ -14,7 +14,8 @@ in these files, and only these (tests/test_serve_trace.py follows one and checks
 - and two shared definitions: the FeatureSpec (features/spec.py) and ingest's text cleaning of
   categories (data/values.py).
 An API key adds auth.py; entity ids, features/online.py; `explain`, train/explain.py; an ensemble
-version, train/ensemble.py.
+version, train/ensemble.py; a schema rule on an input (an integer type, a range, a category list),
+ingest's own checks in data/validate.py.
 
 One deployment, not ingress + model: each extra Serve hop costs a few ms per request
 (benchmarks/serve.py), and ingress and model scale together anyway. Each replica polls the registry
@@ -129,7 +130,8 @@ class Predictor:
         """The request contract of the version `model` (built once per version)."""
         version = model.version.version
         if version not in self.contracts:
-            self.contracts[version] = contract(model.spec, self.settings.max_records, self.settings.store is not None)
+            s = self.settings
+            self.contracts[version] = contract(model.spec, s.max_records, s.store is not None, s.rules, s.on_invalid)
         return self.contracts[version]
 
     def openapi(self) -> dict[str, Any]:

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_pipeline.config import PipelineConfig
+from ray_pipeline.config import FeatureColumn, PipelineConfig
 from ray_pipeline.errors import UserError
 from ray_pipeline.features.transform import records_table
 from ray_pipeline.registry.handoff import LoadedModel, load, registry_db
 from ray_pipeline.registry.store import Registry
 from ray_pipeline.registry.traffic import current_traffic
-from ray_pipeline.serve.api import ScoreRequest, Scored, logged_scores
+from ray_pipeline.serve.api import ScoreRequest, Scored, logged_scores, rules_of
 from ray_pipeline.serve.predlog import REFUSED, STAGES, PredictionLog, new_request_id, rows_table
 from ray_pipeline.storage import read_text
 from ray_pipeline.train.explain import explain_rows
@@ -60,6 +60,8 @@ class ServingSettings:
     explain_method: str = "treeshap"
     views: dict[str, tuple[list[str], int | None]] = field(default_factory=dict)  # view -> (features, TTL)
     store: Any = None  # the online store (features/online.py), when views are configured
+    rules: dict[str, FeatureColumn] = field(default_factory=dict)  # ingest's rules per input (serve/api.rules_of)
+    on_invalid: str = "flag"  # a record out of range or of an unknown category: flag or refuse
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, api_key: str | None = None) -> "ServingSettings":
@@ -76,6 +78,7 @@ class ServingSettings:
             log_flush_rows=s.log_flush_rows, log_flush_s=s.log_flush_s,
             alerts_file=cfg.monitoring.active_alerts, api_key=api_key,
             max_records=s.max_records_per_request, explain_method=s.explain_method, views=views, store=online_store(cfg) if views else None,
+            rules=rules_of(cfg.data.schema_.features), on_invalid=s.on_invalid,
         )  # fmt: skip
 
 
@@ -233,6 +236,8 @@ class ServeMetrics:
         self.challenger_errors = Counter("rp_challenger_errors", "Canary or shadow batches the challenger failed.")
         self.shadow_dropped = Counter("rp_shadow_dropped", "Records not shadow-scored because the backlog was full.")
         self.refused = Counter("rp_refused_requests", "Requests refused by the API.", tag_keys=("status",))
+        self.flagged = Counter("rp_flagged_records", "Records answered with a status ingest would quarantine them "
+                               "for (serving.on_invalid: flag).", tag_keys=("status",))  # fmt: skip
         self.stage_seconds = Histogram("rp_stage_seconds", "Per-request latency by stage.",
                                        boundaries=STAGE_BOUNDARIES, tag_keys=("stage",))  # fmt: skip
 
@@ -381,9 +386,14 @@ class ModelRunner:
         the log's flusher, not on the request path)."""
         at = datetime.now(timezone.utc)
 
+        flagged = [st for st in req.statuses or [] if st != "ok"]
+        for status in flagged:
+            self.metrics.flagged.inc(1, tags={"status": status})
+
         def build() -> pa.Table:
             inputs = set(result.inputs.column_names)
-            extra = [extra_fields(r, inputs) for r in req.records]
+            statuses = req.statuses or ["ok"] * len(req.records)
+            extra = [extra_fields(r, inputs, st) for r, st in zip(req.records, statuses)]
             return log_rows(req, result.outputs, result.inputs, result.model, result.version, result.variant,
                             timing, at, extra)  # fmt: skip
 
@@ -427,7 +437,10 @@ def log_rows(req: ScoreRequest, probs: list[float], inputs: pa.Table, name: str,
     return rows_table(base, inputs, at)
 
 
-def extra_fields(record: dict[str, Any], inputs: set[str]) -> str | None:
-    """A record's fields that are not typed input columns, as JSON for the log's `extra` (or None)."""
+def extra_fields(record: dict[str, Any], inputs: set[str], status: str = "ok") -> str | None:
+    """A record's fields that are not typed input columns, and its status when it was answered
+    flagged (`status`: out_of_range, unknown_category), as JSON for the log's `extra` (or None)."""
     rest = {k: v for k, v in record.items() if k not in inputs}
+    if status != "ok":
+        rest["status"] = status
     return json.dumps(rest, default=str) if rest else None
