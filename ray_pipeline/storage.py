@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,13 +37,57 @@ def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+# A write's temp file: hidden (readers skip dot-names), named after its file and its writer's pid.
+TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+# A temp file lives for one write of one buffer: one this old was left by a writer that died mid-write.
+STALE_TEMP_S = 300.0
+_swept: set[str] = set()  # folders this process has swept (once each: a sweep lists the folder)
+
+
+def sweep_temp_files(folder: str, older_than_s: float = STALE_TEMP_S) -> list[str]:
+    """Delete the temp files writers killed mid-write left in local `folder`: older than
+    `older_than_s` and their writer's process gone (never a live writer's); the paths deleted."""
+    gone, now = [], time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return gone
+    for entry in entries:
+        m = TEMP_FILE.match(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False) or _alive(int(m.group(1))):
+            continue
+        try:
+            if now - entry.stat().st_mtime > older_than_s:
+                os.unlink(entry.path)
+                gone.append(entry.path)
+        except FileNotFoundError:  # another process swept it first
+            continue
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (a writer elsewhere counts as gone: the age
+    limit alone keeps its live writes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file whole, creating its directory: a reader sees the old content or the new, never
-    half (local: a temp file renamed over it; object stores: one upload, visible when complete)."""
+    half (local: a temp file renamed over it; object stores: one upload, visible when complete).
+    The first write into a folder also sweeps the temp files of writers that died there."""
     fs, p = filesystem(path)
     if isinstance(fs, pafs.LocalFileSystem):
         folder, name = os.path.split(p)
         os.makedirs(folder or ".", exist_ok=True)
+        if folder not in _swept:
+            _swept.add(folder)
+            sweep_temp_files(folder or ".")
         tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # hidden from readers
         with open(tmp, "wb") as f:
             f.write(data)
