@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ray
 
+from ray_pipeline import reaper
 from ray_pipeline.raycompat import (
     AUTH_SETUP_LOGGER,
     DATA_PROGRESS_LOGGER,
@@ -48,6 +49,7 @@ class RayRuntime:
 # Variables init_ray put into this process's environment (Ray's processes inherit them at start);
 # shutdown_ray takes them out again so they do not leak into later instances or child processes.
 _env_set_by_us: set[str] = set()
+_reapers: list = []  # the reaper of each instance this process started (ray_pipeline/reaper.py), while it runs
 
 
 def _setdefault_env(key: str, value: str) -> None:
@@ -219,6 +221,11 @@ def init_ray(
             # shared by every instance on the box, so give each embedded instance its own.
             tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
             _serve_fast_path_env(tmp)
+            # Every process of this instance inherits the mark; the reaper ends what is left of it
+            # when this process is gone (a SIGKILLed driver left Ray's agents running for minutes).
+            os.environ[reaper.MARK] = tmp
+            _env_set_by_us.add(reaper.MARK)
+            _reapers.append(reaper.start(tmp))
             extra = {"_metrics_export_port": metrics_export_port} if metrics_export_port else {}
             ray.init(
                 num_cpus=cpus,
@@ -291,3 +298,5 @@ def shutdown_ray() -> None:
         ray.shutdown()
     while _env_set_by_us:
         os.environ.pop(_env_set_by_us.pop(), None)
+    while _reapers:  # the instance is down: its reaper sweeps up stragglers now, not when this process ends
+        _reapers.pop().stdin.close()

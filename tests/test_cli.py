@@ -218,6 +218,54 @@ def test_run_serve_on_a_newcomers_terminal_is_quiet_and_stops_on_ctrl_c(tmp_path
     assert not (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists()
 
 
+def _serving(config: Path, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`run --serve` started as a process, once it says it serves (its lines so far)."""
+    proc = subprocess.Popen([str(BIN), "run", "--config", str(config), "--models", "logreg", "--serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)  # fmt: skip
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            return proc, lines
+    raise AssertionError("".join(lines)[-3000:])
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_serve_leaves_no_process_behind_and_starts_again(tmp_path, demo_config_dict):
+    """SIGKILL gives a command no chance to clean up: every process of its embedded Ray (Ray's
+    head, agents and workers, Serve's HAProxy) is still gone within seconds (ray_pipeline/reaper.py),
+    and the same command then starts again over what is left (its stale attach note)."""
+    from ray_pipeline.reaper import GRACE_S, TERM_S, marked
+    from ray_pipeline.runtime import free_port
+
+    from .helpers import wait_until
+
+    raw = tmp_path / "raw"
+    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
+    body = demo_config_dict
+    body["data"]["source"]["path"] = str(raw)
+    body["serving"]["port"] = free_port()
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(body))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_SERVE_")}
+    proc, lines = _serving(config, env, tmp_path)
+    try:
+        instance = re.search(r"(/tmp/rp-\w+)/session_", "".join(lines)).group(1)  # from the Ray-logs line
+        assert len(marked(instance)) >= 5, "".join(lines)  # Ray's head, agents, workers, the proxy
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        left = wait_until(lambda: not marked(instance), GRACE_S + TERM_S + 20, every=0.5)
+        assert left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in marked(instance)]
+        assert (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists()  # the note a SIGKILL leaves
+        again, more = _serving(config, env, tmp_path)
+        again.send_signal(signal.SIGINT)
+        rest, _ = again.communicate(timeout=120)
+        assert again.returncode == 0, ("".join(more) + rest)[-3000:]
+    finally:
+        proc.kill()
+
+
 @pytest.mark.slow  # seconds, not milliseconds: `make test` runs it, `make test-fast` leaves it out
 def test_features_fit_materialize_get(ray_session, project_copy):
     config = project_copy / "configs" / "demo.yaml"
