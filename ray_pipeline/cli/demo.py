@@ -26,7 +26,7 @@ app = typer.Typer()
 def demo(
     config: ConfigOpt = Path("configs/demo.yaml"),
     rows: Annotated[int | None, typer.Option(help="Override the number of synthetic rows.")] = None,
-    loop_window: Annotated[float, typer.Option(help="Seconds per monitoring window in the closed loop.")] = 10.0,
+    loop_window: Annotated[float, typer.Option(help="Seconds per monitoring window in the closed loop.")] = 5.0,
     per_window: Annotated[
         int, typer.Option(help="Replayed records per window (fewer: a faster loop, a noisier retrain decision).")
     ] = 6000,

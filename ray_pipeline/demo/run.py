@@ -25,7 +25,7 @@ STEPS = 9
 
 
 def run_demo(cfg: PipelineConfig, spec: SyntheticConfig, runtime: RayRuntime, echo: Echo, heading: Echo,
-             window_s: float = 10.0, per_window: int = 6000) -> None:  # fmt: skip
+             window_s: float = 5.0, per_window: int = 6000) -> None:  # fmt: skip
     """Steps 2-9 of the demo; step 1 (Ray) is the caller's. `window_s`, `per_window`: the loop's
     monitoring windows and the records replayed in each."""
     raw = cfg.data.source.path

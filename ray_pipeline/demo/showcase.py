@@ -65,7 +65,7 @@ def _live(results: list, metric: str, version: int) -> list[float]:
 
 
 def run_loop(cfg: PipelineConfig, url: str, base: SyntheticConfig, echo: Callable[[str], None] = print,
-             window_s: float = 10.0, per_window: int = 6000) -> LoopReport:  # fmt: skip
+             window_s: float = 5.0, per_window: int = 6000) -> LoopReport:  # fmt: skip
     """Replay pre-drift and drifted traffic, let the monitor alert and the feedback loop retrain."""
     report = LoopReport()
     delete_tree(cfg.monitoring.root)  # the demo's own monitoring starts afresh

@@ -68,9 +68,9 @@ class ServingSession:
             self._until_stopped()
 
     def _until_stopped(self) -> None:
-        self.echo("Ctrl-C (or SIGTERM) stops " + ("the endpoint" if self.url else "the console"))
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop == Ctrl-C
-        try:
+        try:  # from the line on: a Ctrl-C the moment it shows stops cleanly too (it exited 130 before)
+            self.echo("Ctrl-C (or SIGTERM) stops " + ("the endpoint" if self.url else "the console"))
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
