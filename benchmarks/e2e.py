@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, demo_config_body, table, write_results  # noqa: E402
+from common import RESULTS, ROOT, demo_config_body, table, write_results  # noqa: E402
 
 STAGES = ("ingest", "features", "prepare", "train", "registry")
 
@@ -119,7 +119,8 @@ def ours(data: Path, fmt: str, work: Path) -> dict:
         raise RuntimeError(f"ours failed ({run['exit']}):\n{text[-3000:]}")
     line = next(line for line in text.splitlines() if line.startswith("total "))
     run["stages_s"] = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", line.split(":", 1)[1])}
-    run["test"] = {kind: float(m) for kind, m in re.findall(r"registered models:/\S+ \((\w+), binary\): test log_loss ([\d.]+)", text)}
+    found = re.findall(r"registered models:/\S+ \((\w+)\): test log_loss ([\d.]+)", text)
+    run["test"] = {kind: float(loss) for kind, loss in found}
     return run
 
 
@@ -248,7 +249,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_PIPELINE_PROGRESS", "0")
-    results, rows = {}, []
+    earlier = RESULTS / "e2e.json"  # other sizes and formats measured before stay in the file
+    results, rows = (json.loads(earlier.read_text()).get("runs", {}) if earlier.exists() else {}), []
     for n in args.rows:
         for fmt in args.formats:
             work = Path(tempfile.mkdtemp(prefix=f"bench-e2e-{n}-{fmt}-"))

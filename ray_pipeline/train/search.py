@@ -7,7 +7,8 @@ side across the cluster's CPUs); a larger one trains on its Ray Train workers, w
 epoch or round and whose rank 0's reports `TuneReportCallback` forwards to Tune (a killed worker restarts the
 trial's worker group from its last checkpoint, as in any run). Every epoch or round reports its
 validation loss, so ASHA stops the trials that trail; a trial that finishes reports the validation
-metric of the model it returns (log-loss, or RMSE for regression), and the best of those wins.
+metric of the model it returns (log-loss, or RMSE for regression; on a small table, the mean
+over k folds of train + valid: train/crossval.py), and the best of those wins.
 The untuned settings are the first trial and ASHA never stops it, so the search can only match
 or beat them on the validation split.
 """
