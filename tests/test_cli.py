@@ -181,15 +181,13 @@ def test_an_embedded_ray_with_token_auth_is_quiet_and_other_commands_attach_to_i
 
 
 @pytest.mark.slow  # starts a Ray of its own and serves: `make test-fast` leaves it out
-def test_run_serve_on_a_newcomers_terminal_is_quiet_and_stops_on_ctrl_c(tmp_path, demo_config_dict):
-    """`run --serve` as a newcomer runs it (its own embedded Ray, waiting to be stopped): the
-    terminal shows the run and where it serves, no line of Ray's; Ctrl-C stops it cleanly and the
-    note that let other commands attach is gone."""
+def _newcomers_run_serve(tmp_path: Path, body: dict) -> tuple[Path, dict[str, str]]:
+    """A config serving 2,000 generated rows under `tmp_path` (`body`: the demo config, whose paths,
+    ../data/demo/..., land under tmp_path from configs/) and a newcomer's environment for it."""
     from ray_pipeline.runtime import free_port
 
     raw = tmp_path / "raw"
     assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
-    body = demo_config_dict  # its paths (../data/demo/...) land under tmp_path from configs/
     body["data"]["source"]["path"] = str(raw)
     body["serving"]["port"] = free_port()
     (tmp_path / "configs").mkdir()
@@ -197,25 +195,7 @@ def test_run_serve_on_a_newcomers_terminal_is_quiet_and_stops_on_ctrl_c(tmp_path
     config.write_text(yaml.safe_dump(body))
     # A newcomer's shell: no address, nor the session Ray's own Serve ports and files (runtime.py
     # scopes them per instance through the environment, which a child would inherit)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_SERVE_")}
-    proc = subprocess.Popen([str(BIN), "run", "--config", str(config), "--models", "logreg", "--serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)  # fmt: skip
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        assert (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists(), "".join(lines)
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    out = "".join(lines) + rest
-    assert proc.returncode == 0, out[-3000:]
-    assert "endpoint: http://" in out and "(local, started by this command)" in out, out[-3000:]
-    assert not ray_lines(out), out
-    assert not (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists()
+    return config, {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_SERVE_")}
 
 
 def _serving(config: Path, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
@@ -230,25 +210,35 @@ def _serving(config: Path, env: dict[str, str], cwd: Path) -> tuple[subprocess.P
     raise AssertionError("".join(lines)[-3000:])
 
 
+def test_run_serve_on_a_newcomers_terminal_is_quiet_and_stops_on_ctrl_c(tmp_path, demo_config_dict):
+    """`run --serve` as a newcomer runs it (its own embedded Ray, waiting to be stopped): the
+    terminal shows the run and where it serves, no line of Ray's; Ctrl-C stops it cleanly and the
+    note that let other commands attach is gone."""
+    config, env = _newcomers_run_serve(tmp_path, demo_config_dict)
+    proc, lines = _serving(config, env, tmp_path)
+    try:
+        assert (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists(), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-3000:]
+    assert "endpoint: http://" in out and "(local, started by this command)" in out, out[-3000:]
+    assert not ray_lines(out), out
+    assert not (tmp_path / "configs" / ".ray-pipeline" / "ray.json").exists()
+
+
 @pytest.mark.slow
 def test_a_sigkilled_run_serve_leaves_no_process_behind_and_starts_again(tmp_path, demo_config_dict):
     """SIGKILL gives a command no chance to clean up: every process of its embedded Ray (Ray's
     head, agents and workers, Serve's HAProxy) is still gone within seconds (ray_pipeline/reaper.py),
     and the same command then starts again over what is left (its stale attach note)."""
     from ray_pipeline.reaper import GRACE_S, TERM_S, marked
-    from ray_pipeline.runtime import free_port
 
     from .helpers import wait_until
 
-    raw = tmp_path / "raw"
-    assert runner.invoke(app, ["generate", "--out", str(raw), "--rows", "2000"]).exit_code == 0
-    body = demo_config_dict
-    body["data"]["source"]["path"] = str(raw)
-    body["serving"]["port"] = free_port()
-    (tmp_path / "configs").mkdir()
-    config = tmp_path / "configs" / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(body))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_SERVE_")}
+    config, env = _newcomers_run_serve(tmp_path, demo_config_dict)
     proc, lines = _serving(config, env, tmp_path)
     try:
         instance = re.search(r"(/tmp/rp-\w+)/session_", "".join(lines)).group(1)  # from the Ray-logs line
