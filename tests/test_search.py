@@ -280,7 +280,7 @@ def test_a_small_table_judges_each_trial_on_k_folds_of_train_and_valid(churn):
     y = folds.rows["y"].to_numpy()
     for f in range(folds.k):  # stratified: each fold's churn rate is the table's
         assert abs(y[folds.fold == f].mean() - y.mean()) < 0.01
-    shards = folds.shards(0, "none")
+    shards = folds.shards(0)
     assert shards["train"][0][1] + shards["valid"][0][1] == n and shards["valid"][0][1] == sizes[0]
 
     good = train_model(cfg, "logreg", 0, prepared)

@@ -70,7 +70,8 @@ def contract(spec: FeatureSpec, max_records: int, entity_ids: bool, rules: dict[
     """The request contract of a version fitted with `spec`; `entity_ids` when an online store is set;
     `rules`: ingest's rules (`rules_of`), those of the version's inputs applied as `on_invalid` says."""
     key, ts = passthrough_fields(spec)
-    mine = {name: col for name, col in (rules or {}).items() if name in set(spec.input_columns)}
+    inputs = set(spec.input_columns)
+    mine = {name: col for name, col in (rules or {}).items() if name in inputs}
     return Contract(request_model(spec, max_records, entity_ids, mine, on_invalid), key, ts, mine, on_invalid)
 
 

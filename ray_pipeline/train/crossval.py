@@ -39,18 +39,22 @@ class Folds:
     transform: str
     k: int
 
-    def shards(self, f: int, transform: str) -> dict[str, list]:
-        """Fold `f` held out (valid) and the others (train), as one rank's shards, the label
-        fitted as `transform`."""
+    def under(self, transform: str) -> "Folds":
+        """The same folds with the label fitted as `transform`."""
+        if transform == self.transform:
+            return self
+        y = self.rows["y"].to_numpy(zero_copy_only=False).astype(np.float64)
+        y = transform_target(untransform(y, self.transform), transform).astype(np.float32)
+        rows = self.rows.set_column(self.rows.schema.get_field_index("y"), "y", pa.array(y))
+        return Folds(rows, self.fold, transform, self.k)
+
+    def shards(self, f: int) -> dict[str, list]:
+        """Fold `f` held out (valid) and the others (train), as one rank's shards."""
         import ray
 
-        y = self.rows["y"].to_numpy(zero_copy_only=False).astype(np.float64)
-        if transform != self.transform:
-            y = transform_target(untransform(y, self.transform), transform)
-        rows = self.rows.set_column(self.rows.schema.get_field_index("y"), "y", pa.array(y.astype(np.float32)))
         out = {}
         for name, take in (("train", self.fold != f), ("valid", self.fold == f)):
-            part = rows.filter(pa.array(take))
+            part = self.rows.filter(pa.array(take))
             out[name] = [([ray.put(part)], part.num_rows)]
         return out
 
@@ -86,9 +90,9 @@ def cv_error(run: TrainRun, prepared: Prepared, folds: Folds, deadline: float | 
     transform = spec.label.transform if spec.label else "none"
     if deadline is not None:
         config["deadline"] = deadline  # a fold still fitting then stops; its error is not used
-    errors = []
+    errors, folds = [], folds.under(transform)  # the label converted once, not once per fold
     for f in range(folds.k):
-        shards = folds.shards(f, transform)
+        shards = folds.shards(f)
         out = run_direct(run.kind, config, shards)
         if deadline is not None and time.time() >= deadline:
             return None
